@@ -1,0 +1,35 @@
+# digitaltwin: PGXS build
+#
+#   make && make install            build and install the extension
+#   make installcheck               pg_regress + isolation + TAP tests, each on
+#                                   its own temporary instance (run as non-root)
+
+MODULE_big = digitaltwin
+OBJS = \
+	src/guc.o \
+	src/shmem.o \
+	src/model.o \
+	src/queue.o \
+	src/stage.o \
+	src/alerts.o \
+	src/views.o \
+	src/worker.o \
+	src/digitaltwin.o
+
+EXTENSION = digitaltwin
+DATA = sql/digitaltwin--1.0.sql
+HEADERS_digitaltwin = include/digitaltwin.h
+
+PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
+
+REGRESS = setup models events processing alerts dead_letters views c_model drop
+REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(srcdir)/test/regress.conf
+ISOLATION = concurrent_senders
+ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf
+TAP_TESTS = 1
+
+EXTRA_CLEAN = tmp_check tmp_check_iso results output_iso regression.* log
+
+PG_CONFIG ?= pg_config
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

@@ -1,0 +1,86 @@
+/*-------------------------------------------------------------------------
+ *
+ * digitaltwin.h
+ *	  Public interface for model functions written in C.
+ *
+ * A model is a pair of ordinary SQL-callable functions registered with
+ * digitaltwin.create_model():
+ *
+ *	  process(twin_id text, state S, event jsonb) RETURNS S
+ *	  init(twin_id text) RETURNS S					(optional)
+ *
+ * S may be jsonb, a composite type, or bytea (a fixed binary struct costs no
+ * JSON parsing; see DT_STATE_* below).  A background worker calls process
+ * once per event of the twin, in order, with the twin's current state (NULL
+ * for a new twin of a model without init).  Returning NULL ends the twin.
+ *
+ * Inside process or init, the functions below describe the event being
+ * processed and raise alerts.  They are exported by digitaltwin.so, which is
+ * always loaded (shared_preload_libraries) when a model runs.
+ *
+ * Copyright (c) 2026, digitaltwin developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef DIGITALTWIN_H
+#define DIGITALTWIN_H
+
+#include "postgres.h"
+#include "utils/jsonb.h"
+
+#define DIGITALTWIN_VERSION_NUM 10000
+
+/* Longest twin id accepted, in bytes. */
+#define DT_TWIN_ID_MAXLEN 63
+
+/*
+ * Raise an alert for the twin and event being processed.  details may be
+ * NULL.  The alert row is written, and NOTIFY digitaltwin_alerts sent, when
+ * the worker commits the event; if the event fails, its alerts vanish with
+ * it.  ERROR (SQLSTATE 55000) outside a model call.
+ */
+extern PGDLLEXPORT void digitaltwin_alert(const char *severity,
+										  const char *message,
+										  Jsonb *details);
+
+/* True while a worker is running a model function. */
+extern PGDLLEXPORT bool digitaltwin_in_model(void);
+
+/* Name of the model, id of the twin and of the event being processed. */
+extern PGDLLEXPORT const char *digitaltwin_current_model(void);
+extern PGDLLEXPORT const char *digitaltwin_current_twin_id(void);
+extern PGDLLEXPORT int64 digitaltwin_current_event_id(void);
+
+/*
+ * Read a top-level numeric field of a jsonb object (for instance an event
+ * payload) as double.  Returns false if the key is missing or not a number.
+ */
+extern PGDLLEXPORT bool digitaltwin_jsonb_get_float8(Jsonb *obj,
+													 const char *key,
+													 double *result);
+
+/*
+ * Binary states: a C model that keeps its state in a bytea holding a plain
+ * struct can use these to go between the two without copying twice.
+ *
+ *	  MyState *s = DT_STATE_GET(PG_GETARG_BYTEA_P(1), MyState);
+ *	  PG_RETURN_BYTEA_P(DT_STATE_MAKE(s, sizeof(MyState)));
+ */
+#define DT_STATE_GET(b, type) \
+	((VARSIZE(b) - VARHDRSZ) == sizeof(type) ? (type *) VARDATA(b) : \
+	 (ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), \
+					  errmsg("binary twin state has %d bytes, expected %d", \
+							 (int) (VARSIZE(b) - VARHDRSZ), (int) sizeof(type)))), \
+	  (type *) NULL))
+
+static inline bytea *
+DT_STATE_MAKE(const void *data, Size len)
+{
+	bytea	   *result = (bytea *) palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(result, VARHDRSZ + len);
+	memcpy(VARDATA(result), data, len);
+	return result;
+}
+
+#endif							/* DIGITALTWIN_H */

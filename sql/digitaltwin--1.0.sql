@@ -1,0 +1,248 @@
+/* digitaltwin--1.0.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION digitaltwin" to load this file. \quit
+
+-- The schema "digitaltwin" is created by CREATE EXTENSION (see the control file).
+
+--------------------------------------------------------------------------
+-- Model registry
+--------------------------------------------------------------------------
+
+CREATE TABLE digitaltwin.models (
+    id          integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name        text NOT NULL UNIQUE
+                CHECK (length(name) BETWEEN 1 AND 63),
+    process     regprocedure NOT NULL,
+    init        regprocedure,
+    state_type  regtype NOT NULL,
+    owner       regrole NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE digitaltwin.models IS
+'Registered twin models: the process (and optional init) function and the state type. Maintained by create_model() and drop_model().';
+
+--------------------------------------------------------------------------
+-- Event queue
+--------------------------------------------------------------------------
+
+-- twin_id uses the "C" collation: twins are identified byte-wise, and the
+-- partitioning of twins among workers hashes the bytes.
+CREATE TABLE digitaltwin.events (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model       text NOT NULL,
+    twin_id     text COLLATE "C" NOT NULL,
+    payload     jsonb NOT NULL,
+    enqueued_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE digitaltwin.events IS
+'Durable event queue. INSERT (single or multi-row) or COPY (model, twin_id, payload); background workers consume each committed event exactly once.';
+
+CREATE FUNCTION digitaltwin.events_check()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'digitaltwin_events_check'
+LANGUAGE C;
+
+COMMENT ON FUNCTION digitaltwin.events_check() IS
+'Trigger: validates each new event (known model, twin id, object payload) and wakes the workers when the transaction commits.';
+
+CREATE TRIGGER events_check
+    BEFORE INSERT ON digitaltwin.events
+    FOR EACH ROW EXECUTE FUNCTION digitaltwin.events_check();
+
+CREATE FUNCTION digitaltwin.send(model text, twin_id text, payload jsonb)
+RETURNS bigint
+LANGUAGE sql
+AS $$
+    INSERT INTO digitaltwin.events (model, twin_id, payload)
+    VALUES ($1, $2, $3)
+    RETURNING id
+$$;
+
+COMMENT ON FUNCTION digitaltwin.send(text, text, jsonb) IS
+'Enqueue one event for a twin of a model; returns the event id.';
+
+--------------------------------------------------------------------------
+-- Durable twin state (the source of truth for the shared-memory twins)
+--------------------------------------------------------------------------
+
+-- "state" holds the flat image of the model's state datum.  It is written in
+-- the same transaction that consumes the events that produced it, which is
+-- what makes the effect of each event exactly-once.
+CREATE TABLE digitaltwin.twin_state (
+    model_id    integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    twin_id     text COLLATE "C" NOT NULL,
+    state       bytea NOT NULL,
+    event_count bigint NOT NULL,
+    updated_at  timestamptz NOT NULL,
+    PRIMARY KEY (model_id, twin_id)
+);
+
+COMMENT ON TABLE digitaltwin.twin_state IS
+'Durable copy of every twin''s state, written with the consumption of its events; the shared-memory twins are rebuilt from it after a restart.';
+
+--------------------------------------------------------------------------
+-- Alerts and dead letters
+--------------------------------------------------------------------------
+
+CREATE TABLE digitaltwin.alerts (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model       text NOT NULL,
+    twin_id     text COLLATE "C" NOT NULL,
+    severity    text NOT NULL,
+    message     text NOT NULL,
+    details     jsonb,
+    event_id    bigint NOT NULL,
+    raised_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX alerts_raised_at_idx ON digitaltwin.alerts (raised_at);
+
+COMMENT ON TABLE digitaltwin.alerts IS
+'Alerts raised by models with digitaltwin.alert(); each committed alert is also announced by NOTIFY digitaltwin_alerts.';
+
+CREATE TABLE digitaltwin.dead_letters (
+    event_id    bigint PRIMARY KEY,
+    model       text NOT NULL,
+    twin_id     text COLLATE "C" NOT NULL,
+    payload     jsonb NOT NULL,
+    error       text NOT NULL,
+    sqlstate    text NOT NULL,
+    enqueued_at timestamptz NOT NULL,
+    failed_at   timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE digitaltwin.dead_letters IS
+'Events whose model raised an error (or whose model no longer exists), with the error; the twin''s state is as if the event never came.';
+
+--------------------------------------------------------------------------
+-- Model API
+--------------------------------------------------------------------------
+
+CREATE FUNCTION digitaltwin.create_model(name text, process regprocedure,
+                                         init regprocedure DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_create_model'
+LANGUAGE C;
+
+COMMENT ON FUNCTION digitaltwin.create_model(text, regprocedure, regprocedure) IS
+'Register a model: process(twin_id text, state S, event jsonb) RETURNS S, and optionally init(twin_id text) RETURNS S. The functions run as the calling role.';
+
+CREATE FUNCTION digitaltwin.drop_model(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_drop_model'
+LANGUAGE C;
+
+COMMENT ON FUNCTION digitaltwin.drop_model(text) IS
+'Unregister a model and forget its twins; its queued events are dead-lettered.';
+
+CREATE FUNCTION digitaltwin.alert(severity text, message text, details jsonb DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_alert_sql'
+LANGUAGE C;
+
+COMMENT ON FUNCTION digitaltwin.alert(text, text, jsonb) IS
+'Inside a model function: raise an alert for the current twin and event (committed with the event, then announced by NOTIFY digitaltwin_alerts).';
+
+CREATE FUNCTION digitaltwin.wait_idle(timeout interval DEFAULT '60s')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'digitaltwin_wait_idle'
+LANGUAGE C STRICT;
+
+COMMENT ON FUNCTION digitaltwin.wait_idle(interval) IS
+'Wait until every event committed before the call has been processed or dead-lettered and its twin published; false on timeout.';
+
+CREATE FUNCTION digitaltwin.partition_of(twin_id text, partitions integer)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'digitaltwin_partition_of'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION digitaltwin.partition_of(text, integer) IS
+'The worker (0 .. partitions-1) that owns a twin id: every event of a twin goes to the same worker, which keeps the twin''s order.';
+
+--------------------------------------------------------------------------
+-- Live views
+--------------------------------------------------------------------------
+
+CREATE FUNCTION digitaltwin.twin_entries(
+    OUT model_id integer,
+    OUT twin_id text,
+    OUT state jsonb,
+    OUT event_count bigint,
+    OUT updated_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'digitaltwin_twin_entries'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.twin_entries() IS
+'Every twin in shared memory, its state shown as jsonb; read through the view digitaltwin.twins.';
+
+CREATE VIEW digitaltwin.twins AS
+    SELECT m.name AS model, t.twin_id, t.state, t.event_count, t.updated_at
+    FROM digitaltwin.twin_entries() t
+    JOIN digitaltwin.models m ON m.id = t.model_id;
+
+COMMENT ON VIEW digitaltwin.twins IS
+'Live twins, read from shared memory while the workers run: model, twin_id, state (jsonb), event_count, updated_at.';
+
+CREATE FUNCTION digitaltwin.worker_stats(
+    OUT worker integer,
+    OUT pid integer,
+    OUT events_processed bigint,
+    OUT events_per_second double precision,
+    OUT dead_letters bigint,
+    OUT alerts bigint,
+    OUT batches bigint,
+    OUT twins bigint,
+    OUT memory_bytes bigint,
+    OUT last_batch_at timestamptz,
+    OUT last_error text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'digitaltwin_worker_stats'
+LANGUAGE C STRICT VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.worker_stats() IS
+'Counters of each background worker, from shared memory; read through the view digitaltwin.stats.';
+
+CREATE VIEW digitaltwin.stats AS
+    WITH w AS (
+        SELECT * FROM digitaltwin.worker_stats()
+    ), q AS (
+        SELECT digitaltwin.partition_of(e.twin_id,
+                   greatest(current_setting('digitaltwin.workers', true)::integer, 1)) AS worker,
+               count(*) AS queue_depth,
+               min(e.enqueued_at) AS oldest
+        FROM digitaltwin.events e
+        GROUP BY 1
+    )
+    SELECT w.worker, w.pid, w.events_processed, w.events_per_second,
+           coalesce(q.queue_depth, 0) AS queue_depth,
+           now() - q.oldest AS oldest_event_age,
+           w.dead_letters, w.alerts, w.twins, w.memory_bytes,
+           w.last_batch_at, w.last_error
+    FROM w LEFT JOIN q ON q.worker = w.worker
+    UNION ALL
+    SELECT NULL, NULL,
+           (SELECT sum(events_processed) FROM w)::bigint,
+           (SELECT sum(events_per_second) FROM w),
+           (SELECT count(*) FROM digitaltwin.events),
+           now() - (SELECT min(enqueued_at) FROM digitaltwin.events),
+           (SELECT sum(dead_letters) FROM w)::bigint,
+           (SELECT sum(alerts) FROM w)::bigint,
+           (SELECT sum(twins) FROM w)::bigint,
+           (SELECT sum(memory_bytes) FROM w)::bigint,
+           (SELECT max(last_batch_at) FROM w),
+           NULL;
+
+COMMENT ON VIEW digitaltwin.stats IS
+'One row per worker and a total row (worker IS NULL): events processed, rate, queue depth, oldest unprocessed event age, dead letters, alerts, twins in memory, shared memory used.';
+
+--------------------------------------------------------------------------
+-- Privileges: the queue is written through the API; state is internal.
+--------------------------------------------------------------------------
+
+REVOKE ALL ON digitaltwin.twin_state FROM PUBLIC;
+REVOKE ALL ON FUNCTION digitaltwin.create_model(text, regprocedure, regprocedure) FROM PUBLIC;
+REVOKE ALL ON FUNCTION digitaltwin.drop_model(text) FROM PUBLIC;

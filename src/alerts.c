@@ -1,0 +1,326 @@
+/*-------------------------------------------------------------------------
+ *
+ * alerts.c
+ *	  Alerts raised by models, and dead letters.
+ *
+ * digitaltwin.alert() only records the alert in worker-local memory.  The
+ * worker inserts all alerts of a batch with one statement in the batch's
+ * transaction and queues one NOTIFY per alert; both take effect at commit,
+ * so an alert exists exactly when the event that raised it was consumed.
+ * Alerts of an event whose model later fails are forgotten with the undo of
+ * its run (dt_alerts_undo_to).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "mb/pg_wchar.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/numeric.h"
+
+#include "dt_internal.h"
+
+PG_FUNCTION_INFO_V1(digitaltwin_alert_sql);
+
+/* Longest message kept in a NOTIFY payload, in bytes */
+#define DT_NOTIFY_MESSAGE_MAX 1000
+
+typedef struct DtStagedAlert
+{
+	DtEvent    *event;
+	DtModel    *model;
+	char	   *severity;
+	char	   *message;
+	Jsonb	   *details;
+} DtStagedAlert;
+
+DtCurrentEvent *dt_current_event = NULL;
+
+static MemoryContext alerts_cxt = NULL;
+static DtStagedAlert *alerts = NULL;
+static int	nalerts = 0;
+static int	alerts_size = 0;
+
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr dead_letter_plan = NULL;
+
+void
+dt_alerts_begin(MemoryContext cxt)
+{
+	alerts_cxt = cxt;
+	alerts_size = 64;
+	alerts = MemoryContextAlloc(cxt, sizeof(DtStagedAlert) * alerts_size);
+	nalerts = 0;
+}
+
+int
+dt_alerts_mark(void)
+{
+	return nalerts;
+}
+
+void
+dt_alerts_undo_to(int mark)
+{
+	if (nalerts > mark)
+		nalerts = mark;
+}
+
+static void
+dt_require_model_context(const char *what)
+{
+	if (dt_current_event == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s can only be called from a model function", what),
+				 errdetail("Alerts belong to the twin and event a digitaltwin worker is processing."),
+				 errhint("Raise alerts from the process or init function registered with digitaltwin.create_model().")));
+}
+
+void
+digitaltwin_alert(const char *severity, const char *message, Jsonb *details)
+{
+	DtStagedAlert *a;
+
+	dt_require_model_context("digitaltwin.alert()");
+	if (severity == NULL || *severity == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("alert severity must not be null or empty")));
+	if (message == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("alert message must not be null")));
+
+	if (nalerts == alerts_size)
+	{
+		alerts_size *= 2;
+		alerts = repalloc(alerts, sizeof(DtStagedAlert) * alerts_size);
+	}
+	a = &alerts[nalerts++];
+	a->event = dt_current_event->event;
+	a->model = dt_current_event->model;
+	a->severity = MemoryContextStrdup(alerts_cxt, severity);
+	a->message = MemoryContextStrdup(alerts_cxt, message);
+	a->details = NULL;
+	if (details != NULL)
+	{
+		a->details = MemoryContextAlloc(alerts_cxt, VARSIZE(details));
+		memcpy(a->details, details, VARSIZE(details));
+	}
+}
+
+Datum
+digitaltwin_alert_sql(PG_FUNCTION_ARGS)
+{
+	dt_require_preload();
+	dt_require_model_context("digitaltwin.alert()");
+	digitaltwin_alert(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)),
+					  PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)),
+					  PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2));
+	PG_RETURN_VOID();
+}
+
+bool
+digitaltwin_in_model(void)
+{
+	return dt_current_event != NULL;
+}
+
+const char *
+digitaltwin_current_model(void)
+{
+	return dt_current_event ? dt_current_event->model->name : NULL;
+}
+
+const char *
+digitaltwin_current_twin_id(void)
+{
+	return dt_current_event ? dt_current_event->event->twin_id : NULL;
+}
+
+int64
+digitaltwin_current_event_id(void)
+{
+	return dt_current_event ? dt_current_event->event->id : 0;
+}
+
+bool
+digitaltwin_jsonb_get_float8(Jsonb *obj, const char *key, double *result)
+{
+	JsonbValue	k;
+	JsonbValue *v;
+
+	if (obj == NULL || !JB_ROOT_IS_OBJECT(obj) || JB_ROOT_IS_SCALAR(obj))
+		return false;
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	v = findJsonbValueFromContainer(&obj->root, JB_FOBJECT, &k);
+	if (v == NULL || v->type != jbvNumeric)
+		return false;
+	*result = DatumGetFloat8(DirectFunctionCall1(numeric_float8,
+												 NumericGetDatum(v->val.numeric)));
+	return true;
+}
+
+/* ----------------------------------------------------------------
+ * End of batch
+ * ----------------------------------------------------------------
+ */
+
+static void
+dt_notify_alert(int64 id, const char *model, const char *twin_id,
+				const char *severity, const char *message, int64 event_id)
+{
+	StringInfoData buf;
+	int			msglen = strlen(message);
+
+	/* NOTIFY payloads are limited to 8000 bytes; the row has the rest */
+	if (msglen > DT_NOTIFY_MESSAGE_MAX)
+		msglen = pg_mbcliplen(message, msglen, DT_NOTIFY_MESSAGE_MAX);
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "{\"id\": " INT64_FORMAT ", \"model\": ", id);
+	escape_json(&buf, model);
+	appendStringInfoString(&buf, ", \"twin_id\": ");
+	escape_json(&buf, twin_id);
+	appendStringInfoString(&buf, ", \"severity\": ");
+	escape_json(&buf, severity);
+	appendStringInfoString(&buf, ", \"message\": ");
+	escape_json(&buf, pnstrdup(message, msglen));
+	appendStringInfo(&buf, ", \"event_id\": " INT64_FORMAT "}", event_id);
+	Async_Notify(DT_NOTIFY_CHANNEL, buf.data);
+	pfree(buf.data);
+}
+
+/*
+ * Insert the batch's alerts and queue their notifications.  Runs inside SPI
+ * in the batch's transaction.  Returns the number of alerts.
+ */
+int
+dt_alerts_flush(void)
+{
+	Datum	   *cols[6];
+	bool	   *details_nulls;
+	Datum		args[6];
+	int			dims[1];
+	int			lbs[1] = {1};
+	int			ret;
+	int			i;
+	uint64		r;
+
+	if (nalerts == 0)
+		return 0;
+
+	if (insert_plan == NULL)
+	{
+		Oid			types[6] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, JSONBARRAYOID, INT8ARRAYOID};
+
+		insert_plan = SPI_prepare("INSERT INTO digitaltwin.alerts "
+								  "(model, twin_id, severity, message, details, event_id) "
+								  "SELECT * FROM unnest($1, $2, $3, $4, $5, $6) "
+								  "RETURNING id, model, twin_id, severity, message, event_id",
+								  6, types);
+		if (insert_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(insert_plan);
+	}
+
+	for (i = 0; i < 6; i++)
+		cols[i] = palloc(sizeof(Datum) * nalerts);
+	details_nulls = palloc(sizeof(bool) * nalerts);
+	for (i = 0; i < nalerts; i++)
+	{
+		DtStagedAlert *a = &alerts[i];
+
+		cols[0][i] = CStringGetTextDatum(a->model->name);
+		cols[1][i] = CStringGetTextDatum(a->event->twin_id);
+		cols[2][i] = CStringGetTextDatum(a->severity);
+		cols[3][i] = CStringGetTextDatum(a->message);
+		cols[4][i] = PointerGetDatum(a->details);
+		details_nulls[i] = (a->details == NULL);
+		cols[5][i] = Int64GetDatum(a->event->id);
+	}
+	dims[0] = nalerts;
+	for (i = 0; i < 4; i++)
+		args[i] = PointerGetDatum(construct_array(cols[i], nalerts, TEXTOID, -1, false, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_md_array(cols[4], details_nulls, 1, dims, lbs,
+												 JSONBOID, -1, false, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_array(cols[5], nalerts, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+
+	ret = SPI_execute_plan(insert_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT_RETURNING)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+
+	for (r = 0; r < SPI_processed; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+
+		dt_notify_alert(DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull)),
+						TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)),
+						TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull)),
+						TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull)),
+						TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull)),
+						DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull)));
+	}
+	ret = nalerts;
+	nalerts = 0;
+	return ret;
+}
+
+/*
+ * Record an event that could not be applied.  Runs inside SPI in the batch's
+ * transaction, which also deletes the event from the queue.
+ */
+void
+dt_dead_letter(DtEvent *event)
+{
+	Oid			types[7] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
+	TIMESTAMPTZOID};
+	Datum		args[7];
+	int			ret;
+
+	if (dead_letter_plan == NULL)
+	{
+		dead_letter_plan = SPI_prepare("INSERT INTO digitaltwin.dead_letters "
+									   "(event_id, model, twin_id, payload, error, sqlstate, enqueued_at) "
+									   "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+									   7, types);
+		if (dead_letter_plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_keepplan(dead_letter_plan);
+	}
+	args[0] = Int64GetDatum(event->id);
+	args[1] = CStringGetTextDatum(event->model);
+	args[2] = CStringGetTextDatum(event->twin_id);
+	args[3] = JsonbPGetDatum(event->payload);
+	args[4] = CStringGetTextDatum(event->error ? event->error : "unknown error");
+	args[5] = CStringGetTextDatum(event->sqlstate);
+	args[6] = TimestampTzGetDatum(event->enqueued_at);
+	ret = SPI_execute_plan(dead_letter_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+}
+
+void
+dt_alerts_forget_plans(void)
+{
+	if (insert_plan)
+		SPI_freeplan(insert_plan);
+	if (dead_letter_plan)
+		SPI_freeplan(dead_letter_plan);
+	insert_plan = NULL;
+	dead_letter_plan = NULL;
+}

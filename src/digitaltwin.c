@@ -1,0 +1,70 @@
+/*-------------------------------------------------------------------------
+ *
+ * digitaltwin.c
+ *	  Module load: parameters, shared memory hooks, background workers.
+ *
+ * digitaltwin must be in shared_preload_libraries: its workers and its twin
+ * hash live from postmaster start.  Loaded any other way, the SQL functions
+ * refuse to run (dt_require_preload) rather than half-work.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+
+#include "dt_internal.h"
+
+PG_MODULE_MAGIC;
+
+bool		dt_preloaded = false;
+
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+
+void		_PG_init(void);
+
+static void
+dt_shmem_request_hook(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	dt_shmem_request();
+}
+
+static void
+dt_shmem_startup_hook(void)
+{
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	dt_shmem_startup();
+}
+
+void
+_PG_init(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	dt_define_gucs();
+
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = dt_shmem_request_hook;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = dt_shmem_startup_hook;
+
+	dt_register_workers();
+	dt_preloaded = true;
+}
+
+void
+dt_require_preload(void)
+{
+	if (!dt_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("digitaltwin must be loaded via shared_preload_libraries"),
+				 errhint("Add 'digitaltwin' to shared_preload_libraries in postgresql.conf and restart the server.")));
+}

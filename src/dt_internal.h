@@ -1,0 +1,264 @@
+/*-------------------------------------------------------------------------
+ *
+ * dt_internal.h
+ *	  Declarations shared by the source files of digitaltwin.
+ *
+ * One file per concern:
+ *	  guc.c		 configuration parameters
+ *	  shmem.c	 shared memory: worker slots, the twin hash (DSA + dshash)
+ *	  model.c	 model registry, caches of models, calling model functions
+ *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
+ *	  stage.c	 worker-local staging of twin states within a batch
+ *	  alerts.c	 alert(), staged alerts, dead letters
+ *	  views.c	 set-returning functions behind the live views
+ *	  worker.c	 background worker loop and batch transaction
+ *
+ * Copyright (c) 2026, digitaltwin developers
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef DT_INTERNAL_H
+#define DT_INTERNAL_H
+
+#include "postgres.h"
+
+#include "digitaltwin.h"
+#include "fmgr.h"
+#include "lib/dshash.h"
+#include "port/atomics.h"
+#include "storage/condition_variable.h"
+#include "storage/itemptr.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
+#include "utils/dsa.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#define DT_MAX_WORKERS 64
+#define DT_NOTIFY_CHANNEL "digitaltwin_alerts"
+
+/* guc.c */
+extern char *dt_database;
+extern int	dt_workers;
+extern int	dt_max_memory_mb;
+extern int	dt_batch_size;
+extern int	dt_poll_interval_ms;
+extern int	dt_model_timeout_ms;
+extern int	dt_max_payload_kb;
+extern int	dt_max_state_kb;
+extern void dt_define_gucs(void);
+
+/* digitaltwin.c */
+extern bool dt_preloaded;
+extern void dt_require_preload(void);
+
+/* ----------------------------------------------------------------
+ * shmem.c
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Key of a twin in the shared hash.  twin_id is zero-padded so that the key
+ * can be hashed and compared as plain bytes.
+ */
+typedef struct DtTwinKey
+{
+	int32		model_id;
+	char		twin_id[DT_TWIN_ID_MAXLEN + 1];
+} DtTwinKey;
+
+/*
+ * A twin in shared memory.  The state image lives in its own DSA chunk; it
+ * is replaced (never modified in place) under the entry's partition lock, so
+ * readers holding that lock always see one whole state.
+ */
+typedef struct DtTwinEntry
+{
+	DtTwinKey	key;
+	bool		pending;		/* inserted by an uncommitted batch */
+	uint32		state_len;
+	dsa_pointer state;
+	int64		event_count;
+	TimestampTz updated_at;
+} DtTwinEntry;
+
+typedef struct DtWorkerSlot
+{
+	slock_t		mutex;			/* protects the non-atomic fields */
+	pid_t		pid;
+	Latch	   *latch;
+	bool		busy;			/* inside a batch (before publication) */
+	uint64		generation;		/* batches finished and published */
+	int64		twins;
+	int64		memory_bytes;
+	TimestampTz last_batch_at;
+	TimestampTz window_start;
+	int64		window_events;
+	double		events_per_second;
+	char		last_error[256];
+	pg_atomic_uint64 events_processed;
+	pg_atomic_uint64 dead_letters;
+	pg_atomic_uint64 alerts;
+	pg_atomic_uint64 batches;
+} DtWorkerSlot;
+
+typedef struct DtShared
+{
+	int			tranche_id;		/* for DSA and dshash partition locks */
+	int			nworkers;
+	dshash_table_handle twins_handle;
+	ConditionVariable progress_cv;	/* broadcast after each batch */
+	DtWorkerSlot slots[DT_MAX_WORKERS];
+	/* the in-place DSA area follows */
+} DtShared;
+
+extern DtShared *dt_shared;
+
+extern void dt_shmem_request(void);
+extern void dt_shmem_startup(void);
+extern void dt_attach_store(void);
+extern dshash_table *dt_twins;
+extern dsa_area *dt_area;
+
+extern void dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len);
+extern int	dt_partition_of(const char *twin_id, int len, int partitions);
+
+/* loading and purging one worker's twins (worker start) */
+extern void dt_store_purge_partition(int partition, int partitions);
+extern void dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
+							   const char *image, Size len,
+							   int64 event_count, TimestampTz updated_at,
+							   DtWorkerSlot *slot);
+extern void dt_store_purge_models(int partition, int partitions,
+								  bool (*is_live) (int32 model_id));
+
+/* one batch's publication (see stage.c) */
+extern dsa_pointer dt_store_alloc_image(const char *image, Size len);
+extern bool dt_store_reserve_entry(const DtTwinKey *key);
+extern void dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
+							 int64 event_count, TimestampTz updated_at,
+							 DtWorkerSlot *slot);
+extern void dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot);
+extern void dt_store_unreserve(const DtTwinKey *key);
+
+/* copy a twin's state image out of shared memory; false if absent */
+extern bool dt_store_fetch(const DtTwinKey *key, MemoryContext cxt,
+						   char **image, Size *len, int64 *event_count);
+
+/* ----------------------------------------------------------------
+ * model.c
+ * ----------------------------------------------------------------
+ */
+typedef struct DtModel
+{
+	int32		id;
+	char		name[NAMEDATALEN];
+	Oid			process;
+	Oid			init;
+	Oid			state_type;
+	int16		typlen;
+	bool		typbyval;
+	bool		is_jsonb;
+	bool		process_strict;
+	bool		init_strict;
+	Oid			owner;
+	bool		broken;			/* a function is gone */
+	FmgrInfo	process_fn;
+	FmgrInfo	init_fn;
+} DtModel;
+
+extern Oid	dt_extension_oid(void);
+extern Oid	dt_models_relid(void);
+extern void dt_register_cache_callbacks(void);
+extern bool dt_model_name_known(const char *name);	/* insert-side check */
+
+/* worker-side model cache */
+extern bool dt_models_refresh(bool force);
+extern DtModel *dt_model_lookup(const char *name);
+extern bool dt_model_id_live(int32 model_id);
+extern Datum dt_model_call(DtModel *model, bool init, int nargs,
+						   Datum *args, bool *nulls, bool *isnull);
+
+/* ----------------------------------------------------------------
+ * queue.c
+ * ----------------------------------------------------------------
+ */
+typedef struct DtEvent
+{
+	ItemPointerData tid;
+	int64		id;
+	char	   *model;
+	char	   *twin_id;
+	Jsonb	   *payload;
+	TimestampTz enqueued_at;
+	bool		dead;
+	char	   *error;
+	char		sqlstate[6];
+} DtEvent;
+
+extern int	dt_fetch_events(int partition, int partitions, int limit,
+							DtEvent **events);
+extern void dt_delete_events(DtEvent *events, int nevents);
+extern void dt_queue_forget_plans(void);
+
+/* ----------------------------------------------------------------
+ * stage.c: twin states of the current batch, in worker-local memory
+ * ----------------------------------------------------------------
+ */
+typedef struct DtStagedTwin
+{
+	DtTwinKey	key;			/* hash key: must be first */
+	DtModel    *model;
+	const char *twin_id;
+	bool		has_state;		/* false: new, or ended by the model */
+	Datum		state;			/* never NULL when has_state */
+	int64		event_count;
+	bool		dirty;
+	TimestampTz updated_at;
+	/* prepared for publication */
+	bytea	   *image;			/* state image, as persisted */
+	dsa_pointer new_image;
+	Size		new_len;
+	bool		inserted_entry;
+} DtStagedTwin;
+
+extern void dt_stage_begin(MemoryContext cxt);
+extern DtStagedTwin *dt_stage_get(DtModel *model, const char *twin_id);
+extern void dt_stage_save_undo(DtStagedTwin *twin);
+extern int	dt_stage_undo_mark(void);
+extern void dt_stage_undo_to(int mark);
+extern int	dt_stage_persist(void);
+extern void dt_stage_prepare_publish(void);
+extern void dt_stage_forget_plans(void);
+extern Datum dt_stage_own_datum(Datum value, int16 typlen, bool typbyval);
+extern void dt_stage_publish(DtWorkerSlot *slot);
+extern void dt_stage_abandon(void);
+extern Size dt_state_image_size(Datum value, int16 typlen, bool typbyval);
+extern void dt_state_image_write(char *dst, Datum value, int16 typlen, bool typbyval);
+extern Datum dt_state_image_read(const char *src, Size len, int16 typlen, bool typbyval);
+
+/* ----------------------------------------------------------------
+ * alerts.c
+ * ----------------------------------------------------------------
+ */
+typedef struct DtCurrentEvent
+{
+	DtModel    *model;
+	DtEvent    *event;
+} DtCurrentEvent;
+
+extern DtCurrentEvent *dt_current_event;
+
+extern void dt_alerts_begin(MemoryContext cxt);
+extern int	dt_alerts_mark(void);
+extern void dt_alerts_undo_to(int mark);
+extern int	dt_alerts_flush(void);
+extern void dt_dead_letter(DtEvent *event);
+extern void dt_alerts_forget_plans(void);
+
+/* worker.c */
+extern PGDLLEXPORT void digitaltwin_worker_main(Datum main_arg);
+extern void dt_register_workers(void);
+
+#endif							/* DT_INTERNAL_H */

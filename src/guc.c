@@ -1,0 +1,103 @@
+/*-------------------------------------------------------------------------
+ *
+ * guc.c
+ *	  Configuration parameters of digitaltwin.
+ *
+ * Parameters that size shared memory or the set of background workers are
+ * PGC_POSTMASTER; the ones the worker loop reads each batch can be changed
+ * with a reload.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "utils/guc.h"
+
+#include "dt_internal.h"
+
+char	   *dt_database = NULL;
+int			dt_workers = 2;
+int			dt_max_memory_mb = 256;
+int			dt_batch_size = 1000;
+int			dt_poll_interval_ms = 1000;
+int			dt_model_timeout_ms = 5000;
+int			dt_max_payload_kb = 1024;
+int			dt_max_state_kb = 1024;
+
+void
+dt_define_gucs(void)
+{
+	DefineCustomStringVariable("digitaltwin.database",
+							   "Database whose events the digitaltwin workers process.",
+							   NULL,
+							   &dt_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.workers",
+							"Number of digitaltwin background workers.",
+							"Twins are partitioned among the workers by a hash of the twin id.",
+							&dt_workers,
+							2, 0, DT_MAX_WORKERS,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.max_memory",
+							"Shared memory available for twins.",
+							"When it is full, events stay queued until memory is freed.",
+							&dt_max_memory_mb,
+							256, 1, INT_MAX / 2,
+							PGC_POSTMASTER,
+							GUC_UNIT_MB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.batch_size",
+							"Maximum number of events a worker processes in one transaction.",
+							NULL,
+							&dt_batch_size,
+							1000, 1, 100000,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.poll_interval",
+							"Time between polls of the event queue when no commit wakes the workers.",
+							NULL,
+							&dt_poll_interval_ms,
+							1000, 1, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.model_timeout",
+							"Longest time a model function may run for one event; 0 disables.",
+							"An event whose model runs longer is dead-lettered.",
+							&dt_model_timeout_ms,
+							5000, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.max_payload_size",
+							"Largest event payload accepted.",
+							NULL,
+							&dt_max_payload_kb,
+							1024, 1, 1024 * 1024,
+							PGC_SUSET,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.max_state_size",
+							"Largest twin state a model may return.",
+							"An event whose model returns a larger state is dead-lettered.",
+							&dt_max_state_kb,
+							1024, 1, 1024 * 1024,
+							PGC_SIGHUP,
+							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("digitaltwin");
+}

@@ -1,0 +1,545 @@
+/*-------------------------------------------------------------------------
+ *
+ * model.c
+ *	  Model registry: create_model(), drop_model(), the caches of models,
+ *	  and calling a model's functions as the model's owner.
+ *
+ * Models are rows of digitaltwin.models.  Two backend-local caches read it:
+ * the insert-side set of known model names (used by the events trigger) and
+ * the worker's full description of each model (FmgrInfo, state type).  Both
+ * are invalidated through the relcache of digitaltwin.models: create_model()
+ * and drop_model() queue a relcache invalidation for the table, which every
+ * backend processes when the registering transaction commits, so a cache is
+ * never stale across a transaction boundary.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_proc.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/catcache.h"
+#include "utils/fmgroids.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+#include "utils/syscache.h"
+#include "utils/timeout.h"
+
+#include "dt_internal.h"
+
+PG_FUNCTION_INFO_V1(digitaltwin_create_model);
+PG_FUNCTION_INFO_V1(digitaltwin_drop_model);
+
+static Oid	models_relid = InvalidOid;
+static bool callbacks_registered = false;
+
+/* insert side: names known to exist */
+static HTAB *known_names = NULL;
+
+/* worker side */
+static HTAB *model_cache = NULL;
+static MemoryContext model_cache_cxt = NULL;
+static bool models_stale = true;
+
+typedef struct KnownName
+{
+	char		name[NAMEDATALEN];
+} KnownName;
+
+static void
+dt_models_inval_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == models_relid)
+	{
+		models_stale = true;
+		if (known_names != NULL)
+		{
+			hash_destroy(known_names);
+			known_names = NULL;
+		}
+		models_relid = InvalidOid;
+	}
+}
+
+static void
+dt_proc_inval_callback(Datum arg, int cacheid, uint32 hashvalue)
+{
+	/* a model function was replaced or dropped: re-resolve models */
+	models_stale = true;
+}
+
+void
+dt_register_cache_callbacks(void)
+{
+	if (callbacks_registered)
+		return;
+	CacheRegisterRelcacheCallback(dt_models_inval_callback, (Datum) 0);
+	CacheRegisterSyscacheCallback(PROCOID, dt_proc_inval_callback, (Datum) 0);
+	callbacks_registered = true;
+}
+
+Oid
+dt_extension_oid(void)
+{
+	return get_extension_oid("digitaltwin", true);
+}
+
+/*
+ * OID of digitaltwin.models; ERROR if the extension is not installed in
+ * this database.
+ */
+Oid
+dt_models_relid(void)
+{
+	dt_register_cache_callbacks();
+	if (!OidIsValid(models_relid))
+	{
+		Oid			nsp = get_namespace_oid("digitaltwin", true);
+
+		if (OidIsValid(nsp))
+			models_relid = get_relname_relid("models", nsp);
+		if (!OidIsValid(models_relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("extension \"digitaltwin\" is not installed in this database"),
+					 errhint("Run CREATE EXTENSION digitaltwin.")));
+	}
+	return models_relid;
+}
+
+/* ----------------------------------------------------------------
+ * create_model / drop_model
+ * ----------------------------------------------------------------
+ */
+
+static HeapTuple
+dt_lookup_proc(Oid fn, const char *role)
+{
+	HeapTuple	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(fn));
+
+	if (!HeapTupleIsValid(tup))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("%s function with OID %u does not exist", role, fn)));
+	return tup;
+}
+
+static void
+dt_check_proc_common(Form_pg_proc proc, Oid fn, const char *role)
+{
+	if (proc->prokind != PROKIND_FUNCTION)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("%s function %s is not a plain function", role,
+						format_procedure(fn)),
+				 errhint("Aggregates, window functions and procedures cannot be models.")));
+	if (proc->proretset)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("%s function %s must not return a set", role,
+						format_procedure(fn))));
+	if (pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, format_procedure(fn));
+}
+
+/*
+ * Validate process(twin_id text, state S, event jsonb) RETURNS S and return
+ * S.
+ */
+static Oid
+dt_check_process(Oid fn, bool *strict)
+{
+	HeapTuple	tup = dt_lookup_proc(fn, "process");
+	Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
+	Oid			state_type = proc->prorettype;
+
+	dt_check_proc_common(proc, fn, "process");
+	if (proc->pronargs != 3 ||
+		proc->proargtypes.values[0] != TEXTOID ||
+		proc->proargtypes.values[1] != state_type ||
+		proc->proargtypes.values[2] != JSONBOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("process function %s has the wrong signature",
+						format_procedure(fn)),
+				 errdetail("A process function must be declared as (twin_id text, state S, event jsonb) RETURNS S for one state type S.")));
+	if (get_typtype(state_type) == TYPTYPE_PSEUDO)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("state type of a model cannot be the pseudo-type %s",
+						format_type_be(state_type))));
+	*strict = proc->proisstrict;
+	ReleaseSysCache(tup);
+	return state_type;
+}
+
+static void
+dt_check_init(Oid fn, Oid state_type)
+{
+	HeapTuple	tup = dt_lookup_proc(fn, "init");
+	Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
+
+	dt_check_proc_common(proc, fn, "init");
+	if (proc->pronargs != 1 ||
+		proc->proargtypes.values[0] != TEXTOID ||
+		proc->prorettype != state_type)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("init function %s has the wrong signature",
+						format_procedure(fn)),
+				 errdetail("The init function must be declared as (twin_id text) RETURNS %s, the state type of the process function.",
+						   format_type_be(state_type))));
+	ReleaseSysCache(tup);
+}
+
+static bool
+dt_model_row_exists(const char *name)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	Oid			argtype = TEXTOID;
+	int			ret;
+
+	ret = SPI_execute_with_args("SELECT 1 FROM digitaltwin.models WHERE name = $1",
+								1, &argtype, &arg, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	return SPI_processed > 0;
+}
+
+Datum
+digitaltwin_create_model(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Oid			process;
+	Oid			init = InvalidOid;
+	Oid			state_type;
+	bool		strict;
+	Oid			argtypes[5] = {TEXTOID, OIDOID, OIDOID, OIDOID, OIDOID};
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	int			ret;
+
+	dt_require_preload();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("process function of a model must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (strlen(name) == 0 || strlen(name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model name must be 1 to %d bytes long", NAMEDATALEN - 1)));
+
+	process = PG_GETARG_OID(1);
+	state_type = dt_check_process(process, &strict);
+	if (!PG_ARGISNULL(2))
+	{
+		init = PG_GETARG_OID(2);
+		dt_check_init(init, state_type);
+	}
+	else if (strict)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("process function %s of a model without init must not be STRICT",
+						format_procedure(process)),
+				 errdetail("A new twin has a NULL state, and a STRICT function is never called with NULL."),
+				 errhint("Declare the function CALLED ON NULL INPUT, or give the model an init function.")));
+
+	SPI_connect();
+	if (dt_model_row_exists(name))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("model \"%s\" already exists", name),
+				 errhint("Drop it first with digitaltwin.drop_model().")));
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = ObjectIdGetDatum(process);
+	values[2] = ObjectIdGetDatum(init);
+	if (!OidIsValid(init))
+		nulls[2] = 'n';
+	values[3] = ObjectIdGetDatum(state_type);
+	values[4] = ObjectIdGetDatum(GetUserId());
+	ret = SPI_execute_with_args("INSERT INTO digitaltwin.models (name, process, init, state_type, owner) "
+								"VALUES ($1, $2::regprocedure, $3::regprocedure, $4::regtype, $5::regrole)",
+								5, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	SPI_finish();
+
+	CacheInvalidateRelcacheByRelid(dt_models_relid());
+	PG_RETURN_VOID();
+}
+
+Datum
+digitaltwin_drop_model(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	Datum		arg;
+	Oid			argtype = TEXTOID;
+	bool		isnull;
+	Oid			owner;
+	int			ret;
+
+	dt_require_preload();
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model name must not be null")));
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	arg = CStringGetTextDatum(name);
+
+	SPI_connect();
+	ret = SPI_execute_with_args("SELECT owner::oid FROM digitaltwin.models WHERE name = $1 FOR UPDATE",
+								1, &argtype, &arg, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", name)));
+	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull));
+	if (!has_privs_of_role(GetUserId(), owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of model \"%s\"", name)));
+
+	/* twin_state rows go with it (ON DELETE CASCADE) */
+	ret = SPI_execute_with_args("DELETE FROM digitaltwin.models WHERE name = $1",
+								1, &argtype, &arg, NULL, false, 0);
+	if (ret != SPI_OK_DELETE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	SPI_finish();
+
+	CacheInvalidateRelcacheByRelid(dt_models_relid());
+	PG_RETURN_VOID();
+}
+
+/* ----------------------------------------------------------------
+ * Insert side: is this a model name?
+ * ----------------------------------------------------------------
+ */
+bool
+dt_model_name_known(const char *name)
+{
+	bool		found;
+	bool		exists;
+
+	if (strlen(name) >= NAMEDATALEN)
+		return false;
+
+	(void) dt_models_relid();	/* sets up invalidation */
+	if (known_names == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = NAMEDATALEN;
+		ctl.entrysize = sizeof(KnownName);
+		ctl.hcxt = CacheMemoryContext;
+		known_names = hash_create("digitaltwin model names", 16, &ctl,
+								  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	hash_search(known_names, name, HASH_FIND, &found);
+	if (found)
+		return true;
+
+	SPI_connect();
+	exists = dt_model_row_exists(name);
+	SPI_finish();
+
+	/* only positive answers are cached: a model may appear at any time */
+	if (exists && known_names != NULL)
+		hash_search(known_names, name, HASH_ENTER, NULL);
+	return exists;
+}
+
+/* ----------------------------------------------------------------
+ * Worker side: the model cache
+ * ----------------------------------------------------------------
+ */
+
+static void
+dt_model_resolve(DtModel *m)
+{
+	HeapTuple	tup;
+
+	m->broken = false;
+	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(m->process));
+	if (!HeapTupleIsValid(tup))
+	{
+		m->broken = true;
+		return;
+	}
+	m->process_strict = ((Form_pg_proc) GETSTRUCT(tup))->proisstrict;
+	ReleaseSysCache(tup);
+	fmgr_info_cxt(m->process, &m->process_fn, model_cache_cxt);
+
+	if (OidIsValid(m->init))
+	{
+		tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(m->init));
+		if (!HeapTupleIsValid(tup))
+		{
+			m->broken = true;
+			return;
+		}
+		m->init_strict = ((Form_pg_proc) GETSTRUCT(tup))->proisstrict;
+		ReleaseSysCache(tup);
+		fmgr_info_cxt(m->init, &m->init_fn, model_cache_cxt);
+	}
+	get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
+	m->is_jsonb = (m->state_type == JSONBOID);
+}
+
+/*
+ * Reload the model cache if a model or a model function changed.  Runs in
+ * the worker's transaction, inside SPI.
+ */
+bool
+dt_models_refresh(bool force)
+{
+	HASHCTL		ctl;
+	int			ret;
+	uint64		i;
+
+	if (!models_stale && !force && model_cache != NULL)
+		return false;
+	(void) dt_models_relid();
+
+	if (model_cache_cxt == NULL)
+		model_cache_cxt = AllocSetContextCreate(TopMemoryContext,
+												"digitaltwin model cache",
+												ALLOCSET_SMALL_SIZES);
+	/* clear the flag first: an invalidation arriving meanwhile re-sets it */
+	models_stale = false;
+	MemoryContextReset(model_cache_cxt);
+	model_cache = NULL;
+
+	ctl.keysize = NAMEDATALEN;
+	ctl.entrysize = sizeof(DtModel);
+	ctl.hcxt = model_cache_cxt;
+	model_cache = hash_create("digitaltwin models", 16, &ctl,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+
+	ret = SPI_execute("SELECT id, name, process::oid, init::oid, state_type::oid, owner::oid "
+					  "FROM digitaltwin.models", true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+
+	for (i = 0; i < SPI_processed; i++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		DtModel    *m;
+		Datum		d;
+
+		m = hash_search(model_cache, name, HASH_ENTER, NULL);
+		m->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+		m->process = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		d = SPI_getbinval(tup, desc, 4, &isnull);
+		m->init = isnull ? InvalidOid : DatumGetObjectId(d);
+		m->state_type = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
+		m->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+		strlcpy(m->name, name, NAMEDATALEN);
+		dt_model_resolve(m);
+	}
+	return true;
+}
+
+DtModel *
+dt_model_lookup(const char *name)
+{
+	if (model_cache == NULL || strlen(name) >= NAMEDATALEN)
+		return NULL;
+	return hash_search(model_cache, name, HASH_FIND, NULL);
+}
+
+bool
+dt_model_id_live(int32 model_id)
+{
+	HASH_SEQ_STATUS status;
+	DtModel    *m;
+
+	if (model_cache == NULL)
+		return false;
+	hash_seq_init(&status, model_cache);
+	while ((m = hash_seq_search(&status)) != NULL)
+	{
+		if (m->id == model_id)
+		{
+			hash_seq_term(&status);
+			return true;
+		}
+	}
+	return false;
+}
+
+/*
+ * Call a model's process or init function as the model's owner, in a
+ * security-restricted operation, under digitaltwin.model_timeout.
+ *
+ * The caller runs this inside a subtransaction: on ERROR, aborting the
+ * subtransaction restores the user id and security context saved when it
+ * started, and the caller disables the timeout.
+ */
+Datum
+dt_model_call(DtModel *model, bool init, int nargs, Datum *args,
+			  bool *nulls, bool *isnull)
+{
+	FmgrInfo   *flinfo = init ? &model->init_fn : &model->process_fn;
+	bool		strict = init ? model->init_strict : model->process_strict;
+	LOCAL_FCINFO(fcinfo, 3);
+	Oid			save_userid;
+	int			save_sec_context;
+	Datum		result;
+	int			i;
+
+	Assert(nargs <= 3);
+	for (i = 0; i < nargs; i++)
+	{
+		if (nulls[i] && strict)
+		{
+			*isnull = true;
+			return (Datum) 0;
+		}
+	}
+
+	InitFunctionCallInfoData(*fcinfo, flinfo, nargs, DEFAULT_COLLATION_OID,
+							 NULL, NULL);
+	for (i = 0; i < nargs; i++)
+	{
+		fcinfo->args[i].value = args[i];
+		fcinfo->args[i].isnull = nulls[i];
+	}
+
+	GetUserIdAndSecContext(&save_userid, &save_sec_context);
+	SetUserIdAndSecContext(model->owner,
+						   save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	if (dt_model_timeout_ms > 0)
+		enable_timeout_after(STATEMENT_TIMEOUT, dt_model_timeout_ms);
+
+	result = FunctionCallInvoke(fcinfo);
+
+	if (dt_model_timeout_ms > 0)
+		disable_timeout(STATEMENT_TIMEOUT, false);
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+
+	*isnull = fcinfo->isnull;
+	return result;
+}

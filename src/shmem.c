@@ -1,0 +1,418 @@
+/*-------------------------------------------------------------------------
+ *
+ * shmem.c
+ *	  Shared memory of digitaltwin: worker slots and the twin hash.
+ *
+ * Twins live in a dshash table inside a DSA area that is created in place in
+ * the main shared memory segment at postmaster start (as PG15's shared
+ * memory statistics do), so it is reset by a crash-restart together with
+ * everything else; dsa_set_size_limit() bounds it by digitaltwin.max_memory.
+ *
+ * Locking rules:
+ *	- A twin entry is written only by the worker that owns its partition, and
+ *	  only while holding the entry's dshash partition lock exclusively.
+ *	- A state image is never modified in place: the owner allocates a new DSA
+ *	  chunk, fills it, swaps the pointer under the partition lock and frees
+ *	  the old chunk.  Readers copy the image while holding the partition lock
+ *	  (shared), so they see one whole state.
+ *	- At most one dshash entry is held at a time.  The only nested lock is
+ *	  the DSA area's own lock, taken inside the partition lock by dsa_free()
+ *	  and by dshash's own allocations; nothing takes them the other way round.
+ *	- No user code and no SPI run while a partition lock is held.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/hashfn.h"
+#include "miscadmin.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/memutils.h"
+
+#include "dt_internal.h"
+
+/* DSA area placed in the main segment; further memory comes from DSM. */
+#define DT_INPLACE_DSA_SIZE (1024 * 1024)
+
+DtShared   *dt_shared = NULL;
+dsa_area   *dt_area = NULL;
+dshash_table *dt_twins = NULL;
+
+static const dshash_parameters dt_twin_params = {
+	sizeof(DtTwinKey),
+	sizeof(DtTwinEntry),
+	dshash_memcmp,
+	dshash_memhash,
+	0							/* tranche id, set at run time */
+};
+
+static Size
+dt_shmem_size(void)
+{
+	return add_size(MAXALIGN(sizeof(DtShared)), DT_INPLACE_DSA_SIZE);
+}
+
+static void *
+dt_inplace_area(void)
+{
+	return (char *) dt_shared + MAXALIGN(sizeof(DtShared));
+}
+
+void
+dt_shmem_request(void)
+{
+	RequestAddinShmemSpace(dt_shmem_size());
+}
+
+void
+dt_shmem_startup(void)
+{
+	bool		found;
+
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	dt_shared = ShmemInitStruct("digitaltwin", dt_shmem_size(), &found);
+	if (!found)
+	{
+		dshash_parameters params = dt_twin_params;
+		dsa_area   *area;
+		dshash_table *twins;
+		int			i;
+
+		memset(dt_shared, 0, sizeof(DtShared));
+		dt_shared->tranche_id = LWLockNewTrancheId();
+		dt_shared->nworkers = dt_workers;
+		ConditionVariableInit(&dt_shared->progress_cv);
+		for (i = 0; i < DT_MAX_WORKERS; i++)
+		{
+			DtWorkerSlot *slot = &dt_shared->slots[i];
+
+			SpinLockInit(&slot->mutex);
+			pg_atomic_init_u64(&slot->events_processed, 0);
+			pg_atomic_init_u64(&slot->dead_letters, 0);
+			pg_atomic_init_u64(&slot->alerts, 0);
+			pg_atomic_init_u64(&slot->batches, 0);
+		}
+
+		/*
+		 * The postmaster must not create DSM segments, so the initial hash
+		 * has to fit in the in-place part: keep the limit at that size while
+		 * creating it, then raise it to the configured maximum.
+		 */
+		area = dsa_create_in_place(dt_inplace_area(), DT_INPLACE_DSA_SIZE,
+								   dt_shared->tranche_id, NULL);
+		dsa_pin(area);
+		dsa_set_size_limit(area, DT_INPLACE_DSA_SIZE);
+		params.tranche_id = dt_shared->tranche_id;
+		twins = dshash_create(area, &params, NULL);
+		dt_shared->twins_handle = dshash_get_hash_table_handle(twins);
+		dsa_set_size_limit(area, (size_t) dt_max_memory_mb * 1024 * 1024);
+		dshash_detach(twins);
+		dsa_detach(area);
+	}
+	LWLockRelease(AddinShmemInitLock);
+
+	LWLockRegisterTranche(dt_shared->tranche_id, "digitaltwin");
+}
+
+/*
+ * Attach this backend to the twin hash, once.
+ */
+void
+dt_attach_store(void)
+{
+	dshash_parameters params = dt_twin_params;
+	MemoryContext old;
+
+	dt_require_preload();
+	if (dt_twins != NULL)
+		return;
+
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	LWLockRegisterTranche(dt_shared->tranche_id, "digitaltwin");
+	dt_area = dsa_attach_in_place(dt_inplace_area(), NULL);
+	dsa_pin_mapping(dt_area);
+	params.tranche_id = dt_shared->tranche_id;
+	dt_twins = dshash_attach(dt_area, &params, dt_shared->twins_handle, NULL);
+	MemoryContextSwitchTo(old);
+}
+
+void
+dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len)
+{
+	Assert(len <= DT_TWIN_ID_MAXLEN);
+	memset(key, 0, sizeof(DtTwinKey));
+	key->model_id = model_id;
+	memcpy(key->twin_id, twin_id, len);
+}
+
+/*
+ * The partition (worker) that owns a twin.  Only the twin id is hashed, so
+ * the assignment does not depend on anything a transaction could change.
+ */
+int
+dt_partition_of(const char *twin_id, int len, int partitions)
+{
+	uint32		h;
+
+	if (partitions <= 1)
+		return 0;
+	h = hash_bytes((const unsigned char *) twin_id, len);
+	return (int) (h % (uint32) partitions);
+}
+
+static int
+dt_key_partition(const DtTwinKey *key, int partitions)
+{
+	return dt_partition_of(key->twin_id, strlen(key->twin_id), partitions);
+}
+
+static void
+dt_slot_account(DtWorkerSlot *slot, int64 twins, int64 bytes)
+{
+	SpinLockAcquire(&slot->mutex);
+	slot->twins += twins;
+	slot->memory_bytes += bytes;
+	SpinLockRelease(&slot->mutex);
+}
+
+bool
+dt_store_fetch(const DtTwinKey *key, MemoryContext cxt, char **image,
+			   Size *len, int64 *event_count)
+{
+	DtTwinEntry *entry;
+	bool		found = false;
+
+	entry = dshash_find(dt_twins, key, false);
+	if (entry == NULL)
+		return false;
+	if (!entry->pending && DsaPointerIsValid(entry->state))
+	{
+		/* palloc may ERROR; the abort path releases the partition lock */
+		*image = MemoryContextAlloc(cxt, entry->state_len);
+		memcpy(*image, dsa_get_address(dt_area, entry->state), entry->state_len);
+		*len = entry->state_len;
+		*event_count = entry->event_count;
+		found = true;
+	}
+	dshash_release_lock(dt_twins, entry);
+	return found;
+}
+
+/*
+ * Forget every twin of one partition.  A worker does this when it starts,
+ * before reloading its twins from the durable table: whatever shared memory
+ * held may predate the last commit of the worker's previous incarnation.
+ */
+void
+dt_store_purge_partition(int partition, int partitions)
+{
+	dshash_seq_status status;
+	DtTwinEntry *entry;
+	DtWorkerSlot *slot = &dt_shared->slots[partition];
+
+	dshash_seq_init(&status, dt_twins, true);
+	while ((entry = dshash_seq_next(&status)) != NULL)
+	{
+		if (dt_key_partition(&entry->key, partitions) != partition)
+			continue;
+		if (DsaPointerIsValid(entry->state))
+			dsa_free(dt_area, entry->state);
+		dshash_delete_current(&status);
+	}
+	dshash_seq_term(&status);
+
+	SpinLockAcquire(&slot->mutex);
+	slot->twins = 0;
+	slot->memory_bytes = 0;
+	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * Forget the twins of models that no longer exist (drop_model).
+ */
+void
+dt_store_purge_models(int partition, int partitions,
+					  bool (*is_live) (int32 model_id))
+{
+	dshash_seq_status status;
+	DtTwinEntry *entry;
+	int64		twins = 0;
+	int64		bytes = 0;
+
+	dshash_seq_init(&status, dt_twins, true);
+	while ((entry = dshash_seq_next(&status)) != NULL)
+	{
+		if (dt_key_partition(&entry->key, partitions) != partition ||
+			is_live(entry->key.model_id))
+			continue;
+		if (DsaPointerIsValid(entry->state))
+			dsa_free(dt_area, entry->state);
+		twins++;
+		bytes += entry->state_len + sizeof(DtTwinEntry);
+		dshash_delete_current(&status);
+	}
+	dshash_seq_term(&status);
+	dt_slot_account(&dt_shared->slots[partition], -twins, -bytes);
+}
+
+/*
+ * Allocate a DSA chunk holding a copy of a state image.  Fails with a clear
+ * ERROR when digitaltwin.max_memory is exhausted; callers run inside a
+ * transaction that has not committed yet, so nothing is lost.
+ */
+dsa_pointer
+dt_store_alloc_image(const char *image, Size len)
+{
+	dsa_pointer dp;
+
+	dp = dsa_allocate_extended(dt_area, len, DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
+	if (!DsaPointerIsValid(dp))
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("digitaltwin shared memory for twins is exhausted"),
+				 errdetail("digitaltwin.max_memory is %d MB; the events stay queued.",
+						   dt_max_memory_mb),
+				 errhint("Increase digitaltwin.max_memory, or end twins by returning NULL from the model.")));
+	memcpy(dsa_get_address(dt_area, dp), image, len);
+	return dp;
+}
+
+void
+dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
+				   const char *image, Size len,
+				   int64 event_count, TimestampTz updated_at,
+				   DtWorkerSlot *slot)
+{
+	DtTwinKey	key;
+	DtTwinEntry *entry;
+	dsa_pointer dp;
+	dsa_pointer old = InvalidDsaPointer;
+	Size		old_len = 0;
+	bool		found;
+
+	dt_make_key(&key, model_id, twin_id, idlen);
+	dp = dt_store_alloc_image(image, len);
+	entry = dshash_find_or_insert(dt_twins, &key, &found);
+	if (found)
+	{
+		old = entry->state;
+		old_len = entry->state_len;
+	}
+	entry->pending = false;
+	entry->state = dp;
+	entry->state_len = len;
+	entry->event_count = event_count;
+	entry->updated_at = updated_at;
+	dshash_release_lock(dt_twins, entry);
+
+	if (DsaPointerIsValid(old))
+		dsa_free(dt_area, old);
+	if (found)
+		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
+	else
+		dt_slot_account(slot, 1, len + sizeof(DtTwinEntry));
+}
+
+/*
+ * Make sure an entry exists for a twin that a batch is about to publish, so
+ * that publication after commit needs no allocation.  A new entry stays
+ * 'pending' (invisible to readers) until published or abandoned.
+ * Returns true if the entry was created here.
+ */
+bool
+dt_store_reserve_entry(const DtTwinKey *key)
+{
+	DtTwinEntry *entry;
+	bool		found;
+
+	entry = dshash_find_or_insert(dt_twins, key, &found);
+	if (!found)
+	{
+		entry->pending = true;
+		entry->state = InvalidDsaPointer;
+		entry->state_len = 0;
+		entry->event_count = 0;
+		entry->updated_at = 0;
+	}
+	dshash_release_lock(dt_twins, entry);
+	return !found;
+}
+
+/*
+ * After commit: install a prepared image.  Cannot fail: the entry and the
+ * chunk exist already.
+ */
+void
+dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
+				 int64 event_count, TimestampTz updated_at,
+				 DtWorkerSlot *slot)
+{
+	DtTwinEntry *entry;
+	dsa_pointer old;
+	Size		old_len;
+	bool		was_new;
+
+	entry = dshash_find(dt_twins, key, true);
+	if (entry == NULL)
+		elog(PANIC, "digitaltwin: reserved twin entry vanished");
+	was_new = entry->pending;
+	old = entry->state;
+	old_len = entry->state_len;
+	entry->state = image;
+	entry->state_len = len;
+	entry->event_count = event_count;
+	entry->updated_at = updated_at;
+	entry->pending = false;
+	dshash_release_lock(dt_twins, entry);
+
+	if (DsaPointerIsValid(old))
+		dsa_free(dt_area, old);
+	if (was_new)
+		dt_slot_account(slot, 1, len + sizeof(DtTwinEntry));
+	else
+		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
+}
+
+/*
+ * After commit: a twin ended (its model returned NULL).
+ */
+void
+dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot)
+{
+	DtTwinEntry *entry;
+	dsa_pointer old;
+	Size		old_len;
+	bool		was_pending;
+
+	entry = dshash_find(dt_twins, key, true);
+	if (entry == NULL)
+		return;
+	old = entry->state;
+	old_len = entry->state_len;
+	was_pending = entry->pending;
+	dshash_delete_entry(dt_twins, entry);
+
+	if (DsaPointerIsValid(old))
+		dsa_free(dt_area, old);
+	if (!was_pending)
+		dt_slot_account(slot, -1, -(int64) (old_len + sizeof(DtTwinEntry)));
+}
+
+/*
+ * After abort: drop an entry reserved by the failed batch, if still pending.
+ */
+void
+dt_store_unreserve(const DtTwinKey *key)
+{
+	DtTwinEntry *entry;
+
+	entry = dshash_find(dt_twins, key, true);
+	if (entry == NULL)
+		return;
+	if (entry->pending)
+		dshash_delete_entry(dt_twins, entry);
+	else
+		dshash_release_lock(dt_twins, entry);
+}

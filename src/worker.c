@@ -1,0 +1,635 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  The digitaltwin background workers.
+ *
+ * Worker i owns partition i: the twins whose id hashes to i (see
+ * dt_partition_of).  Because one worker applies all events of a twin, in id
+ * order within each batch, a twin's events apply in the order they became
+ * visible, without locks between workers.
+ *
+ * One batch is one transaction:
+ *
+ *	  fetch the oldest visible events of the partition
+ *	  apply them to staged twin states (model calls, in subtransactions)
+ *	  write the changed states to twin_state			 }
+ *	  delete the consumed events						 } one commit:
+ *	  insert alerts (+ NOTIFY) and dead letters			 } exactly once
+ *	  copy the new states into shared memory (not yet visible)
+ *	  COMMIT
+ *	  publish the copies in the shared hash
+ *
+ * Error isolation without a subtransaction per event: a run of events
+ * shares one subtransaction.  When event k of a run fails, the run is rolled
+ * back and its staged effects undone, event k is marked dead, the events
+ * before k run again in a new subtransaction, and the batch goes on after
+ * k.  Each event's model is called at most twice per failure before it, and
+ * a batch opens 1 + 2 * (failures) subtransactions, far from the 64 that
+ * would overflow the subxid cache in normal operation.
+ *
+ * Shared memory is rebuilt from twin_state whenever a worker starts, so a
+ * worker that died between its commit and its publication (or a crash-
+ * restart, which wipes shared memory) leaves no stale twin behind.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/detoast.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timeout.h"
+
+#include "dt_internal.h"
+
+typedef enum DtBatchPhase
+{
+	DT_PHASE_IDLE,
+	DT_PHASE_WORKING,			/* inside the transaction, before commit */
+	DT_PHASE_COMMITTING,		/* commit may or may not have happened */
+	DT_PHASE_PUBLISHING			/* committed, shared memory half updated */
+} DtBatchPhase;
+
+static int	my_partition = -1;
+static DtWorkerSlot *my_slot = NULL;
+static MemoryContext batch_cxt = NULL;
+static MemoryContext event_cxt = NULL;
+static volatile DtBatchPhase phase = DT_PHASE_IDLE;
+static bool need_rebuild = true;
+static Oid	known_extension = InvalidOid;
+static int	backoff_ms = 0;
+
+void
+dt_register_workers(void)
+{
+	BackgroundWorker worker;
+	int			i;
+
+	for (i = 0; i < dt_workers; i++)
+	{
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+			BGWORKER_BACKEND_DATABASE_CONNECTION;
+		/* never on a standby: workers write; they start at promotion */
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = 2;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "digitaltwin");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "digitaltwin_worker_main");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "digitaltwin worker %d", i);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "digitaltwin worker");
+		worker.bgw_main_arg = Int32GetDatum(i);
+		RegisterBackgroundWorker(&worker);
+	}
+}
+
+static void
+dt_worker_set_busy(bool busy, bool finished)
+{
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->busy = busy;
+	if (finished)
+		my_slot->generation++;
+	SpinLockRelease(&my_slot->mutex);
+	if (finished)
+		ConditionVariableBroadcast(&dt_shared->progress_cv);
+}
+
+static void
+dt_worker_exit(int code, Datum arg)
+{
+	/* chunks prepared for a batch that will never be published */
+	dt_stage_abandon();
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->pid = 0;
+	my_slot->latch = NULL;
+	my_slot->busy = false;
+	my_slot->generation++;
+	SpinLockRelease(&my_slot->mutex);
+	ConditionVariableBroadcast(&dt_shared->progress_cv);
+}
+
+/* ----------------------------------------------------------------
+ * Applying events
+ * ----------------------------------------------------------------
+ */
+
+static void
+dt_check_state(DtModel *model, Datum state)
+{
+	if (!model->typbyval && model->typlen == -1 &&
+		toast_raw_datum_size(state) > (Size) dt_max_state_kb * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" returned a state of %zu bytes",
+						model->name, toast_raw_datum_size(state)),
+				 errdetail("digitaltwin.max_state_size is %d kB.", dt_max_state_kb)));
+	if (model->is_jsonb)
+	{
+		Jsonb	   *j = DatumGetJsonbP(state);
+
+		if (!JB_ROOT_IS_OBJECT(j) || JB_ROOT_IS_SCALAR(j))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("model \"%s\" returned a state that is not a JSON object",
+							model->name),
+					 errhint("Return a jsonb object, or NULL to end the twin.")));
+	}
+}
+
+static void
+dt_apply_event(DtEvent *ev)
+{
+	DtModel    *model = dt_model_lookup(ev->model);
+	DtStagedTwin *twin;
+	DtCurrentEvent current;
+	MemoryContext old;
+	Datum		args[3];
+	bool		nulls[3] = {false, false, false};
+	Datum		state;
+	bool		state_null;
+	int64		count;
+	Datum		result;
+	bool		isnull;
+
+	if (model == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", ev->model),
+				 errdetail("The model was dropped after the event was queued.")));
+	if (model->broken)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("a function of model \"%s\" no longer exists", ev->model),
+				 errhint("Drop the model and create it again with existing functions.")));
+
+	twin = dt_stage_get(model, ev->twin_id);
+	dt_stage_save_undo(twin);
+
+	old = MemoryContextSwitchTo(event_cxt);
+	current.model = model;
+	current.event = ev;
+	dt_current_event = &current;
+	args[0] = CStringGetTextDatum(ev->twin_id);
+
+	if (twin->has_state)
+	{
+		state = twin->state;
+		state_null = false;
+		count = twin->event_count;
+	}
+	else
+	{
+		state = (Datum) 0;
+		state_null = true;
+		count = 0;
+		if (OidIsValid(model->init))
+		{
+			state = dt_model_call(model, true, 1, args, nulls, &state_null);
+			if (!state_null)
+				dt_check_state(model, state);
+		}
+	}
+
+	args[1] = state;
+	nulls[1] = state_null;
+	args[2] = JsonbPGetDatum(ev->payload);
+	result = dt_model_call(model, false, 3, args, nulls, &isnull);
+	if (!isnull)
+		dt_check_state(model, result);
+	dt_current_event = NULL;
+	MemoryContextSwitchTo(old);
+
+	if (isnull)
+	{
+		/* the model ended the twin */
+		twin->has_state = false;
+		twin->event_count = 0;
+	}
+	else
+	{
+		twin->state = dt_stage_own_datum(result, model->typlen, model->typbyval);
+		twin->has_state = true;
+		twin->event_count = count + 1;
+	}
+	twin->dirty = true;
+	twin->updated_at = GetCurrentStatementStartTimestamp();
+	MemoryContextReset(event_cxt);
+}
+
+static void
+dt_record_failure(DtEvent *ev, ErrorData *edata, TimestampTz started)
+{
+	DtModel    *model = dt_model_lookup(ev->model);
+
+	ev->dead = true;
+	strlcpy(ev->sqlstate, unpack_sql_state(edata->sqlerrcode), sizeof(ev->sqlstate));
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && dt_model_timeout_ms > 0 &&
+		TimestampDifferenceExceeds(started, GetCurrentTimestamp(), dt_model_timeout_ms))
+		ev->error = MemoryContextStrdup(batch_cxt,
+										psprintf("model \"%s\" ran longer than digitaltwin.model_timeout (%d ms)",
+												 model ? model->name : ev->model,
+												 dt_model_timeout_ms));
+	else
+		ev->error = MemoryContextStrdup(batch_cxt,
+										edata->message ? edata->message : "unknown error");
+}
+
+/*
+ * Apply events [start, end) that are not dead, in one subtransaction.
+ * Returns -1 on success, or the index of the event that failed; then the
+ * run has been rolled back and its staged effects undone.
+ */
+static int
+dt_run_segment(DtEvent *events, int start, int end)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	int			undo_mark = dt_stage_undo_mark();
+	int			alert_mark = dt_alerts_mark();
+	volatile int current = -1;
+	volatile TimestampTz started = 0;
+	int			failed = -1;
+	int			i;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+
+	PG_TRY();
+	{
+		for (i = start; i < end; i++)
+		{
+			if (events[i].dead)
+				continue;
+			current = i;
+			started = GetCurrentTimestamp();
+			dt_apply_event(&events[i]);
+		}
+		current = -1;
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		dt_current_event = NULL;
+		if (dt_model_timeout_ms > 0)
+			disable_timeout(STATEMENT_TIMEOUT, false);
+		MemoryContextSwitchTo(batch_cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+		MemoryContextReset(event_cxt);
+
+		/* not an event's fault: the whole batch fails */
+		if (current < 0)
+			ReThrowError(edata);
+
+		dt_stage_undo_to(undo_mark);
+		dt_alerts_undo_to(alert_mark);
+		failed = current;
+		dt_record_failure(&events[failed], edata, started);
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+
+	return failed;
+}
+
+static void
+dt_apply_events(DtEvent *events, int n)
+{
+	int			start = 0;
+	int			end = n;
+
+	while (start < n)
+	{
+		int			failed = dt_run_segment(events, start, end);
+
+		if (failed < 0)
+		{
+			start = end;
+			end = n;
+		}
+		else
+		{
+			/* re-run what came before the failed event, then go on */
+			end = failed;
+			if (start == end)
+			{
+				start = failed + 1;
+				end = n;
+			}
+		}
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Rebuilding the partition from the durable state
+ * ----------------------------------------------------------------
+ */
+static void
+dt_worker_rebuild(void)
+{
+	Oid			types[2] = {INT4OID, INT4OID};
+	Datum		args[2];
+	Portal		portal;
+	int64		loaded = 0;
+	instr_time	start;
+	instr_time	duration;
+
+	INSTR_TIME_SET_CURRENT(start);
+	dt_store_purge_partition(my_partition, dt_shared->nworkers);
+
+	args[0] = Int32GetDatum(dt_shared->nworkers);
+	args[1] = Int32GetDatum(my_partition);
+	portal = SPI_cursor_open_with_args(NULL,
+									   "SELECT model_id, twin_id, state, event_count, updated_at "
+									   "FROM digitaltwin.twin_state "
+									   "WHERE digitaltwin.partition_of(twin_id, $1) = $2",
+									   2, types, args, NULL, true, 0);
+	for (;;)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			text	   *twin_id;
+			bytea	   *image;
+
+			twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
+			image = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
+			dt_store_load_twin(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
+							   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
+							   VARDATA_ANY(image), VARSIZE_ANY_EXHDR(image),
+							   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
+							   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)),
+							   my_slot);
+			loaded++;
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	need_rebuild = false;
+
+	INSTR_TIME_SET_CURRENT(duration);
+	INSTR_TIME_SUBTRACT(duration, start);
+	ereport(LOG,
+			(errmsg("digitaltwin worker %d loaded " INT64_FORMAT " twins in %.1f ms",
+					my_partition, loaded, INSTR_TIME_GET_MILLISEC(duration))));
+}
+
+/* ----------------------------------------------------------------
+ * One batch
+ * ----------------------------------------------------------------
+ */
+
+static void
+dt_worker_update_stats(int nevents, int ndead, int nalerts)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	pg_atomic_fetch_add_u64(&my_slot->events_processed, nevents - ndead);
+	pg_atomic_fetch_add_u64(&my_slot->dead_letters, ndead);
+	pg_atomic_fetch_add_u64(&my_slot->alerts, nalerts);
+	pg_atomic_fetch_add_u64(&my_slot->batches, 1);
+
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->last_batch_at = now;
+	my_slot->last_error[0] = '\0';
+	if (my_slot->window_start == 0)
+		my_slot->window_start = now;
+	my_slot->window_events += nevents;
+	if (TimestampDifferenceExceeds(my_slot->window_start, now, 1000))
+	{
+		long		secs;
+		int			usecs;
+
+		TimestampDifference(my_slot->window_start, now, &secs, &usecs);
+		my_slot->events_per_second = my_slot->window_events /
+			(secs + usecs / 1000000.0);
+		my_slot->window_start = now;
+		my_slot->window_events = 0;
+	}
+	SpinLockRelease(&my_slot->mutex);
+}
+
+/*
+ * Check that the extension exists and is the one we know; returns false
+ * when there is nothing to do in this database.
+ */
+static bool
+dt_worker_check_extension(void)
+{
+	Oid			ext = dt_extension_oid();
+
+	if (!OidIsValid(ext))
+	{
+		known_extension = InvalidOid;
+		return false;
+	}
+	if (ext != known_extension)
+	{
+		/* created, or dropped and created again: forget everything */
+		dt_queue_forget_plans();
+		dt_stage_forget_plans();
+		dt_alerts_forget_plans();
+		need_rebuild = true;
+		known_extension = ext;
+		dt_models_refresh(true);
+	}
+	return true;
+}
+
+static int
+dt_worker_run_batch(void)
+{
+	DtEvent    *events = NULL;
+	int			nevents;
+	int			ndead = 0;
+	int			nalerts = 0;
+	int			i;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	if (!dt_worker_check_extension())
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		return 0;
+	}
+
+	pgstat_report_activity(STATE_RUNNING, "digitaltwin: processing events");
+	if (dt_models_refresh(false) && !need_rebuild)
+		dt_store_purge_models(my_partition, dt_shared->nworkers, dt_model_id_live);
+	if (need_rebuild)
+		dt_worker_rebuild();
+
+	dt_worker_set_busy(true, false);
+	phase = DT_PHASE_WORKING;
+	MemoryContextSwitchTo(batch_cxt);
+
+	nevents = dt_fetch_events(my_partition, dt_shared->nworkers,
+							  dt_batch_size, &events);
+	if (nevents > 0)
+	{
+		dt_stage_begin(batch_cxt);
+		dt_alerts_begin(batch_cxt);
+		dt_apply_events(events, nevents);
+
+		dt_stage_persist();
+		dt_delete_events(events, nevents);
+		for (i = 0; i < nevents; i++)
+		{
+			if (events[i].dead)
+			{
+				dt_dead_letter(&events[i]);
+				ndead++;
+			}
+		}
+		nalerts = dt_alerts_flush();
+		dt_stage_prepare_publish();
+	}
+
+	SPI_finish();
+	PopActiveSnapshot();
+	phase = DT_PHASE_COMMITTING;
+	CommitTransactionCommand();
+
+	phase = DT_PHASE_PUBLISHING;
+	if (nevents > 0)
+		dt_stage_publish(my_slot);
+	phase = DT_PHASE_IDLE;
+
+	if (nevents > 0)
+		dt_worker_update_stats(nevents, ndead, nalerts);
+	dt_worker_set_busy(false, true);
+	MemoryContextSwitchTo(TopMemoryContext);
+	MemoryContextReset(batch_cxt);
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+	backoff_ms = 0;
+	return nevents;
+}
+
+/*
+ * ERROR outside any model call: abandon the batch, log, back off, go on.
+ */
+static void
+dt_worker_recover(void)
+{
+	ErrorData  *edata;
+
+	error_context_stack = NULL;
+	HOLD_INTERRUPTS();
+	disable_all_timeouts(false);
+	QueryCancelPending = false;
+
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	AbortCurrentTransaction();
+
+	dt_current_event = NULL;
+	dt_stage_abandon();
+	/* we cannot know what part of shared memory is current: reload it */
+	if (phase == DT_PHASE_COMMITTING || phase == DT_PHASE_PUBLISHING)
+		need_rebuild = true;
+	phase = DT_PHASE_IDLE;
+
+	SpinLockAcquire(&my_slot->mutex);
+	strlcpy(my_slot->last_error, edata->message ? edata->message : "unknown error",
+			sizeof(my_slot->last_error));
+	SpinLockRelease(&my_slot->mutex);
+	dt_worker_set_busy(false, true);
+
+	FreeErrorData(edata);
+	FlushErrorState();
+	MemoryContextReset(batch_cxt);
+	MemoryContextReset(event_cxt);
+	RESUME_INTERRUPTS();
+
+	/* no latch here: commits must not turn a failing batch into a busy loop */
+	backoff_ms = Min(Max(backoff_ms * 2, 1000), 30000);
+	(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, backoff_ms,
+					 PG_WAIT_EXTENSION);
+}
+
+void
+digitaltwin_worker_main(Datum main_arg)
+{
+	sigjmp_buf	local_sigjmp_buf;
+
+	my_partition = DatumGetInt32(main_arg);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+
+	BackgroundWorkerInitializeConnection(dt_database, NULL, 0);
+
+	my_slot = &dt_shared->slots[my_partition];
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->pid = MyProcPid;
+	my_slot->latch = MyLatch;
+	my_slot->busy = false;
+	my_slot->window_start = 0;
+	my_slot->window_events = 0;
+	my_slot->events_per_second = 0;
+	SpinLockRelease(&my_slot->mutex);
+	before_shmem_exit(dt_worker_exit, (Datum) 0);
+
+	dt_attach_store();
+	dt_register_cache_callbacks();
+	batch_cxt = AllocSetContextCreate(TopMemoryContext, "digitaltwin batch",
+									  ALLOCSET_DEFAULT_SIZES);
+	event_cxt = AllocSetContextCreate(TopMemoryContext, "digitaltwin event",
+									  ALLOCSET_DEFAULT_SIZES);
+
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+		dt_worker_recover();
+	PG_exception_stack = &local_sigjmp_buf;
+
+	for (;;)
+	{
+		int			n;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		n = dt_worker_run_batch();
+		if (n >= dt_batch_size)
+			continue;
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 dt_poll_interval_ms, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
