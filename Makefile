@@ -33,3 +33,6 @@ EXTRA_CLEAN = tmp_check tmp_check_iso results output_iso regression.* log
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# every source file includes both headers
+$(OBJS): src/dt_internal.h include/digitaltwin.h

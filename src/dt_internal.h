@@ -152,8 +152,8 @@ extern bool dt_store_fetch(const DtTwinKey *key, MemoryContext cxt,
  */
 typedef struct DtModel
 {
+	char		name[NAMEDATALEN];	/* hash key: must be first */
 	int32		id;
-	char		name[NAMEDATALEN];
 	Oid			process;
 	Oid			init;
 	Oid			state_type;
@@ -176,6 +176,8 @@ extern bool dt_model_name_known(const char *name);	/* insert-side check */
 /* worker-side model cache */
 extern bool dt_models_refresh(bool force);
 extern DtModel *dt_model_lookup(const char *name);
+struct DtEvent;
+extern bool dt_models_cover(struct DtEvent *events, int nevents);
 extern bool dt_model_id_live(int32 model_id);
 extern Datum dt_model_call(DtModel *model, bool init, int nargs,
 						   Datum *args, bool *nulls, bool *isnull);

@@ -408,6 +408,11 @@ dt_model_resolve(DtModel *m)
 /*
  * Reload the model cache if a model or a model function changed.  Runs in
  * the worker's transaction, inside SPI.
+ *
+ * The models are read with a fresh snapshot, never older than the one that
+ * fetched the batch's events: an event is visible only once its model row
+ * was (the trigger checked it), so a model missing from a fresh read was
+ * really dropped.
  */
 bool
 dt_models_refresh(bool force)
@@ -436,7 +441,7 @@ dt_models_refresh(bool force)
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
 	ret = SPI_execute("SELECT id, name, process::oid, init::oid, state_type::oid, owner::oid "
-					  "FROM digitaltwin.models", true, 0);
+					  "FROM digitaltwin.models", false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
 
@@ -460,6 +465,28 @@ dt_models_refresh(bool force)
 		dt_model_resolve(m);
 	}
 	return true;
+}
+
+/*
+ * Make the cache cover the models of a fetched batch, before any of them is
+ * applied (staged twins keep pointers into the cache, so it must not be
+ * reloaded in the middle of a batch).  An invalidation may arrive after the
+ * events were fetched but before it was read: reload on any miss.  Returns
+ * true when the cache was reloaded.
+ */
+bool
+dt_models_cover(DtEvent *events, int nevents)
+{
+	int			i;
+
+	if (models_stale || model_cache == NULL)
+		return dt_models_refresh(true);
+	for (i = 0; i < nevents; i++)
+	{
+		if (dt_model_lookup(events[i].model) == NULL)
+			return dt_models_refresh(true);
+	}
+	return false;
 }
 
 DtModel *

@@ -484,8 +484,6 @@ dt_worker_run_batch(void)
 	}
 
 	pgstat_report_activity(STATE_RUNNING, "digitaltwin: processing events");
-	if (dt_models_refresh(false) && !need_rebuild)
-		dt_store_purge_models(my_partition, dt_shared->nworkers, dt_model_id_live);
 	if (need_rebuild)
 		dt_worker_rebuild();
 
@@ -495,6 +493,9 @@ dt_worker_run_batch(void)
 
 	nevents = dt_fetch_events(my_partition, dt_shared->nworkers,
 							  dt_batch_size, &events);
+	/* forget the twins of dropped models as soon as we notice the drop */
+	if (dt_models_cover(events, nevents))
+		dt_store_purge_models(my_partition, dt_shared->nworkers, dt_model_id_live);
 	if (nevents > 0)
 	{
 		dt_stage_begin(batch_cxt);
