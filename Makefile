@@ -23,12 +23,12 @@ HEADERS_digitaltwin = include/digitaltwin.h
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 
 REGRESS = setup models events processing alerts dead_letters views c_model drop
-REGRESS_OPTS = --temp-instance=tmp_check --temp-config=$(srcdir)/test/regress.conf
+REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf
 TAP_TESTS = 1
 
-EXTRA_CLEAN = tmp_check tmp_check_iso results output_iso regression.* log
+EXTRA_CLEAN = tmp_regress tmp_check tmp_check_iso results output_iso regression.* log
 
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)

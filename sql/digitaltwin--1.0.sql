@@ -17,6 +17,7 @@ CREATE TABLE digitaltwin.models (
     init        regprocedure,
     state_type  regtype NOT NULL,
     owner       regrole NOT NULL,
+    search_path text NOT NULL,
     created_at  timestamptz NOT NULL DEFAULT now()
 );
 

@@ -163,6 +163,7 @@ typedef struct DtModel
 	bool		process_strict;
 	bool		init_strict;
 	Oid			owner;
+	char	   *search_path;	/* pinned while its functions run */
 	bool		broken;			/* a function is gone */
 	FmgrInfo	process_fn;
 	FmgrInfo	init_fn;
@@ -179,6 +180,8 @@ extern DtModel *dt_model_lookup(const char *name);
 struct DtEvent;
 extern bool dt_models_cover(struct DtEvent *events, int nevents);
 extern bool dt_model_id_live(int32 model_id);
+extern int	dt_model_calls_begin(void);
+extern void dt_model_calls_end(int guc_level);
 extern Datum dt_model_call(DtModel *model, bool init, int nargs,
 						   Datum *args, bool *nulls, bool *isnull);
 

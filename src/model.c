@@ -28,6 +28,7 @@
 #include "utils/builtins.h"
 #include "utils/catcache.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -225,9 +226,9 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 	Oid			init = InvalidOid;
 	Oid			state_type;
 	bool		strict;
-	Oid			argtypes[5] = {TEXTOID, OIDOID, OIDOID, OIDOID, OIDOID};
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+	Oid			argtypes[6] = {TEXTOID, OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID};
+	Datum		values[6];
+	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
 
 	dt_require_preload();
@@ -274,9 +275,16 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 		nulls[2] = 'n';
 	values[3] = ObjectIdGetDatum(state_type);
 	values[4] = ObjectIdGetDatum(GetUserId());
-	ret = SPI_execute_with_args("INSERT INTO digitaltwin.models (name, process, init, state_type, owner) "
-								"VALUES ($1, $2::regprocedure, $3::regprocedure, $4::regtype, $5::regrole)",
-								5, argtypes, values, nulls, false, 0);
+
+	/*
+	 * The model's functions resolve names with the search_path of its
+	 * creator, fixed now: neither the worker's settings nor later changes by
+	 * others can redirect them to different objects.
+	 */
+	values[5] = CStringGetTextDatum(namespace_search_path);
+	ret = SPI_execute_with_args("INSERT INTO digitaltwin.models (name, process, init, state_type, owner, search_path) "
+								"VALUES ($1, $2::regprocedure, $3::regprocedure, $4::regtype, $5::regrole, $6)",
+								6, argtypes, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	SPI_finish();
@@ -440,7 +448,7 @@ dt_models_refresh(bool force)
 	model_cache = hash_create("digitaltwin models", 16, &ctl,
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	ret = SPI_execute("SELECT id, name, process::oid, init::oid, state_type::oid, owner::oid "
+	ret = SPI_execute("SELECT id, name, process::oid, init::oid, state_type::oid, owner::oid, search_path "
 					  "FROM digitaltwin.models", false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
@@ -461,6 +469,8 @@ dt_models_refresh(bool force)
 		m->init = isnull ? InvalidOid : DatumGetObjectId(d);
 		m->state_type = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
 		m->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
+		m->search_path = MemoryContextStrdup(model_cache_cxt,
+											 TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull)));
 		strlcpy(m->name, name, NAMEDATALEN);
 		dt_model_resolve(m);
 	}
@@ -518,8 +528,39 @@ dt_model_id_live(int32 model_id)
 }
 
 /*
- * Call a model's process or init function as the model's owner, in a
- * security-restricted operation, under digitaltwin.model_timeout.
+ * Model calls run in a GUC nest level, opened by the caller once per run of
+ * events (see worker.c), in which each model's search_path is set.  Setting
+ * it only when it differs from the current value keeps the common case (a
+ * run of events of one model) free of catalog lookups.  On ERROR, aborting
+ * the caller's subtransaction restores the settings.
+ */
+int
+dt_model_calls_begin(void)
+{
+	return NewGUCNestLevel();
+}
+
+void
+dt_model_calls_end(int guc_level)
+{
+	AtEOXact_GUC(true, guc_level);
+}
+
+static void
+dt_model_pin_search_path(DtModel *model)
+{
+	if (namespace_search_path != NULL &&
+		strcmp(namespace_search_path, model->search_path) == 0)
+		return;
+	(void) set_config_option("search_path", model->search_path,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+}
+
+/*
+ * Call a model's process or init function as the model's owner, with the
+ * model's search_path, in a security-restricted operation, under
+ * digitaltwin.model_timeout.
  *
  * The caller runs this inside a subtransaction: on ERROR, aborting the
  * subtransaction restores the user id and security context saved when it
@@ -555,6 +596,7 @@ dt_model_call(DtModel *model, bool init, int nargs, Datum *args,
 		fcinfo->args[i].isnull = nulls[i];
 	}
 
+	dt_model_pin_search_path(model);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(model->owner,
 						   save_sec_context | SECURITY_RESTRICTED_OPERATION);

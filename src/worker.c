@@ -260,10 +260,12 @@ dt_run_segment(DtEvent *events, int start, int end)
 	volatile int current = -1;
 	volatile TimestampTz started = 0;
 	int			failed = -1;
+	int			guc_level;
 	int			i;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
+	guc_level = dt_model_calls_begin();
 
 	PG_TRY();
 	{
@@ -276,6 +278,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 			dt_apply_event(&events[i]);
 		}
 		current = -1;
+		dt_model_calls_end(guc_level);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;

@@ -1,0 +1,47 @@
+#!/bin/bash
+# Run the whole digitaltwin test suite: pg_regress, isolation and TAP tests,
+# each against its own temporary PostgreSQL 15 instance.
+#
+#   bash scripts/test.sh
+#
+# Installs the Debian packages it needs when missing (as root), builds and
+# installs the extension, then runs the tests as an ordinary user (initdb
+# refuses root) in a scratch copy of the tree.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/deps.sh"
+
+dt_install_deps
+dt_build_install "$ROOT"
+
+RUN_AS=$(dt_run_user)
+WORK=$(mktemp -d /tmp/digitaltwin-test.XXXXXX)
+trap 'rm -rf "$WORK"' EXIT
+cp -a "$ROOT/." "$WORK/"
+chown -R "$RUN_AS" "$WORK"
+
+LOG="$WORK/test.log"
+set +e
+if [ "$(id -u)" = 0 ]; then
+	runuser -u "$RUN_AS" -- make -C "$WORK" -s PG_CONFIG="$PG_CONFIG" installcheck >"$LOG" 2>&1
+else
+	make -C "$WORK" -s PG_CONFIG="$PG_CONFIG" installcheck >"$LOG" 2>&1
+fi
+status=$?
+set -e
+cat "$LOG"
+
+# pg_regress prints one "ok"/"FAILED" line per test, prove one per file
+# plus "not ok" per failed assertion.
+passed=$(grep -Ec '^(ok|test) .*\.\.\. ok|^ok [0-9]+ +[-+] |^t/.*\.\. ok$' "$LOG" || true)
+failed=$(grep -Ec '\.\.\. FAILED|^not ok [0-9]+ +[-+] |^t/.*\.\. (Dubious|Failed)' "$LOG" || true)
+for f in "$WORK"/regression.diffs "$WORK"/output_iso/regression.diffs; do
+	[ -s "$f" ] && { echo "=== $f"; cat "$f"; }
+done
+[ -d "$WORK/tmp_check/log" ] && [ $status -ne 0 ] &&
+	tail -n 50 "$WORK"/tmp_check/log/*.log 2>/dev/null | tail -n 200
+echo "digitaltwin tests: $passed passed, $failed failed"
+if [ $status -ne 0 ] || [ "$failed" -ne 0 ]; then
+	exit 1
+fi
