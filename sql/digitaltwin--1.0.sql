@@ -245,5 +245,6 @@ COMMENT ON VIEW digitaltwin.stats IS
 --------------------------------------------------------------------------
 
 REVOKE ALL ON digitaltwin.twin_state FROM PUBLIC;
+GRANT SELECT ON digitaltwin.models TO PUBLIC;
 REVOKE ALL ON FUNCTION digitaltwin.create_model(text, regprocedure, regprocedure) FROM PUBLIC;
 REVOKE ALL ON FUNCTION digitaltwin.drop_model(text) FROM PUBLIC;

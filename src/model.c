@@ -18,6 +18,7 @@
 
 #include "access/htup_details.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
@@ -204,6 +205,37 @@ dt_check_init(Oid fn, Oid state_type)
 	ReleaseSysCache(tup);
 }
 
+/*
+ * The registry table is written only through create_model() and
+ * drop_model(), whose EXECUTE privilege is what gates registration: their
+ * statements on it run as the table's owner, not the caller, so a caller
+ * needs no privilege on the table itself.  (Ownership and EXECUTE checks on
+ * the model functions use the caller's id, taken before the switch.)
+ */
+static void
+dt_registry_enter(Oid *save_userid, int *save_sec_context)
+{
+	HeapTuple	tup;
+	Oid			owner;
+
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(dt_models_relid()));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", dt_models_relid());
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+
+	GetUserIdAndSecContext(save_userid, save_sec_context);
+	SetUserIdAndSecContext(owner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	SPI_connect();
+}
+
+static void
+dt_registry_leave(Oid save_userid, int save_sec_context)
+{
+	SPI_finish();
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+}
+
 static bool
 dt_model_row_exists(const char *name)
 {
@@ -230,6 +262,9 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
+	Oid			caller = GetUserId();
+	Oid			save_userid;
+	int			save_sec_context;
 
 	dt_require_preload();
 	if (PG_ARGISNULL(0))
@@ -261,7 +296,7 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 				 errdetail("A new twin has a NULL state, and a STRICT function is never called with NULL."),
 				 errhint("Declare the function CALLED ON NULL INPUT, or give the model an init function.")));
 
-	SPI_connect();
+	dt_registry_enter(&save_userid, &save_sec_context);
 	if (dt_model_row_exists(name))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -274,7 +309,7 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 	if (!OidIsValid(init))
 		nulls[2] = 'n';
 	values[3] = ObjectIdGetDatum(state_type);
-	values[4] = ObjectIdGetDatum(GetUserId());
+	values[4] = ObjectIdGetDatum(caller);
 
 	/*
 	 * The model's functions resolve names with the search_path of its
@@ -287,7 +322,7 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 								6, argtypes, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	SPI_finish();
+	dt_registry_leave(save_userid, save_sec_context);
 
 	CacheInvalidateRelcacheByRelid(dt_models_relid());
 	PG_RETURN_VOID();
@@ -302,6 +337,9 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	bool		isnull;
 	Oid			owner;
 	int			ret;
+	Oid			caller = GetUserId();
+	Oid			save_userid;
+	int			save_sec_context;
 
 	dt_require_preload();
 	if (PG_ARGISNULL(0))
@@ -311,7 +349,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	arg = CStringGetTextDatum(name);
 
-	SPI_connect();
+	dt_registry_enter(&save_userid, &save_sec_context);
 	ret = SPI_execute_with_args("SELECT owner::oid FROM digitaltwin.models WHERE name = $1 FOR UPDATE",
 								1, &argtype, &arg, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
@@ -322,7 +360,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 				 errmsg("model \"%s\" does not exist", name)));
 	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
-	if (!has_privs_of_role(GetUserId(), owner))
+	if (!has_privs_of_role(caller, owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of model \"%s\"", name)));
@@ -332,7 +370,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 								1, &argtype, &arg, NULL, false, 0);
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	SPI_finish();
+	dt_registry_leave(save_userid, save_sec_context);
 
 	CacheInvalidateRelcacheByRelid(dt_models_relid());
 	PG_RETURN_VOID();
@@ -347,6 +385,8 @@ dt_model_name_known(const char *name)
 {
 	bool		found;
 	bool		exists;
+	Oid			save_userid;
+	int			save_sec_context;
 
 	if (strlen(name) >= NAMEDATALEN)
 		return false;
@@ -366,9 +406,9 @@ dt_model_name_known(const char *name)
 	if (found)
 		return true;
 
-	SPI_connect();
+	dt_registry_enter(&save_userid, &save_sec_context);
 	exists = dt_model_row_exists(name);
-	SPI_finish();
+	dt_registry_leave(save_userid, save_sec_context);
 
 	/* only positive answers are cached: a model may appear at any time */
 	if (exists && known_names != NULL)
