@@ -89,6 +89,7 @@ typedef struct DtWorkerSlot
 	pid_t		pid;
 	Latch	   *latch;
 	bool		busy;			/* inside a batch (before publication) */
+	Oid			store_extension;	/* extension whose twins the partition holds */
 	uint64		generation;		/* batches finished and published */
 	int64		twins;
 	int64		memory_bytes;

@@ -111,12 +111,28 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 	dshash_seq_status status;
 	DtTwinEntry *entry;
 	int64		i;
+	Oid			extension = dt_extension_oid();
+	bool		current[DT_MAX_WORKERS];
+	bool		all_current = true;
 
 	dt_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
 	(void) dt_models_relid();	/* clear error if not installed */
 	dt_attach_store();
 	models = dt_view_models();
+
+	/*
+	 * After DROP and CREATE EXTENSION, model ids start over: a partition
+	 * not yet rebuilt by its worker may still hold twins of the old
+	 * extension under the ids of new models.  Skip such partitions.
+	 */
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		SpinLockAcquire(&dt_shared->slots[i].mutex);
+		current[i] = (dt_shared->slots[i].store_extension == extension);
+		SpinLockRelease(&dt_shared->slots[i].mutex);
+		all_current &= current[i];
+	}
 
 	copies = palloc(sizeof(DtTwinCopy) * size);
 	dshash_seq_init(&status, dt_twins, false);
@@ -125,6 +141,11 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 		DtTwinCopy *c;
 
 		if (entry->pending || !DsaPointerIsValid(entry->state))
+			continue;
+		if (!all_current &&
+			!current[dt_partition_of(entry->key.twin_id,
+									 strlen(entry->key.twin_id),
+									 dt_shared->nworkers)])
 			continue;
 		if (ncopies == size)
 		{

@@ -394,6 +394,9 @@ dt_worker_rebuild(void)
 	}
 	SPI_cursor_close(portal);
 	need_rebuild = false;
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->store_extension = known_extension;
+	SpinLockRelease(&my_slot->mutex);
 
 	INSTR_TIME_SET_CURRENT(duration);
 	INSTR_TIME_SUBTRACT(duration, start);

@@ -1,0 +1,32 @@
+--
+-- Dropping models and the extension
+--
+SELECT digitaltwin.drop_model('remember');
+-- its twins leave the live view and the durable state at once
+SELECT count(*) FROM digitaltwin.twins WHERE model = 'remember';
+SELECT count(*) FROM digitaltwin.twin_state s
+WHERE NOT EXISTS (SELECT 1 FROM digitaltwin.models m WHERE m.id = s.model_id);
+-- a model of the same name starts from scratch
+SELECT digitaltwin.create_model('remember', 'counter(text,jsonb,jsonb)');
+SELECT digitaltwin.send('remember', 'a', '{}') IS NOT NULL AS sent;
+SELECT digitaltwin.wait_idle('30s');
+SELECT twin_id, state, event_count FROM digitaltwin.twins WHERE model = 'remember';
+
+-- dropping a model function breaks the model: its events are dead-lettered
+CREATE FUNCTION doomed(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS 'SELECT $3';
+SELECT digitaltwin.create_model('doomed', 'doomed(text,jsonb,jsonb)');
+DROP FUNCTION doomed(text, jsonb, jsonb);
+SELECT digitaltwin.send('doomed', 'd', '{}') IS NOT NULL AS sent;
+SELECT digitaltwin.wait_idle('30s');
+SELECT error, sqlstate FROM digitaltwin.dead_letters WHERE model = 'doomed';
+
+-- DROP EXTENSION and CREATE EXTENSION: a fresh start, no old twin shows up
+DROP EXTENSION digitaltwin;
+CREATE EXTENSION digitaltwin;
+SELECT count(*) FROM digitaltwin.twins;
+SELECT digitaltwin.create_model('again', 'counter(text,jsonb,jsonb)');
+SELECT digitaltwin.send('again', 'a', '{}') IS NOT NULL AS sent;
+SELECT digitaltwin.wait_idle('30s');
+SELECT model, twin_id, state FROM digitaltwin.twins;
+DROP EXTENSION digitaltwin;
