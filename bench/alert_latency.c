@@ -1,0 +1,174 @@
+/*
+ * alert_latency: time from the commit of an event that raises an alert to
+ * the arrival of its NOTIFY digitaltwin_alerts at a listening client.
+ *
+ *	  alert_latency "conninfo" model events_per_second count
+ *
+ * One connection listens; another inserts one alert-raising event at a
+ * time (payload {"bpm": 999}) at the given rate, in autocommit, and records
+ * when each INSERT's commit returned.  For each notification, the latency
+ * is its arrival time minus that commit time.  Prints p50, p90, p99, max in
+ * milliseconds.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/select.h>
+#include <time.h>
+
+#include "libpq-fe.h"
+
+static double
+now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+	double		x = *(const double *) a;
+	double		y = *(const double *) b;
+
+	return (x > y) - (x < y);
+}
+
+static PGconn *
+connect_or_die(const char *conninfo)
+{
+	PGconn	   *conn = PQconnectdb(conninfo);
+
+	if (PQstatus(conn) != CONNECTION_OK)
+	{
+		fprintf(stderr, "connection failed: %s", PQerrorMessage(conn));
+		exit(1);
+	}
+	return conn;
+}
+
+static void
+exec_or_die(PGconn *conn, const char *sql)
+{
+	PGresult   *res = PQexec(conn, sql);
+
+	if (PQresultStatus(res) != PGRES_COMMAND_OK &&
+		PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		fprintf(stderr, "%s: %s", sql, PQerrorMessage(conn));
+		exit(1);
+	}
+	PQclear(res);
+}
+
+/* Wait up to timeout_ms for one notification; returns its arrival time. */
+static double
+wait_notify(PGconn *listener, double timeout_ms)
+{
+	double		deadline = now_ms() + timeout_ms;
+
+	for (;;)
+	{
+		PGnotify   *n;
+		fd_set		fds;
+		struct timeval tv;
+		double		left;
+		int			sock = PQsocket(listener);
+
+		PQconsumeInput(listener);
+		if ((n = PQnotifies(listener)) != NULL)
+		{
+			double		t = now_ms();
+
+			PQfreemem(n);
+			return t;
+		}
+		left = deadline - now_ms();
+		if (left <= 0)
+			return -1;
+		FD_ZERO(&fds);
+		FD_SET(sock, &fds);
+		tv.tv_sec = (long) (left / 1000);
+		tv.tv_usec = (long) ((left - tv.tv_sec * 1000) * 1000);
+		select(sock + 1, &fds, NULL, NULL, &tv);
+	}
+}
+
+int
+main(int argc, char **argv)
+{
+	const char *conninfo;
+	const char *model;
+	double		rate;
+	int			count;
+	PGconn	   *listener;
+	PGconn	   *sender;
+	double	   *lat;
+	int			got = 0;
+	int			i;
+	char		sql[512];
+
+	if (argc != 5)
+	{
+		fprintf(stderr, "usage: %s conninfo model events_per_second count\n", argv[0]);
+		return 2;
+	}
+	conninfo = argv[1];
+	model = argv[2];
+	rate = atof(argv[3]);
+	count = atoi(argv[4]);
+	lat = calloc(count, sizeof(double));
+
+	listener = connect_or_die(conninfo);
+	sender = connect_or_die(conninfo);
+	exec_or_die(listener, "LISTEN digitaltwin_alerts");
+	snprintf(sql, sizeof(sql),
+			 "INSERT INTO digitaltwin.events (model, twin_id, payload) "
+			 "VALUES ('%s', 'latency-probe', '{\"bpm\": 999}')", model);
+
+	for (i = 0; i < count; i++)
+	{
+		double		start = now_ms();
+		double		committed;
+		double		arrived;
+
+		exec_or_die(sender, sql);
+		committed = now_ms();
+		arrived = wait_notify(listener, 5000);
+		if (arrived < 0)
+		{
+			fprintf(stderr, "no notification within 5 s for event %d\n", i);
+			continue;
+		}
+		lat[got++] = arrived - committed;
+		/* pace the probes at the requested rate */
+		if (rate > 0)
+		{
+			double		left = 1000.0 / rate - (now_ms() - start);
+
+			if (left > 0)
+			{
+				struct timespec ts;
+
+				ts.tv_sec = (time_t) (left / 1000);
+				ts.tv_nsec = (long) ((left - ts.tv_sec * 1000) * 1e6);
+				nanosleep(&ts, NULL);
+			}
+		}
+	}
+
+	qsort(lat, got, sizeof(double), cmp_double);
+	if (got == 0)
+	{
+		printf("no notifications received\n");
+		return 1;
+	}
+	printf("alerts %d  p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  max %.2f ms\n",
+		   got, lat[got / 2], lat[(int) (got * 0.9)],
+		   lat[(int) (got * 0.99)], lat[got - 1]);
+	PQfinish(listener);
+	PQfinish(sender);
+	return 0;
+}
