@@ -131,3 +131,9 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 SELECT digitaltwin.wait_idle();
 ROLLBACK;
 SELECT digitaltwin.wait_idle(NULL);
+-- nor wait for events its own transaction queued (they are invisible to the
+-- workers until it commits)
+BEGIN;
+SELECT digitaltwin.send('counter', 'x', '{}') IS NOT NULL AS sent;
+SELECT digitaltwin.wait_idle('1s');
+ROLLBACK;

@@ -61,6 +61,11 @@ dt_queue_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PARALLEL_COMMIT:
 			if (wake_at_commit && dt_shared != NULL)
 			{
+				/*
+				 * No lock: a stale pointer is the latch of a worker that just
+				 * exited, and setting it is harmless (PGPROC latches are never
+				 * freed); a worker that starts now polls the queue anyway.
+				 */
 				for (i = 0; i < dt_shared->nworkers; i++)
 				{
 					Latch	   *latch = dt_shared->slots[i].latch;
@@ -343,6 +348,17 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 	int			ret;
 
 	dt_require_preload();
+
+	/*
+	 * Workers see only committed events: waiting for this transaction's own
+	 * events would wait until the timeout, for nothing.
+	 */
+	if (wake_at_commit)
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("digitaltwin.wait_idle() cannot wait for events queued by its own transaction"),
+				 errdetail("The workers see an event only once the transaction that queued it has committed."),
+				 errhint("Commit the transaction that sends the events, then call wait_idle().")));
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
