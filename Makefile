@@ -22,7 +22,7 @@ HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 
-REGRESS = setup models events processing alerts dead_letters views drop
+REGRESS = setup models events processing alerts dead_letters views c_model drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf
@@ -36,3 +36,17 @@ include $(PGXS)
 
 # every source file includes both headers
 $(OBJS): src/dt_internal.h include/digitaltwin.h
+
+# The C example model is built, installed and tested (sql/c_model.sql) with
+# the extension, so that the public header is always exercised.
+EXAMPLE_C = examples/heart_rate_c
+all: example-c
+install: install-example-c
+clean: clean-example-c
+.PHONY: example-c install-example-c clean-example-c
+example-c:
+	$(MAKE) -C $(EXAMPLE_C) PG_CONFIG=$(PG_CONFIG)
+install-example-c:
+	$(MAKE) -C $(EXAMPLE_C) PG_CONFIG=$(PG_CONFIG) install
+clean-example-c:
+	$(MAKE) -C $(EXAMPLE_C) PG_CONFIG=$(PG_CONFIG) clean

@@ -61,17 +61,35 @@ extern PGDLLEXPORT bool digitaltwin_jsonb_get_float8(Jsonb *obj,
 
 /*
  * Binary states: a C model that keeps its state in a bytea holding a plain
- * struct can use these to go between the two without copying twice.
+ * struct can use these to go between the two.
  *
- *	  MyState *s = DT_STATE_GET(PG_GETARG_BYTEA_P(1), MyState);
+ *	  MyState *s = DT_STATE_GET(PG_GETARG_BYTEA_PP(1), MyState);
+ *	  s->count++;
  *	  PG_RETURN_BYTEA_P(DT_STATE_MAKE(s, sizeof(MyState)));
+ *
+ * DT_STATE_GET returns a palloc'd copy, suitably aligned for any struct (the
+ * bytes of a bytea are not), which the model may modify.  It raises an
+ * ERROR when the state does not have the size of the struct, for instance
+ * after the struct changed.
  */
-#define DT_STATE_GET(b, type) \
-	((VARSIZE(b) - VARHDRSZ) == sizeof(type) ? (type *) VARDATA(b) : \
-	 (ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED), \
-					  errmsg("binary twin state has %d bytes, expected %d", \
-							 (int) (VARSIZE(b) - VARHDRSZ), (int) sizeof(type)))), \
-	  (type *) NULL))
+static inline void *
+digitaltwin_state_get(bytea *state, Size size)
+{
+	void	   *copy;
+
+	if (VARSIZE_ANY_EXHDR(state) != size)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("binary twin state has %zu bytes, expected %zu",
+						(Size) VARSIZE_ANY_EXHDR(state), size),
+				 errhint("Did the state struct of the model change? Drop and re-create the model.")));
+	copy = palloc(size);
+	memcpy(copy, VARDATA_ANY(state), size);
+	return copy;
+}
+
+#define DT_STATE_GET(state, type) \
+	((type *) digitaltwin_state_get((state), sizeof(type)))
 
 static inline bytea *
 DT_STATE_MAKE(const void *data, Size len)

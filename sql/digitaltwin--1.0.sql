@@ -69,9 +69,12 @@ COMMENT ON FUNCTION digitaltwin.send(text, text, jsonb) IS
 -- Durable twin state (the source of truth for the shared-memory twins)
 --------------------------------------------------------------------------
 
--- "state" holds the flat image of the model's state datum.  It is written in
--- the same transaction that consumes the events that produced it, which is
--- what makes the effect of each event exactly-once.
+-- "state" holds the model's state value: for a variable-length state type
+-- (jsonb, bytea, composite types) the value itself, so that a bytea state
+-- reads back as the model returned it; for other types the bytes of the
+-- value.  It is written in the same transaction that consumes the events
+-- that produced it, which is what makes the effect of each event
+-- exactly-once.
 CREATE TABLE digitaltwin.twin_state (
     model_id    integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
     twin_id     text COLLATE "C" NOT NULL,

@@ -223,7 +223,8 @@ typedef struct DtStagedTwin
 	bool		dirty;
 	TimestampTz updated_at;
 	/* prepared for publication */
-	bytea	   *image;			/* state image, as persisted */
+	char	   *image;			/* state image (see dt_stage_persisted_value) */
+	Size		image_len;
 	dsa_pointer new_image;
 	Size		new_len;
 	bool		inserted_entry;

@@ -215,15 +215,32 @@ dt_stage_undo_to(int mark)
  * ----------------------------------------------------------------
  */
 
+/*
+ * The value written to twin_state.state.  A varlena state (jsonb, bytea, a
+ * composite...) is written as itself, so that a bytea state reads back
+ * unchanged from the table; any other type as the bytes of its image.
+ * Either way twin->image/image_len is then the image kept in shared memory.
+ */
 static bytea *
-dt_stage_image(DtStagedTwin *twin)
+dt_stage_persisted_value(DtStagedTwin *twin)
 {
 	DtModel    *m = twin->model;
 	Size		len = dt_state_image_size(twin->state, m->typlen, m->typbyval);
-	bytea	   *b = MemoryContextAlloc(stage_cxt, VARHDRSZ + len);
+	bytea	   *b;
 
+	if (!m->typbyval && m->typlen == -1)
+	{
+		/* owned by the batch, detoasted, with a 4-byte header */
+		b = (bytea *) DatumGetPointer(twin->state);
+		twin->image = (char *) b;
+		twin->image_len = len;
+		return b;
+	}
+	b = MemoryContextAlloc(stage_cxt, VARHDRSZ + len);
 	SET_VARSIZE(b, VARHDRSZ + len);
 	dt_state_image_write(VARDATA(b), twin->state, m->typlen, m->typbyval);
+	twin->image = VARDATA(b);
+	twin->image_len = len;
 	return b;
 }
 
@@ -301,10 +318,9 @@ dt_stage_persist(void)
 			continue;
 		if (twin->has_state)
 		{
-			twin->image = dt_stage_image(twin);
+			images[nup] = PointerGetDatum(dt_stage_persisted_value(twin));
 			ids[nup] = Int32GetDatum(twin->model->id);
 			twin_ids[nup] = CStringGetTextDatum(twin->twin_id);
-			images[nup] = PointerGetDatum(twin->image);
 			counts[nup] = Int64GetDatum(twin->event_count);
 			times[nup] = TimestampTzGetDatum(twin->updated_at);
 			nup++;
@@ -359,8 +375,8 @@ dt_stage_prepare_publish(void)
 	{
 		if (!twin->dirty || !twin->has_state)
 			continue;
-		twin->new_len = VARSIZE(twin->image) - VARHDRSZ;
-		twin->new_image = dt_store_alloc_image(VARDATA(twin->image), twin->new_len);
+		twin->new_len = twin->image_len;
+		twin->new_image = dt_store_alloc_image(twin->image, twin->new_len);
 		twin->inserted_entry = dt_store_reserve_entry(&twin->key);
 	}
 }

@@ -361,9 +361,12 @@ dt_worker_rebuild(void)
 	args[0] = Int32GetDatum(dt_shared->nworkers);
 	args[1] = Int32GetDatum(my_partition);
 	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT model_id, twin_id, state, event_count, updated_at "
-									   "FROM digitaltwin.twin_state "
-									   "WHERE digitaltwin.partition_of(twin_id, $1) = $2",
+									   "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
+									   "       t.typlen = -1 AND NOT t.typbyval "
+									   "FROM digitaltwin.twin_state s "
+									   "JOIN digitaltwin.models m ON m.id = s.model_id "
+									   "JOIN pg_catalog.pg_type t ON t.oid = m.state_type "
+									   "WHERE digitaltwin.partition_of(s.twin_id, $1) = $2",
 									   2, types, args, NULL, true, 0);
 	for (;;)
 	{
@@ -378,13 +381,29 @@ dt_worker_rebuild(void)
 			TupleDesc	desc = SPI_tuptable->tupdesc;
 			bool		isnull;
 			text	   *twin_id;
-			bytea	   *image;
+			bytea	   *value;
+			bool		is_varlena;
+			char	   *image;
+			Size		len;
 
 			twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
-			image = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
+			is_varlena = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
+			/* the image of a varlena state is the whole value, header included */
+			if (is_varlena)
+			{
+				value = DatumGetByteaP(SPI_getbinval(tup, desc, 3, &isnull));
+				image = (char *) value;
+				len = VARSIZE(value);
+			}
+			else
+			{
+				value = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
+				image = VARDATA_ANY(value);
+				len = VARSIZE_ANY_EXHDR(value);
+			}
 			dt_store_load_twin(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
 							   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
-							   VARDATA_ANY(image), VARSIZE_ANY_EXHDR(image),
+							   image, len,
 							   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
 							   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)),
 							   my_slot);
