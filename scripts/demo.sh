@@ -1,0 +1,118 @@
+#!/bin/bash
+# The digitaltwin demo: a throwaway PostgreSQL 15 instance with the
+# extension preloaded, the heart-rate monitor (plpgsql and C models)
+# streaming readings of 50 patients, alerts printed as their NOTIFY
+# arrives, and a summary query over the live twins.
+#
+#   bash scripts/demo.sh            (as root on Debian, or as a user who can
+#                                    run make install)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/scripts/deps.sh"
+
+ROUNDS=${DEMO_ROUNDS:-20}
+PER_ROUND=${DEMO_EVENTS_PER_ROUND:-500}
+
+echo "== installing and building"
+dt_install_deps
+dt_build_install "$ROOT"
+
+RUN_AS=$(dt_run_user)
+DIR=$(mktemp -d /tmp/digitaltwin-demo.XXXXXX)
+chown "$RUN_AS" "$DIR"
+as_user() {
+	if [ "$(id -u)" = 0 ]; then runuser -u "$RUN_AS" -- "$@"; else "$@"; fi
+}
+LISTENER_PID=
+cleanup() {
+	[ -n "$LISTENER_PID" ] && kill "$LISTENER_PID" 2>/dev/null || true
+	as_user "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+echo "== starting a throwaway instance in $DIR"
+as_user "$PGBIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
+cat >>"$DIR/data/postgresql.conf" <<EOC
+listen_addresses = ''
+unix_socket_directories = '$DIR'
+port = 5432
+shared_preload_libraries = 'digitaltwin'
+digitaltwin.database = 'postgres'
+digitaltwin.workers = 2
+EOC
+as_user "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
+
+CONN="host=$DIR port=5432 user=postgres dbname=postgres"
+psql_demo() {
+	"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p 5432 -U postgres -d postgres "$@"
+}
+
+echo "== loading the heart-rate models (examples/heart_rate.sql, examples/heart_rate_c)"
+psql_demo -c "SET client_min_messages = warning" -f "$ROOT/examples/heart_rate.sql" >/dev/null
+psql_demo -c "CREATE EXTENSION digitaltwin_heart_rate" >/dev/null
+psql_demo -c "SELECT name AS model, process, init, state_type FROM digitaltwin.models ORDER BY id"
+
+gcc -O2 -o "$DIR/listen_alerts" "$ROOT/scripts/listen_alerts.c" \
+	-I"$("$PG_CONFIG" --includedir)" -L"$("$PG_CONFIG" --libdir)" -lpq
+"$DIR/listen_alerts" "$CONN" 12 &
+LISTENER_PID=$!
+
+echo "== streaming $ROUNDS rounds of $PER_ROUND readings per model (multi-row INSERT and COPY)"
+start_ms=$(($(date +%s%N) / 1000000))
+for round in $(seq 1 "$ROUNDS"); do
+	# plpgsql model: one multi-row INSERT per round
+	psql_demo -c "
+		INSERT INTO digitaltwin.events (model, twin_id, payload)
+		SELECT 'heart_rate', 'patient-' || (1 + (random() * 49)::int),
+		       jsonb_build_object('bpm', 62 + (random() * 45)::int
+		                                 + CASE WHEN random() < 0.02 THEN 90 ELSE 0 END)
+		FROM generate_series(1, $PER_ROUND)"
+	# C model: the same kind of readings by COPY
+	for i in $(seq 1 "$PER_ROUND"); do
+		bpm=$((62 + RANDOM % 45))
+		[ $((RANDOM % 50)) -eq 0 ] && bpm=$((bpm + 90))
+		printf 'heart_rate_c\tpatient-%d\t{"bpm": %d}\n' $((1 + RANDOM % 50)) "$bpm"
+	done | psql_demo -c "COPY digitaltwin.events (model, twin_id, payload) FROM STDIN"
+done
+psql_demo -At -c "SELECT digitaltwin.wait_idle('120s')" | grep -qx t ||
+	{ echo "events were not all processed in time" >&2; exit 1; }
+elapsed_ms=$(($(date +%s%N) / 1000000 - start_ms))
+psql_demo -c "NOTIFY digitaltwin_demo_done"
+wait "$LISTENER_PID"
+LISTENER_PID=
+
+echo "== $((ROUNDS * PER_ROUND * 2)) events ingested and processed in ${elapsed_ms} ms"
+echo "== summary over the live twins (digitaltwin.twins joined with patients)"
+psql_demo <<'EOSQL'
+SELECT t.model,
+       count(*) AS patients,
+       sum(coalesce((t.state->>'readings')::bigint, (c).readings)) AS readings,
+       round(avg(coalesce((t.state->>'sum')::numeric / nullif((t.state->>'readings')::numeric, 0),
+                          (c).avg_bpm::numeric)), 1) AS avg_bpm,
+       max(coalesce((t.state->>'max')::numeric, (c).max_bpm::numeric)) AS max_bpm
+FROM digitaltwin.twins t
+LEFT JOIN LATERAL (
+    SELECT heart_rate_c_summary(s.state) AS c
+    FROM digitaltwin.twin_state s JOIN digitaltwin.models m ON m.id = s.model_id
+    WHERE m.name = t.model AND s.twin_id = t.twin_id AND t.model = 'heart_rate_c') c ON true
+GROUP BY t.model ORDER BY t.model;
+
+SELECT p.patient_id, p.name, p.age, (t.state->>'limit')::int AS "limit",
+       (t.state->>'max')::int AS max_bpm, (t.state->>'last')::int AS last_bpm,
+       a.alerts
+FROM patients p
+JOIN digitaltwin.twins t ON t.model = 'heart_rate' AND t.twin_id = p.patient_id
+JOIN (SELECT twin_id, count(*) AS alerts FROM digitaltwin.alerts
+      WHERE model = 'heart_rate' GROUP BY twin_id) a ON a.twin_id = p.patient_id
+ORDER BY a.alerts DESC, p.patient_id LIMIT 5;
+
+SELECT model, severity, count(*) AS alerts FROM digitaltwin.alerts
+GROUP BY 1, 2 ORDER BY 1, 2;
+
+SELECT coalesce(worker::text, 'total') AS worker, events_processed, queue_depth,
+       dead_letters, alerts, twins, pg_size_pretty(memory_bytes) AS memory
+FROM digitaltwin.stats;
+EOSQL
+echo "== done; the instance is removed"
