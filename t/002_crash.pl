@@ -1,0 +1,125 @@
+# Crashes while clients stream events: kill -9 of a worker (the postmaster
+# then resets every backend), kill -9 of the postmaster, and
+# pg_terminate_backend of a worker.  After each, every twin equals applying
+# each committed event exactly once, and each alert exists exactly once.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use DtTest;
+use IPC::Run;
+use Time::HiRes qw(usleep);
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = DtTest::new_node('crash', "restart_after_crash = on\n");
+$node->start;
+DtTest::create_model($node);
+my $script = DtTest::pgbench_script($node, 20, 200);
+
+# Stream with pgbench: 3 clients, each transaction a multi-row INSERT of 20
+# events recorded in "sent" by the same statement.  Clients of a crashed
+# server fail; that is expected.
+sub start_stream
+{
+	my ($seconds) = @_;
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start(
+		[
+			'pgbench', '-n', '-c', '3', '-T', $seconds, '-f', $script,
+			'-h', $node->host, '-p', $node->port, 'postgres'
+		],
+		'>', \$out, '2>', \$err);
+	return $h;
+}
+
+# Wait until the workers have consumed at least $n more events than now.
+sub wait_progress
+{
+	my ($n) = @_;
+	my $now = $node->safe_psql('postgres',
+		'SELECT coalesce(sum(event_count), 0) FROM digitaltwin.twin_state');
+	$node->poll_query_until('postgres',
+		"SELECT coalesce(sum(event_count), 0) >= $now + $n FROM digitaltwin.twin_state")
+	  or die 'workers made no progress';
+	return;
+}
+
+# PIDs of every process of the instance, to wait for all of them to exit
+# after the postmaster itself was killed.
+sub instance_pids
+{
+	my $pids = $node->safe_psql('postgres',
+		'SELECT string_agg(pid::text, \' \') FROM pg_stat_activity');
+	my @pids = split / /, $pids;
+	push @pids, $node->{_pid};
+	return @pids;
+}
+
+# 1. kill -9 of one worker, under load
+my $stream = start_stream(6);
+wait_progress(500);
+my ($victim) = split /,/, DtTest::worker_pids($node);
+ok(kill('KILL', $victim), "killed worker $victim with SIGKILL");
+$stream->finish;
+$node->poll_query_until('postgres', 'SELECT true')
+  or die 'server did not come back';
+ok($node->log_contains(qr/terminated by signal 9/), 'the postmaster saw the worker die');
+DtTest::check_exactly_once($node, 'after kill -9 of a worker');
+
+# 2. kill -9 of the postmaster, under load
+$stream = start_stream(6);
+wait_progress(500);
+my @pids = instance_pids();
+$node->kill9;
+$stream->finish;
+# The postmaster's children notice its death and exit; only then may a new
+# postmaster use the data directory.
+my $gone = 0;
+foreach my $i (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+{
+	$gone = !grep { kill(0, $_) } @pids;
+	last if $gone;
+	usleep(100_000);
+}
+ok($gone, 'all processes of the killed instance exited');
+$node->start;
+DtTest::check_exactly_once($node, 'after kill -9 of the postmaster');
+
+# 3. pg_terminate_backend of a worker: it is restarted and resumes
+my $before = DtTest::worker_pids($node);
+my ($term) = split /,/, $before;
+$node->safe_psql('postgres', "SELECT pg_terminate_backend($term)");
+$node->poll_query_until('postgres', qq{
+SELECT count(*) = 2 AND bool_and(pid <> $term) FROM pg_stat_activity
+WHERE backend_type = 'digitaltwin worker'})
+  or die 'terminated worker did not come back';
+$node->safe_psql('postgres', DtTest::send_sql(500, 200));
+DtTest::check_exactly_once($node, 'after pg_terminate_backend of a worker');
+
+# 4. a transaction that stays open while others commit, then commits; and
+# one that rolls back
+my $open = $node->background_psql('postgres');
+$open->query_safe('BEGIN');
+$open->query_safe(q{
+INSERT INTO sent (twin, v) VALUES ('late', 1), ('late', 2);
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+VALUES ('acc', 'late', '{"v": 1}'), ('acc', 'late', '{"v": 2}')});
+$node->safe_psql('postgres', q{
+BEGIN;
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', 'late', '{"v": 1000}');
+ROLLBACK;
+});
+$node->safe_psql('postgres', DtTest::send_sql(300, 200));
+is($node->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}), 't',
+	'later events processed while a transaction stays open');
+$open->query_safe('COMMIT');
+$open->quit;
+DtTest::check_exactly_once($node, 'after a late commit and a rollback');
+is($node->safe_psql('postgres',
+		q{SELECT state FROM digitaltwin.twins WHERE twin_id = 'late'}),
+	'{"n": 2, "sum": 3}', 'the late transaction applied, the rolled-back one did not');
+
+$node->stop;
+done_testing();

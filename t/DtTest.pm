@@ -1,0 +1,136 @@
+# Helpers shared by the digitaltwin TAP tests.
+#
+# Every test streams events of model 'acc' and records each event in table
+# "sent" IN THE SAME TRANSACTION, so that "sent" is exactly the set of
+# committed events, whatever the client saw (a client that loses its
+# connection in a crash does not know whether its COMMIT happened).
+package DtTest;
+
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+# A node with the extension preloaded; extra lines of configuration may be
+# given.
+sub new_node
+{
+	my ($name, $extra) = @_;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf', qq{
+shared_preload_libraries = 'digitaltwin'
+digitaltwin.database = 'postgres'
+digitaltwin.workers = 2
+digitaltwin.poll_interval = '100ms'
+digitaltwin.batch_size = 200
+} . ($extra // ''));
+	return $node;
+}
+
+# The accumulating model: count and sum of "v" per twin, an alert for every
+# v divisible by 10.
+sub create_model
+{
+	my ($node) = @_;
+	$node->safe_psql('postgres', q{
+CREATE EXTENSION digitaltwin;
+CREATE TABLE sent (id bigserial PRIMARY KEY, twin text NOT NULL, v int NOT NULL);
+CREATE FUNCTION acc(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    v int := (event->>'v')::int;
+BEGIN
+    IF v % 10 = 0 THEN
+        PERFORM digitaltwin.alert('info', 'round value', event);
+    END IF;
+    RETURN jsonb_build_object('n', coalesce((state->>'n')::bigint, 0) + 1,
+                              'sum', coalesce((state->>'sum')::bigint, 0) + v);
+END $$;
+SELECT digitaltwin.create_model('acc', 'acc(text,jsonb,jsonb)');
+});
+	return;
+}
+
+# SQL sending $n events to random twins among $twins, recorded in "sent"
+# by the same statement.
+sub send_sql
+{
+	my ($n, $twins) = @_;
+	return qq{
+WITH e AS MATERIALIZED (
+    SELECT 't' || (1 + (random() * ($twins - 1))::int) AS twin,
+           (random() * 1000)::int AS v
+    FROM generate_series(1, $n)),
+s AS (INSERT INTO sent (twin, v) SELECT twin, v FROM e)
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'acc', twin, jsonb_build_object('v', v) FROM e;
+};
+}
+
+# A pgbench script file streaming multi-row inserts; returns its path.
+sub pgbench_script
+{
+	my ($node, $n, $twins) = @_;
+	my $file = $node->basedir . '/stream.sql';
+	my $sql = send_sql($n, $twins);
+	$sql =~ s/\n/ /g;
+	open my $fh, '>', $file or die "cannot write $file: $!";
+	print $fh "$sql\n";
+	close $fh;
+	return $file;
+}
+
+# Check that the live twins, the durable state and the alerts equal the
+# effect of applying each committed event exactly once.
+sub check_exactly_once
+{
+	my ($node, $what) = @_;
+
+	is($node->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('120s')}),
+		't', "$what: all committed events processed");
+
+	my $sent = $node->safe_psql('postgres', 'SELECT count(*) FROM sent');
+	cmp_ok($sent, '>', 0, "$what: some events were committed");
+
+	is( $node->safe_psql('postgres', q{
+SELECT count(*)
+FROM (SELECT twin, count(*) AS n, sum(v) AS s FROM sent GROUP BY twin) e
+FULL JOIN (SELECT twin_id, (state->>'n')::bigint AS n, (state->>'sum')::bigint AS s
+           FROM digitaltwin.twins WHERE model = 'acc') t ON t.twin_id = e.twin
+WHERE e.n IS DISTINCT FROM t.n OR e.s IS DISTINCT FROM t.s}),
+		'0', "$what: every live twin equals its committed events applied once");
+
+	is( $node->safe_psql('postgres', q{
+SELECT count(*)
+FROM (SELECT twin, count(*) AS n FROM sent GROUP BY twin) e
+FULL JOIN (SELECT s.twin_id, s.event_count AS n FROM digitaltwin.twin_state s
+           JOIN digitaltwin.models m ON m.id = s.model_id WHERE m.name = 'acc') d
+    ON d.twin_id = e.twin
+WHERE e.n IS DISTINCT FROM d.n}),
+		'0', "$what: the durable state agrees");
+
+	is( $node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM digitaltwin.alerts WHERE model = 'acc') || '/' ||
+       (SELECT count(DISTINCT event_id) FROM digitaltwin.alerts WHERE model = 'acc') || '/' ||
+       (SELECT count(*) FROM sent WHERE v % 10 = 0)}),
+		join('/', ($node->safe_psql('postgres', 'SELECT count(*) FROM sent WHERE v % 10 = 0')) x 3),
+		"$what: one alert per qualifying event, none twice");
+
+	is($node->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.dead_letters'),
+		'0', "$what: no dead letters");
+	return;
+}
+
+# PIDs of the digitaltwin workers, sorted.
+sub worker_pids
+{
+	my ($node) = @_;
+	return $node->safe_psql('postgres', q{
+SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity
+WHERE backend_type = 'digitaltwin worker'});
+}
+
+1;
