@@ -225,14 +225,11 @@ dt_alerts_flush(void)
 		Oid			types[6] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
 		TEXTARRAYOID, JSONBARRAYOID, INT8ARRAYOID};
 
-		insert_plan = SPI_prepare("INSERT INTO digitaltwin.alerts "
-								  "(model, twin_id, severity, message, details, event_id) "
-								  "SELECT * FROM unnest($1, $2, $3, $4, $5, $6) "
-								  "RETURNING id, model, twin_id, severity, message, event_id",
-								  6, types);
-		if (insert_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(insert_plan);
+		insert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.alerts "
+										  "(model, twin_id, severity, message, details, event_id) "
+										  "SELECT * FROM unnest($1, $2, $3, $4, $5, $6) "
+										  "RETURNING id, model, twin_id, severity, message, event_id",
+										  6, types);
 	}
 
 	for (i = 0; i < 6; i++)
@@ -294,13 +291,10 @@ dt_dead_letter(DtEvent *event)
 
 	if (dead_letter_plan == NULL)
 	{
-		dead_letter_plan = SPI_prepare("INSERT INTO digitaltwin.dead_letters "
-									   "(event_id, model, twin_id, payload, error, sqlstate, enqueued_at) "
-									   "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-									   7, types);
-		if (dead_letter_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(dead_letter_plan);
+		dead_letter_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.dead_letters "
+											   "(event_id, model, twin_id, payload, error, sqlstate, enqueued_at) "
+											   "VALUES ($1, $2, $3, $4, $5, $6, $7)",
+											   7, types);
 	}
 	args[0] = Int64GetDatum(event->id);
 	args[1] = CStringGetTextDatum(event->model);

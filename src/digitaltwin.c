@@ -68,3 +68,19 @@ dt_require_preload(void)
 				 errmsg("digitaltwin must be loaded via shared_preload_libraries"),
 				 errhint("Add 'digitaltwin' to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
+
+/*
+ * Prepare a statement the workers run at every batch, and keep it for the
+ * life of the process (until the extension is re-created).
+ */
+SPIPlanPtr
+dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}

@@ -23,6 +23,7 @@
 #include "postgres.h"
 
 #include "digitaltwin.h"
+#include "executor/spi.h"
 #include "fmgr.h"
 #include "lib/dshash.h"
 #include "port/atomics.h"
@@ -52,6 +53,7 @@ extern void dt_define_gucs(void);
 /* digitaltwin.c */
 extern bool dt_preloaded;
 extern void dt_require_preload(void);
+extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
 
 /* ----------------------------------------------------------------
  * shmem.c

@@ -221,13 +221,10 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 	{
 		Oid			types[3] = {INT4OID, INT4OID, INT4OID};
 
-		fetch_plan = SPI_prepare("SELECT ctid, id, model, twin_id, payload, enqueued_at "
-								 "FROM digitaltwin.events "
-								 "WHERE digitaltwin.partition_of(twin_id, $1) = $2 "
-								 "ORDER BY id LIMIT $3", 3, types);
-		if (fetch_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(fetch_plan);
+		fetch_plan = dt_spi_prepare_kept("SELECT ctid, id, model, twin_id, payload, enqueued_at "
+										 "FROM digitaltwin.events "
+										 "WHERE digitaltwin.partition_of(twin_id, $1) = $2 "
+										 "ORDER BY id LIMIT $3", 3, types);
 	}
 
 	args[0] = Int32GetDatum(partitions);
@@ -278,11 +275,8 @@ dt_delete_events(DtEvent *events, int nevents)
 	{
 		Oid			type = TIDARRAYOID;
 
-		delete_plan = SPI_prepare("DELETE FROM digitaltwin.events WHERE ctid = ANY($1)",
-								  1, &type);
-		if (delete_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(delete_plan);
+		delete_plan = dt_spi_prepare_kept("DELETE FROM digitaltwin.events WHERE ctid = ANY($1)",
+										  1, &type);
 	}
 
 	tids = palloc(sizeof(Datum) * nevents);

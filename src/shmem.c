@@ -279,6 +279,10 @@ dt_store_alloc_image(const char *image, Size len)
 	return dp;
 }
 
+/*
+ * Load one twin from the durable state (worker start).  Same steps as a
+ * batch's publication, without the commit between them.
+ */
 void
 dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 				   const char *image, Size len,
@@ -286,33 +290,12 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 				   DtWorkerSlot *slot)
 {
 	DtTwinKey	key;
-	DtTwinEntry *entry;
 	dsa_pointer dp;
-	dsa_pointer old = InvalidDsaPointer;
-	Size		old_len = 0;
-	bool		found;
 
 	dt_make_key(&key, model_id, twin_id, idlen);
 	dp = dt_store_alloc_image(image, len);
-	entry = dshash_find_or_insert(dt_twins, &key, &found);
-	if (found)
-	{
-		old = entry->state;
-		old_len = entry->state_len;
-	}
-	entry->pending = false;
-	entry->state = dp;
-	entry->state_len = len;
-	entry->event_count = event_count;
-	entry->updated_at = updated_at;
-	dshash_release_lock(dt_twins, entry);
-
-	if (DsaPointerIsValid(old))
-		dsa_free(dt_area, old);
-	if (found)
-		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
-	else
-		dt_slot_account(slot, 1, len + sizeof(DtTwinEntry));
+	(void) dt_store_reserve_entry(&key);
+	dt_store_install(&key, dp, len, event_count, updated_at, slot);
 }
 
 /*

@@ -252,28 +252,22 @@ dt_stage_prepare_plans(void)
 		Oid			types[5] = {INT4ARRAYOID, TEXTARRAYOID, BYTEAARRAYOID,
 		INT8ARRAYOID, TIMESTAMPTZARRAYOID};
 
-		upsert_plan = SPI_prepare("INSERT INTO digitaltwin.twin_state AS s "
-								  "(model_id, twin_id, state, event_count, updated_at) "
-								  "SELECT * FROM unnest($1, $2, $3, $4, $5) "
-								  "ON CONFLICT (model_id, twin_id) DO UPDATE "
-								  "SET state = excluded.state, event_count = excluded.event_count, "
-								  "updated_at = excluded.updated_at",
-								  5, types);
-		if (upsert_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(upsert_plan);
+		upsert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.twin_state AS s "
+										  "(model_id, twin_id, state, event_count, updated_at) "
+										  "SELECT * FROM unnest($1, $2, $3, $4, $5) "
+										  "ON CONFLICT (model_id, twin_id) DO UPDATE "
+										  "SET state = excluded.state, event_count = excluded.event_count, "
+										  "updated_at = excluded.updated_at",
+										  5, types);
 	}
 	if (delete_plan == NULL)
 	{
 		Oid			types[2] = {INT4ARRAYOID, TEXTARRAYOID};
 
-		delete_plan = SPI_prepare("DELETE FROM digitaltwin.twin_state s "
-								  "USING unnest($1, $2) AS d(model_id, twin_id) "
-								  "WHERE s.model_id = d.model_id AND s.twin_id = d.twin_id",
-								  2, types);
-		if (delete_plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		SPI_keepplan(delete_plan);
+		delete_plan = dt_spi_prepare_kept("DELETE FROM digitaltwin.twin_state s "
+										  "USING unnest($1, $2) AS d(model_id, twin_id) "
+										  "WHERE s.model_id = d.model_id AND s.twin_id = d.twin_id",
+										  2, types);
 	}
 }
 
