@@ -60,6 +60,22 @@ sub instance_pids
 # 1. kill -9 of one worker, under load
 my $stream = start_stream(6);
 wait_progress(500);
+
+# While the workers run: a state is published in shared memory only after
+# the commit that made it durable, so a twin read from the live view is
+# never ahead of the durable state read just after it; and it is whole (its
+# count agrees with its event count).
+my $ahead = $node->safe_psql('postgres', q{
+CREATE TEMP TABLE live AS
+    SELECT twin_id, event_count, (state->>'n')::bigint AS n
+    FROM digitaltwin.twins WHERE model = 'acc';
+SELECT count(*) FILTER (WHERE l.event_count > s.event_count OR s.event_count IS NULL)
+       || '/' || count(*) FILTER (WHERE l.n <> l.event_count)
+FROM live l
+LEFT JOIN digitaltwin.twin_state s ON s.twin_id = l.twin_id
+    AND s.model_id = (SELECT id FROM digitaltwin.models WHERE name = 'acc');
+});
+is($ahead, '0/0', 'live twins are never ahead of the durable state, and whole');
 my ($victim) = split /,/, DtTest::worker_pids($node);
 ok(kill('KILL', $victim), "killed worker $victim with SIGKILL");
 $stream->finish;
