@@ -9,10 +9,18 @@
  * copies to jsonb after every lock is released: converting a composite
  * state calls type output functions, which must not run under an LWLock.
  *
+ * Shared memory holds a worker's twins only once that worker has loaded
+ * them from digitaltwin.twin_state.  Until then (on a hot standby, where
+ * workers never run; after a restart or a promotion, while the workers load;
+ * after the extension was re-created) the twins of that worker's partition
+ * are read from twin_state, which is exactly their committed state since
+ * the worker has processed nothing yet.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -100,6 +108,88 @@ dt_view_models(void)
 	return models;
 }
 
+static DtTwinCopy *
+dt_view_add_copy(DtTwinCopy **copies, int64 *ncopies, int64 *size)
+{
+	if (*ncopies == *size)
+	{
+		*size *= 2;
+		*copies = repalloc_huge(*copies, sizeof(DtTwinCopy) * *size);
+	}
+	return &(*copies)[(*ncopies)++];
+}
+
+/*
+ * Copy the durable state of the twins of the partitions not current[] into
+ * *copies; returns how many.  The image of a varlena state is the stored
+ * value itself (see dt_stage_persisted_value).
+ */
+static int64
+dt_view_copy_durable(const bool *current, int nparts, DtTwinCopy **copies,
+					 int64 *size)
+{
+	int64		ncopies = 0;
+	Portal		portal;
+	MemoryContext caller_cxt = CurrentMemoryContext;
+
+	SPI_connect();
+	portal = SPI_cursor_open_with_args(NULL,
+									   "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
+									   "       t.typlen = -1 AND NOT t.typbyval "
+									   "FROM digitaltwin.twin_state s "
+									   "JOIN digitaltwin.models m ON m.id = s.model_id "
+									   "JOIN pg_catalog.pg_type t ON t.oid = m.state_type",
+									   0, NULL, NULL, NULL, true, 0);
+	for (;;)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
+			DtTwinCopy *c;
+			bytea	   *value;
+			MemoryContext old;
+
+			if (current[dt_partition_of(VARDATA_ANY(twin_id),
+										VARSIZE_ANY_EXHDR(twin_id), nparts)])
+				continue;
+
+			/* outlive SPI_finish */
+			old = MemoryContextSwitchTo(caller_cxt);
+			c = dt_view_add_copy(copies, &ncopies, size);
+			c->model_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+			c->twin_id = text_to_cstring(twin_id);
+			value = DatumGetByteaPCopy(SPI_getbinval(tup, desc, 3, &isnull));
+			if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
+			{
+				c->image = (char *) value;
+				c->len = VARSIZE(value);
+			}
+			else
+			{
+				/* MAXALIGNed copy of the bytes */
+				c->len = VARSIZE(value) - VARHDRSZ;
+				c->image = palloc(c->len);
+				memcpy(c->image, VARDATA(value), c->len);
+			}
+			c->event_count = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+			c->updated_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+			MemoryContextSwitchTo(old);
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+	return ncopies;
+}
+
 Datum
 digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 {
@@ -112,6 +202,7 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 	DtTwinEntry *entry;
 	int64		i;
 	Oid			extension = dt_extension_oid();
+	int			nparts = Max(dt_shared->nworkers, 1);
 	bool		current[DT_MAX_WORKERS];
 	bool		all_current = true;
 
@@ -122,19 +213,22 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 	models = dt_view_models();
 
 	/*
-	 * After DROP and CREATE EXTENSION, model ids start over: a partition
-	 * not yet rebuilt by its worker may still hold twins of the old
-	 * extension under the ids of new models.  Skip such partitions.
+	 * Partitions whose worker has not loaded them for this extension come
+	 * from twin_state; their shared-memory entries, if any, are stale (after
+	 * DROP and CREATE EXTENSION, model ids start over) and are skipped.
 	 */
-	for (i = 0; i < dt_shared->nworkers; i++)
+	copies = palloc(sizeof(DtTwinCopy) * size);
+	for (i = 0; i < nparts; i++)
 	{
 		SpinLockAcquire(&dt_shared->slots[i].mutex);
-		current[i] = (dt_shared->slots[i].store_extension == extension);
+		current[i] = (dt_shared->slots[i].store_extension == extension) &&
+			!RecoveryInProgress();
 		SpinLockRelease(&dt_shared->slots[i].mutex);
 		all_current &= current[i];
 	}
+	if (!all_current)
+		ncopies = dt_view_copy_durable(current, nparts, &copies, &size);
 
-	copies = palloc(sizeof(DtTwinCopy) * size);
 	dshash_seq_init(&status, dt_twins, false);
 	while ((entry = dshash_seq_next(&status)) != NULL)
 	{
@@ -145,14 +239,9 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 		if (!all_current &&
 			!current[dt_partition_of(entry->key.twin_id,
 									 strlen(entry->key.twin_id),
-									 dt_shared->nworkers)])
+									 nparts)])
 			continue;
-		if (ncopies == size)
-		{
-			size *= 2;
-			copies = repalloc_huge(copies, sizeof(DtTwinCopy) * size);
-		}
-		c = &copies[ncopies++];
+		c = dt_view_add_copy(&copies, &ncopies, &size);
 		c->model_id = entry->key.model_id;
 		c->twin_id = pstrdup(entry->key.twin_id);
 		c->len = entry->state_len;

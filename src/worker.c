@@ -356,6 +356,11 @@ dt_worker_rebuild(void)
 	instr_time	duration;
 
 	INSTR_TIME_SET_CURRENT(start);
+
+	/* readers take this partition from twin_state until it is loaded */
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->store_extension = InvalidOid;
+	SpinLockRelease(&my_slot->mutex);
 	dt_store_purge_partition(my_partition, dt_shared->nworkers);
 
 	args[0] = Int32GetDatum(dt_shared->nworkers);

@@ -1,0 +1,83 @@
+# Hot standby and promotion: on a standby the workers stay idle and the live
+# view answers from the replicated durable state; after a failover under
+# load, the promoted node's workers rebuild and continue, and every
+# replicated committed event is applied exactly once.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use DtTest;
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $primary = PostgreSQL::Test::Cluster->new('primary');
+$primary->init(allows_streaming => 1);
+$primary->append_conf('postgresql.conf', q{
+shared_preload_libraries = 'digitaltwin'
+digitaltwin.database = 'postgres'
+digitaltwin.workers = 2
+digitaltwin.poll_interval = '100ms'
+digitaltwin.batch_size = 200
+});
+$primary->start;
+DtTest::create_model($primary);
+$primary->safe_psql('postgres', DtTest::send_sql(2000, 100));
+is($primary->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}), 't',
+	'primary processed the first events');
+
+$primary->backup('backup');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($primary, 'backup', has_streaming => 1);
+$standby->start;
+$primary->safe_psql('postgres', DtTest::send_sql(1000, 150));
+is($primary->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}), 't',
+	'primary processed more events');
+$primary->wait_for_catchup($standby);
+
+# On the standby: no worker, a live view from the replicated state, and a
+# clear refusal to queue events.
+is($standby->safe_psql('postgres', q{
+SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'digitaltwin worker'}),
+	'0', 'no digitaltwin worker runs on the standby');
+my $view = q{
+SELECT string_agg(twin_id || '=' || state::text || '#' || event_count, ',' ORDER BY twin_id)
+FROM digitaltwin.twins};
+is($standby->safe_psql('postgres', $view), $primary->safe_psql('postgres', $view),
+	'the standby shows the same twins as the primary');
+my ($ret, $out, $err) = $standby->psql('postgres',
+	q{SELECT digitaltwin.send('acc', 't1', '{"v": 1}')});
+like($err, qr/cannot execute INSERT in a read-only transaction/,
+	'sending on the standby is refused');
+
+# Failover under load: stream, crash the primary, promote the standby.
+my $script = DtTest::pgbench_script($primary, 20, 150);
+my ($bout, $berr) = ('', '');
+my $stream = IPC::Run::start(
+	[
+		'pgbench', '-n', '-c', '3', '-T', '5', '-f', $script,
+		'-h', $primary->host, '-p', $primary->port, 'postgres'
+	],
+	'>', \$bout, '2>', \$berr);
+$primary->poll_query_until('postgres',
+	'SELECT count(*) > 3500 FROM sent')
+  or die 'stream did not start';
+$primary->kill9;
+$stream->finish;
+
+$standby->promote;
+$standby->poll_query_until('postgres', q{
+SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'digitaltwin worker'})
+  or die 'workers did not start after promotion';
+ok($standby->safe_psql('postgres', 'SELECT count(*) FROM sent') > 3000,
+	'the promoted node has the replicated events');
+DtTest::check_exactly_once($standby, 'after promotion');
+
+# and it keeps going
+$standby->safe_psql('postgres', DtTest::send_sql(500, 150));
+DtTest::check_exactly_once($standby, 'after promotion, new events');
+
+$standby->stop;
+done_testing();
