@@ -57,8 +57,9 @@ sub instance_pids
 	return @pids;
 }
 
-# 1. kill -9 of one worker, under load
+# 1. kill -9 of one worker, under load (multi-row INSERTs and COPY)
 my $stream = start_stream(6);
+my $copy = DtTest::start_copy_stream($node, 6, 200);
 wait_progress(500);
 
 # While the workers run: a state is published in shared memory only after
@@ -79,6 +80,7 @@ is($ahead, '0/0', 'live twins are never ahead of the durable state, and whole');
 my ($victim) = split /,/, DtTest::worker_pids($node);
 ok(kill('KILL', $victim), "killed worker $victim with SIGKILL");
 $stream->finish;
+$copy->finish;
 $node->poll_query_until('postgres', 'SELECT true')
   or die 'server did not come back';
 ok($node->log_contains(qr/terminated by signal 9/), 'the postmaster saw the worker die');
@@ -86,10 +88,12 @@ DtTest::check_exactly_once($node, 'after kill -9 of a worker');
 
 # 2. kill -9 of the postmaster, under load
 $stream = start_stream(6);
+$copy = DtTest::start_copy_stream($node, 6, 200);
 wait_progress(500);
 my @pids = instance_pids();
 $node->kill9;
 $stream->finish;
+$copy->finish;
 # The postmaster's children notice its death and exit; only then may a new
 # postmaster use the data directory.
 my $gone = 0;

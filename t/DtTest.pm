@@ -9,6 +9,7 @@ package DtTest;
 use strict;
 use warnings;
 
+use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -81,6 +82,34 @@ sub pgbench_script
 	print $fh "$sql\n";
 	close $fh;
 	return $file;
+}
+
+# Start a client that streams events by COPY for $seconds: a loop of psql
+# runs, each COPYing the same 50 events into digitaltwin.events and into
+# "sent" in one transaction.  Runs that fail (the server is crashing) are
+# retried after a short pause.  Returns the IPC::Run handle.
+sub start_copy_stream
+{
+	my ($node, $seconds, $twins) = @_;
+	my $file = $node->basedir . '/copy.sql';
+	my @rows = map { ['t' . (1 + int(rand($twins))), int(rand(1000))] } 1 .. 50;
+	open my $fh, '>', $file or die "cannot write $file: $!";
+	print $fh "BEGIN;\nCOPY digitaltwin.events (model, twin_id, payload) FROM stdin;\n";
+	print $fh "acc\t$_->[0]\t{\"v\": $_->[1]}\n" for @rows;
+	print $fh "\\.\nCOPY sent (twin, v) FROM stdin;\n";
+	print $fh "$_->[0]\t$_->[1]\n" for @rows;
+	print $fh "\\.\nCOMMIT;\n";
+	close $fh;
+
+	my $psql = join(' ', 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1',
+		'-h', $node->host, '-p', $node->port, '-f', $file, 'postgres');
+	my ($out, $err) = ('', '');
+	return IPC::Run::start(
+		[
+			'bash', '-c',
+			"end=\$((SECONDS + $seconds)); while [ \$SECONDS -lt \$end ]; do $psql || sleep 0.2; done"
+		],
+		'>', \$out, '2>', \$err);
 }
 
 # Check that the live twins, the durable state and the alerts equal the
