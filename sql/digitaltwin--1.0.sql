@@ -28,18 +28,59 @@ COMMENT ON TABLE digitaltwin.models IS
 -- Event queue
 --------------------------------------------------------------------------
 
+-- The queue rotates through three partitions, one per "generation" modulo
+-- 3, so that consumed events are removed in bulk: new events go to the
+-- partition of the current generation; once a previous generation's
+-- partition has been consumed, the coordinating worker truncates it, and
+-- the queue advances to the next generation when that partition is empty
+-- (see queue.c).  Workers also delete each event they consume, in the
+-- transaction that applies it: that is what marks it consumed, exactly once;
+-- the truncation then reclaims the space without VACUUM.
+--
 -- twin_id uses the "C" collation: twins are identified byte-wise, and the
 -- partitioning of twins among workers hashes the bytes.
+CREATE TABLE digitaltwin.queue_state (
+    singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    generation      bigint NOT NULL,
+    drained_through bigint NOT NULL,
+    rotated_at      timestamptz NOT NULL
+);
+INSERT INTO digitaltwin.queue_state VALUES (true, 0, -1, now());
+
+COMMENT ON TABLE digitaltwin.queue_state IS
+'Position of the event queue''s partition rotation: the current generation, and the last generation whose partition was consumed and truncated.';
+
+CREATE FUNCTION digitaltwin.queue_partition()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'digitaltwin_queue_partition'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.queue_partition() IS
+'Partition of digitaltwin.events that new events go to (current generation modulo 3).';
+
 CREATE TABLE digitaltwin.events (
-    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id          bigint GENERATED ALWAYS AS IDENTITY,
     model       text NOT NULL,
     twin_id     text COLLATE "C" NOT NULL,
     payload     jsonb NOT NULL,
-    enqueued_at timestamptz NOT NULL DEFAULT now()
-);
+    enqueued_at timestamptz NOT NULL DEFAULT now(),
+    part        smallint NOT NULL DEFAULT digitaltwin.queue_partition(),
+    PRIMARY KEY (id, part)
+) PARTITION BY LIST (part);
+
+-- VACUUM has nothing to do on the partitions: consumed rows go with TRUNCATE.
+CREATE TABLE digitaltwin.events_0 PARTITION OF digitaltwin.events
+    FOR VALUES IN (0) WITH (autovacuum_enabled = false);
+CREATE TABLE digitaltwin.events_1 PARTITION OF digitaltwin.events
+    FOR VALUES IN (1) WITH (autovacuum_enabled = false);
+CREATE TABLE digitaltwin.events_2 PARTITION OF digitaltwin.events
+    FOR VALUES IN (2) WITH (autovacuum_enabled = false);
 
 COMMENT ON TABLE digitaltwin.events IS
 'Durable event queue. INSERT (single or multi-row) or COPY (model, twin_id, payload); background workers consume each committed event exactly once.';
+COMMENT ON TABLE digitaltwin.events_0 IS 'Partition of digitaltwin.events (generations 0, 3, 6...).';
+COMMENT ON TABLE digitaltwin.events_1 IS 'Partition of digitaltwin.events (generations 1, 4, 7...).';
+COMMENT ON TABLE digitaltwin.events_2 IS 'Partition of digitaltwin.events (generations 2, 5, 8...).';
 
 CREATE FUNCTION digitaltwin.events_check()
 RETURNS trigger
@@ -117,6 +158,8 @@ CREATE TABLE digitaltwin.dead_letters (
     enqueued_at timestamptz NOT NULL,
     failed_at   timestamptz NOT NULL DEFAULT now()
 );
+
+CREATE INDEX dead_letters_failed_at_idx ON digitaltwin.dead_letters (failed_at);
 
 COMMENT ON TABLE digitaltwin.dead_letters IS
 'Events whose model raised an error (or whose model no longer exists), with the error; the twin''s state is as if the event never came.';
@@ -249,5 +292,6 @@ COMMENT ON VIEW digitaltwin.stats IS
 
 REVOKE ALL ON digitaltwin.twin_state FROM PUBLIC;
 GRANT SELECT ON digitaltwin.models TO PUBLIC;
+GRANT SELECT ON digitaltwin.queue_state TO PUBLIC;
 REVOKE ALL ON FUNCTION digitaltwin.create_model(text, regprocedure, regprocedure) FROM PUBLIC;
 REVOKE ALL ON FUNCTION digitaltwin.drop_model(text) FROM PUBLIC;

@@ -37,6 +37,8 @@
 #include "utils/timestamp.h"
 
 #define DT_MAX_WORKERS 64
+#define DT_QUEUE_PARTITIONS 3
+#define DT_GENERATION_UNKNOWN PG_UINT64_MAX
 #define DT_NOTIFY_CHANNEL "digitaltwin_alerts"
 
 /* guc.c */
@@ -48,6 +50,9 @@ extern int	dt_poll_interval_ms;
 extern int	dt_model_timeout_ms;
 extern int	dt_max_payload_kb;
 extern int	dt_max_state_kb;
+extern int	dt_queue_rotation_ms;
+extern int	dt_alert_retention_s;
+extern int	dt_dead_letter_retention_s;
 extern void dt_define_gucs(void);
 
 /* digitaltwin.c */
@@ -112,6 +117,7 @@ typedef struct DtShared
 	int			nworkers;
 	dshash_table_handle twins_handle;
 	ConditionVariable progress_cv;	/* broadcast after each batch */
+	pg_atomic_uint64 queue_generation;	/* DT_GENERATION_UNKNOWN: read the table */
 	DtWorkerSlot slots[DT_MAX_WORKERS];
 	/* the in-place DSA area follows */
 } DtShared;
@@ -194,6 +200,7 @@ extern Datum dt_model_call(DtModel *model, bool init, int nargs,
  */
 typedef struct DtEvent
 {
+	Oid			relid;			/* partition of digitaltwin.events holding it */
 	ItemPointerData tid;
 	int64		id;
 	char	   *model;
@@ -209,6 +216,8 @@ extern int	dt_fetch_events(int partition, int partitions, int limit,
 							DtEvent **events);
 extern void dt_delete_events(DtEvent *events, int nevents);
 extern void dt_queue_forget_plans(void);
+extern void dt_queue_maintain(void);
+extern void dt_queue_forget_generation(void);
 
 /* ----------------------------------------------------------------
  * stage.c: twin states of the current batch, in worker-local memory

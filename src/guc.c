@@ -23,6 +23,9 @@ int			dt_poll_interval_ms = 1000;
 int			dt_model_timeout_ms = 5000;
 int			dt_max_payload_kb = 1024;
 int			dt_max_state_kb = 1024;
+int			dt_queue_rotation_ms = 10000;
+int			dt_alert_retention_s = 7 * 24 * 3600;
+int			dt_dead_letter_retention_s = 30 * 24 * 3600;
 
 void
 dt_define_gucs(void)
@@ -97,6 +100,33 @@ dt_define_gucs(void)
 							1024, 1, 1024 * 1024,
 							PGC_SIGHUP,
 							GUC_UNIT_KB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.queue_rotation",
+							"Time after which new events go to the next partition of the queue.",
+							"Consumed partitions are truncated; a shorter time keeps the queue smaller, at the cost of more truncations.",
+							&dt_queue_rotation_ms,
+							10000, 100, 24 * 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.alert_retention",
+							"Age after which alerts are deleted; 0 keeps them forever.",
+							NULL,
+							&dt_alert_retention_s,
+							7 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.dead_letter_retention",
+							"Age after which dead letters are deleted; 0 keeps them forever.",
+							NULL,
+							&dt_dead_letter_retention_s,
+							30 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("digitaltwin");

@@ -11,18 +11,36 @@
  * batch, so it is never skipped, and an event of a rolled-back transaction
  * is never seen at all.
  *
+ * Rotation.  digitaltwin.events has three partitions; new events go to the
+ * one of the current generation (modulo 3), read by queue_partition() from
+ * shared memory.  Worker 0 maintains the queue (dt_queue_maintain): every
+ * digitaltwin.queue_rotation it advances the generation, and it truncates
+ * the partition of an older generation once that is empty.  Emptiness is
+ * checked while holding the partition's ACCESS EXCLUSIVE lock, taken without
+ * waiting: no transaction can then be inserting into it (one that read the
+ * old generation just before the switch holds a conflicting lock until it
+ * ends), so the truncation can never remove an event that was not
+ * consumed, whatever any backend believes the current generation is.
+ * The generation advances only when the partition it moves to has been
+ * truncated, so at most two generations hold events.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/detoast.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "storage/lmgr.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/resowner.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -34,6 +52,7 @@
 PG_FUNCTION_INFO_V1(digitaltwin_events_check);
 PG_FUNCTION_INFO_V1(digitaltwin_partition_of);
 PG_FUNCTION_INFO_V1(digitaltwin_wait_idle);
+PG_FUNCTION_INFO_V1(digitaltwin_queue_partition);
 
 /* column numbers of digitaltwin.events */
 #define EV_ATT_MODEL	2
@@ -44,7 +63,19 @@ static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 
 static SPIPlanPtr fetch_plan = NULL;
-static SPIPlanPtr delete_plan = NULL;
+
+/* consumed events are deleted partition by partition (ctids are per table) */
+typedef struct DtDeletePlan
+{
+	Oid			relid;
+	SPIPlanPtr	plan;
+} DtDeletePlan;
+
+#define DT_MAX_DELETE_PLANS 8
+static DtDeletePlan delete_plans[DT_MAX_DELETE_PLANS];
+static int	ndelete_plans = 0;
+
+static TimestampTz last_maintenance = 0;
 
 /*
  * At commit of a transaction that inserted events, set the workers'
@@ -188,6 +219,55 @@ digitaltwin_partition_of(PG_FUNCTION_ARGS)
 									VARSIZE_ANY_EXHDR(twin_id), partitions));
 }
 
+/*
+ * Default of digitaltwin.events.part: the partition new events go to.
+ * Called for every inserted row, so it reads shared memory; after a restart
+ * the first caller loads the generation from queue_state.
+ */
+static uint64
+dt_queue_generation(void)
+{
+	uint64		g = pg_atomic_read_u64(&dt_shared->queue_generation);
+
+	if (g == DT_GENERATION_UNKNOWN)
+	{
+		uint64		expected = DT_GENERATION_UNKNOWN;
+		bool		isnull;
+		int			ret;
+
+		SPI_connect();
+		ret = SPI_execute("SELECT generation FROM digitaltwin.queue_state", false, 1);
+		if (ret != SPI_OK_SELECT || SPI_processed != 1)
+			elog(ERROR, "digitaltwin: cannot read digitaltwin.queue_state");
+		g = (uint64) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		SPI_finish();
+
+		/*
+		 * Only replace "unknown": the coordinator may have published a newer
+		 * generation meanwhile.  Either value is safe (see the header).
+		 */
+		if (!pg_atomic_compare_exchange_u64(&dt_shared->queue_generation,
+											&expected, g))
+			g = expected;
+	}
+	return g;
+}
+
+Datum
+digitaltwin_queue_partition(PG_FUNCTION_ARGS)
+{
+	dt_require_preload();
+	PG_RETURN_INT32((int32) (dt_queue_generation() % DT_QUEUE_PARTITIONS));
+}
+
+/* Forget the cached generation (the coordinator restarts). */
+void
+dt_queue_forget_generation(void)
+{
+	pg_atomic_write_u64(&dt_shared->queue_generation, DT_GENERATION_UNKNOWN);
+}
+
 /* ----------------------------------------------------------------
  * Worker side
  * ----------------------------------------------------------------
@@ -196,12 +276,14 @@ digitaltwin_partition_of(PG_FUNCTION_ARGS)
 void
 dt_queue_forget_plans(void)
 {
+	int			i;
+
 	if (fetch_plan)
 		SPI_freeplan(fetch_plan);
-	if (delete_plan)
-		SPI_freeplan(delete_plan);
 	fetch_plan = NULL;
-	delete_plan = NULL;
+	for (i = 0; i < ndelete_plans; i++)
+		SPI_freeplan(delete_plans[i].plan);
+	ndelete_plans = 0;
 }
 
 /*
@@ -221,7 +303,7 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 	{
 		Oid			types[3] = {INT4OID, INT4OID, INT4OID};
 
-		fetch_plan = dt_spi_prepare_kept("SELECT ctid, id, model, twin_id, payload, enqueued_at "
+		fetch_plan = dt_spi_prepare_kept("SELECT ctid, id, model, twin_id, payload, enqueued_at, tableoid "
 										 "FROM digitaltwin.events "
 										 "WHERE digitaltwin.partition_of(twin_id, $1) = $2 "
 										 "ORDER BY id LIMIT $3", 3, types);
@@ -252,45 +334,250 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 		ev->payload = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 5, &isnull));
 		MemoryContextSwitchTo(old);
 		ev->enqueued_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
+		ev->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &isnull));
 	}
 	*events = evs;
 	return (int) SPI_processed;
 }
 
+static SPIPlanPtr
+dt_delete_plan(Oid relid)
+{
+	Oid			type = TIDARRAYOID;
+	char	   *sql;
+	int			i;
+
+	for (i = 0; i < ndelete_plans; i++)
+	{
+		if (delete_plans[i].relid == relid)
+			return delete_plans[i].plan;
+	}
+	if (ndelete_plans == DT_MAX_DELETE_PLANS)
+		elog(ERROR, "digitaltwin: too many partitions in digitaltwin.events");
+	sql = psprintf("DELETE FROM %s WHERE ctid = ANY($1)",
+				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
+											  get_rel_name(relid)));
+	delete_plans[ndelete_plans].relid = relid;
+	delete_plans[ndelete_plans].plan = dt_spi_prepare_kept(sql, 1, &type);
+	return delete_plans[ndelete_plans++].plan;
+}
+
 /*
- * Delete consumed events by ctid, in the batch's transaction.
+ * Delete consumed events by ctid, in the batch's transaction, with one
+ * statement per partition.
  */
 void
 dt_delete_events(DtEvent *events, int nevents)
 {
-	Datum	   *tids;
-	ArrayType  *arr;
-	Datum		arg;
-	int			ret;
+	Datum	   *tids = palloc(sizeof(Datum) * Max(nevents, 1));
+	bool	   *done = palloc0(sizeof(bool) * Max(nevents, 1));
 	int			i;
 
-	if (nevents == 0)
-		return;
-	if (delete_plan == NULL)
+	for (i = 0; i < nevents; i++)
 	{
-		Oid			type = TIDARRAYOID;
+		Oid			relid = events[i].relid;
+		int			n = 0;
+		int			j;
+		Datum		arg;
+		int			ret;
 
-		delete_plan = dt_spi_prepare_kept("DELETE FROM digitaltwin.events WHERE ctid = ANY($1)",
-										  1, &type);
+		if (done[i])
+			continue;
+		for (j = i; j < nevents; j++)
+		{
+			if (!done[j] && events[j].relid == relid)
+			{
+				tids[n++] = PointerGetDatum(&events[j].tid);
+				done[j] = true;
+			}
+		}
+		arg = PointerGetDatum(construct_array(tids, n, TIDOID, sizeof(ItemPointerData),
+											  false, TYPALIGN_SHORT));
+		ret = SPI_execute_plan(dt_delete_plan(relid), &arg, NULL, false, 0);
+		if (ret != SPI_OK_DELETE)
+			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+		if (SPI_processed != (uint64) n)
+			elog(ERROR, "digitaltwin: consumed %d events but deleted " UINT64_FORMAT,
+				 n, SPI_processed);
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Queue maintenance: rotation and retention (worker 0)
+ * ----------------------------------------------------------------
+ */
+
+static Oid
+dt_queue_partition_relid(uint64 generation)
+{
+	char		name[NAMEDATALEN];
+	Oid			relid;
+
+	snprintf(name, sizeof(name), "events_%d",
+			 (int) (generation % DT_QUEUE_PARTITIONS));
+	relid = get_relname_relid(name, get_namespace_oid("digitaltwin", false));
+	if (!OidIsValid(relid))
+		elog(ERROR, "digitaltwin: queue partition \"%s\" is missing", name);
+	return relid;
+}
+
+static bool
+dt_relation_has_rows(Oid relid)
+{
+	char	   *sql = psprintf("SELECT 1 FROM %s LIMIT 1",
+							   quote_qualified_identifier("digitaltwin", get_rel_name(relid)));
+
+	if (SPI_execute(sql, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", sql);
+	return SPI_processed > 0;
+}
+
+/*
+ * Take the partition's ACCESS EXCLUSIVE lock, waiting at most a second
+ * (other workers hold ACCESS SHARE for the length of a batch; new lockers
+ * queue behind our request, so the wait is one batch at most).  On timeout,
+ * give up quietly; the next round tries again.
+ */
+static bool
+dt_queue_lock_partition(Oid relid)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool locked = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		(void) set_config_option("lock_timeout", "1000", PGC_USERSET, PGC_S_SESSION,
+								 GUC_ACTION_LOCAL, true, 0, false);
+		LockRelationOid(relid, AccessExclusiveLock);
+		locked = true;
+		/* the lock passes to the parent transaction */
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return locked;
+}
+
+/*
+ * Truncate the partition of generation 'generation' if it is empty.
+ */
+static bool
+dt_queue_truncate_drained(uint64 generation)
+{
+	Oid			relid = dt_queue_partition_relid(generation);
+
+	/* cheap test first: under load a partition drains for a while */
+	if (dt_relation_has_rows(relid) || !dt_queue_lock_partition(relid))
+		return false;
+	/* new snapshot, taken with the lock held: sees every committed insert */
+	if (dt_relation_has_rows(relid))
+		return false;
+	if (SPI_execute(psprintf("TRUNCATE %s",
+							 quote_qualified_identifier("digitaltwin", get_rel_name(relid))),
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "digitaltwin: TRUNCATE of a queue partition failed");
+	return true;
+}
+
+static void
+dt_queue_apply_retention(const char *table, const char *column, int retention_s)
+{
+	char	   *sql;
+
+	if (retention_s <= 0)
+		return;
+	/* a bounded chunk per round keeps the maintenance transaction short */
+	sql = psprintf("DELETE FROM digitaltwin.%s WHERE ctid = ANY (ARRAY("
+				   "SELECT ctid FROM digitaltwin.%s WHERE %s < now() - make_interval(secs => %d) "
+				   "LIMIT 10000))",
+				   table, table, column, retention_s);
+	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "digitaltwin: retention of %s failed", table);
+}
+
+/*
+ * One round of queue maintenance, at most once a second, in its own
+ * transaction.  Called by worker 0 between batches.
+ */
+void
+dt_queue_maintain(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	uint64		generation;
+	int64		drained;
+	TimestampTz rotated_at;
+	bool		isnull;
+	bool		rotated = false;
+
+	if (!TimestampDifferenceExceeds(last_maintenance, now, 1000))
+		return;
+	last_maintenance = now;
+
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "digitaltwin: queue maintenance");
+
+	if (OidIsValid(get_extension_oid("digitaltwin", true)))
+	{
+		if (SPI_execute("SELECT generation, drained_through, rotated_at "
+						"FROM digitaltwin.queue_state FOR UPDATE", false, 1) != SPI_OK_SELECT ||
+			SPI_processed != 1)
+			elog(ERROR, "digitaltwin: cannot read digitaltwin.queue_state");
+		generation = (uint64) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+														  SPI_tuptable->tupdesc, 1, &isnull));
+		drained = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											  SPI_tuptable->tupdesc, 2, &isnull));
+		rotated_at = DatumGetTimestampTz(SPI_getbinval(SPI_tuptable->vals[0],
+													   SPI_tuptable->tupdesc, 3, &isnull));
+
+		/* truncate the oldest generation still holding a partition */
+		if ((uint64) (drained + 1) < generation &&
+			dt_queue_truncate_drained((uint64) (drained + 1)))
+			drained++;
+
+		/*
+		 * Advance when the next partition is free (its generation, three
+		 * back, was truncated), it is time, and there is something to move
+		 * away from.
+		 */
+		if (drained >= (int64) generation - 2 &&
+			TimestampDifferenceExceeds(rotated_at, now, dt_queue_rotation_ms) &&
+			dt_relation_has_rows(dt_queue_partition_relid(generation)))
+		{
+			generation++;
+			rotated = true;
+		}
+
+		if (SPI_execute(psprintf("UPDATE digitaltwin.queue_state SET generation = " UINT64_FORMAT
+								 ", drained_through = " INT64_FORMAT "%s",
+								 generation, drained, rotated ? ", rotated_at = now()" : ""),
+						false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "digitaltwin: cannot update digitaltwin.queue_state");
+
+		dt_queue_apply_retention("alerts", "raised_at", dt_alert_retention_s);
+		dt_queue_apply_retention("dead_letters", "failed_at", dt_dead_letter_retention_s);
 	}
 
-	tids = palloc(sizeof(Datum) * nevents);
-	for (i = 0; i < nevents; i++)
-		tids[i] = PointerGetDatum(&events[i].tid);
-	arr = construct_array(tids, nevents, TIDOID, sizeof(ItemPointerData), false,
-						  TYPALIGN_SHORT);
-	arg = PointerGetDatum(arr);
-	ret = SPI_execute_plan(delete_plan, &arg, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed != (uint64) nevents)
-		elog(ERROR, "digitaltwin: consumed %d events but deleted " UINT64_FORMAT,
-			 nevents, SPI_processed);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+
+	/* only a committed rotation may be seen by inserters */
+	if (rotated)
+		pg_atomic_write_u64(&dt_shared->queue_generation, generation);
 }
 
 /* ----------------------------------------------------------------

@@ -84,6 +84,7 @@ dt_shmem_startup(void)
 		dt_shared->tranche_id = LWLockNewTrancheId();
 		dt_shared->nworkers = dt_workers;
 		ConditionVariableInit(&dt_shared->progress_cv);
+		pg_atomic_init_u64(&dt_shared->queue_generation, DT_GENERATION_UNKNOWN);
 		for (i = 0; i < DT_MAX_WORKERS; i++)
 		{
 			DtWorkerSlot *slot = &dt_shared->slots[i];

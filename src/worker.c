@@ -635,6 +635,9 @@ digitaltwin_worker_main(Datum main_arg)
 
 	dt_attach_store();
 	dt_register_cache_callbacks();
+	/* the previous coordinator may have died before publishing a rotation */
+	if (my_partition == 0)
+		dt_queue_forget_generation();
 	batch_cxt = AllocSetContextCreate(TopMemoryContext, "digitaltwin batch",
 									  ALLOCSET_DEFAULT_SIZES);
 	event_cxt = AllocSetContextCreate(TopMemoryContext, "digitaltwin event",
@@ -656,6 +659,8 @@ digitaltwin_worker_main(Datum main_arg)
 		}
 
 		n = dt_worker_run_batch();
+		if (my_partition == 0)
+			dt_queue_maintain();
 		if (n >= dt_batch_size)
 			continue;
 

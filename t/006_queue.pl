@@ -1,0 +1,76 @@
+# The queue stays bounded: its partitions rotate and consumed ones are
+# truncated while events stream, without losing or repeating any event;
+# alerts and dead letters older than their retention are deleted.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use DtTest;
+use IPC::Run;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = DtTest::new_node('queue', q{
+digitaltwin.queue_rotation = '300ms'
+digitaltwin.alert_retention = '1d'
+digitaltwin.dead_letter_retention = '2d'
+});
+$node->start;
+DtTest::create_model($node);
+
+my $start = $node->safe_psql('postgres',
+	'SELECT generation || \',\' || drained_through FROM digitaltwin.queue_state');
+is($start, '0,-1', 'the queue starts at generation 0');
+
+# stream for a few seconds; the queue rotates several times meanwhile
+my $script = DtTest::pgbench_script($node, 20, 300);
+my ($out, $err) = ('', '');
+my $h = IPC::Run::start(
+	[
+		'pgbench', '-n', '-c', '2', '-T', '4', '-f', $script,
+		'-h', $node->host, '-p', $node->port, 'postgres'
+	],
+	'>', \$out, '2>', \$err);
+$node->poll_query_until('postgres',
+	'SELECT drained_through >= 3 FROM digitaltwin.queue_state')
+  or die 'the queue did not rotate';
+$h->finish;
+DtTest::check_exactly_once($node, 'while the queue rotated');
+
+# once idle, every partition but the current one is truncated: nothing is
+# left for VACUUM
+$node->safe_psql('postgres', DtTest::send_sql(10, 300));
+$node->poll_query_until('postgres', q{
+SELECT drained_through = generation - 1 FROM digitaltwin.queue_state})
+  or die 'the queue did not drain';
+my ($gen) = $node->safe_psql('postgres', 'SELECT generation FROM digitaltwin.queue_state');
+my $sizes = $node->safe_psql('postgres', qq{
+SELECT string_agg(c.relname || '=' || pg_relation_size(c.oid), ',' ORDER BY c.relname)
+FROM pg_class c
+WHERE c.relnamespace = 'digitaltwin'::regnamespace AND c.relname ~ '^events_[0-9]\$'
+  AND c.relname <> 'events_' || ($gen % 3)});
+like($sizes, qr/^events_\d=0,events_\d=0$/, "consumed partitions are truncated ($sizes)");
+cmp_ok($gen, '>=', 4, "the queue went through $gen generations");
+DtTest::check_exactly_once($node, 'after the queue drained');
+
+# retention
+$node->safe_psql('postgres', q{
+INSERT INTO digitaltwin.alerts (model, twin_id, severity, message, event_id, raised_at)
+VALUES ('acc', 'old', 'info', 'old alert', -1, now() - interval '25 hours'),
+       ('acc', 'old', 'info', 'recent alert', -2, now() - interval '23 hours');
+INSERT INTO digitaltwin.dead_letters (event_id, model, twin_id, payload, error, sqlstate, enqueued_at, failed_at)
+VALUES (-1, 'acc', 'old', '{}', 'old', 'XX000', now() - interval '3 days', now() - interval '3 days'),
+       (-2, 'acc', 'old', '{}', 'recent', 'XX000', now() - interval '1 day', now() - interval '1 day');
+});
+$node->poll_query_until('postgres', q{
+SELECT NOT EXISTS (SELECT 1 FROM digitaltwin.alerts WHERE message = 'old alert')
+   AND NOT EXISTS (SELECT 1 FROM digitaltwin.dead_letters WHERE error = 'old')})
+  or die 'retention did not apply';
+is($node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM digitaltwin.alerts WHERE twin_id = 'old') || ',' ||
+       (SELECT count(*) FROM digitaltwin.dead_letters WHERE twin_id = 'old')}),
+	'1,1', 'rows younger than the retention stay');
+
+$node->stop;
+done_testing();
