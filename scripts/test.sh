@@ -35,7 +35,7 @@ cat "$LOG"
 # pg_regress prints one "ok"/"FAILED" line per test, prove one per file
 # plus "not ok" per failed assertion.
 passed=$(grep -Ec '^(ok|test) .*\.\.\. ok|^ok [0-9]+ +[-+] |^t/.*\.\. ok$' "$LOG" || true)
-failed=$(grep -Ec '\.\.\. FAILED|^not ok [0-9]+ +[-+] |^t/.*\.\. (Dubious|Failed)' "$LOG" || true)
+failed=$(grep -Ec '\.\.\. FAILED|^not ok [0-9]+ +[-+] |^Dubious, test returned|^Bailout called' "$LOG" || true)
 for f in "$WORK"/regression.diffs "$WORK"/output_iso/regression.diffs; do
 	[ -s "$f" ] && { echo "=== $f"; cat "$f"; }
 done

@@ -202,11 +202,12 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 	DtTwinEntry *entry;
 	int64		i;
 	Oid			extension = dt_extension_oid();
-	int			nparts = Max(dt_shared->nworkers, 1);
+	int			nparts;
 	bool		current[DT_MAX_WORKERS];
 	bool		all_current = true;
 
 	dt_require_preload();
+	nparts = Max(dt_shared->nworkers, 1);
 	InitMaterializedSRF(fcinfo, 0);
 	(void) dt_models_relid();	/* clear error if not installed */
 	dt_attach_store();
