@@ -18,36 +18,18 @@ echo "== installing and building"
 dt_install_deps
 dt_build_install "$ROOT"
 
-RUN_AS=$(dt_run_user)
-DIR=$(mktemp -d /tmp/digitaltwin-demo.XXXXXX)
-chown "$RUN_AS" "$DIR"
-as_user() {
-	if [ "$(id -u)" = 0 ]; then runuser -u "$RUN_AS" -- "$@"; else "$@"; fi
-}
 LISTENER_PID=
 cleanup() {
 	[ -n "$LISTENER_PID" ] && kill "$LISTENER_PID" 2>/dev/null || true
-	as_user "$PGBIN/pg_ctl" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
-	rm -rf "$DIR"
+	dt_instance_stop
 }
 trap cleanup EXIT
 
+DIR=$(mktemp -d /tmp/digitaltwin-demo.XXXXXX)
 echo "== starting a throwaway instance in $DIR"
-as_user "$PGBIN/initdb" -D "$DIR/data" -A trust -U postgres >/dev/null
-cat >>"$DIR/data/postgresql.conf" <<EOC
-listen_addresses = ''
-unix_socket_directories = '$DIR'
-port = 5432
-shared_preload_libraries = 'digitaltwin'
-digitaltwin.database = 'postgres'
-digitaltwin.workers = 2
-EOC
-as_user "$PGBIN/pg_ctl" -D "$DIR/data" -l "$DIR/server.log" -w start >/dev/null
-
-CONN="host=$DIR port=5432 user=postgres dbname=postgres"
-psql_demo() {
-	"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p 5432 -U postgres -d postgres "$@"
-}
+dt_instance_start "$DIR" "digitaltwin.workers = 2"
+CONN=$DT_CONN
+psql_demo() { dt_psql "$@"; }
 
 echo "== loading the heart-rate models (examples/heart_rate.sql, examples/heart_rate_c)"
 psql_demo -c "SET client_min_messages = warning" -f "$ROOT/examples/heart_rate.sql" >/dev/null

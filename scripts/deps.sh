@@ -50,3 +50,39 @@ dt_run_user() {
 		id -un
 	fi
 }
+
+# A throwaway instance in directory $1 (created), listening only on a Unix
+# socket there, with the extension preloaded; extra postgresql.conf lines in
+# $2.  Sets DT_DIR and DT_CONN; dt_instance_stop removes it.
+dt_as_user() {
+	if [ "$(id -u)" = 0 ]; then runuser -u "$(dt_run_user)" -- "$@"; else "$@"; fi
+}
+
+dt_instance_start() {
+	DT_DIR=$1
+	mkdir -p "$DT_DIR"
+	chown "$(dt_run_user)" "$DT_DIR"
+	dt_as_user "$PGBIN/initdb" -D "$DT_DIR/data" -A trust -U postgres >/dev/null
+	cat >>"$DT_DIR/data/postgresql.conf" <<EOC
+listen_addresses = ''
+unix_socket_directories = '$DT_DIR'
+port = 5432
+shared_preload_libraries = 'digitaltwin'
+digitaltwin.database = 'postgres'
+$2
+EOC
+	dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/data" -l "$DT_DIR/server.log" -w start >/dev/null
+	DT_CONN="host=$DT_DIR port=5432 user=postgres dbname=postgres"
+	export DT_DIR DT_CONN
+}
+
+dt_instance_stop() {
+	[ -n "${DT_DIR:-}" ] || return 0
+	dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/data" -m immediate stop >/dev/null 2>&1 || true
+	rm -rf "$DT_DIR"
+	DT_DIR=
+}
+
+dt_psql() {
+	"$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$DT_DIR" -p 5432 -U postgres -d postgres "$@"
+}
