@@ -37,6 +37,11 @@ include $(PGXS)
 # every source file includes both headers
 $(OBJS): src/dt_internal.h include/digitaltwin.h
 
+# Benchmarks start their own throwaway instance (see bench/run.sh).
+.PHONY: bench
+bench:
+	bash $(srcdir)/bench/run.sh
+
 # The C example model is built, installed and tested (sql/c_model.sql) with
 # the extension, so that the public header is always exercised.
 EXAMPLE_C = examples/heart_rate_c
