@@ -5,10 +5,13 @@
  *	  alert_latency "conninfo" model events_per_second count
  *
  * One connection listens; another inserts one alert-raising event at a
- * time (payload {"bpm": 999}) at the given rate, in autocommit, and records
- * when each INSERT's commit returned.  For each notification, the latency
- * is its arrival time minus that commit time.  Prints p50, p90, p99, max in
- * milliseconds.
+ * time (payload {"bpm": 250}: above any limit, still plausible) at the
+ * given rate, in autocommit.  Two latencies per probe: from the moment the
+ * INSERT is sent (so including the insert and its commit, WAL flush and
+ * all), and from the moment the client got the commit acknowledgement (the
+ * worker, woken at commit, often has the alert out before the client has
+ * even read that acknowledgement: then this one is 0).  Prints p50, p90,
+ * p99 and max of both, in milliseconds.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -113,6 +116,7 @@ main(int argc, char **argv)
 	PGconn	   *listener;
 	PGconn	   *sender;
 	double	   *lat;
+	double	   *lat_sent;
 	int			got = 0;
 	int			i;
 	char		sql[512];
@@ -127,13 +131,14 @@ main(int argc, char **argv)
 	rate = atof(argv[3]);
 	count = atoi(argv[4]);
 	lat = calloc(count, sizeof(double));
+	lat_sent = calloc(count, sizeof(double));
 
 	listener = connect_or_die(conninfo);
 	sender = connect_or_die(conninfo);
 	exec_or_die(listener, "LISTEN digitaltwin_alerts");
 	snprintf(sql, sizeof(sql),
 			 "INSERT INTO digitaltwin.events (model, twin_id, payload) "
-			 "VALUES ('%s', 'latency-probe', '{\"bpm\": 999}')", model);
+			 "VALUES ('%s', 'latency-probe', '{\"bpm\": 250}')", model);
 
 	for (i = 0; i < count; i++)
 	{
@@ -149,7 +154,8 @@ main(int argc, char **argv)
 			fprintf(stderr, "no notification within 5 s for event %d\n", i);
 			continue;
 		}
-		lat[got++] = arrived - committed;
+		lat_sent[got] = arrived - start;
+		lat[got++] = arrived > committed ? arrived - committed : 0;
 		/* pace the probes at the requested rate */
 		if (rate > 0)
 		{
@@ -166,15 +172,18 @@ main(int argc, char **argv)
 		}
 	}
 
-	qsort(lat, got, sizeof(double), cmp_double);
 	if (got == 0)
 	{
 		printf("no notifications received\n");
 		return 1;
 	}
-	printf("alerts %d  p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  max %.2f ms\n",
-		   got, lat[got / 2], lat[(int) (got * 0.9)],
-		   lat[(int) (got * 0.99)], lat[got - 1]);
+	qsort(lat, got, sizeof(double), cmp_double);
+	qsort(lat_sent, got, sizeof(double), cmp_double);
+	printf("alerts %d; from INSERT sent: p50 %.2f ms p90 %.2f ms p99 %.2f ms max %.2f ms; "
+		   "from commit acknowledged: p50 %.2f ms p99 %.2f ms\n",
+		   got, lat_sent[got / 2], lat_sent[(int) (got * 0.9)],
+		   lat_sent[(int) (got * 0.99)], lat_sent[got - 1],
+		   lat[got / 2], lat[(int) (got * 0.99)]);
 	PQfinish(listener);
 	PQfinish(sender);
 	return 0;

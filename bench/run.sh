@@ -8,7 +8,8 @@
 #   bash bench/run.sh            (or: make bench)
 #
 # Parameters (environment): EVENTS (200000), TWINS (10000), WORKERS (2),
-# BATCH (1000), CLIENTS (8), BIG_TWINS (1000000).  Output: a table, and CSV
+# BATCH (1000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
+# run, default "throughput deadlocks latency big").  Output: a table, and CSV
 # in bench/out/results.csv.
 set -euo pipefail
 
@@ -21,6 +22,8 @@ BATCH=${BATCH:-1000}
 CLIENTS=${CLIENTS:-8}
 BIG_TWINS=${BIG_TWINS:-1000000}
 ROWS=100                        # rows per multi-row INSERT
+PARTS=${PARTS:-throughput deadlocks latency big}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 dt_install_deps
 dt_build_install "$ROOT"
@@ -113,6 +116,7 @@ ingest() {
 	esac
 }
 
+if part throughput; then
 echo "== end-to-end throughput ($EVENTS events, $TWINS twins, $WORKERS workers, batch $BATCH)"
 for how in copy multi single; do
 	reset_all
@@ -130,6 +134,9 @@ for how in copy multi single; do
 	done
 done
 
+fi
+
+if part deadlocks; then
 echo "== trigger peer with two concurrent batch writers (COPY batches of 2000, random twin order)"
 reset_all
 split -l 2000 "$DT_DIR/events_heart_rate.tsv" "$DT_DIR/batch_"
@@ -156,6 +163,9 @@ ok_events=$(dt_psql -At -c "SELECT count(*) FROM peer_events")
 record "trigger peer, 2 writers" "copy" "$ok_events" $((t1 - t0)) \
 	"$((b1 + b2)) of $((n1 + n2)) batches failed ($deadlocks deadlocks)"
 
+fi
+
+if part latency; then
 echo "== alert latency, insert-commit to NOTIFY received, at a steady 10000 events/s"
 reset_all
 echo "INSERT INTO digitaltwin.events (model, twin_id, payload)
@@ -171,6 +181,9 @@ echo "  $latency"
 echo "alert latency at 10k ev/s,probe,400,,,$latency" >>"$CSV"
 wait_idle
 
+fi
+
+if part big; then
 echo "== $BIG_TWINS twins: memory, aggregate over the live view, recovery"
 dt_psql -c "TRUNCATE digitaltwin.twin_state" >/dev/null
 dt_psql -c "INSERT INTO digitaltwin.twin_state (model_id, twin_id, state, event_count, updated_at)
@@ -213,6 +226,8 @@ wait "$BG" || true
 echo "  aggregate over $BIG_TWINS live twins: $((agg_ms / runs)) ms (mean of $runs runs)"
 echo "  worker throughput: $base ev/s alone, $during ev/s while aggregating back to back"
 echo "aggregate over live twins,$BIG_TWINS twins,$runs,$(awk "BEGIN{printf \"%.3f\", $agg_ms/$runs/1000}"),,throughput $base -> $during ev/s" >>"$CSV"
+
+fi
 
 echo "== ratios"
 r() { awk "BEGIN{printf \"%.2f\", ${RESULT[$1]:-0}/(${RESULT[$2]:-0}+0.0001)}"; }
