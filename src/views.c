@@ -4,10 +4,13 @@
  *	  Set-returning functions behind the live views digitaltwin.twins and
  *	  digitaltwin.stats.
  *
- * twin_entries() copies each published twin out of shared memory while
- * holding only that twin's partition lock (shared), then converts the
- * copies to jsonb after every lock is released: converting a composite
- * state calls type output functions, which must not run under an LWLock.
+ * twin_entries() reads the published twins while holding only the shared
+ * lock of one partition of the hash at a time.  A jsonb state is put in the
+ * result right there: that only forms a tuple (and past work_mem writes it
+ * to a temporary file), no user code runs, and it saves copying a million
+ * states twice.  Any other state type is copied out and converted to jsonb
+ * after every lock is released: to_jsonb() calls type output functions,
+ * which must not run under an LWLock.
  *
  * Shared memory holds a worker's twins only once that worker has loaded
  * them from digitaltwin.twin_state.  Until then (on a hot standby, where
@@ -202,6 +205,13 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 	DtTwinEntry *entry;
 	int64		i;
 	Oid			extension = dt_extension_oid();
+	DtViewModel *m = NULL;
+	union
+	{
+		struct varlena hdr;
+		char		data[VARHDRSZ + DT_TWIN_ID_MAXLEN + 1];
+		int32		align;
+	}			idbuf;
 	int			nparts;
 	bool		current[DT_MAX_WORKERS];
 	bool		all_current = true;
@@ -234,14 +244,34 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 	while ((entry = dshash_seq_next(&status)) != NULL)
 	{
 		DtTwinCopy *c;
+		Size		idlen;
 
 		if (entry->pending || !DsaPointerIsValid(entry->state))
 			continue;
+		idlen = strlen(entry->key.twin_id);
 		if (!all_current &&
-			!current[dt_partition_of(entry->key.twin_id,
-									 strlen(entry->key.twin_id),
-									 nparts)])
+			!current[dt_partition_of(entry->key.twin_id, idlen, nparts)])
 			continue;
+		if (m == NULL || m->id != entry->key.model_id)
+			m = hash_search(models, &entry->key.model_id, HASH_FIND, NULL);
+		/* a model dropped after the workers last looked */
+		if (m == NULL)
+			continue;
+		if (m->state_type == JSONBOID)
+		{
+			Datum		values[5];
+			bool		nulls[5] = {false, false, false, false, false};
+
+			SET_VARSIZE(&idbuf, VARHDRSZ + idlen);
+			memcpy(VARDATA(&idbuf), entry->key.twin_id, idlen);
+			values[0] = Int32GetDatum(entry->key.model_id);
+			values[1] = PointerGetDatum(&idbuf);
+			values[2] = PointerGetDatum(dsa_get_address(dt_area, entry->state));
+			values[3] = Int64GetDatum(entry->event_count);
+			values[4] = TimestampTzGetDatum(entry->updated_at);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			continue;
+		}
 		c = dt_view_add_copy(&copies, &ncopies, &size);
 		c->model_id = entry->key.model_id;
 		c->twin_id = pstrdup(entry->key.twin_id);
@@ -256,11 +286,10 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 	for (i = 0; i < ncopies; i++)
 	{
 		DtTwinCopy *c = &copies[i];
-		DtViewModel *m = hash_search(models, &c->model_id, HASH_FIND, NULL);
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, false};
 
-		/* a model dropped after the workers last looked */
+		m = hash_search(models, &c->model_id, HASH_FIND, NULL);
 		if (m == NULL)
 			continue;
 		values[0] = Int32GetDatum(c->model_id);
