@@ -123,7 +123,7 @@ CREATE TABLE digitaltwin.twin_state (
     event_count bigint NOT NULL,
     updated_at  timestamptz NOT NULL,
     PRIMARY KEY (model_id, twin_id)
-);
+) WITH (fillfactor = 50);   -- room for HOT updates: one update per twin per batch
 
 COMMENT ON TABLE digitaltwin.twin_state IS
 'Durable copy of every twin''s state, written with the consumption of its events; the shared-memory twins are rebuilt from it after a restart.';

@@ -239,6 +239,7 @@ typedef struct DtStagedTwin
 	dsa_pointer new_image;
 	Size		new_len;
 	bool		inserted_entry;
+	bool		durable;		/* twin_state has its row (it was in shared memory) */
 } DtStagedTwin;
 
 extern void dt_stage_begin(MemoryContext cxt);

@@ -47,7 +47,8 @@ static DtUndo *undo = NULL;
 static int	nundo = 0;
 static int	undo_size = 0;
 
-static SPIPlanPtr upsert_plan = NULL;
+static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr update_plan = NULL;
 static SPIPlanPtr delete_plan = NULL;
 
 /* ----------------------------------------------------------------
@@ -154,7 +155,9 @@ dt_stage_get(DtModel *model, const char *twin_id)
 	twin->new_len = 0;
 	twin->inserted_entry = false;
 	twin->image = NULL;
-	if (dt_store_fetch(&key, stage_cxt, &image, &len, &count))
+	/* published twins and rows of twin_state exist together */
+	twin->durable = dt_store_fetch(&key, stage_cxt, &image, &len, &count);
+	if (twin->durable)
 	{
 		twin->has_state = true;
 		twin->state = dt_state_image_read(image, len, model->typlen, model->typbyval);
@@ -247,110 +250,149 @@ dt_stage_persisted_value(DtStagedTwin *twin)
 static void
 dt_stage_prepare_plans(void)
 {
-	if (upsert_plan == NULL)
-	{
-		Oid			types[5] = {INT4ARRAYOID, TEXTARRAYOID, BYTEAARRAYOID,
-		INT8ARRAYOID, TIMESTAMPTZARRAYOID};
+	Oid			types[5] = {INT4ARRAYOID, TEXTARRAYOID, BYTEAARRAYOID,
+	INT8ARRAYOID, TIMESTAMPTZARRAYOID};
 
-		upsert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.twin_state AS s "
+	/*
+	 * New twins are inserted and known ones updated, rather than both
+	 * upserted: ON CONFLICT DO UPDATE locks each row before updating it,
+	 * one more WAL record per twin.  twin_state's fillfactor leaves room for
+	 * the updates to be HOT.
+	 */
+	if (insert_plan == NULL)
+		insert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.twin_state "
 										  "(model_id, twin_id, state, event_count, updated_at) "
-										  "SELECT * FROM unnest($1, $2, $3, $4, $5) "
-										  "ON CONFLICT (model_id, twin_id) DO UPDATE "
-										  "SET state = excluded.state, event_count = excluded.event_count, "
-										  "updated_at = excluded.updated_at",
+										  "SELECT * FROM unnest($1, $2, $3, $4, $5)",
 										  5, types);
-	}
+	if (update_plan == NULL)
+		update_plan = dt_spi_prepare_kept("UPDATE digitaltwin.twin_state s "
+										  "SET state = u.state, event_count = u.event_count, "
+										  "updated_at = u.updated_at "
+										  "FROM unnest($1, $2, $3, $4, $5) "
+										  "AS u(model_id, twin_id, state, event_count, updated_at) "
+										  "WHERE s.model_id = u.model_id AND s.twin_id = u.twin_id",
+										  5, types);
 	if (delete_plan == NULL)
 	{
-		Oid			types[2] = {INT4ARRAYOID, TEXTARRAYOID};
+		Oid			del_types[2] = {INT4ARRAYOID, TEXTARRAYOID};
 
 		delete_plan = dt_spi_prepare_kept("DELETE FROM digitaltwin.twin_state s "
 										  "USING unnest($1, $2) AS d(model_id, twin_id) "
 										  "WHERE s.model_id = d.model_id AND s.twin_id = d.twin_id",
-										  2, types);
+										  2, del_types);
 	}
 }
 
 void
 dt_stage_forget_plans(void)
 {
-	if (upsert_plan)
-		SPI_freeplan(upsert_plan);
+	if (insert_plan)
+		SPI_freeplan(insert_plan);
+	if (update_plan)
+		SPI_freeplan(update_plan);
 	if (delete_plan)
 		SPI_freeplan(delete_plan);
-	upsert_plan = NULL;
+	insert_plan = NULL;
+	update_plan = NULL;
 	delete_plan = NULL;
 }
 
+/* The changed twins of one kind, as the arrays the statements take. */
+typedef struct DtStateRows
+{
+	int			n;
+	Datum	   *ids;
+	Datum	   *twin_ids;
+	Datum	   *images;
+	Datum	   *counts;
+	Datum	   *times;
+} DtStateRows;
+
+static void
+dt_rows_init(DtStateRows *rows, long size)
+{
+	rows->n = 0;
+	rows->ids = palloc(sizeof(Datum) * Max(size, 1));
+	rows->twin_ids = palloc(sizeof(Datum) * Max(size, 1));
+	rows->images = palloc(sizeof(Datum) * Max(size, 1));
+	rows->counts = palloc(sizeof(Datum) * Max(size, 1));
+	rows->times = palloc(sizeof(Datum) * Max(size, 1));
+}
+
+static void
+dt_rows_add(DtStateRows *rows, DtStagedTwin *twin, bool with_state)
+{
+	rows->ids[rows->n] = Int32GetDatum(twin->model->id);
+	rows->twin_ids[rows->n] = CStringGetTextDatum(twin->twin_id);
+	if (with_state)
+	{
+		rows->images[rows->n] = PointerGetDatum(dt_stage_persisted_value(twin));
+		rows->counts[rows->n] = Int64GetDatum(twin->event_count);
+		rows->times[rows->n] = TimestampTzGetDatum(twin->updated_at);
+	}
+	rows->n++;
+}
+
+static void
+dt_rows_execute(DtStateRows *rows, SPIPlanPtr plan, int nargs, int expected_ret)
+{
+	Datum		args[5];
+	int			ret;
+
+	if (rows->n == 0)
+		return;
+	args[0] = PointerGetDatum(construct_array(rows->ids, rows->n, INT4OID, 4, true, TYPALIGN_INT));
+	args[1] = PointerGetDatum(construct_array(rows->twin_ids, rows->n, TEXTOID, -1, false, TYPALIGN_INT));
+	if (nargs == 5)
+	{
+		args[2] = PointerGetDatum(construct_array(rows->images, rows->n, BYTEAOID, -1, false, TYPALIGN_INT));
+		args[3] = PointerGetDatum(construct_array(rows->counts, rows->n, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+		args[4] = PointerGetDatum(construct_array(rows->times, rows->n, TIMESTAMPTZOID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	}
+	ret = SPI_execute_plan(plan, args, NULL, false, 0);
+	if (ret != expected_ret)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+	/* twin_state and shared memory must agree on which twins exist */
+	if (SPI_processed != (uint64) rows->n)
+		elog(ERROR, "digitaltwin: wrote " UINT64_FORMAT " rows of twin_state for %d twins",
+			 SPI_processed, rows->n);
+}
+
 /*
- * Write every changed twin to digitaltwin.twin_state with two statements.
- * Returns the number of changed twins.  Runs inside SPI, in the batch's
- * transaction.
+ * Write every changed twin to digitaltwin.twin_state, with one statement
+ * per kind of change.  Returns the number of changed twins.  Runs inside
+ * SPI, in the batch's transaction.
  */
 int
 dt_stage_persist(void)
 {
 	long		n = hash_get_num_entries(staged);
-	Datum	   *ids = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *twin_ids = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *images = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *counts = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *times = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *del_ids = palloc(sizeof(Datum) * Max(n, 1));
-	Datum	   *del_twin_ids = palloc(sizeof(Datum) * Max(n, 1));
-	int			nup = 0;
-	int			ndel = 0;
+	DtStateRows inserts;
+	DtStateRows updates;
+	DtStateRows deletes;
 	HASH_SEQ_STATUS status;
 	DtStagedTwin *twin;
-	int			ret;
 
 	dt_stage_prepare_plans();
+	dt_rows_init(&inserts, n);
+	dt_rows_init(&updates, n);
+	dt_rows_init(&deletes, n);
 	hash_seq_init(&status, staged);
 	while ((twin = hash_seq_search(&status)) != NULL)
 	{
 		if (!twin->dirty)
 			continue;
 		if (twin->has_state)
-		{
-			images[nup] = PointerGetDatum(dt_stage_persisted_value(twin));
-			ids[nup] = Int32GetDatum(twin->model->id);
-			twin_ids[nup] = CStringGetTextDatum(twin->twin_id);
-			counts[nup] = Int64GetDatum(twin->event_count);
-			times[nup] = TimestampTzGetDatum(twin->updated_at);
-			nup++;
-		}
-		else
-		{
-			del_ids[ndel] = Int32GetDatum(twin->model->id);
-			del_twin_ids[ndel] = CStringGetTextDatum(twin->twin_id);
-			ndel++;
-		}
+			dt_rows_add(twin->durable ? &updates : &inserts, twin, true);
+		else if (twin->durable)
+			dt_rows_add(&deletes, twin, false);
 	}
-
-	if (nup > 0)
-	{
-		Datum		args[5];
-
-		args[0] = PointerGetDatum(construct_array(ids, nup, INT4OID, 4, true, TYPALIGN_INT));
-		args[1] = PointerGetDatum(construct_array(twin_ids, nup, TEXTOID, -1, false, TYPALIGN_INT));
-		args[2] = PointerGetDatum(construct_array(images, nup, BYTEAOID, -1, false, TYPALIGN_INT));
-		args[3] = PointerGetDatum(construct_array(counts, nup, INT8OID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		args[4] = PointerGetDatum(construct_array(times, nup, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-		ret = SPI_execute_plan(upsert_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_INSERT)
-			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
-	}
-	if (ndel > 0)
-	{
-		Datum		args[2];
-
-		args[0] = PointerGetDatum(construct_array(del_ids, ndel, INT4OID, 4, true, TYPALIGN_INT));
-		args[1] = PointerGetDatum(construct_array(del_twin_ids, ndel, TEXTOID, -1, false, TYPALIGN_INT));
-		ret = SPI_execute_plan(delete_plan, args, NULL, false, 0);
-		if (ret != SPI_OK_DELETE)
-			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
-	}
-	return nup + ndel;
+	dt_rows_execute(&updates, update_plan, 5, SPI_OK_UPDATE);
+	dt_rows_execute(&inserts, insert_plan, 5, SPI_OK_INSERT);
+	dt_rows_execute(&deletes, delete_plan, 2, SPI_OK_DELETE);
+	return inserts.n + updates.n + deletes.n;
 }
 
 /*

@@ -587,8 +587,13 @@ dt_worker_recover(void)
 
 	dt_current_event = NULL;
 	dt_stage_abandon();
-	/* we cannot know what part of shared memory is current: reload it */
-	if (phase == DT_PHASE_COMMITTING || phase == DT_PHASE_PUBLISHING)
+	/*
+	 * After a failure around the commit we cannot know what part of shared
+	 * memory is current; after any other, reloading also repairs whatever
+	 * disagreement between shared memory and twin_state caused it.  Either
+	 * way, reload the partition.
+	 */
+	if (phase != DT_PHASE_IDLE)
 		need_rebuild = true;
 	phase = DT_PHASE_IDLE;
 

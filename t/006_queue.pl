@@ -23,19 +23,20 @@ my $start = $node->safe_psql('postgres',
 	'SELECT generation || \',\' || drained_through FROM digitaltwin.queue_state');
 is($start, '0,-1', 'the queue starts at generation 0');
 
-# stream for a few seconds; the queue rotates several times meanwhile
+# stream until the queue has rotated several times (maintenance runs once
+# a second, so that takes a few seconds)
 my $script = DtTest::pgbench_script($node, 20, 300);
 my ($out, $err) = ('', '');
 my $h = IPC::Run::start(
 	[
-		'pgbench', '-n', '-c', '2', '-T', '4', '-f', $script,
+		'pgbench', '-n', '-c', '2', '-T', '120', '-f', $script,
 		'-h', $node->host, '-p', $node->port, 'postgres'
 	],
 	'>', \$out, '2>', \$err);
 $node->poll_query_until('postgres',
 	'SELECT drained_through >= 3 FROM digitaltwin.queue_state')
   or die 'the queue did not rotate';
-$h->finish;
+$h->kill_kill;
 DtTest::check_exactly_once($node, 'while the queue rotated');
 
 # once idle, every partition but the current one is truncated: nothing is
