@@ -185,12 +185,19 @@ fi
 
 if part big; then
 echo "== $BIG_TWINS twins: memory, aggregate over the live view, recovery"
+# a jsonb model keeping a small state, fed one event per twin
 dt_psql -c "TRUNCATE digitaltwin.twin_state" >/dev/null
-dt_psql -c "INSERT INTO digitaltwin.twin_state (model_id, twin_id, state, event_count, updated_at)
-            SELECT (SELECT id FROM digitaltwin.models WHERE name = 'heart_rate_c'), 'device-' || i,
-                   (SELECT heart_rate_c_process('x', heart_rate_c_init('x'), '{\"bpm\": 80}')),
-                   1, now()
+dt_psql -c "CREATE FUNCTION gauge(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+            LANGUAGE sql AS \$\$ SELECT jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1,
+                                                        'last', event->'bpm', 'max', event->'bpm') \$\$;
+            SELECT digitaltwin.create_model('gauge', 'gauge(text,jsonb,jsonb)')" >/dev/null
+t0=$(now_ms)
+dt_psql -c "INSERT INTO digitaltwin.events (model, twin_id, payload)
+            SELECT 'gauge', 'device-' || i, jsonb_build_object('bpm', 60 + i % 70)
             FROM generate_series(1, $BIG_TWINS) i" >/dev/null
+wait_idle
+t1=$(now_ms)
+record "digitaltwin, new twins" "insert-select" "$BIG_TWINS" $((t1 - t0)) "every event creates a twin"
 dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/data" -l "$DT_DIR/server.log" -w restart -m fast >/dev/null
 dt_psql -At -c "SELECT 1" >/dev/null
 until [ "$(dt_psql -At -c "SELECT sum(twins) FROM digitaltwin.stats WHERE worker IS NOT NULL")" -ge "$BIG_TWINS" ]; do
@@ -201,7 +208,7 @@ recovery=$(grep -o 'loaded [0-9]* twins in [0-9.]* ms' "$DT_DIR/server.log" | ta
 echo "  recovery: $recovery (workers load in parallel)"
 echo "recovery,restart,$BIG_TWINS,,,$recovery" >>"$CSV"
 mem=$(dt_psql -At -c "SELECT round(memory_bytes::numeric / twins, 1) || ' bytes per twin, state ' ||
-                             (SELECT avg(length(state))::int FROM digitaltwin.twin_state) || ' bytes'
+                             (SELECT avg(length(state))::int FROM digitaltwin.twin_state) || ' bytes (jsonb)'
                       FROM digitaltwin.stats WHERE worker IS NULL")
 echo "  shared memory: $mem"
 echo "memory per twin,$BIG_TWINS twins,,,,$mem" >>"$CSV"
