@@ -257,6 +257,12 @@ extern Size dt_state_image_size(Datum value, int16 typlen, bool typbyval);
 extern void dt_state_image_write(char *dst, Datum value, int16 typlen, bool typbyval);
 extern Datum dt_state_image_read(const char *src, Size len, int16 typlen, bool typbyval);
 
+typedef void (*dt_durable_fn) (void *arg, int32 model_id,
+							   const char *twin_id, int idlen,
+							   const char *image, Size len,
+							   int64 event_count, TimestampTz updated_at);
+extern void dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg);
+
 /* ----------------------------------------------------------------
  * alerts.c
  * ----------------------------------------------------------------

@@ -113,6 +113,73 @@ dt_stage_own_datum(Datum value, int16 typlen, bool typbyval)
 	return result;
 }
 
+/*
+ * Read the durable states of twin_state, optionally restricted to the twins
+ * of one worker partition (partition >= 0), and call fn for each with the
+ * state's image (see dt_stage_persisted_value).  The image is valid only
+ * during the call, and not necessarily MAXALIGNed.  Runs its own SPI
+ * connection; fn runs inside it.
+ */
+void
+dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
+{
+	Oid			types[2] = {INT4OID, INT4OID};
+	Datum		args[2];
+	Portal		portal;
+
+	args[0] = Int32GetDatum(partitions);
+	args[1] = Int32GetDatum(partition);
+	SPI_connect();
+	portal = SPI_cursor_open_with_args(NULL,
+									   "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
+									   "       t.typlen = -1 AND NOT t.typbyval "
+									   "FROM digitaltwin.twin_state s "
+									   "JOIN digitaltwin.models m ON m.id = s.model_id "
+									   "JOIN pg_catalog.pg_type t ON t.oid = m.state_type "
+									   "WHERE $2 < 0 OR digitaltwin.partition_of(s.twin_id, $1) = $2",
+									   2, types, args, NULL, true, 0);
+	for (;;)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+		{
+			HeapTuple	tup = SPI_tuptable->vals[i];
+			TupleDesc	desc = SPI_tuptable->tupdesc;
+			bool		isnull;
+			text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
+			Datum		state = SPI_getbinval(tup, desc, 3, &isnull);
+			bytea	   *value;
+
+			/* a varlena state's image is the whole value, 4-byte header included */
+			if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
+			{
+				value = DatumGetByteaP(state);
+				fn(arg, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
+				   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
+				   (char *) value, VARSIZE(value),
+				   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
+				   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)));
+			}
+			else
+			{
+				value = DatumGetByteaPP(state);
+				fn(arg, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
+				   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
+				   VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value),
+				   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
+				   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)));
+			}
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
+	SPI_finish();
+}
+
 /* ----------------------------------------------------------------
  * The staging hash and its undo log
  * ----------------------------------------------------------------

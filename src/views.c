@@ -122,75 +122,58 @@ dt_view_add_copy(DtTwinCopy **copies, int64 *ncopies, int64 *size)
 	return &(*copies)[(*ncopies)++];
 }
 
+typedef struct DtDurableCopies
+{
+	const bool *current;
+	int			nparts;
+	MemoryContext cxt;
+	DtTwinCopy **copies;
+	int64		ncopies;
+	int64	   *size;
+} DtDurableCopies;
+
+static void
+dt_view_copy_one(void *arg, int32 model_id, const char *twin_id, int idlen,
+				 const char *image, Size len, int64 event_count,
+				 TimestampTz updated_at)
+{
+	DtDurableCopies *d = arg;
+	MemoryContext old;
+	DtTwinCopy *c;
+
+	if (d->current[dt_partition_of(twin_id, idlen, d->nparts)])
+		return;
+	/* in the caller's context, to outlive the scan's SPI connection */
+	old = MemoryContextSwitchTo(d->cxt);
+	c = dt_view_add_copy(d->copies, &d->ncopies, d->size);
+	c->model_id = model_id;
+	c->twin_id = pnstrdup(twin_id, idlen);
+	c->len = len;
+	c->image = palloc(len);		/* MAXALIGNed */
+	memcpy(c->image, image, len);
+	c->event_count = event_count;
+	c->updated_at = updated_at;
+	MemoryContextSwitchTo(old);
+}
+
 /*
  * Copy the durable state of the twins of the partitions not current[] into
- * *copies; returns how many.  The image of a varlena state is the stored
- * value itself (see dt_stage_persisted_value).
+ * *copies; returns how many.
  */
 static int64
 dt_view_copy_durable(const bool *current, int nparts, DtTwinCopy **copies,
 					 int64 *size)
 {
-	int64		ncopies = 0;
-	Portal		portal;
-	MemoryContext caller_cxt = CurrentMemoryContext;
+	DtDurableCopies d;
 
-	SPI_connect();
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
-									   "       t.typlen = -1 AND NOT t.typbyval "
-									   "FROM digitaltwin.twin_state s "
-									   "JOIN digitaltwin.models m ON m.id = s.model_id "
-									   "JOIN pg_catalog.pg_type t ON t.oid = m.state_type",
-									   0, NULL, NULL, NULL, true, 0);
-	for (;;)
-	{
-		uint64		i;
-
-		SPI_cursor_fetch(portal, true, 10000);
-		if (SPI_processed == 0)
-			break;
-		for (i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
-			DtTwinCopy *c;
-			bytea	   *value;
-			MemoryContext old;
-
-			if (current[dt_partition_of(VARDATA_ANY(twin_id),
-										VARSIZE_ANY_EXHDR(twin_id), nparts)])
-				continue;
-
-			/* outlive SPI_finish */
-			old = MemoryContextSwitchTo(caller_cxt);
-			c = dt_view_add_copy(copies, &ncopies, size);
-			c->model_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-			c->twin_id = text_to_cstring(twin_id);
-			value = DatumGetByteaPCopy(SPI_getbinval(tup, desc, 3, &isnull));
-			if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
-			{
-				c->image = (char *) value;
-				c->len = VARSIZE(value);
-			}
-			else
-			{
-				/* MAXALIGNed copy of the bytes */
-				c->len = VARSIZE(value) - VARHDRSZ;
-				c->image = palloc(c->len);
-				memcpy(c->image, VARDATA(value), c->len);
-			}
-			c->event_count = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-			c->updated_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
-			MemoryContextSwitchTo(old);
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
-	SPI_finish();
-	return ncopies;
+	d.current = current;
+	d.nparts = nparts;
+	d.cxt = CurrentMemoryContext;
+	d.copies = copies;
+	d.ncopies = 0;
+	d.size = size;
+	dt_durable_scan(-1, nparts, dt_view_copy_one, &d);
+	return d.ncopies;
 }
 
 Datum

@@ -346,11 +346,18 @@ dt_apply_events(DtEvent *events, int n)
  * ----------------------------------------------------------------
  */
 static void
+dt_worker_load_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
+					const char *image, Size len, int64 event_count,
+					TimestampTz updated_at)
+{
+	dt_store_load_twin(model_id, twin_id, idlen, image, len, event_count,
+					   updated_at, my_slot);
+	(*(int64 *) arg)++;
+}
+
+static void
 dt_worker_rebuild(void)
 {
-	Oid			types[2] = {INT4OID, INT4OID};
-	Datum		args[2];
-	Portal		portal;
 	int64		loaded = 0;
 	instr_time	start;
 	instr_time	duration;
@@ -362,61 +369,7 @@ dt_worker_rebuild(void)
 	my_slot->store_extension = InvalidOid;
 	SpinLockRelease(&my_slot->mutex);
 	dt_store_purge_partition(my_partition, dt_shared->nworkers);
-
-	args[0] = Int32GetDatum(dt_shared->nworkers);
-	args[1] = Int32GetDatum(my_partition);
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
-									   "       t.typlen = -1 AND NOT t.typbyval "
-									   "FROM digitaltwin.twin_state s "
-									   "JOIN digitaltwin.models m ON m.id = s.model_id "
-									   "JOIN pg_catalog.pg_type t ON t.oid = m.state_type "
-									   "WHERE digitaltwin.partition_of(s.twin_id, $1) = $2",
-									   2, types, args, NULL, true, 0);
-	for (;;)
-	{
-		uint64		i;
-
-		SPI_cursor_fetch(portal, true, 10000);
-		if (SPI_processed == 0)
-			break;
-		for (i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			text	   *twin_id;
-			bytea	   *value;
-			bool		is_varlena;
-			char	   *image;
-			Size		len;
-
-			twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
-			is_varlena = DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull));
-			/* the image of a varlena state is the whole value, header included */
-			if (is_varlena)
-			{
-				value = DatumGetByteaP(SPI_getbinval(tup, desc, 3, &isnull));
-				image = (char *) value;
-				len = VARSIZE(value);
-			}
-			else
-			{
-				value = DatumGetByteaPP(SPI_getbinval(tup, desc, 3, &isnull));
-				image = VARDATA_ANY(value);
-				len = VARSIZE_ANY_EXHDR(value);
-			}
-			dt_store_load_twin(DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
-							   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
-							   image, len,
-							   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
-							   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)),
-							   my_slot);
-			loaded++;
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
+	dt_durable_scan(my_partition, dt_shared->nworkers, dt_worker_load_twin, &loaded);
 	need_rebuild = false;
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->store_extension = known_extension;

@@ -3,18 +3,16 @@
 use strict;
 use warnings;
 
+use FindBin;
+use lib $FindBin::RealBin;
+use DtTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $node = PostgreSQL::Test::Cluster->new('notify');
-$node->init;
-$node->append_conf('postgresql.conf', qq{
-shared_preload_libraries = 'digitaltwin'
-digitaltwin.database = 'postgres'
-digitaltwin.workers = 2
-digitaltwin.poll_interval = '1h'
-});
+# The poll interval is an hour: only the commit wake-up can get events
+# processed within wait_idle's timeout.
+my $node = DtTest::new_node('notify', "digitaltwin.poll_interval = '1h'\n");
 $node->start;
 
 $node->safe_psql('postgres', q{
@@ -31,9 +29,8 @@ END $$;
 SELECT digitaltwin.create_model('alarm', 'alarm(text,jsonb,jsonb)');
 });
 
-# The poll interval is an hour: only the commit wake-up can get the events
-# processed within wait_idle's timeout.  The listener hears each alert once,
-# with its id, model, twin, severity and message.
+# The listener hears each alert once, with its id, model, twin, severity and
+# message.
 my ($ret, $out, $err) = $node->psql('postgres', q{
 LISTEN digitaltwin_alerts;
 INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES

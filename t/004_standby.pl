@@ -13,15 +13,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-my $primary = PostgreSQL::Test::Cluster->new('primary');
-$primary->init(allows_streaming => 1);
-$primary->append_conf('postgresql.conf', q{
-shared_preload_libraries = 'digitaltwin'
-digitaltwin.database = 'postgres'
-digitaltwin.workers = 2
-digitaltwin.poll_interval = '100ms'
-digitaltwin.batch_size = 200
-});
+my $primary = DtTest::new_node('primary', '', allows_streaming => 1);
 $primary->start;
 DtTest::create_model($primary);
 $primary->safe_psql('postgres', DtTest::send_sql(2000, 100));

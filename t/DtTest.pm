@@ -14,13 +14,13 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-# A node with the extension preloaded; extra lines of configuration may be
-# given.
+# A node with the extension preloaded; extra lines of configuration (which
+# override the defaults here) and arguments of init() may be given.
 sub new_node
 {
-	my ($name, $extra) = @_;
+	my ($name, $extra, %init) = @_;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	$node->init(%init);
 	$node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'digitaltwin'
 digitaltwin.database = 'postgres'
