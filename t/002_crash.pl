@@ -19,19 +19,11 @@ DtTest::create_model($node);
 my $script = DtTest::pgbench_script($node, 20, 200);
 
 # Stream with pgbench: 3 clients, each transaction a multi-row INSERT of 20
-# events recorded in "sent" by the same statement.  Clients of a crashed
-# server fail; that is expected.
+# events recorded in "sent" by the same statement.
 sub start_stream
 {
 	my ($seconds) = @_;
-	my ($out, $err) = ('', '');
-	my $h = IPC::Run::start(
-		[
-			'pgbench', '-n', '-c', '3', '-T', $seconds, '-f', $script,
-			'-h', $node->host, '-p', $node->port, 'postgres'
-		],
-		'>', \$out, '2>', \$err);
-	return $h;
+	return DtTest::start_pgbench($node, $script, 3, $seconds);
 }
 
 # Wait until the workers have consumed at least $n more events than now.

@@ -46,13 +46,7 @@ like($err, qr/cannot execute INSERT in a read-only transaction/,
 
 # Failover under load: stream, crash the primary, promote the standby.
 my $script = DtTest::pgbench_script($primary, 20, 150);
-my ($bout, $berr) = ('', '');
-my $stream = IPC::Run::start(
-	[
-		'pgbench', '-n', '-c', '3', '-T', '5', '-f', $script,
-		'-h', $primary->host, '-p', $primary->port, 'postgres'
-	],
-	'>', \$bout, '2>', \$berr);
+my $stream = DtTest::start_pgbench($primary, $script, 3, 5);
 $primary->poll_query_until('postgres',
 	'SELECT count(*) > 3500 FROM sent')
   or die 'stream did not start';

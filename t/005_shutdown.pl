@@ -19,13 +19,7 @@ my $script = DtTest::pgbench_script($node, 20, 200);
 sub stream
 {
 	my ($seconds) = @_;
-	my ($out, $err) = ('', '');
-	return IPC::Run::start(
-		[
-			'pgbench', '-n', '-c', '3', '-T', $seconds, '-f', $script,
-			'-h', $node->host, '-p', $node->port, 'postgres'
-		],
-		'>', \$out, '2>', \$err);
+	return DtTest::start_pgbench($node, $script, 3, $seconds);
 }
 
 foreach my $mode ('fast', 'smart')

@@ -26,13 +26,7 @@ is($start, '0,-1', 'the queue starts at generation 0');
 # stream until the queue has rotated several times (maintenance runs once
 # a second, so that takes a few seconds)
 my $script = DtTest::pgbench_script($node, 20, 300);
-my ($out, $err) = ('', '');
-my $h = IPC::Run::start(
-	[
-		'pgbench', '-n', '-c', '2', '-T', '120', '-f', $script,
-		'-h', $node->host, '-p', $node->port, 'postgres'
-	],
-	'>', \$out, '2>', \$err);
+my $h = DtTest::start_pgbench($node, $script, 2, 120);
 $node->poll_query_until('postgres',
 	'SELECT drained_through >= 3 FROM digitaltwin.queue_state')
   or die 'the queue did not rotate';

@@ -84,6 +84,21 @@ sub pgbench_script
 	return $file;
 }
 
+# Start pgbench streaming the script of pgbench_script() with $clients
+# clients for $seconds; returns the IPC::Run handle.  Clients of a crashing
+# server fail, which the tests expect.
+sub start_pgbench
+{
+	my ($node, $script, $clients, $seconds) = @_;
+	my ($out, $err) = ('', '');
+	return IPC::Run::start(
+		[
+			'pgbench', '-n', '-c', $clients, '-T', $seconds, '-f', $script,
+			'-h', $node->host, '-p', $node->port, 'postgres'
+		],
+		'>', \$out, '2>', \$err);
+}
+
 # Start a client that streams events by COPY for $seconds: a loop of psql
 # runs, each COPYing the same 50 events into digitaltwin.events and into
 # "sent" in one transaction.  Runs that fail (the server is crashing) are
