@@ -518,6 +518,7 @@ dt_queue_maintain(void)
 	TimestampTz rotated_at;
 	bool		isnull;
 	bool		rotated = false;
+	bool		truncated = false;
 
 	if (!TimestampDifferenceExceeds(last_maintenance, now, 1000))
 		return;
@@ -531,8 +532,9 @@ dt_queue_maintain(void)
 
 	if (OidIsValid(get_extension_oid("digitaltwin", true)))
 	{
+		/* worker 0 is its only writer: no row lock, no write when idle */
 		if (SPI_execute("SELECT generation, drained_through, rotated_at "
-						"FROM digitaltwin.queue_state FOR UPDATE", false, 1) != SPI_OK_SELECT ||
+						"FROM digitaltwin.queue_state", false, 1) != SPI_OK_SELECT ||
 			SPI_processed != 1)
 			elog(ERROR, "digitaltwin: cannot read digitaltwin.queue_state");
 		generation = (uint64) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
@@ -545,7 +547,10 @@ dt_queue_maintain(void)
 		/* truncate the oldest generation still holding a partition */
 		if ((uint64) (drained + 1) < generation &&
 			dt_queue_truncate_drained((uint64) (drained + 1)))
+		{
 			drained++;
+			truncated = true;
+		}
 
 		/*
 		 * Advance when the next partition is free (its generation, three
@@ -560,7 +565,8 @@ dt_queue_maintain(void)
 			rotated = true;
 		}
 
-		if (SPI_execute(psprintf("UPDATE digitaltwin.queue_state SET generation = " UINT64_FORMAT
+		if ((truncated || rotated) &&
+			SPI_execute(psprintf("UPDATE digitaltwin.queue_state SET generation = " UINT64_FORMAT
 								 ", drained_through = " INT64_FORMAT "%s",
 								 generation, drained, rotated ? ", rotated_at = now()" : ""),
 						false, 0) != SPI_OK_UPDATE)
