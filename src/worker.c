@@ -29,7 +29,12 @@
  *
  * Shared memory is rebuilt from twin_state whenever a worker starts, so a
  * worker that died between its commit and its publication (or a crash-
- * restart, which wipes shared memory) leaves no stale twin behind.
+ * restart, which wipes shared memory) leaves no stale twin behind; and
+ * after any failed batch, since shared memory may then disagree with
+ * twin_state.
+ *
+ * Worker 0 also maintains the queue between its batches (rotation and
+ * truncation of its partitions, retention: see queue.c).
  *
  *-------------------------------------------------------------------------
  */
