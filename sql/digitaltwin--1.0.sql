@@ -50,22 +50,37 @@ INSERT INTO digitaltwin.queue_state VALUES (true, 0, -1, now());
 COMMENT ON TABLE digitaltwin.queue_state IS
 'Position of the event queue''s partition rotation: the current generation, and the last generation whose partition was consumed and truncated.';
 
+-- STABLE: one statement's events all go to one partition, and COPY can
+-- insert in batches (it cannot with a volatile default).
 CREATE FUNCTION digitaltwin.queue_partition()
 RETURNS integer
 AS 'MODULE_PATHNAME', 'digitaltwin_queue_partition'
-LANGUAGE C VOLATILE;
+LANGUAGE C STABLE;
 
 COMMENT ON FUNCTION digitaltwin.queue_partition() IS
 'Partition of digitaltwin.events that new events go to (current generation modulo 3).';
 
+CREATE FUNCTION digitaltwin.event_valid(model text, twin_id text, payload jsonb)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'digitaltwin_event_valid'
+LANGUAGE C STABLE PARALLEL SAFE;
+
+COMMENT ON FUNCTION digitaltwin.event_valid(text, text, jsonb) IS
+'Check of digitaltwin.events: true for a valid event, else an error saying what is wrong (unknown model, NULL or over-long twin id, payload not a JSON object or too large).';
+
+-- Validation is a CHECK constraint and the wake-up a statement trigger, not
+-- a BEFORE ROW trigger, which would make COPY and multi-row INSERT insert
+-- row by row.  The model and payload columns have no NOT NULL: the check
+-- refuses NULLs with a clearer message.
 CREATE TABLE digitaltwin.events (
     id          bigint GENERATED ALWAYS AS IDENTITY,
-    model       text NOT NULL,
-    twin_id     text COLLATE "C" NOT NULL,
-    payload     jsonb NOT NULL,
+    model       text,
+    twin_id     text COLLATE "C",
+    payload     jsonb,
     enqueued_at timestamptz NOT NULL DEFAULT now(),
     part        smallint NOT NULL DEFAULT digitaltwin.queue_partition(),
-    PRIMARY KEY (id, part)
+    PRIMARY KEY (id, part),
+    CONSTRAINT event_valid CHECK (digitaltwin.event_valid(model, twin_id, payload))
 ) PARTITION BY LIST (part);
 
 -- VACUUM has nothing to do on the partitions: consumed rows go with TRUNCATE.
@@ -82,17 +97,17 @@ COMMENT ON TABLE digitaltwin.events_0 IS 'Partition of digitaltwin.events (gener
 COMMENT ON TABLE digitaltwin.events_1 IS 'Partition of digitaltwin.events (generations 1, 4, 7...).';
 COMMENT ON TABLE digitaltwin.events_2 IS 'Partition of digitaltwin.events (generations 2, 5, 8...).';
 
-CREATE FUNCTION digitaltwin.events_check()
+CREATE FUNCTION digitaltwin.events_inserted()
 RETURNS trigger
-AS 'MODULE_PATHNAME', 'digitaltwin_events_check'
+AS 'MODULE_PATHNAME', 'digitaltwin_events_inserted'
 LANGUAGE C;
 
-COMMENT ON FUNCTION digitaltwin.events_check() IS
-'Trigger: validates each new event (known model, twin id, object payload) and wakes the workers when the transaction commits.';
+COMMENT ON FUNCTION digitaltwin.events_inserted() IS
+'Trigger: wakes the workers when the transaction that inserted events commits.';
 
-CREATE TRIGGER events_check
-    BEFORE INSERT ON digitaltwin.events
-    FOR EACH ROW EXECUTE FUNCTION digitaltwin.events_check();
+CREATE TRIGGER events_inserted
+    AFTER INSERT ON digitaltwin.events
+    FOR EACH STATEMENT EXECUTE FUNCTION digitaltwin.events_inserted();
 
 CREATE FUNCTION digitaltwin.send(model text, twin_id text, payload jsonb)
 RETURNS bigint
