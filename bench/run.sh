@@ -9,7 +9,8 @@
 #
 # Parameters (environment): EVENTS (200000), TWINS (10000), WORKERS (2),
 # BATCH (10000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
-# run, default "throughput deadlocks latency big").  Output: a table, and CSV
+# run, default "throughput deadlocks latency big"), HOWS (ingestion methods
+# of the throughput part, default "copy multi single").  Output: a table, and CSV
 # in bench/out/results.csv.
 set -euo pipefail
 
@@ -23,6 +24,7 @@ CLIENTS=${CLIENTS:-8}
 BIG_TWINS=${BIG_TWINS:-1000000}
 ROWS=100                        # rows per multi-row INSERT
 PARTS=${PARTS:-throughput deadlocks latency big}
+HOWS=${HOWS:-copy multi single}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 dt_install_deps
@@ -118,7 +120,7 @@ ingest() {
 
 if part throughput; then
 echo "== end-to-end throughput ($EVENTS events, $TWINS twins, $WORKERS workers, batch $BATCH)"
-for how in copy multi single; do
+for how in $HOWS; do
 	reset_all
 	t0=$(now_ms); ingest $how raw_events raw "$DT_DIR/events_heart_rate.tsv"; t1=$(now_ms)
 	record "raw insert (limit)" "$how" "$EVENTS" $((t1 - t0))

@@ -66,8 +66,8 @@ extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes)
  */
 
 /*
- * Key of a twin in the shared hash.  twin_id is zero-padded so that the key
- * can be hashed and compared as plain bytes.
+ * A twin's name: model and twin id.  twin_id is zero-padded so that the key
+ * can be hashed and compared as plain bytes in backend-local hash tables.
  */
 typedef struct DtTwinKey
 {
@@ -76,16 +76,34 @@ typedef struct DtTwinKey
 } DtTwinKey;
 
 /*
+ * Key of a twin in the shared hash.  The twin id lives in its own DSA chunk
+ * of just its length, so that an entry does not pay for a padded id.  A key
+ * used to look an entry up points to the id in local memory instead; the
+ * hash and compare functions accept both forms.
+ */
+typedef struct DtSharedKey
+{
+	int32		model_id;
+	uint16		id_len;
+	bool		id_is_local;	/* id.local is set, not id.shared */
+	union
+	{
+		const char *local;
+		dsa_pointer shared;
+	}			id;
+} DtSharedKey;
+
+/*
  * A twin in shared memory.  The state image lives in its own DSA chunk; it
  * is replaced (never modified in place) under the entry's partition lock, so
  * readers holding that lock always see one whole state.
  */
 typedef struct DtTwinEntry
 {
-	DtTwinKey	key;
-	bool		pending;		/* inserted by an uncommitted batch */
-	uint32		state_len;
+	DtSharedKey key;
 	dsa_pointer state;
+	uint32		state_len;
+	bool		pending;		/* inserted by an uncommitted batch */
 	int64		event_count;
 	TimestampTz updated_at;
 } DtTwinEntry;
@@ -98,6 +116,10 @@ typedef struct DtWorkerSlot
 	bool		busy;			/* inside a batch (before publication) */
 	Oid			store_extension;	/* extension whose twins the partition holds */
 	uint64		generation;		/* batches finished and published */
+	/* for wait_idle(): see dt_worker_finish_batch() */
+	uint64		fetches;		/* fetches started */
+	uint64		covered_fetch;	/* the last fetch whose batch was published */
+	int64		covered_through;	/* all its visible events <= this consumed */
 	int64		twins;
 	int64		memory_bytes;
 	TimestampTz last_batch_at;
@@ -131,6 +153,7 @@ extern dshash_table *dt_twins;
 extern dsa_area *dt_area;
 
 extern void dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len);
+extern const char *dt_entry_twin_id(const DtTwinEntry *entry);
 extern int	dt_partition_of(const char *twin_id, int len, int partitions);
 
 /* loading and purging one worker's twins (worker start) */
@@ -182,6 +205,10 @@ extern Oid	dt_extension_oid(void);
 extern Oid	dt_models_relid(void);
 extern void dt_register_cache_callbacks(void);
 extern bool dt_model_name_known(const char *name);	/* insert-side check */
+
+/* SPI as the owner of the extension's tables (registry, queue sequence) */
+extern void dt_registry_enter(Oid *save_userid, int *save_sec_context);
+extern void dt_registry_leave(Oid save_userid, int save_sec_context);
 
 /* worker-side model cache */
 extern bool dt_models_refresh(bool force);

@@ -212,7 +212,7 @@ dt_check_init(Oid fn, Oid state_type)
  * needs no privilege on the table itself.  (Ownership and EXECUTE checks on
  * the model functions use the caller's id, taken before the switch.)
  */
-static void
+void
 dt_registry_enter(Oid *save_userid, int *save_sec_context)
 {
 	HeapTuple	tup;
@@ -229,7 +229,7 @@ dt_registry_enter(Oid *save_userid, int *save_sec_context)
 	SPI_connect();
 }
 
-static void
+void
 dt_registry_leave(Oid save_userid, int save_sec_context)
 {
 	SPI_finish();

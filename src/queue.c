@@ -72,6 +72,8 @@ static DtDeletePlan delete_plans[DT_MAX_DELETE_PLANS];
 static int	ndelete_plans = 0;
 
 static TimestampTz last_maintenance = 0;
+static TimestampTz next_truncate_attempt = 0;
+static int	truncate_backoff_ms = 0;
 
 /*
  * At commit of a transaction that inserted events, set the workers'
@@ -432,10 +434,13 @@ dt_relation_has_rows(Oid relid)
 }
 
 /*
- * Take the partition's ACCESS EXCLUSIVE lock, waiting at most a second
- * (other workers hold ACCESS SHARE for the length of a batch; new lockers
- * queue behind our request, so the wait is one batch at most).  On timeout,
- * give up quietly; the next round tries again.
+ * Take the partition's ACCESS EXCLUSIVE lock.  The other workers hold
+ * ACCESS SHARE on every partition for the length of a batch, so when the
+ * lock is not free at once we wait for it, but briefly: while our request
+ * waits, every new locker of the partition (the workers' next fetches, the
+ * stats view) queues behind it.  A reader that keeps a long transaction open
+ * on digitaltwin.events would make every round wait the full time, so
+ * after a failure the next attempt backs off (dt_queue_truncate_drained).
  */
 static bool
 dt_queue_lock_partition(Oid relid)
@@ -444,11 +449,14 @@ dt_queue_lock_partition(Oid relid)
 	ResourceOwner owner = CurrentResourceOwner;
 	volatile bool locked = false;
 
+	if (ConditionalLockRelationOid(relid, AccessExclusiveLock))
+		return true;
+
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		(void) set_config_option("lock_timeout", "1000", PGC_USERSET, PGC_S_SESSION,
+		(void) set_config_option("lock_timeout", "200", PGC_USERSET, PGC_S_SESSION,
 								 GUC_ACTION_LOCAL, true, 0, false);
 		LockRelationOid(relid, AccessExclusiveLock);
 		locked = true;
@@ -474,10 +482,18 @@ static bool
 dt_queue_truncate_drained(uint64 generation)
 {
 	Oid			relid = dt_queue_partition_relid(generation);
+	TimestampTz now = GetCurrentTimestamp();
 
 	/* cheap test first: under load a partition drains for a while */
-	if (dt_relation_has_rows(relid) || !dt_queue_lock_partition(relid))
+	if (now < next_truncate_attempt || dt_relation_has_rows(relid))
 		return false;
+	if (!dt_queue_lock_partition(relid))
+	{
+		truncate_backoff_ms = Min(Max(truncate_backoff_ms * 2, 1000), 10000);
+		next_truncate_attempt = TimestampTzPlusMilliseconds(now, truncate_backoff_ms);
+		return false;
+	}
+	truncate_backoff_ms = 0;
 	/* new snapshot, taken with the lock held: sees every committed insert */
 	if (dt_relation_has_rows(relid))
 		return false;
@@ -590,34 +606,30 @@ dt_queue_maintain(void)
  * ----------------------------------------------------------------
  */
 
-static bool
-dt_timed_out(TimestampTz deadline)
-{
-	return GetCurrentTimestamp() >= deadline;
-}
-
-static void
-dt_wait_progress(void)
-{
-	ConditionVariableTimedSleep(&dt_shared->progress_cv, 10, PG_WAIT_EXTENSION);
-}
-
 /*
- * Events with id <= max_id still visible to a fresh snapshot?  In READ
- * COMMITTED every SPI query of a volatile function takes a new snapshot.
+ * The highest event id handed out so far.  Every event committed before
+ * this is called has an id no higher.  Read from the identity sequence, as
+ * the extension's owner: reading digitaltwin.events itself would hold a lock
+ * on its partitions for the rest of the caller's transaction, and a queue
+ * truncation waiting behind that lock would hold up the workers.
  */
-static bool
-dt_events_pending(int64 max_id)
+static int64
+dt_events_last_id(void)
 {
-	Datum		arg = Int64GetDatum(max_id);
-	Oid			type = INT8OID;
-	int			ret;
+	Oid			save_userid;
+	int			save_sec_context;
+	int64		last_id;
+	bool		isnull;
 
-	ret = SPI_execute_with_args("SELECT 1 FROM digitaltwin.events WHERE id <= $1 LIMIT 1",
-								1, &type, &arg, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	return SPI_processed > 0;
+	dt_registry_enter(&save_userid, &save_sec_context);
+	if (SPI_execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+					"FROM digitaltwin.events_id_seq", true, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "digitaltwin: cannot read digitaltwin.events_id_seq");
+	last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+										  SPI_tuptable->tupdesc, 1, &isnull));
+	dt_registry_leave(save_userid, save_sec_context);
+	return last_id;
 }
 
 Datum
@@ -625,13 +637,10 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 {
 	Interval   *timeout = PG_GETARG_INTERVAL_P(0);
 	TimestampTz deadline;
-	int64		max_id = 0;
-	bool		isnull;
+	int64		last_id;
 	bool		done = false;
-	uint64		generation[DT_MAX_WORKERS];
-	bool		busy[DT_MAX_WORKERS];
+	uint64		fetches[DT_MAX_WORKERS];
 	int			i;
-	int			ret;
 
 	dt_require_preload();
 
@@ -655,57 +664,49 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 													   TimestampTzGetDatum(GetCurrentTimestamp()),
 													   IntervalPGetDatum(timeout)));
 
-	SPI_connect();
-	ret = SPI_execute("SELECT max(id) FROM digitaltwin.events", false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
-	max_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-										 SPI_tuptable->tupdesc, 1, &isnull));
-	if (isnull)
-		max_id = 0;
-
-	ConditionVariablePrepareToSleep(&dt_shared->progress_cv);
-
-	/* 1. every event committed before the call is consumed */
-	while (max_id > 0 && dt_events_pending(max_id))
-	{
-		if (dt_timed_out(deadline))
-			goto out;
-		dt_wait_progress();
-		CHECK_FOR_INTERRUPTS();
-	}
-
 	/*
-	 * 2. the batches that consumed them are published.  A worker publishes
-	 * after its commit and before it stops being busy, so waiting for each
-	 * worker that is busy now to finish its current batch is enough.
+	 * Each worker's next fetch takes its snapshot after we read its fetch
+	 * counter here, so it sees every event committed before the call.  Once
+	 * a batch of such a fetch is published and its fetch saw all of the
+	 * partition's events up to last_id, they are all consumed.  No table is
+	 * read while waiting (see dt_events_last_id), and idle workers are woken
+	 * to make that fetch.
 	 */
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{
 		DtWorkerSlot *slot = &dt_shared->slots[i];
 
 		SpinLockAcquire(&slot->mutex);
-		busy[i] = slot->busy;
-		generation[i] = slot->generation;
+		fetches[i] = slot->fetches;
 		SpinLockRelease(&slot->mutex);
 	}
+	last_id = dt_events_last_id();
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{
+		Latch	   *latch = dt_shared->slots[i].latch;
+
+		if (latch != NULL)
+			SetLatch(latch);
+	}
+
+	ConditionVariablePrepareToSleep(&dt_shared->progress_cv);
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		DtWorkerSlot *slot = &dt_shared->slots[i];
+
 		for (;;)
 		{
-			DtWorkerSlot *slot = &dt_shared->slots[i];
-			bool		finished;
+			bool		covered;
 
-			if (!busy[i])
-				break;
 			SpinLockAcquire(&slot->mutex);
-			finished = slot->generation != generation[i] || slot->pid == 0;
+			covered = slot->covered_fetch > fetches[i] &&
+				slot->covered_through >= last_id;
 			SpinLockRelease(&slot->mutex);
-			if (finished)
+			if (covered)
 				break;
-			if (dt_timed_out(deadline))
+			if (GetCurrentTimestamp() >= deadline)
 				goto out;
-			dt_wait_progress();
+			ConditionVariableTimedSleep(&dt_shared->progress_cv, 100, PG_WAIT_EXTENSION);
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
@@ -713,6 +714,5 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 
 out:
 	ConditionVariableCancelSleep();
-	SPI_finish();
 	PG_RETURN_BOOL(done);
 }

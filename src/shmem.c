@@ -16,8 +16,10 @@
  *	  the old chunk.  Readers copy the image while holding the partition lock
  *	  (shared), so they see one whole state.
  *	- At most one dshash entry is held at a time.  The only nested lock is
- *	  the DSA area's own lock, taken inside the partition lock by dsa_free()
- *	  and by dshash's own allocations; nothing takes them the other way round.
+ *	  the DSA area's own lock, taken inside the partition lock by dsa_free(),
+ *	  by the allocation of a new entry's twin id, by dshash's own allocations
+ *	  and by dsa_get_address() when it maps a segment (key comparison reads
+ *	  the stored twin id); nothing takes them the other way round.
  *	- No user code and no SPI run while a partition lock is held.
  *
  *-------------------------------------------------------------------------
@@ -40,13 +42,28 @@ DtShared   *dt_shared = NULL;
 dsa_area   *dt_area = NULL;
 dshash_table *dt_twins = NULL;
 
+static void dt_store_out_of_memory(void) pg_attribute_noreturn();
+static int	dt_shared_key_compare(const void *a, const void *b, size_t size, void *arg);
+static dshash_hash dt_shared_key_hash(const void *key, size_t size, void *arg);
+
 static const dshash_parameters dt_twin_params = {
-	sizeof(DtTwinKey),
+	sizeof(DtSharedKey),
 	sizeof(DtTwinEntry),
-	dshash_memcmp,
-	dshash_memhash,
+	dt_shared_key_compare,
+	dt_shared_key_hash,
 	0							/* tranche id, set at run time */
 };
+
+/*
+ * What one twin costs in the shared area besides its state: the entry,
+ * dshash's item header (next pointer and hash), its share of the bucket
+ * array (dshash keeps 0.375 to 0.75 entries per bucket: counted as two
+ * bucket pointers), and the twin id's chunk (DSA rounds small chunks up to
+ * a multiple of 8 bytes).
+ */
+#define DT_TWIN_OVERHEAD(id_len) \
+	(sizeof(DtTwinEntry) + sizeof(dsa_pointer) + sizeof(dshash_hash) + \
+	 2 * sizeof(dsa_pointer) + TYPEALIGN(8, (id_len)))
 
 static Size
 dt_shmem_size(void)
@@ -148,6 +165,65 @@ dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len)
 	memcpy(key->twin_id, twin_id, len);
 }
 
+/* The form of a twin's key used to look it up in the shared hash. */
+static void
+dt_lookup_key(DtSharedKey *skey, const DtTwinKey *key)
+{
+	skey->model_id = key->model_id;
+	skey->id_len = (uint16) strlen(key->twin_id);
+	skey->id_is_local = true;
+	skey->id.local = key->twin_id;
+}
+
+static const char *
+dt_shared_key_id(const DtSharedKey *key)
+{
+	if (key->id_is_local)
+		return key->id.local;
+	return (const char *) dsa_get_address(dt_area, key->id.shared);
+}
+
+/* The twin id of an entry, not NUL-terminated: entry->key.id_len bytes. */
+const char *
+dt_entry_twin_id(const DtTwinEntry *entry)
+{
+	return dt_shared_key_id(&entry->key);
+}
+
+static int
+dt_shared_key_compare(const void *a, const void *b, size_t size, void *arg)
+{
+	const DtSharedKey *ka = a;
+	const DtSharedKey *kb = b;
+
+	if (ka->model_id != kb->model_id || ka->id_len != kb->id_len)
+		return 1;
+	return memcmp(dt_shared_key_id(ka), dt_shared_key_id(kb), ka->id_len);
+}
+
+static dshash_hash
+dt_shared_key_hash(const void *key, size_t size, void *arg)
+{
+	const DtSharedKey *k = key;
+
+	return hash_combine(murmurhash32((uint32) k->model_id),
+						hash_bytes((const unsigned char *) dt_shared_key_id(k),
+								   k->id_len));
+}
+
+/*
+ * Free an entry's chunks and delete it.  The caller holds its partition
+ * lock; dshash_delete_entry() releases it, dshash_delete_current() not.
+ */
+static void
+dt_entry_free(DtTwinEntry *entry)
+{
+	if (DsaPointerIsValid(entry->state))
+		dsa_free(dt_area, entry->state);
+	Assert(!entry->key.id_is_local);
+	dsa_free(dt_area, entry->key.id.shared);
+}
+
 /*
  * The partition (worker) that owns a twin.  Only the twin id is hashed, so
  * the assignment does not depend on anything a transaction could change.
@@ -164,9 +240,9 @@ dt_partition_of(const char *twin_id, int len, int partitions)
 }
 
 static int
-dt_key_partition(const DtTwinKey *key, int partitions)
+dt_entry_partition(const DtTwinEntry *entry, int partitions)
 {
-	return dt_partition_of(key->twin_id, strlen(key->twin_id), partitions);
+	return dt_partition_of(dt_entry_twin_id(entry), entry->key.id_len, partitions);
 }
 
 static void
@@ -182,10 +258,12 @@ bool
 dt_store_fetch(const DtTwinKey *key, MemoryContext cxt, char **image,
 			   Size *len, int64 *event_count)
 {
+	DtSharedKey skey;
 	DtTwinEntry *entry;
 	bool		found = false;
 
-	entry = dshash_find(dt_twins, key, false);
+	dt_lookup_key(&skey, key);
+	entry = dshash_find(dt_twins, &skey, false);
 	if (entry == NULL)
 		return false;
 	if (!entry->pending && DsaPointerIsValid(entry->state))
@@ -216,10 +294,9 @@ dt_store_purge_partition(int partition, int partitions)
 	dshash_seq_init(&status, dt_twins, true);
 	while ((entry = dshash_seq_next(&status)) != NULL)
 	{
-		if (dt_key_partition(&entry->key, partitions) != partition)
+		if (dt_entry_partition(entry, partitions) != partition)
 			continue;
-		if (DsaPointerIsValid(entry->state))
-			dsa_free(dt_area, entry->state);
+		dt_entry_free(entry);
 		dshash_delete_current(&status);
 	}
 	dshash_seq_term(&status);
@@ -245,13 +322,15 @@ dt_store_purge_models(int partition, int partitions,
 	dshash_seq_init(&status, dt_twins, true);
 	while ((entry = dshash_seq_next(&status)) != NULL)
 	{
-		if (dt_key_partition(&entry->key, partitions) != partition ||
+		if (dt_entry_partition(entry, partitions) != partition ||
 			is_live(entry->key.model_id))
 			continue;
-		if (DsaPointerIsValid(entry->state))
-			dsa_free(dt_area, entry->state);
-		twins++;
-		bytes += entry->state_len + sizeof(DtTwinEntry);
+		if (!entry->pending)
+		{
+			twins++;
+			bytes += entry->state_len + DT_TWIN_OVERHEAD(entry->key.id_len);
+		}
+		dt_entry_free(entry);
 		dshash_delete_current(&status);
 	}
 	dshash_seq_term(&status);
@@ -263,6 +342,17 @@ dt_store_purge_models(int partition, int partitions,
  * ERROR when digitaltwin.max_memory is exhausted; callers run inside a
  * transaction that has not committed yet, so nothing is lost.
  */
+static void
+dt_store_out_of_memory(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OUT_OF_MEMORY),
+			 errmsg("digitaltwin shared memory for twins is exhausted"),
+			 errdetail("digitaltwin.max_memory is %d MB; the events stay queued.",
+					   dt_max_memory_mb),
+			 errhint("Increase digitaltwin.max_memory, or end twins by returning NULL from the model.")));
+}
+
 dsa_pointer
 dt_store_alloc_image(const char *image, Size len)
 {
@@ -270,12 +360,7 @@ dt_store_alloc_image(const char *image, Size len)
 
 	dp = dsa_allocate_extended(dt_area, len, DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
 	if (!DsaPointerIsValid(dp))
-		ereport(ERROR,
-				(errcode(ERRCODE_OUT_OF_MEMORY),
-				 errmsg("digitaltwin shared memory for twins is exhausted"),
-				 errdetail("digitaltwin.max_memory is %d MB; the events stay queued.",
-						   dt_max_memory_mb),
-				 errhint("Increase digitaltwin.max_memory, or end twins by returning NULL from the model.")));
+		dt_store_out_of_memory();
 	memcpy(dsa_get_address(dt_area, dp), image, len);
 	return dp;
 }
@@ -308,12 +393,25 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 bool
 dt_store_reserve_entry(const DtTwinKey *key)
 {
+	DtSharedKey skey;
 	DtTwinEntry *entry;
 	bool		found;
 
-	entry = dshash_find_or_insert(dt_twins, key, &found);
+	dt_lookup_key(&skey, key);
+	entry = dshash_find_or_insert(dt_twins, &skey, &found);
 	if (!found)
 	{
+		/* the new entry holds our lookup key: give it its own copy of the id */
+		dsa_pointer id = dsa_allocate_extended(dt_area, skey.id_len, DSA_ALLOC_NO_OOM);
+
+		if (!DsaPointerIsValid(id))
+		{
+			dshash_delete_entry(dt_twins, entry);
+			dt_store_out_of_memory();
+		}
+		memcpy(dsa_get_address(dt_area, id), skey.id.local, skey.id_len);
+		entry->key.id_is_local = false;
+		entry->key.id.shared = id;
 		entry->pending = true;
 		entry->state = InvalidDsaPointer;
 		entry->state_len = 0;
@@ -333,17 +431,21 @@ dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
 				 int64 event_count, TimestampTz updated_at,
 				 DtWorkerSlot *slot)
 {
+	DtSharedKey skey;
 	DtTwinEntry *entry;
 	dsa_pointer old;
 	Size		old_len;
 	bool		was_new;
+	uint16		id_len;
 
-	entry = dshash_find(dt_twins, key, true);
+	dt_lookup_key(&skey, key);
+	entry = dshash_find(dt_twins, &skey, true);
 	if (entry == NULL)
 		elog(PANIC, "digitaltwin: reserved twin entry vanished");
 	was_new = entry->pending;
 	old = entry->state;
 	old_len = entry->state_len;
+	id_len = entry->key.id_len;
 	entry->state = image;
 	entry->state_len = len;
 	entry->event_count = event_count;
@@ -354,7 +456,7 @@ dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
 	if (DsaPointerIsValid(old))
 		dsa_free(dt_area, old);
 	if (was_new)
-		dt_slot_account(slot, 1, len + sizeof(DtTwinEntry));
+		dt_slot_account(slot, 1, len + DT_TWIN_OVERHEAD(id_len));
 	else
 		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
 }
@@ -365,23 +467,22 @@ dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
 void
 dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot)
 {
+	DtSharedKey skey;
 	DtTwinEntry *entry;
-	dsa_pointer old;
-	Size		old_len;
+	int64		bytes;
 	bool		was_pending;
 
-	entry = dshash_find(dt_twins, key, true);
+	dt_lookup_key(&skey, key);
+	entry = dshash_find(dt_twins, &skey, true);
 	if (entry == NULL)
 		return;
-	old = entry->state;
-	old_len = entry->state_len;
+	bytes = entry->state_len + DT_TWIN_OVERHEAD(entry->key.id_len);
 	was_pending = entry->pending;
+	dt_entry_free(entry);
 	dshash_delete_entry(dt_twins, entry);
 
-	if (DsaPointerIsValid(old))
-		dsa_free(dt_area, old);
 	if (!was_pending)
-		dt_slot_account(slot, -1, -(int64) (old_len + sizeof(DtTwinEntry)));
+		dt_slot_account(slot, -1, -bytes);
 }
 
 /*
@@ -390,13 +491,18 @@ dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot)
 void
 dt_store_unreserve(const DtTwinKey *key)
 {
+	DtSharedKey skey;
 	DtTwinEntry *entry;
 
-	entry = dshash_find(dt_twins, key, true);
+	dt_lookup_key(&skey, key);
+	entry = dshash_find(dt_twins, &skey, true);
 	if (entry == NULL)
 		return;
 	if (entry->pending)
+	{
+		dt_entry_free(entry);
 		dshash_delete_entry(dt_twins, entry);
+	}
 	else
 		dshash_release_lock(dt_twins, entry);
 }

@@ -227,13 +227,15 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 	while ((entry = dshash_seq_next(&status)) != NULL)
 	{
 		DtTwinCopy *c;
+		const char *twin_id;
 		Size		idlen;
 
 		if (entry->pending || !DsaPointerIsValid(entry->state))
 			continue;
-		idlen = strlen(entry->key.twin_id);
+		twin_id = dt_entry_twin_id(entry);
+		idlen = entry->key.id_len;
 		if (!all_current &&
-			!current[dt_partition_of(entry->key.twin_id, idlen, nparts)])
+			!current[dt_partition_of(twin_id, idlen, nparts)])
 			continue;
 		if (m == NULL || m->id != entry->key.model_id)
 			m = hash_search(models, &entry->key.model_id, HASH_FIND, NULL);
@@ -246,7 +248,7 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 			bool		nulls[5] = {false, false, false, false, false};
 
 			SET_VARSIZE(&idbuf, VARHDRSZ + idlen);
-			memcpy(VARDATA(&idbuf), entry->key.twin_id, idlen);
+			memcpy(VARDATA(&idbuf), twin_id, idlen);
 			values[0] = Int32GetDatum(entry->key.model_id);
 			values[1] = PointerGetDatum(&idbuf);
 			values[2] = PointerGetDatum(dsa_get_address(dt_area, entry->state));
@@ -257,7 +259,7 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 		}
 		c = dt_view_add_copy(&copies, &ncopies, &size);
 		c->model_id = entry->key.model_id;
-		c->twin_id = pstrdup(entry->key.twin_id);
+		c->twin_id = pnstrdup(twin_id, idlen);
 		c->len = entry->state_len;
 		c->image = palloc(entry->state_len);
 		memcpy(c->image, dsa_get_address(dt_area, entry->state), entry->state_len);

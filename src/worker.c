@@ -98,16 +98,40 @@ dt_register_workers(void)
 	}
 }
 
+/*
+ * Start a batch.  The fetch counter is advanced before the fetch takes its
+ * snapshot, so a wait_idle() that read the counter knows that any later
+ * fetch sees everything committed before it read it.
+ */
 static void
-dt_worker_set_busy(bool busy, bool finished)
+dt_worker_start_batch(void)
 {
 	SpinLockAcquire(&my_slot->mutex);
-	my_slot->busy = busy;
-	if (finished)
-		my_slot->generation++;
+	my_slot->busy = true;
+	my_slot->fetches++;
 	SpinLockRelease(&my_slot->mutex);
-	if (finished)
-		ConditionVariableBroadcast(&dt_shared->progress_cv);
+}
+
+/*
+ * A batch ended.  'published': it committed and its twins are in shared
+ * memory, so every event it read counts as consumed for wait_idle():
+ * 'through' is the id up to which its fetch saw all visible events of the
+ * partition (the last id of a full fetch; PG_INT64_MAX when the fetch
+ * emptied the partition).
+ */
+static void
+dt_worker_end_batch(bool published, int64 through)
+{
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->busy = false;
+	my_slot->generation++;
+	if (published)
+	{
+		my_slot->covered_fetch = my_slot->fetches;
+		my_slot->covered_through = through;
+	}
+	SpinLockRelease(&my_slot->mutex);
+	ConditionVariableBroadcast(&dt_shared->progress_cv);
 }
 
 static void
@@ -475,7 +499,7 @@ dt_worker_run_batch(void)
 	if (need_rebuild)
 		dt_worker_rebuild();
 
-	dt_worker_set_busy(true, false);
+	dt_worker_start_batch();
 	phase = DT_PHASE_WORKING;
 	MemoryContextSwitchTo(batch_cxt);
 
@@ -516,7 +540,7 @@ dt_worker_run_batch(void)
 
 	if (nevents > 0)
 		dt_worker_update_stats(nevents, ndead, nalerts);
-	dt_worker_set_busy(false, true);
+	dt_worker_end_batch(true, nevents < dt_batch_size ? PG_INT64_MAX : events[nevents - 1].id);
 	MemoryContextSwitchTo(TopMemoryContext);
 	MemoryContextReset(batch_cxt);
 	pgstat_report_stat(false);
@@ -559,7 +583,7 @@ dt_worker_recover(void)
 	strlcpy(my_slot->last_error, edata->message ? edata->message : "unknown error",
 			sizeof(my_slot->last_error));
 	SpinLockRelease(&my_slot->mutex);
-	dt_worker_set_busy(false, true);
+	dt_worker_end_batch(false, 0);
 
 	FreeErrorData(edata);
 	FlushErrorState();
