@@ -17,12 +17,12 @@ OBJS = \
 	src/digitaltwin.o
 
 EXTENSION = digitaltwin
-DATA = sql/digitaltwin--1.0.sql
+DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql
 HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 
-REGRESS = setup models events processing alerts dead_letters views c_model drop
+REGRESS = setup models events processing alerts dead_letters views c_model roles hostile drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

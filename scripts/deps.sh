@@ -69,6 +69,8 @@ unix_socket_directories = '$DT_DIR'
 port = 5432
 shared_preload_libraries = 'digitaltwin'
 digitaltwin.database = 'postgres'
+# the demo and the benchmark create their models as the bootstrap superuser
+digitaltwin.allow_superuser_models = on
 $2
 EOC
 	dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/data" -l "$DT_DIR/server.log" -w start >/dev/null

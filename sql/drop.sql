@@ -30,3 +30,14 @@ SELECT digitaltwin.send('again', 'a', '{}') IS NOT NULL AS sent;
 SELECT digitaltwin.wait_idle('30s');
 SELECT model, twin_id, state FROM digitaltwin.twins;
 DROP EXTENSION digitaltwin;
+
+-- version 1.0 and the update to 1.1 (roles and privileges)
+CREATE EXTENSION digitaltwin VERSION '1.0';
+SELECT extversion FROM pg_extension WHERE extname = 'digitaltwin';
+SELECT has_function_privilege('public', 'digitaltwin.twin_entries()', 'EXECUTE') AS public_reads;
+ALTER EXTENSION digitaltwin UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'digitaltwin';
+SELECT has_function_privilege('public', 'digitaltwin.twin_entries()', 'EXECUTE') AS public_reads,
+       has_function_privilege('digitaltwin_reader', 'digitaltwin.twin_entries()', 'EXECUTE') AS reader_reads,
+       has_column_privilege('digitaltwin_writer', 'digitaltwin.events', 'payload', 'INSERT') AS writer_sends;
+DROP EXTENSION digitaltwin;

@@ -70,6 +70,21 @@ dt_require_preload(void)
 }
 
 /*
+ * Functions a model must not call: waiting for the workers from inside a
+ * worker would wait for itself, and registering or dropping models would
+ * change the registry under the batch that is using it.
+ */
+void
+dt_forbid_in_model(const char *function)
+{
+	if (dt_current_event != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s cannot be called from a model function", function),
+				 errdetail("Model functions run inside the background workers' batches.")));
+}
+
+/*
  * Prepare a statement the workers run at every batch, and keep it for the
  * life of the process (until the extension is re-created).
  */

@@ -53,11 +53,14 @@ extern int	dt_max_state_kb;
 extern int	dt_queue_rotation_ms;
 extern int	dt_alert_retention_s;
 extern int	dt_dead_letter_retention_s;
+extern int	dt_max_twins_per_model;
+extern bool dt_allow_superuser_models;
 extern void dt_define_gucs(void);
 
 /* digitaltwin.c */
 extern bool dt_preloaded;
 extern void dt_require_preload(void);
+extern void dt_forbid_in_model(const char *function);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
 
 /* ----------------------------------------------------------------
@@ -140,6 +143,8 @@ typedef struct DtShared
 	dshash_table_handle twins_handle;
 	ConditionVariable progress_cv;	/* broadcast after each batch */
 	pg_atomic_uint64 queue_generation;	/* DT_GENERATION_UNKNOWN: read the table */
+	dshash_table_handle counts_handle;	/* twins per model and partition */
+	LWLock		counts_lock;	/* makes a limit check and its increment one step */
 	DtWorkerSlot slots[DT_MAX_WORKERS];
 	/* the in-place DSA area follows */
 } DtShared;
@@ -173,6 +178,12 @@ extern void dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
 							 DtWorkerSlot *slot);
 extern void dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot);
 extern void dt_store_unreserve(const DtTwinKey *key);
+
+/* twins per model (digitaltwin.max_twins_per_model) */
+extern bool dt_twin_count_reserve(int32 model_id, int partition, int partitions,
+								  int64 limit);
+extern void dt_twin_count_add(int32 model_id, int partition, int64 delta);
+extern void dt_twin_count_forget(int partition, bool (*is_live) (int32 model_id));
 
 /* copy a twin's state image out of shared memory; false if absent */
 extern bool dt_store_fetch(const DtTwinKey *key, MemoryContext cxt,
@@ -267,9 +278,12 @@ typedef struct DtStagedTwin
 	Size		new_len;
 	bool		inserted_entry;
 	bool		durable;		/* twin_state has its row (it was in shared memory) */
+	bool		counted;		/* holds one unit of its model's twin count */
+	bool		counted_at_start;	/* ... since before the batch */
 } DtStagedTwin;
 
-extern void dt_stage_begin(MemoryContext cxt);
+extern void dt_stage_begin(MemoryContext cxt, int partition);
+extern void dt_stage_count_twin(DtStagedTwin *twin);
 extern DtStagedTwin *dt_stage_get(DtModel *model, const char *twin_id);
 extern void dt_stage_save_undo(DtStagedTwin *twin);
 extern int	dt_stage_undo_mark(void);

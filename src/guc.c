@@ -26,6 +26,8 @@ int			dt_max_state_kb = 1024;
 int			dt_queue_rotation_ms = 10000;
 int			dt_alert_retention_s = 7 * 24 * 3600;
 int			dt_dead_letter_retention_s = 30 * 24 * 3600;
+int			dt_max_twins_per_model = 0;
+bool		dt_allow_superuser_models = false;
 
 void
 dt_define_gucs(void)
@@ -128,6 +130,24 @@ dt_define_gucs(void)
 							PGC_SIGHUP,
 							GUC_UNIT_S,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.max_twins_per_model",
+							"Most twins one model may have; 0 means no limit.",
+							"An event that would create a twin beyond it is dead-lettered.",
+							&dt_max_twins_per_model,
+							0, 0, INT_MAX,
+							PGC_SIGHUP,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("digitaltwin.allow_superuser_models",
+							 "Whether models owned by a superuser may be created and run.",
+							 "A model runs its functions as its owner in a background worker; a superuser owner would run them, and anything they call, with superuser rights.",
+							 &dt_allow_superuser_models,
+							 false,
+							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("digitaltwin");
 }

@@ -267,6 +267,7 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 	int			save_sec_context;
 
 	dt_require_preload();
+	dt_forbid_in_model("digitaltwin.create_model()");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -280,6 +281,13 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("model name must be 1 to %d bytes long", NAMEDATALEN - 1)));
+
+	if (superuser_arg(caller) && !dt_allow_superuser_models)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("a superuser cannot own a model"),
+				 errdetail("A model's functions run as its owner in a background worker, with the owner's rights."),
+				 errhint("Create the model as an ordinary role (for example a member of digitaltwin_admin, after SET ROLE), or set digitaltwin.allow_superuser_models = on.")));
 
 	process = PG_GETARG_OID(1);
 	state_type = dt_check_process(process, &strict);
@@ -328,6 +336,15 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* A member of digitaltwin_admin (the role exists from version 1.1 on). */
+static bool
+dt_is_admin(Oid roleid)
+{
+	Oid			admin = get_role_oid("digitaltwin_admin", true);
+
+	return OidIsValid(admin) && has_privs_of_role(roleid, admin);
+}
+
 Datum
 digitaltwin_drop_model(PG_FUNCTION_ARGS)
 {
@@ -342,6 +359,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	int			save_sec_context;
 
 	dt_require_preload();
+	dt_forbid_in_model("digitaltwin.drop_model()");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -360,10 +378,11 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 				 errmsg("model \"%s\" does not exist", name)));
 	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
-	if (!has_privs_of_role(caller, owner))
+	if (!has_privs_of_role(caller, owner) && !dt_is_admin(caller))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of model \"%s\"", name)));
+				 errmsg("must be owner of model \"%s\"", name),
+				 errhint("Members of digitaltwin_admin may drop any model.")));
 
 	/* twin_state rows go with it (ON DELETE CASCADE) */
 	ret = SPI_execute_with_args("DELETE FROM digitaltwin.models WHERE name = $1",

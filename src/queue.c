@@ -29,6 +29,8 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
+#include "access/tableam.h"
+#include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
@@ -59,17 +61,6 @@ static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 
 static SPIPlanPtr fetch_plan = NULL;
-
-/* consumed events are deleted partition by partition (ctids are per table) */
-typedef struct DtDeletePlan
-{
-	Oid			relid;
-	SPIPlanPtr	plan;
-} DtDeletePlan;
-
-#define DT_MAX_DELETE_PLANS 8
-static DtDeletePlan delete_plans[DT_MAX_DELETE_PLANS];
-static int	ndelete_plans = 0;
 
 static TimestampTz last_maintenance = 0;
 static TimestampTz next_truncate_attempt = 0;
@@ -277,14 +268,9 @@ dt_queue_forget_generation(void)
 void
 dt_queue_forget_plans(void)
 {
-	int			i;
-
 	if (fetch_plan)
 		SPI_freeplan(fetch_plan);
 	fetch_plan = NULL;
-	for (i = 0; i < ndelete_plans; i++)
-		SPI_freeplan(delete_plans[i].plan);
-	ndelete_plans = 0;
 }
 
 /*
@@ -299,6 +285,7 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 	uint64		i;
 	MemoryContext cxt = CurrentMemoryContext;
 	DtEvent    *evs;
+	int			guc_level;
 
 	if (fetch_plan == NULL)
 	{
@@ -313,7 +300,23 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 	args[0] = Int32GetDatum(partitions);
 	args[1] = Int32GetDatum(partition);
 	args[2] = Int32GetDatum(limit);
+
+	/*
+	 * The queue's statistics are never current (see dt_delete_events), and
+	 * with them the planner may prefer sorting whole partitions, in
+	 * parallel, to reading the primary keys in order, which is always right
+	 * for taking the oldest events of a queue.  Plans are made during the
+	 * execution, so the settings apply there.
+	 */
+	guc_level = NewGUCNestLevel();
+	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("enable_sort", "off", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	(void) set_config_option("max_parallel_workers_per_gather", "0", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 	ret = SPI_execute_plan(fetch_plan, args, NULL, false, limit);
+	AtEOXact_GUC(true, guc_level);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
 
@@ -341,66 +344,34 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 	return (int) SPI_processed;
 }
 
-static SPIPlanPtr
-dt_delete_plan(Oid relid)
-{
-	Oid			type = TIDARRAYOID;
-	char	   *sql;
-	int			i;
-
-	for (i = 0; i < ndelete_plans; i++)
-	{
-		if (delete_plans[i].relid == relid)
-			return delete_plans[i].plan;
-	}
-	if (ndelete_plans == DT_MAX_DELETE_PLANS)
-		elog(ERROR, "digitaltwin: too many partitions in digitaltwin.events");
-	sql = psprintf("DELETE FROM %s WHERE ctid = ANY($1)",
-				   quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
-											  get_rel_name(relid)));
-	delete_plans[ndelete_plans].relid = relid;
-	delete_plans[ndelete_plans].plan = dt_spi_prepare_kept(sql, 1, &type);
-	return delete_plans[ndelete_plans++].plan;
-}
-
 /*
- * Delete consumed events by ctid, in the batch's transaction, with one
- * statement per partition.
+ * Delete consumed events by ctid, in the batch's transaction, straight
+ * through the table AM: a DELETE statement would be planned from the
+ * partitions' statistics, which are never current (autovacuum is off on
+ * them and they are truncated in bulk), and a sequential scan filtering on
+ * an array of ctids costs rows x events.  Nobody else deletes events, so a
+ * concurrent change is an error (the batch is retried).
  */
 void
 dt_delete_events(DtEvent *events, int nevents)
 {
-	Datum	   *tids = palloc(sizeof(Datum) * Max(nevents, 1));
-	bool	   *done = palloc0(sizeof(bool) * Max(nevents, 1));
+	Relation	rel = NULL;
+	Snapshot	snapshot = GetActiveSnapshot();
 	int			i;
 
 	for (i = 0; i < nevents; i++)
 	{
-		Oid			relid = events[i].relid;
-		int			n = 0;
-		int			j;
-		Datum		arg;
-		int			ret;
-
-		if (done[i])
-			continue;
-		for (j = i; j < nevents; j++)
+		if (rel == NULL || RelationGetRelid(rel) != events[i].relid)
 		{
-			if (!done[j] && events[j].relid == relid)
-			{
-				tids[n++] = PointerGetDatum(&events[j].tid);
-				done[j] = true;
-			}
+			if (rel != NULL)
+				table_close(rel, NoLock);
+			rel = table_open(events[i].relid, RowExclusiveLock);
 		}
-		arg = PointerGetDatum(construct_array(tids, n, TIDOID, sizeof(ItemPointerData),
-											  false, TYPALIGN_SHORT));
-		ret = SPI_execute_plan(dt_delete_plan(relid), &arg, NULL, false, 0);
-		if (ret != SPI_OK_DELETE)
-			elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
-		if (SPI_processed != (uint64) n)
-			elog(ERROR, "digitaltwin: consumed %d events but deleted " UINT64_FORMAT,
-				 n, SPI_processed);
+		simple_table_tuple_delete(rel, &events[i].tid, snapshot);
 	}
+	if (rel != NULL)
+		table_close(rel, NoLock);
+	CommandCounterIncrement();
 }
 
 /* ----------------------------------------------------------------
@@ -643,6 +614,7 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 	int			i;
 
 	dt_require_preload();
+	dt_forbid_in_model("digitaltwin.wait_idle()");
 
 	/*
 	 * Workers see only committed events: waiting for this transaction's own

@@ -41,6 +41,32 @@
 DtShared   *dt_shared = NULL;
 dsa_area   *dt_area = NULL;
 dshash_table *dt_twins = NULL;
+static dshash_table *dt_counts = NULL;
+
+/*
+ * Twins per model, counted per worker partition: each worker counts its own
+ * twins (and forgets them when it reloads its partition), while a limit
+ * check adds up all partitions.
+ */
+typedef struct DtCountKey
+{
+	int32		model_id;
+	int32		partition;
+} DtCountKey;
+
+typedef struct DtCountEntry
+{
+	DtCountKey	key;
+	int64		twins;
+} DtCountEntry;
+
+static const dshash_parameters dt_count_params = {
+	sizeof(DtCountKey),
+	sizeof(DtCountEntry),
+	dshash_memcmp,
+	dshash_memhash,
+	0							/* tranche id, set at run time */
+};
 
 static void dt_store_out_of_memory(void) pg_attribute_noreturn();
 static int	dt_shared_key_compare(const void *a, const void *b, size_t size, void *arg);
@@ -95,6 +121,7 @@ dt_shmem_startup(void)
 		dshash_parameters params = dt_twin_params;
 		dsa_area   *area;
 		dshash_table *twins;
+		dshash_table *counts;
 		int			i;
 
 		memset(dt_shared, 0, sizeof(DtShared));
@@ -125,7 +152,13 @@ dt_shmem_startup(void)
 		params.tranche_id = dt_shared->tranche_id;
 		twins = dshash_create(area, &params, NULL);
 		dt_shared->twins_handle = dshash_get_hash_table_handle(twins);
+		params = dt_count_params;
+		params.tranche_id = dt_shared->tranche_id;
+		counts = dshash_create(area, &params, NULL);
+		dt_shared->counts_handle = dshash_get_hash_table_handle(counts);
+		LWLockInitialize(&dt_shared->counts_lock, dt_shared->tranche_id);
 		dsa_set_size_limit(area, (size_t) dt_max_memory_mb * 1024 * 1024);
+		dshash_detach(counts);
 		dshash_detach(twins);
 		dsa_detach(area);
 	}
@@ -153,6 +186,9 @@ dt_attach_store(void)
 	dsa_pin_mapping(dt_area);
 	params.tranche_id = dt_shared->tranche_id;
 	dt_twins = dshash_attach(dt_area, &params, dt_shared->twins_handle, NULL);
+	params = dt_count_params;
+	params.tranche_id = dt_shared->tranche_id;
+	dt_counts = dshash_attach(dt_area, &params, dt_shared->counts_handle, NULL);
 	MemoryContextSwitchTo(old);
 }
 
@@ -505,4 +541,98 @@ dt_store_unreserve(const DtTwinKey *key)
 	}
 	else
 		dshash_release_lock(dt_twins, entry);
+}
+
+/* ----------------------------------------------------------------
+ * Twins per model
+ * ----------------------------------------------------------------
+ */
+
+static int64
+dt_twin_count_get(int32 model_id, int partition)
+{
+	DtCountKey	key = {model_id, partition};
+	DtCountEntry *entry;
+	int64		twins = 0;
+
+	entry = dshash_find(dt_counts, &key, false);
+	if (entry != NULL)
+	{
+		twins = entry->twins;
+		dshash_release_lock(dt_counts, entry);
+	}
+	return twins;
+}
+
+static void
+dt_twin_count_add_locked(int32 model_id, int partition, int64 delta)
+{
+	DtCountKey	key = {model_id, partition};
+	DtCountEntry *entry;
+	bool		found;
+
+	entry = dshash_find_or_insert(dt_counts, &key, &found);
+	if (!found)
+		entry->twins = 0;
+	entry->twins += delta;
+	dshash_release_lock(dt_counts, entry);
+}
+
+/*
+ * Count one more twin of a model in a partition, unless the model already
+ * has 'limit' twins over all partitions (limit 0: no limit).  The check and
+ * the increment happen under counts_lock, so that concurrent workers cannot
+ * together go past the limit.  Lock order: counts_lock, then one dshash
+ * partition lock at a time.
+ */
+bool
+dt_twin_count_reserve(int32 model_id, int partition, int partitions, int64 limit)
+{
+	int64		total = 0;
+	int			p;
+
+	LWLockAcquire(&dt_shared->counts_lock, LW_EXCLUSIVE);
+	if (limit > 0)
+	{
+		for (p = 0; p < partitions; p++)
+			total += dt_twin_count_get(model_id, p);
+		if (total >= limit)
+		{
+			LWLockRelease(&dt_shared->counts_lock);
+			return false;
+		}
+	}
+	dt_twin_count_add_locked(model_id, partition, 1);
+	LWLockRelease(&dt_shared->counts_lock);
+	return true;
+}
+
+void
+dt_twin_count_add(int32 model_id, int partition, int64 delta)
+{
+	LWLockAcquire(&dt_shared->counts_lock, LW_EXCLUSIVE);
+	dt_twin_count_add_locked(model_id, partition, delta);
+	LWLockRelease(&dt_shared->counts_lock);
+}
+
+/*
+ * Forget a partition's counts: of every model (is_live NULL: the worker is
+ * reloading its partition), or of the models that no longer exist.
+ */
+void
+dt_twin_count_forget(int partition, bool (*is_live) (int32 model_id))
+{
+	dshash_seq_status status;
+	DtCountEntry *entry;
+
+	LWLockAcquire(&dt_shared->counts_lock, LW_EXCLUSIVE);
+	dshash_seq_init(&status, dt_counts, true);
+	while ((entry = dshash_seq_next(&status)) != NULL)
+	{
+		if (entry->key.partition == partition &&
+			(is_live == NULL || !is_live(entry->key.model_id)))
+			dshash_delete_current(&status);
+	}
+	dshash_seq_term(&status);
+	LWLockRelease(&dt_shared->counts_lock);
 }

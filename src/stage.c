@@ -38,10 +38,12 @@ typedef struct DtUndo
 	Datum		state;
 	int64		event_count;
 	bool		dirty;
+	bool		counted;
 	TimestampTz updated_at;
 } DtUndo;
 
 static MemoryContext stage_cxt = NULL;
+static int	stage_partition = 0;
 static HTAB *staged = NULL;
 static DtUndo *undo = NULL;
 static int	nundo = 0;
@@ -185,11 +187,12 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
  * ----------------------------------------------------------------
  */
 void
-dt_stage_begin(MemoryContext cxt)
+dt_stage_begin(MemoryContext cxt, int partition)
 {
 	HASHCTL		ctl;
 
 	stage_cxt = cxt;
+	stage_partition = partition;
 	ctl.keysize = sizeof(DtTwinKey);
 	ctl.entrysize = sizeof(DtStagedTwin);
 	ctl.hcxt = cxt;
@@ -224,6 +227,7 @@ dt_stage_get(DtModel *model, const char *twin_id)
 	twin->image = NULL;
 	/* published twins and rows of twin_state exist together */
 	twin->durable = dt_store_fetch(&key, stage_cxt, &image, &len, &count);
+	twin->counted = twin->counted_at_start = twin->durable;
 	if (twin->durable)
 	{
 		twin->has_state = true;
@@ -255,7 +259,29 @@ dt_stage_save_undo(DtStagedTwin *twin)
 	u->state = twin->state;
 	u->event_count = twin->event_count;
 	u->dirty = twin->dirty;
+	u->counted = twin->counted;
 	u->updated_at = twin->updated_at;
+}
+
+/*
+ * A twin without a state is getting one: count it against its model's
+ * limit, unless it holds a unit already (it existed before the batch, or
+ * was created and ended in it).
+ */
+void
+dt_stage_count_twin(DtStagedTwin *twin)
+{
+	if (twin->counted)
+		return;
+	if (!dt_twin_count_reserve(twin->model->id, stage_partition,
+							   dt_shared->nworkers, dt_max_twins_per_model))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" has reached digitaltwin.max_twins_per_model (%d twins)",
+						twin->model->name, dt_max_twins_per_model),
+				 errdetail("The event would have created twin \"%s\".", twin->twin_id),
+				 errhint("Raise digitaltwin.max_twins_per_model, or end twins by returning NULL from the model.")));
+	twin->counted = true;
 }
 
 int
@@ -277,6 +303,9 @@ dt_stage_undo_to(int mark)
 		twin->event_count = u->event_count;
 		twin->dirty = u->dirty;
 		twin->updated_at = u->updated_at;
+		if (twin->counted && !u->counted)
+			dt_twin_count_add(twin->model->id, stage_partition, -1);
+		twin->counted = u->counted;
 	}
 }
 
@@ -503,6 +532,8 @@ dt_stage_publish(DtWorkerSlot *slot)
 							 twin->event_count, twin->updated_at, slot);
 		else
 			dt_store_remove(&twin->key, slot);
+		if (twin->counted && !twin->has_state)
+			dt_twin_count_add(twin->model->id, stage_partition, -1);
 		twin->new_image = InvalidDsaPointer;
 		twin->inserted_entry = false;
 	}
@@ -527,6 +558,9 @@ dt_stage_abandon(void)
 			dsa_free(dt_area, twin->new_image);
 		if (twin->inserted_entry)
 			dt_store_unreserve(&twin->key);
+		if (twin->counted && !twin->counted_at_start)
+			dt_twin_count_add(twin->model->id, stage_partition, -1);
+		twin->counted = twin->counted_at_start;
 		twin->new_image = InvalidDsaPointer;
 		twin->inserted_entry = false;
 	}

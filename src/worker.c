@@ -201,6 +201,12 @@ dt_apply_event(DtEvent *ev)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("a function of model \"%s\" no longer exists", ev->model),
 				 errhint("Drop the model and create it again with existing functions.")));
+	/* its owner may have become a superuser since the model was created */
+	if (!dt_allow_superuser_models && superuser_arg(model->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("model \"%s\" is owned by a superuser", ev->model),
+				 errhint("Set digitaltwin.allow_superuser_models = on, or recreate the model as an ordinary role.")));
 
 	twin = dt_stage_get(model, ev->twin_id);
 	dt_stage_save_undo(twin);
@@ -247,6 +253,7 @@ dt_apply_event(DtEvent *ev)
 	}
 	else
 	{
+		dt_stage_count_twin(twin);
 		twin->state = dt_stage_own_datum(result, model->typlen, model->typbyval);
 		twin->has_state = true;
 		twin->event_count = count + 1;
@@ -374,22 +381,47 @@ dt_apply_events(DtEvent *events, int n)
  * Rebuilding the partition from the durable state
  * ----------------------------------------------------------------
  */
+/* twins loaded by a rebuild, in all and per model */
+typedef struct DtLoadCount
+{
+	int32		model_id;		/* hash key */
+	int64		twins;
+} DtLoadCount;
+
+typedef struct DtLoadProgress
+{
+	int64		loaded;
+	HTAB	   *per_model;
+} DtLoadProgress;
+
 static void
 dt_worker_load_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
 					const char *image, Size len, int64 event_count,
 					TimestampTz updated_at)
 {
+	DtLoadProgress *progress = arg;
+	DtLoadCount *count;
+	bool		found;
+
 	dt_store_load_twin(model_id, twin_id, idlen, image, len, event_count,
 					   updated_at, my_slot);
-	(*(int64 *) arg)++;
+	count = hash_search(progress->per_model, &model_id, HASH_ENTER, &found);
+	if (!found)
+		count->twins = 0;
+	count->twins++;
+	progress->loaded++;
 }
 
 static void
 dt_worker_rebuild(void)
 {
-	int64		loaded = 0;
+	DtLoadProgress progress;
+	HASHCTL		ctl;
+	HASH_SEQ_STATUS status;
+	DtLoadCount *count;
 	instr_time	start;
 	instr_time	duration;
+	int64		loaded;
 
 	INSTR_TIME_SET_CURRENT(start);
 
@@ -398,7 +430,21 @@ dt_worker_rebuild(void)
 	my_slot->store_extension = InvalidOid;
 	SpinLockRelease(&my_slot->mutex);
 	dt_store_purge_partition(my_partition, dt_shared->nworkers);
-	dt_durable_scan(my_partition, dt_shared->nworkers, dt_worker_load_twin, &loaded);
+	dt_twin_count_forget(my_partition, NULL);
+
+	ctl.keysize = sizeof(int32);
+	ctl.entrysize = sizeof(DtLoadCount);
+	ctl.hcxt = CurrentMemoryContext;
+	progress.loaded = 0;
+	progress.per_model = hash_create("digitaltwin twins loaded per model", 16, &ctl,
+									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	dt_durable_scan(my_partition, dt_shared->nworkers, dt_worker_load_twin, &progress);
+	hash_seq_init(&status, progress.per_model);
+	while ((count = hash_seq_search(&status)) != NULL)
+		dt_twin_count_add(count->model_id, my_partition, count->twins);
+	loaded = progress.loaded;
+	hash_destroy(progress.per_model);
+
 	need_rebuild = false;
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->store_extension = known_extension;
@@ -507,10 +553,13 @@ dt_worker_run_batch(void)
 							  dt_batch_size, &events);
 	/* forget the twins of dropped models as soon as we notice the drop */
 	if (dt_models_cover(events, nevents))
+	{
 		dt_store_purge_models(my_partition, dt_shared->nworkers, dt_model_id_live);
+		dt_twin_count_forget(my_partition, dt_model_id_live);
+	}
 	if (nevents > 0)
 	{
-		dt_stage_begin(batch_cxt);
+		dt_stage_begin(batch_cxt, my_partition);
 		dt_alerts_begin(batch_cxt);
 		dt_apply_events(events, nevents);
 

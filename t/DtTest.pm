@@ -27,6 +27,7 @@ digitaltwin.database = 'postgres'
 digitaltwin.workers = 2
 digitaltwin.poll_interval = '100ms'
 digitaltwin.batch_size = 200
+digitaltwin.allow_superuser_models = on
 } . ($extra // ''));
 	return $node;
 }

@@ -1,0 +1,182 @@
+# Security settings that live in the server configuration: superuser-owned
+# models (digitaltwin.allow_superuser_models) and the twins-per-model limit
+# (digitaltwin.max_twins_per_model); and drop_model() while events flow,
+# with every event accounted for exactly once.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use DtTest;
+use IPC::Run;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $node = DtTest::new_node('security', q{
+digitaltwin.allow_superuser_models = off
+digitaltwin.max_twins_per_model = 3
+});
+$node->start;
+
+$node->safe_psql('postgres', q{
+CREATE EXTENSION digitaltwin;
+CREATE ROLE modeler;
+GRANT digitaltwin_admin TO modeler;
+CREATE FUNCTION life(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS $$
+    SELECT CASE WHEN event ? 'end' THEN NULL
+                ELSE jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1,
+                                        'by', current_user) END
+$$;
+});
+
+# --- superuser-owned models -------------------------------------------------
+
+my ($ret, $out, $err) = $node->psql('postgres',
+	q{SELECT digitaltwin.create_model('su', 'life(text,jsonb,jsonb)')});
+isnt($ret, 0, 'a superuser cannot create a model by default');
+like($err, qr/a superuser cannot own a model/, '... with a clear error');
+like($err, qr/allow_superuser_models/, '... and a hint naming the setting');
+
+$node->safe_psql('postgres', q{
+SET ROLE modeler;
+SELECT digitaltwin.create_model('life', 'life(text,jsonb,jsonb)');
+RESET ROLE;
+SELECT digitaltwin.send('life', 'a', '{}');
+SELECT digitaltwin.wait_idle('30s');
+});
+is($node->safe_psql('postgres', q{SELECT state->>'by' FROM digitaltwin.twins WHERE twin_id = 'a'}),
+	'modeler', 'an ordinary role owns and runs its model');
+
+# an owner promoted to superuser after the fact: its events are refused
+$node->safe_psql('postgres', q{
+ALTER ROLE modeler SUPERUSER;
+SELECT digitaltwin.send('life', 'a', '{}');
+SELECT digitaltwin.wait_idle('30s');
+ALTER ROLE modeler NOSUPERUSER;
+SELECT digitaltwin.send('life', 'a', '{}');
+SELECT digitaltwin.wait_idle('30s');
+});
+is( $node->safe_psql('postgres', q{SELECT sqlstate || ' ' || error FROM digitaltwin.dead_letters}),
+	'42501 model "life" is owned by a superuser',
+	'an event of a model whose owner became superuser is dead-lettered');
+is($node->safe_psql('postgres', q{SELECT state->>'n' FROM digitaltwin.twins WHERE twin_id = 'a'}),
+	'2', 'the model runs again once its owner is an ordinary role');
+
+# explicitly allowed: a superuser may own a model
+$node->append_conf('postgresql.conf', 'digitaltwin.allow_superuser_models = on');
+$node->restart;
+$node->safe_psql('postgres',
+	q{SELECT digitaltwin.create_model('su', 'life(text,jsonb,jsonb)')});
+is($node->safe_psql('postgres', q{SELECT owner FROM digitaltwin.models WHERE name = 'su'}),
+	'postgres', 'with allow_superuser_models on, a superuser may own a model');
+
+# --- twins per model ----------------------------------------------------------
+
+$node->safe_psql('postgres', q{
+TRUNCATE digitaltwin.dead_letters;
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'life', 't' || i, '{}' FROM generate_series(1, 4) i;
+SELECT digitaltwin.wait_idle('30s');
+});
+# "a" exists already: two more fit under the limit of 3
+is($node->safe_psql('postgres', q{SELECT count(*) FROM digitaltwin.twins WHERE model = 'life'}),
+	'3', 'a model never has more twins than digitaltwin.max_twins_per_model');
+is( $node->safe_psql('postgres', q{
+SELECT string_agg(DISTINCT sqlstate || ' ' || error, '; ') || ' x' || count(*)
+FROM digitaltwin.dead_letters WHERE model = 'life'}),
+	'53400 model "life" has reached digitaltwin.max_twins_per_model (3 twins) x2',
+	'events that would create more are dead-lettered with a clear error');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM digitaltwin.twins WHERE model = 'su'}),
+	'0', '(the other model is not counted against it)');
+
+# the count survives a restart; ending a twin frees its place
+$node->restart;
+$node->safe_psql('postgres', q{
+TRUNCATE digitaltwin.dead_letters;
+SELECT digitaltwin.send('life', 'new1', '{}');
+SELECT digitaltwin.wait_idle('30s');
+});
+is($node->safe_psql('postgres', q{SELECT count(*) FROM digitaltwin.dead_letters}),
+	'1', 'after a restart the limit still holds');
+$node->safe_psql('postgres', q{
+SELECT digitaltwin.send('life', 'a', '{"end": true}');
+SELECT digitaltwin.send('life', 'new2', '{}');
+SELECT digitaltwin.wait_idle('30s');
+});
+is( $node->safe_psql('postgres', q{
+SELECT count(*) || ' ' || bool_or(twin_id = 'new2') || ' ' || bool_or(twin_id = 'a')
+FROM digitaltwin.twins WHERE model = 'life'}),
+	'3 true false', 'ending a twin makes room for a new one');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM digitaltwin.dead_letters}),
+	'1', '... without another dead letter');
+
+# --- drop_model while events flow --------------------------------------------
+
+$node->safe_psql('postgres', q{
+CREATE SEQUENCE kseq;
+CREATE TABLE sent_k (k bigint PRIMARY KEY);
+CREATE TABLE applied_k (k bigint PRIMARY KEY);
+GRANT INSERT ON applied_k TO modeler;
+CREATE FUNCTION logk(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- applied twice would violate the primary key
+    INSERT INTO applied_k VALUES ((event->>'k')::bigint);
+    RETURN jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1);
+END $$;
+SET ROLE modeler;
+SELECT digitaltwin.create_model('drp', 'logk(text,jsonb,jsonb)');
+});
+# three twins, within the limit of 3; a loop of single-statement transactions: the events and their keys in
+# one statement; inserts refused while the model is missing simply fail
+my $file = $node->basedir . '/drp.sql';
+open my $fh, '>', $file or die "cannot write $file: $!";
+print $fh q{
+WITH s AS (INSERT INTO sent_k SELECT nextval('kseq') FROM generate_series(1, 20) RETURNING k)
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'drp', 'd' || (k % 3), jsonb_build_object('k', k) FROM s;
+};
+close $fh;
+my $psql = join(' ', 'psql', '-X', '-q', '-h', $node->host, '-p', $node->port,
+	'-f', $file, 'postgres');
+my ($sout, $serr) = ('', '');
+my $sender = IPC::Run::start(
+	[ 'bash', '-c', "for i in \$(seq 400); do $psql 2>/dev/null; done" ],
+	'>', \$sout, '2>', \$serr);
+
+for my $round (1 .. 3)
+{
+	$node->poll_query_until('postgres',
+		qq{SELECT count(*) >= $round * 400 FROM sent_k})
+	  or die 'the sender stalled';
+	$node->safe_psql('postgres', q{SELECT digitaltwin.drop_model('drp')});
+	$node->safe_psql('postgres', q{
+SET ROLE modeler;
+SELECT digitaltwin.create_model('drp', 'logk(text,jsonb,jsonb)');
+});
+}
+$sender->finish;
+is($node->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('120s')}),
+	't', 'drop_model under load: the queue drains');
+
+my $sent = $node->safe_psql('postgres', 'SELECT count(*) FROM sent_k');
+cmp_ok($sent, '>=', 1200, 'drop_model under load: events were committed throughout');
+is( $node->safe_psql('postgres', q{
+WITH dead AS (SELECT (payload->>'k')::bigint AS k FROM digitaltwin.dead_letters WHERE model = 'drp'),
+     outcome AS (SELECT k FROM applied_k UNION ALL SELECT k FROM dead)
+SELECT (SELECT count(*) FROM sent_k s WHERE (SELECT count(*) FROM outcome o WHERE o.k = s.k) <> 1)
+     + (SELECT count(*) FROM outcome o WHERE NOT EXISTS (SELECT 1 FROM sent_k s WHERE s.k = o.k))}),
+	'0', 'drop_model under load: every committed event applied or dead-lettered, exactly once');
+# (events queued before a drop are dead-lettered if a worker reaches them
+# before the model is created again, applied by the new model otherwise)
+is( $node->safe_psql('postgres', q{
+SELECT count(*) FROM digitaltwin.dead_letters WHERE model = 'drp' AND sqlstate <> '42704'}),
+	'0', 'drop_model under load: dead letters only for a model that did not exist');
+
+# the server never crashed
+ok(!(slurp_file($node->logfile) =~ /terminated by signal|PANIC/),
+	'no backend or worker crashed');
+
+$node->stop;
+done_testing();
