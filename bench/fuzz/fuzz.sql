@@ -20,11 +20,13 @@ BEGIN
     RETURN s;
 END $$;
 
--- any JSON value, nested up to 'depth' levels
+-- any JSON value, nested up to 'depth' levels; below the top few levels
+-- containers have at most one member, so that the size stays bounded
 CREATE FUNCTION fuzz_json(depth int) RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     r float8 := random();
     j jsonb;
+    width int := CASE WHEN depth > 3 THEN 1 ELSE 4 END;
 BEGIN
     IF depth <= 0 OR r < 0.35 THEN
         RETURN CASE (random() * 7)::int
@@ -37,12 +39,12 @@ BEGIN
             ELSE to_jsonb(coalesce(fuzz_text(20), '')) END;
     ELSIF r < 0.6 THEN
         SELECT coalesce(jsonb_agg(fuzz_json(depth - 1)), '[]') INTO j
-        FROM generate_series(1, (random() * 4)::int);
+        FROM generate_series(1, (random() * width)::int);
         RETURN j;
     END IF;
     SELECT coalesce(jsonb_object_agg(k, fuzz_json(depth - 1)), '{}') INTO j
     FROM (SELECT DISTINCT CASE WHEN random() < 0.3 THEN 'bpm' ELSE coalesce(fuzz_text(10), 'k') END AS k
-          FROM generate_series(1, (random() * 5)::int)) keys;
+          FROM generate_series(1, (random() * width)::int)) keys;
     RETURN j;
 END $$;
 
@@ -83,7 +85,7 @@ BEGIN
         BEGIN
             CASE (random() * 5)::int
             WHEN 0, 1 THEN
-                payload := fuzz_json(1 + (random() * 40)::int);
+                payload := fuzz_json(CASE WHEN random() < 0.2 THEN 40 ELSE 3 END);
                 PERFORM digitaltwin.send(model, fuzz_text(80), payload);
                 INSERT INTO fuzz_accepted VALUES (model, 1);
             WHEN 2 THEN
