@@ -37,7 +37,7 @@ exec valgrind --quiet --error-exitcode=0 --leak-check=no --track-origins=yes \\
 	--log-file="$OUT/%p.log" "$PGBIN/postgres" "\$@"
 EOW
 chmod +x "$WORK/bin/postgres"
-cp -r "$ROOT"/sql "$ROOT"/expected "$ROOT"/test "$WORK/"
+cp -r "$ROOT"/sql "$ROOT"/expected "$ROOT"/test "$ROOT"/examples "$WORK/"
 chown -R "$(dt_run_user)" "$WORK" "$OUT"
 
 tests=${*:-$(sed -n 's/^REGRESS = //p' "$ROOT/Makefile")}

@@ -116,9 +116,7 @@ typedef struct DtWorkerSlot
 	slock_t		mutex;			/* protects the non-atomic fields */
 	pid_t		pid;
 	Latch	   *latch;
-	bool		busy;			/* inside a batch (before publication) */
 	Oid			store_extension;	/* extension whose twins the partition holds */
-	uint64		generation;		/* batches finished and published */
 	/* for wait_idle(): see dt_worker_finish_batch() */
 	uint64		fetches;		/* fetches started */
 	uint64		covered_fetch;	/* the last fetch whose batch was published */

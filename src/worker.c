@@ -107,7 +107,6 @@ static void
 dt_worker_start_batch(void)
 {
 	SpinLockAcquire(&my_slot->mutex);
-	my_slot->busy = true;
 	my_slot->fetches++;
 	SpinLockRelease(&my_slot->mutex);
 }
@@ -122,15 +121,13 @@ dt_worker_start_batch(void)
 static void
 dt_worker_end_batch(bool published, int64 through)
 {
-	SpinLockAcquire(&my_slot->mutex);
-	my_slot->busy = false;
-	my_slot->generation++;
 	if (published)
 	{
+		SpinLockAcquire(&my_slot->mutex);
 		my_slot->covered_fetch = my_slot->fetches;
 		my_slot->covered_through = through;
+		SpinLockRelease(&my_slot->mutex);
 	}
-	SpinLockRelease(&my_slot->mutex);
 	ConditionVariableBroadcast(&dt_shared->progress_cv);
 }
 
@@ -142,8 +139,6 @@ dt_worker_exit(int code, Datum arg)
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->pid = 0;
 	my_slot->latch = NULL;
-	my_slot->busy = false;
-	my_slot->generation++;
 	SpinLockRelease(&my_slot->mutex);
 	ConditionVariableBroadcast(&dt_shared->progress_cv);
 }
@@ -662,7 +657,6 @@ digitaltwin_worker_main(Datum main_arg)
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->pid = MyProcPid;
 	my_slot->latch = MyLatch;
-	my_slot->busy = false;
 	my_slot->window_start = 0;
 	my_slot->window_events = 0;
 	my_slot->events_per_second = 0;
