@@ -33,6 +33,11 @@ BEGIN
         PERFORM digitaltwin.drop_model('hostile');
     ELSIF event ? 'create' THEN
         PERFORM digitaltwin.create_model('hostile2', 'hostile(text,jsonb,jsonb)');
+    ELSIF event ? 'temp' THEN
+        -- would shadow other models' tables in the worker's session
+        CREATE TEMP TABLE patients (x int);
+    ELSIF event ? 'setrole' THEN
+        PERFORM set_config('role', 'dt_modeler', true);
     ELSIF event ? 'scalar' THEN
         RETURN to_jsonb(42);
     ELSIF event ? 'json_null' THEN
@@ -79,6 +84,8 @@ INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES
     ('hostile', 'h', '{"note": "wait_idle", "wait": true}'),
     ('hostile', 'h', '{"note": "drop_model", "drop": true}'),
     ('hostile', 'h', '{"note": "create_model", "create": true}'),
+    ('hostile', 'h', '{"note": "temp table", "temp": true}'),
+    ('hostile', 'h', '{"note": "set role", "setrole": true}'),
     ('hostile', 'h', '{"note": "ok 2"}'),
     ('hostile', 'chain', '{"note": "start", "hops": 5}');
 -- each wait covers the events committed before it, and each hop of the

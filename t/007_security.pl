@@ -1,7 +1,8 @@
 # Security settings that live in the server configuration: superuser-owned
-# models (digitaltwin.allow_superuser_models) and the twins-per-model limit
-# (digitaltwin.max_twins_per_model); and drop_model() while events flow,
-# with every event accounted for exactly once.
+# models (digitaltwin.allow_superuser_models), the twins-per-model limit
+# (digitaltwin.max_twins_per_model) and the shared memory limit
+# (digitaltwin.max_memory); and drop_model() while events flow, with every
+# event accounted for exactly once.
 use strict;
 use warnings;
 
@@ -101,6 +102,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM digitaltwin.dead_letters}
 	'1', 'after a restart the limit still holds');
 $node->safe_psql('postgres', q{
 SELECT digitaltwin.send('life', 'a', '{"end": true}');
+SELECT digitaltwin.wait_idle('30s');
 SELECT digitaltwin.send('life', 'new2', '{}');
 SELECT digitaltwin.wait_idle('30s');
 });
@@ -177,6 +179,39 @@ SELECT count(*) FROM digitaltwin.dead_letters WHERE model = 'drp' AND sqlstate <
 # the server never crashed
 ok(!(slurp_file($node->logfile) =~ /terminated by signal|PANIC/),
 	'no backend or worker crashed');
-
 $node->stop;
+
+# --- shared memory exhausted: events stay queued, stats and log say so --------
+
+my $small = DtTest::new_node('small', q{
+digitaltwin.max_memory = '1MB'
+});
+$small->start;
+$small->safe_psql('postgres', q{
+CREATE EXTENSION digitaltwin;
+CREATE FUNCTION fat(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jsonb_build_object('pad', repeat('x', 200000)) $$;
+SELECT digitaltwin.create_model('fat', 'fat(text,jsonb,jsonb)');
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'fat', 'f' || i, '{}' FROM generate_series(1, 20) i;
+});
+$small->poll_query_until('postgres', q{
+SELECT bool_or(last_error LIKE 'digitaltwin shared memory for twins is exhausted%')
+FROM digitaltwin.stats WHERE worker IS NOT NULL})
+  or die 'no worker reported the exhausted memory';
+cmp_ok($small->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.events'),
+	'>', 0, 'out of shared memory: the events of the failed batch stay queued');
+is($small->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.dead_letters'),
+	'0', '... and are not dead-lettered');
+like(slurp_file($small->logfile),
+	qr/digitaltwin shared memory for twins is exhausted/,
+	'... and the log says why');
+$small->append_conf('postgresql.conf', q{digitaltwin.max_memory = '64MB'});
+$small->restart;
+is($small->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}),
+	't', 'with more memory the queue drains');
+is( $small->safe_psql('postgres', q{
+SELECT count(*) || ' ' || sum(event_count) FROM digitaltwin.twins WHERE model = 'fat'}),
+	'20 20', '... and every event was applied once');
+$small->stop;
 done_testing();
