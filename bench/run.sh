@@ -8,7 +8,7 @@
 #   bash bench/run.sh            (or: make bench)
 #
 # Parameters (environment): EVENTS (200000), TWINS (10000), WORKERS (2),
-# BATCH (10000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
+# BATCH (50000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
 # run, default "throughput deadlocks latency big"), HOWS (ingestion methods
 # of the throughput part, default "copy multi single").  Output: a table, and CSV
 # in bench/out/results.csv.
@@ -19,7 +19,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 EVENTS=${EVENTS:-200000}
 TWINS=${TWINS:-10000}
 WORKERS=${WORKERS:-2}
-BATCH=${BATCH:-10000}
+BATCH=${BATCH:-50000}
 CLIENTS=${CLIENTS:-8}
 BIG_TWINS=${BIG_TWINS:-1000000}
 ROWS=100                        # rows per multi-row INSERT

@@ -18,7 +18,7 @@
 char	   *dt_database = NULL;
 int			dt_workers = 2;
 int			dt_max_memory_mb = 256;
-int			dt_batch_size = 10000;
+int			dt_batch_size = 50000;
 int			dt_poll_interval_ms = 1000;
 int			dt_model_timeout_ms = 5000;
 int			dt_max_payload_kb = 1024;
@@ -63,7 +63,7 @@ dt_define_gucs(void)
 							"Maximum number of events a worker processes in one transaction.",
 							"Under load, larger batches write each changed twin once for more events; a batch takes only what is queued, so this bounds latency only when a backlog builds.",
 							&dt_batch_size,
-							10000, 1, 100000,
+							50000, 1, 100000,
 							PGC_SIGHUP,
 							0,
 							NULL, NULL, NULL);
