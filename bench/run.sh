@@ -10,7 +10,9 @@
 # Parameters (environment): EVENTS (200000), TWINS (10000), WORKERS (2),
 # BATCH (50000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
 # run, default "throughput deadlocks latency big"), HOWS (ingestion methods
-# of the throughput part, default "copy multi single").  Output: a table, and CSV
+# of the throughput part, default "copy multi single"), REPEAT (runs of each
+# COPY and multi-row scenario, default 3: the median is reported; a
+# single-row scenario runs once, for tens of seconds).  Output: a table, and CSV
 # in bench/out/results.csv.
 set -euo pipefail
 
@@ -25,6 +27,7 @@ BIG_TWINS=${BIG_TWINS:-1000000}
 ROWS=100                        # rows per multi-row INSERT
 PARTS=${PARTS:-throughput deadlocks latency big}
 HOWS=${HOWS:-copy multi single}
+REPEAT=${REPEAT:-3}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 dt_install_deps
@@ -120,19 +123,27 @@ ingest() {
 
 if part throughput; then
 echo "== end-to-end throughput ($EVENTS events, $TWINS twins, $WORKERS workers, batch $BATCH)"
-for how in $HOWS; do
-	reset_all
-	t0=$(now_ms); ingest $how raw_events raw "$DT_DIR/events_heart_rate.tsv"; t1=$(now_ms)
-	record "raw insert (limit)" "$how" "$EVENTS" $((t1 - t0))
-
-	reset_all
-	t0=$(now_ms); ingest $how peer_events peer "$DT_DIR/events_heart_rate.tsv"; t1=$(now_ms)
-	record "trigger peer" "$how" "$EVENTS" $((t1 - t0))
-
-	for m in heart_rate heart_rate_c; do
+# median of the runs' times in ms; $1 = number of runs, then the command
+timed() {
+	local n=$1 i t0 t1; shift
+	for i in $(seq "$n"); do
 		reset_all
-		t0=$(now_ms); ingest $how digitaltwin.events $m "$DT_DIR/events_$m.tsv"; wait_idle; t1=$(now_ms)
-		record "digitaltwin $m" "$how" "$EVENTS" $((t1 - t0))
+		t0=$(now_ms); "$@" >/dev/null; t1=$(now_ms)
+		echo $((t1 - t0))
+	done | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'
+}
+dt_ingest() { ingest "$1" digitaltwin.events "$2" "$DT_DIR/events_$2.tsv"; wait_idle; }
+
+for how in $HOWS; do
+	runs=$REPEAT
+	[ "$how" = single ] && runs=1
+	note="median of $runs"
+	record "raw insert (limit)" "$how" "$EVENTS" \
+		"$(timed "$runs" ingest "$how" raw_events raw "$DT_DIR/events_heart_rate.tsv")" "$note"
+	record "trigger peer" "$how" "$EVENTS" \
+		"$(timed "$runs" ingest "$how" peer_events peer "$DT_DIR/events_heart_rate.tsv")" "$note"
+	for m in heart_rate heart_rate_c; do
+		record "digitaltwin $m" "$how" "$EVENTS" "$(timed "$runs" dt_ingest "$how" "$m")" "$note"
 	done
 done
 
