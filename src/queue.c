@@ -16,10 +16,10 @@
  * shared memory.  Worker 0 maintains the queue (dt_queue_maintain): every
  * digitaltwin.queue_rotation it advances the generation, and it truncates
  * the partition of an older generation once that is empty.  Emptiness is
- * checked while holding the partition's ACCESS EXCLUSIVE lock, taken without
- * waiting: no transaction can then be inserting into it (one that read the
- * old generation just before the switch holds a conflicting lock until it
- * ends), so the truncation can never remove an event that was not
+ * checked while holding the partition's ACCESS EXCLUSIVE lock (waited for
+ * briefly, if at all): no transaction can then be inserting into it (one
+ * that read the old generation just before the switch holds a conflicting
+ * lock until it ends), so the truncation can never remove an event that was not
  * consumed, whatever any backend believes the current generation is.
  * The generation advances only when the partition it moves to has been
  * truncated, so at most two generations hold events.
