@@ -13,11 +13,13 @@ OBJS = \
 	src/stage.o \
 	src/alerts.o \
 	src/views.o \
+	src/live_fdw.o \
 	src/worker.o \
 	src/digitaltwin.o
 
 EXTENSION = digitaltwin
-DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql
+DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql \
+	sql/digitaltwin--1.1--1.2.sql
 HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src

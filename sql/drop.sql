@@ -39,5 +39,25 @@ ALTER EXTENSION digitaltwin UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'digitaltwin';
 SELECT has_function_privilege('public', 'digitaltwin.twin_entries()', 'EXECUTE') AS public_reads,
        has_function_privilege('digitaltwin_reader', 'digitaltwin.twin_entries()', 'EXECUTE') AS reader_reads,
-       has_column_privilege('digitaltwin_writer', 'digitaltwin.events', 'payload', 'INSERT') AS writer_sends;
+       has_column_privilege('digitaltwin_writer', 'digitaltwin.events', 'payload', 'INSERT') AS writer_sends,
+       has_table_privilege('digitaltwin_reader', 'digitaltwin.live_twins', 'SELECT') AS reader_reads_live,
+       has_table_privilege('digitaltwin_writer', 'digitaltwin.live_twins', 'SELECT') AS writer_reads_live;
+DROP EXTENSION digitaltwin;
+
+-- version 1.1 with twins, and the update to 1.2 (the view reads a foreign
+-- table instead of twin_entries()): the same twins before and after
+CREATE EXTENSION digitaltwin VERSION '1.1';
+SELECT digitaltwin.create_model('kept', 'counter(text,jsonb,jsonb)');
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'kept', 'k' || i % 7, '{}' FROM generate_series(1, 50) i;
+SELECT digitaltwin.wait_idle('30s');
+CREATE TEMP TABLE before_update AS SELECT * FROM digitaltwin.twins;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM digitaltwin.twins;
+ALTER EXTENSION digitaltwin UPDATE TO '1.2';
+EXPLAIN (COSTS OFF) SELECT count(*) FROM digitaltwin.twins;
+SELECT count(*) AS twins,
+       count(*) FILTER (WHERE (b.model, b.twin_id, b.state, b.event_count, b.updated_at)
+                       IS NOT DISTINCT FROM (t.model, t.twin_id, t.state, t.event_count, t.updated_at))
+           AS unchanged
+FROM before_update b FULL JOIN digitaltwin.twins t USING (twin_id);
 DROP EXTENSION digitaltwin;

@@ -47,6 +47,7 @@ SELECT digitaltwin.wait_idle('30s');
 -- ... but reads neither twins, nor alerts, nor the queue, nor the state
 SELECT * FROM digitaltwin.twins;
 SELECT * FROM digitaltwin.twin_entries();
+SELECT * FROM digitaltwin.live_twins;
 SELECT * FROM digitaltwin.alerts;
 SELECT * FROM digitaltwin.stats;
 SELECT payload FROM digitaltwin.events;
@@ -60,6 +61,7 @@ RESET ROLE;
 -- a reader reads twins, alerts and statistics ...
 SET ROLE dt_analyst;
 SELECT twin_id, state, event_count FROM digitaltwin.twins WHERE model = 'tally' ORDER BY twin_id;
+SELECT count(*) FROM digitaltwin.live_twins;
 SELECT twin_id, severity, message FROM digitaltwin.alerts WHERE model = 'tally';
 SELECT count(*) > 0 AS has_workers FROM digitaltwin.stats WHERE worker IS NOT NULL;
 -- ... but sends nothing, sees no dead letters, and manages no models
@@ -78,6 +80,7 @@ GRANT USAGE ON SCHEMA digitaltwin TO dt_stranger;
 SET ROLE dt_stranger;
 SELECT digitaltwin.send('tally', 't9', '{}');
 SELECT count(*) FROM digitaltwin.twins;
+SELECT count(*) FROM digitaltwin.live_twins;
 SELECT digitaltwin.wait_idle('1s');
 RESET ROLE;
 

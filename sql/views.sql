@@ -12,6 +12,50 @@ ORDER BY 1;
 -- the view is planned like any other
 EXPLAIN (COSTS OFF) SELECT count(*) FROM digitaltwin.twins WHERE model = 'hr';
 
+-- The view reads shared memory through a foreign scan that copies only the
+-- columns its query uses; the join to models goes when no name is used.
+EXPLAIN (COSTS OFF) SELECT count(*), avg(event_count) FROM digitaltwin.twins;
+EXPLAIN (COSTS OFF) SELECT twin_id FROM digitaltwin.twins WHERE state ? 'last';
+EXPLAIN (COSTS OFF) SELECT count(t.*) FROM digitaltwin.live_twins t;
+-- whatever the columns read, the same twins: each projection and each
+-- filter on a column not in the output against the full copy
+-- (twin_entries() copies every column)
+CREATE TEMP TABLE full_copy AS SELECT * FROM digitaltwin.twin_entries();
+SELECT count(*) > 0 AS has_twins,
+       count(*) = (SELECT count(*) FROM digitaltwin.twins) AS counts,
+       sum(event_count) = (SELECT sum(event_count) FROM digitaltwin.twins) AS event_counts,
+       max(updated_at) = (SELECT max(updated_at) FROM digitaltwin.live_twins) AS updated,
+       string_agg(twin_id, ',' ORDER BY twin_id) =
+           (SELECT string_agg(twin_id, ',' ORDER BY twin_id) FROM digitaltwin.twins) AS ids,
+       sum(length(state::text)) = (SELECT sum(length(state::text)) FROM digitaltwin.twins) AS states,
+       count(*) FILTER (WHERE state ? 'last') =
+           (SELECT count(*) FROM digitaltwin.twins WHERE state ? 'last') AS state_filter,
+       count(*) FILTER (WHERE twin_id LIKE 'p%') =
+           (SELECT count(*) FROM digitaltwin.twins WHERE twin_id LIKE 'p%') AS id_filter,
+       count(*) FILTER (WHERE model_id = (SELECT id FROM digitaltwin.models WHERE name = 'hr')) =
+           (SELECT count(*) FROM digitaltwin.twins WHERE model = 'hr') AS model_filter
+FROM full_copy;
+SELECT count(*) AS differing FROM (
+    (SELECT * FROM digitaltwin.live_twins EXCEPT ALL SELECT * FROM full_copy)
+    UNION ALL
+    (SELECT * FROM full_copy EXCEPT ALL SELECT * FROM digitaltwin.live_twins)) d;
+-- a correlated subquery rescans the scan once per outer row: each rescan
+-- returns the same copy from its start
+EXPLAIN (COSTS OFF)
+SELECT p.patient_id,
+       (SELECT t.event_count FROM digitaltwin.live_twins t WHERE t.twin_id = p.patient_id)
+FROM patients p;
+SELECT p.patient_id,
+       (SELECT t.event_count FROM digitaltwin.live_twins t WHERE t.twin_id = p.patient_id),
+       (SELECT t.state->>'last' FROM digitaltwin.live_twins t WHERE t.twin_id = p.patient_id)
+           AS last_bpm
+FROM patients p ORDER BY 1;
+-- the wrapper takes no options, and reads only tables of its own shape
+CREATE SERVER elsewhere FOREIGN DATA WRAPPER digitaltwin_live OPTIONS (host 'x');
+CREATE FOREIGN TABLE misshapen (model_id integer, twin_id text) SERVER digitaltwin_live;
+SELECT * FROM misshapen;
+DROP FOREIGN TABLE misshapen;
+
 -- the live view agrees with the durable state, twin by twin
 SELECT count(*) AS live,
        (SELECT count(*) FROM digitaltwin.twin_state) AS durable,

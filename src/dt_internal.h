@@ -11,6 +11,7 @@
  *	  stage.c	 worker-local staging of twin states within a batch
  *	  alerts.c	 alert(), staged alerts, dead letters
  *	  views.c	 set-returning functions behind the live views
+ *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
  *	  worker.c	 background worker loop and batch transaction
  *
  * Copyright (c) 2026, digitaltwin developers
@@ -35,6 +36,7 @@
 #include "utils/dsa.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 #define DT_MAX_WORKERS 64
 #define DT_QUEUE_PARTITIONS 3
@@ -320,6 +322,39 @@ extern void dt_alerts_undo_to(int mark);
 extern int	dt_alerts_flush(void);
 extern void dt_dead_letter(DtEvent *event);
 extern void dt_alerts_forget_plans(void);
+
+/* ----------------------------------------------------------------
+ * views.c: the columns of a live twin row (twin_entries(), live_twins)
+ * ----------------------------------------------------------------
+ */
+#define DT_TWIN_COL_MODEL_ID	0
+#define DT_TWIN_COL_TWIN_ID		1
+#define DT_TWIN_COL_STATE		2
+#define DT_TWIN_COL_EVENT_COUNT	3
+#define DT_TWIN_COL_UPDATED_AT	4
+#define DT_TWIN_NCOLS			5
+
+/* one live twin, copied out of shared memory */
+typedef struct DtLiveRow
+{
+	int32		model_id;
+	int64		event_count;
+	TimestampTz updated_at;
+	text	   *twin_id;		/* NULL unless asked for */
+	Jsonb	   *state;			/* NULL unless asked for */
+} DtLiveRow;
+
+typedef struct DtLiveRows
+{
+	DtLiveRow  *rows;
+	int64		nrows;
+	int64		size;
+} DtLiveRows;
+
+extern int64 dt_view_twin_count(void);
+extern void dt_view_collect_twins(DtLiveRows *out, const bool *needed);
+extern void dt_view_row_values(const DtLiveRow *row, const bool *needed,
+							   Datum *values, bool *nulls);
 
 /* worker.c */
 extern PGDLLEXPORT void digitaltwin_worker_main(Datum main_arg);

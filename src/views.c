@@ -4,13 +4,11 @@
  *	  Set-returning functions behind the live views digitaltwin.twins and
  *	  digitaltwin.stats.
  *
- * twin_entries() reads the published twins while holding only the shared
- * lock of one partition of the hash at a time.  A jsonb state is put in the
- * result right there: that only forms a tuple (and past work_mem writes it
- * to a temporary file), no user code runs, and it saves copying a million
- * states twice.  Any other state type is copied out and converted to jsonb
- * after every lock is released: to_jsonb() calls type output functions,
- * which must not run under an LWLock.
+ * dt_view_collect_twins() copies the published twins while holding only
+ * the shared lock of one partition of the hash at a time.  A jsonb state is
+ * copied as it is; any other state type is copied as its image and
+ * converted to jsonb after every lock is released: to_jsonb() calls type
+ * output functions, which must not run under an LWLock.
  *
  * Shared memory holds a worker's twins only once that worker has loaded
  * them from digitaltwin.twin_state.  Until then (on a hot standby, where
@@ -47,16 +45,6 @@ typedef struct DtViewModel
 	bool		typbyval;
 	FmgrInfo	to_jsonb;
 } DtViewModel;
-
-typedef struct DtTwinCopy
-{
-	int32		model_id;
-	char	   *twin_id;
-	char	   *image;
-	Size		len;
-	int64		event_count;
-	TimestampTz updated_at;
-} DtTwinCopy;
 
 /*
  * A state as jsonb: jsonb states as they are, any other type through
@@ -111,108 +99,209 @@ dt_view_models(void)
 	return models;
 }
 
-static DtTwinCopy *
-dt_view_add_copy(DtTwinCopy **copies, int64 *ncopies, int64 *size)
+/* a state copied under a lock, to be turned into jsonb after */
+typedef struct DtLiveConversion
 {
-	if (*ncopies == *size)
-	{
-		*size *= 2;
-		*copies = repalloc_huge(*copies, sizeof(DtTwinCopy) * *size);
-	}
-	return &(*copies)[(*ncopies)++];
-}
+	int64		row;
+	DtViewModel *model;
+	char	   *image;
+	Size		len;
+} DtLiveConversion;
 
-typedef struct DtDurableCopies
+typedef struct DtLiveCollect
 {
+	DtLiveRows *out;
+	const bool *needed;
+	HTAB	   *models;
+	MemoryContext cxt;
+	char	   *arena;			/* ids and states are carved from blocks */
+	Size		arena_left;
+	DtLiveConversion *conversions;
+	int64		nconversions;
+	int64		conversions_size;
+	/* the durable scan: partitions whose twins come from twin_state */
 	const bool *current;
 	int			nparts;
-	MemoryContext cxt;
-	DtTwinCopy **copies;
-	int64		ncopies;
-	int64	   *size;
-} DtDurableCopies;
+} DtLiveCollect;
 
-static void
-dt_view_copy_one(void *arg, int32 model_id, const char *twin_id, int idlen,
-				 const char *image, Size len, int64 event_count,
-				 TimestampTz updated_at)
+#define DT_LIVE_ARENA_BLOCK (1024 * 1024)
+
+/*
+ * Room for a copied id or state.  A million twins mean two million small
+ * copies that all live as long as the scan: carving them out of large
+ * blocks saves a chunk header and the rounding up of each, and so a good
+ * part of the fresh pages the copy faults in.  MAXALIGNed, as state images
+ * need.
+ */
+static char *
+dt_live_alloc(DtLiveCollect *c, Size size)
 {
-	DtDurableCopies *d = arg;
-	MemoryContext old;
-	DtTwinCopy *c;
+	char	   *p;
 
-	if (d->current[dt_partition_of(twin_id, idlen, d->nparts)])
-		return;
-	/* in the caller's context, to outlive the scan's SPI connection */
-	old = MemoryContextSwitchTo(d->cxt);
-	c = dt_view_add_copy(d->copies, &d->ncopies, d->size);
-	c->model_id = model_id;
-	c->twin_id = pnstrdup(twin_id, idlen);
-	c->len = len;
-	c->image = palloc(len);		/* MAXALIGNed */
-	memcpy(c->image, image, len);
-	c->event_count = event_count;
-	c->updated_at = updated_at;
-	MemoryContextSwitchTo(old);
+	size = MAXALIGN(size);
+	if (size > c->arena_left)
+	{
+		Size		block = Max(size, DT_LIVE_ARENA_BLOCK);
+
+		c->arena = MemoryContextAlloc(c->cxt, block);
+		c->arena_left = block;
+	}
+	p = c->arena;
+	c->arena += size;
+	c->arena_left -= size;
+	return p;
+}
+
+static DtLiveRow *
+dt_live_add_row(DtLiveRows *out)
+{
+	if (out->nrows == out->size)
+	{
+		out->size = Max(out->size * 2, 1024);
+		if (out->rows == NULL)
+			out->rows = palloc_extended(sizeof(DtLiveRow) * out->size,
+										MCXT_ALLOC_HUGE);
+		else
+			out->rows = repalloc_huge(out->rows, sizeof(DtLiveRow) * out->size);
+	}
+	return &out->rows[out->nrows++];
 }
 
 /*
- * Copy the durable state of the twins of the partitions not current[] into
- * *copies; returns how many.
+ * Add one twin: its fixed-size columns, and copies of its id and state if
+ * they are needed.  A state of another type than jsonb is copied as its
+ * image now and converted later, once no lock is held.
  */
-static int64
-dt_view_copy_durable(const bool *current, int nparts, DtTwinCopy **copies,
-					 int64 *size)
+static void
+dt_live_add(DtLiveCollect *c, DtViewModel *m, const char *twin_id, int idlen,
+			const char *image, Size len, int64 event_count,
+			TimestampTz updated_at)
 {
-	DtDurableCopies d;
+	DtLiveRow  *row = dt_live_add_row(c->out);
 
-	d.current = current;
-	d.nparts = nparts;
-	d.cxt = CurrentMemoryContext;
-	d.copies = copies;
-	d.ncopies = 0;
-	d.size = size;
-	dt_durable_scan(-1, nparts, dt_view_copy_one, &d);
-	return d.ncopies;
+	row->model_id = m->id;
+	row->event_count = event_count;
+	row->updated_at = updated_at;
+	row->twin_id = NULL;
+	row->state = NULL;
+	if (c->needed[DT_TWIN_COL_TWIN_ID])
+	{
+		row->twin_id = (text *) dt_live_alloc(c, VARHDRSZ + idlen);
+		SET_VARSIZE(row->twin_id, VARHDRSZ + idlen);
+		memcpy(VARDATA(row->twin_id), twin_id, idlen);
+	}
+	if (c->needed[DT_TWIN_COL_STATE])
+	{
+		char	   *copy = dt_live_alloc(c, len);
+
+		memcpy(copy, image, len);
+		if (m->state_type == JSONBOID)
+			row->state = (Jsonb *) copy;
+		else
+		{
+			DtLiveConversion *conv;
+
+			if (c->nconversions == c->conversions_size)
+			{
+				c->conversions_size *= 2;
+				c->conversions = repalloc_huge(c->conversions,
+											   sizeof(DtLiveConversion) * c->conversions_size);
+			}
+			conv = &c->conversions[c->nconversions++];
+			conv->row = c->out->nrows - 1;
+			conv->model = m;
+			conv->image = copy;
+			conv->len = len;
+		}
+	}
 }
 
-Datum
-digitaltwin_twin_entries(PG_FUNCTION_ARGS)
+static void
+dt_live_add_durable(void *arg, int32 model_id, const char *twin_id, int idlen,
+					const char *image, Size len, int64 event_count,
+					TimestampTz updated_at)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	HTAB	   *models;
-	DtTwinCopy *copies;
-	int64		ncopies = 0;
-	int64		size = 1024;
+	DtLiveCollect *c = arg;
+	DtViewModel *m;
+	MemoryContext old;
+
+	if (c->current[dt_partition_of(twin_id, idlen, c->nparts)])
+		return;
+	m = hash_search(c->models, &model_id, HASH_FIND, NULL);
+	if (m == NULL)
+		return;
+	/* in the caller's context, to outlive the scan's SPI connection */
+	old = MemoryContextSwitchTo(c->cxt);
+	dt_live_add(c, m, twin_id, idlen, image, len, event_count, updated_at);
+	MemoryContextSwitchTo(old);
+}
+
+/* Twins in shared memory, from the workers' slots. */
+int64
+dt_view_twin_count(void)
+{
+	int64		twins = 0;
+	int			i;
+
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		SpinLockAcquire(&dt_shared->slots[i].mutex);
+		twins += dt_shared->slots[i].twins;
+		SpinLockRelease(&dt_shared->slots[i].mutex);
+	}
+	return twins;
+}
+
+/*
+ * Copy every live twin into out, in the current memory context.  Only the
+ * columns needed[] are copied, the others are left NULL: a twin's id and
+ * state each live in their own DSA chunk, so a query that does not use them
+ * (count(*), an average of event_count) touches one cache line per twin
+ * instead of three.
+ *
+ * Like pg_buffercache, this copies first and returns rows after, so that
+ * no lock is held while the executor runs; the copy takes about 40 bytes
+ * per twin, plus the ids and states when they are used.  The loop over the
+ * shared hash does nothing but copy: entries are scattered over the DSA
+ * area, each one a cache miss, and a short loop body lets the processor
+ * have several of those misses in flight (a million twins: about 0.1 s for
+ * the loop alone against 0.4 s when it formed a tuple per twin).
+ */
+void
+dt_view_collect_twins(DtLiveRows *out, const bool *needed)
+{
+	DtLiveCollect c;
 	dshash_seq_status status;
 	DtTwinEntry *entry;
 	int64		i;
 	Oid			extension = dt_extension_oid();
 	DtViewModel *m = NULL;
-	union
-	{
-		struct varlena hdr;
-		char		data[VARHDRSZ + DT_TWIN_ID_MAXLEN + 1];
-		int32		align;
-	}			idbuf;
-	int			nparts;
 	bool		current[DT_MAX_WORKERS];
 	bool		all_current = true;
 
 	dt_require_preload();
-	nparts = Max(dt_shared->nworkers, 1);
-	InitMaterializedSRF(fcinfo, 0);
 	(void) dt_models_relid();	/* clear error if not installed */
 	dt_attach_store();
-	models = dt_view_models();
+
+	memset(&c, 0, sizeof(c));
+	c.out = out;
+	c.needed = needed;
+	c.models = dt_view_models();
+	c.cxt = CurrentMemoryContext;
+	c.conversions_size = 64;
+	c.conversions = palloc(sizeof(DtLiveConversion) * c.conversions_size);
+	c.current = current;
+	c.nparts = Max(dt_shared->nworkers, 1);
+	out->nrows = 0;
+	out->size = dt_view_twin_count() + 1024;
+	out->rows = palloc_extended(sizeof(DtLiveRow) * out->size, MCXT_ALLOC_HUGE);
 
 	/*
 	 * Partitions whose worker has not loaded them for this extension come
 	 * from twin_state; their shared-memory entries, if any, are stale (after
 	 * DROP and CREATE EXTENSION, model ids start over) and are skipped.
 	 */
-	copies = palloc(sizeof(DtTwinCopy) * size);
-	for (i = 0; i < nparts; i++)
+	for (i = 0; i < c.nparts; i++)
 	{
 		SpinLockAcquire(&dt_shared->slots[i].mutex);
 		current[i] = (dt_shared->slots[i].store_extension == extension) &&
@@ -221,72 +310,97 @@ digitaltwin_twin_entries(PG_FUNCTION_ARGS)
 		all_current &= current[i];
 	}
 	if (!all_current)
-		ncopies = dt_view_copy_durable(current, nparts, &copies, &size);
+		dt_durable_scan(-1, c.nparts, dt_live_add_durable, &c);
 
 	dshash_seq_init(&status, dt_twins, false);
 	while ((entry = dshash_seq_next(&status)) != NULL)
 	{
-		DtTwinCopy *c;
-		const char *twin_id;
-		Size		idlen;
-
 		if (entry->pending || !DsaPointerIsValid(entry->state))
 			continue;
-		twin_id = dt_entry_twin_id(entry);
-		idlen = entry->key.id_len;
 		if (!all_current &&
-			!current[dt_partition_of(twin_id, idlen, nparts)])
+			!current[dt_partition_of(dt_entry_twin_id(entry),
+									 entry->key.id_len, c.nparts)])
 			continue;
 		if (m == NULL || m->id != entry->key.model_id)
-			m = hash_search(models, &entry->key.model_id, HASH_FIND, NULL);
+			m = hash_search(c.models, &entry->key.model_id, HASH_FIND, NULL);
 		/* a model dropped after the workers last looked */
 		if (m == NULL)
 			continue;
-		if (m->state_type == JSONBOID)
+		if (!needed[DT_TWIN_COL_TWIN_ID] && !needed[DT_TWIN_COL_STATE])
 		{
-			Datum		values[5];
-			bool		nulls[5] = {false, false, false, false, false};
+			DtLiveRow  *row = dt_live_add_row(out);
 
-			SET_VARSIZE(&idbuf, VARHDRSZ + idlen);
-			memcpy(VARDATA(&idbuf), twin_id, idlen);
-			values[0] = Int32GetDatum(entry->key.model_id);
-			values[1] = PointerGetDatum(&idbuf);
-			values[2] = PointerGetDatum(dsa_get_address(dt_area, entry->state));
-			values[3] = Int64GetDatum(entry->event_count);
-			values[4] = TimestampTzGetDatum(entry->updated_at);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			row->model_id = m->id;
+			row->event_count = entry->event_count;
+			row->updated_at = entry->updated_at;
+			row->twin_id = NULL;
+			row->state = NULL;
 			continue;
 		}
-		c = dt_view_add_copy(&copies, &ncopies, &size);
-		c->model_id = entry->key.model_id;
-		c->twin_id = pnstrdup(twin_id, idlen);
-		c->len = entry->state_len;
-		c->image = palloc(entry->state_len);
-		memcpy(c->image, dsa_get_address(dt_area, entry->state), entry->state_len);
-		c->event_count = entry->event_count;
-		c->updated_at = entry->updated_at;
+		dt_live_add(&c, m,
+					needed[DT_TWIN_COL_TWIN_ID] ? dt_entry_twin_id(entry) : NULL,
+					entry->key.id_len,
+					needed[DT_TWIN_COL_STATE] ?
+					dsa_get_address(dt_area, entry->state) : NULL,
+					entry->state_len, entry->event_count, entry->updated_at);
 	}
 	dshash_seq_term(&status);
 
-	for (i = 0; i < ncopies; i++)
+	for (i = 0; i < c.nconversions; i++)
 	{
-		DtTwinCopy *c = &copies[i];
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
+		DtLiveConversion *conv = &c.conversions[i];
+		DtViewModel *cm = conv->model;
 
-		m = hash_search(models, &c->model_id, HASH_FIND, NULL);
-		if (m == NULL)
-			continue;
-		values[0] = Int32GetDatum(c->model_id);
-		values[1] = CStringGetTextDatum(c->twin_id);
-		values[2] = JsonbPGetDatum(dt_view_state_jsonb(m,
-													   dt_state_image_read(c->image, c->len,
-																		   m->typlen, m->typbyval)));
-		values[3] = Int64GetDatum(c->event_count);
-		values[4] = TimestampTzGetDatum(c->updated_at);
+		out->rows[conv->row].state =
+			dt_view_state_jsonb(cm, dt_state_image_read(conv->image, conv->len,
+														cm->typlen, cm->typbyval));
+	}
+}
+
+/*
+ * twin_entries(): every column of every live twin.  Since version 1.2 the
+ * view reads the foreign table digitaltwin.live_twins instead (live_fdw.c),
+ * which copies only the columns a query uses.
+ */
+Datum
+digitaltwin_twin_entries(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		needed[DT_TWIN_NCOLS];
+	DtLiveRows	rows;
+	int64		i;
+
+	dt_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+	for (i = 0; i < DT_TWIN_NCOLS; i++)
+		needed[i] = true;
+	dt_view_collect_twins(&rows, needed);
+	for (i = 0; i < rows.nrows; i++)
+	{
+		Datum		values[DT_TWIN_NCOLS];
+		bool		nulls[DT_TWIN_NCOLS];
+
+		dt_view_row_values(&rows.rows[i], needed, values, nulls);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/* A row's columns as datums; columns not needed are NULL. */
+void
+dt_view_row_values(const DtLiveRow *row, const bool *needed,
+				   Datum *values, bool *nulls)
+{
+	values[DT_TWIN_COL_MODEL_ID] = Int32GetDatum(row->model_id);
+	values[DT_TWIN_COL_TWIN_ID] = PointerGetDatum(row->twin_id);
+	values[DT_TWIN_COL_STATE] = PointerGetDatum(row->state);
+	values[DT_TWIN_COL_EVENT_COUNT] = Int64GetDatum(row->event_count);
+	values[DT_TWIN_COL_UPDATED_AT] = TimestampTzGetDatum(row->updated_at);
+	nulls[DT_TWIN_COL_MODEL_ID] = !needed[DT_TWIN_COL_MODEL_ID];
+	nulls[DT_TWIN_COL_TWIN_ID] = (row->twin_id == NULL);
+	nulls[DT_TWIN_COL_STATE] = (row->state == NULL);
+	nulls[DT_TWIN_COL_EVENT_COUNT] = !needed[DT_TWIN_COL_EVENT_COUNT];
+	nulls[DT_TWIN_COL_UPDATED_AT] = !needed[DT_TWIN_COL_UPDATED_AT];
 }
 
 Datum

@@ -1,0 +1,262 @@
+/*-------------------------------------------------------------------------
+ *
+ * live_fdw.c
+ *	  The foreign data wrapper digitaltwin_live, behind the foreign table
+ *	  digitaltwin.live_twins and so behind the view digitaltwin.twins.
+ *
+ * Version 1.0 read the live twins through a set-returning function.  A
+ * function scan cannot know which columns its query uses, so every query
+ * over the view copied every twin's id and state out of shared memory into
+ * a tuplestore: at a million twins, SELECT count(*) spent most of its time
+ * reading states it then threw away, from chunks scattered over the DSA
+ * area (a cache and TLB miss each).  A foreign scan is told the columns its
+ * query needs (the target list and the quals), and the planner can drop the
+ * view's LEFT JOIN to digitaltwin.models, unique on id, when no model name
+ * is used.  The foreign table also gives the planner a row estimate: the
+ * number of twins the workers hold.
+ *
+ * Rows are still produced in one pass over the shared hash into a
+ * tuplestore, at the first fetch: a dshash sequential scan holds a
+ * partition lock from one entry to the next, and the executor must not run
+ * a query's expressions (user code) while this backend holds an LWLock, nor
+ * sit in a nested loop with interrupts held off.  The tuplestore keeps the
+ * scan within work_mem and lets a rescan (the inner side of a nested loop)
+ * return the same twins without a second pass.
+ *
+ * Every qual is evaluated by the executor; nothing is pushed down.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/reloptions.h"
+#include "access/sysattr.h"
+#include "catalog/pg_type.h"
+#include "commands/explain.h"
+#include "foreign/fdwapi.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "optimizer/cost.h"
+#include "optimizer/optimizer.h"
+#include "optimizer/pathnode.h"
+#include "optimizer/planmain.h"
+#include "optimizer/restrictinfo.h"
+#include "utils/rel.h"
+
+#include "dt_internal.h"
+
+PG_FUNCTION_INFO_V1(digitaltwin_live_handler);
+PG_FUNCTION_INFO_V1(digitaltwin_live_validator);
+
+/* the columns of digitaltwin.live_twins, in order */
+static const Oid dt_live_types[DT_TWIN_NCOLS] = {
+	INT4OID, TEXTOID, JSONBOID, INT8OID, TIMESTAMPTZOID
+};
+
+typedef struct DtLiveScan
+{
+	bool		needed[DT_TWIN_NCOLS];
+	MemoryContext cxt;			/* holds the rows, as long as the scan */
+	bool		collected;		/* rows holds the twins */
+	DtLiveRows	rows;
+	int64		next;			/* next row to return */
+} DtLiveScan;
+
+/*
+ * The planner's row count is the number of twins the workers hold.  Without
+ * shared memory (not preloaded) it guesses; the scan itself will then
+ * report the missing preload.
+ */
+static void
+dt_live_rel_size(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
+{
+	baserel->tuples = (dt_shared != NULL) ? dt_view_twin_count() : 1000;
+	baserel->rows = baserel->tuples *
+		clauselist_selectivity(root, baserel->baserestrictinfo, 0,
+							   JOIN_INNER, NULL);
+}
+
+/*
+ * One path: the pass over shared memory happens before the first row is
+ * returned, so it is all startup cost; reading the rows back is run cost.
+ */
+static void
+dt_live_paths(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
+{
+	Cost		startup;
+	Cost		total;
+
+	startup = baserel->baserestrictcost.startup +
+		baserel->tuples * (cpu_tuple_cost + baserel->baserestrictcost.per_tuple);
+	total = startup + baserel->rows * cpu_tuple_cost;
+	add_path(baserel, (Path *)
+			 create_foreignscan_path(root, baserel, NULL, baserel->rows,
+									 startup, total, NIL, NULL, NULL, NIL));
+}
+
+/*
+ * The columns the query reads, from the target list and the quals, as an
+ * integer list of attribute numbers in fdw_private.  A whole-row reference
+ * needs every column.
+ */
+static ForeignScan *
+dt_live_plan(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid,
+			 ForeignPath *best_path, List *tlist, List *scan_clauses,
+			 Plan *outer_plan)
+{
+	Bitmapset  *attrs = NULL;
+	List	   *needed = NIL;
+	AttrNumber	attno;
+
+	scan_clauses = extract_actual_clauses(scan_clauses, false);
+	pull_varattnos((Node *) baserel->reltarget->exprs, baserel->relid, &attrs);
+	pull_varattnos((Node *) scan_clauses, baserel->relid, &attrs);
+	for (attno = 1; attno <= DT_TWIN_NCOLS; attno++)
+	{
+		if (bms_is_member(attno - FirstLowInvalidHeapAttributeNumber, attrs) ||
+			bms_is_member(0 - FirstLowInvalidHeapAttributeNumber, attrs))
+			needed = lappend_int(needed, attno);
+	}
+	return make_foreignscan(tlist, scan_clauses, baserel->relid, NIL,
+							list_make1(needed), NIL, NIL, outer_plan);
+}
+
+/*
+ * The scan fills in columns by position, so a foreign table of this server
+ * must have exactly the columns of digitaltwin.live_twins.
+ */
+static void
+dt_live_check_descriptor(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+	bool		ok = (desc->natts == DT_TWIN_NCOLS);
+
+	for (i = 0; ok && i < DT_TWIN_NCOLS; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		ok = !att->attisdropped && att->atttypid == dt_live_types[i];
+	}
+	if (!ok)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INCONSISTENT_DESCRIPTOR_INFORMATION),
+				 errmsg("foreign table \"%s\" does not have the columns of digitaltwin.live_twins",
+						RelationGetRelationName(rel)),
+				 errdetail("A foreign table of server digitaltwin_live must have the columns (model_id integer, twin_id text, state jsonb, event_count bigint, updated_at timestamptz), in that order.")));
+}
+
+static void
+dt_live_begin(ForeignScanState *node, int eflags)
+{
+	ForeignScan *plan = (ForeignScan *) node->ss.ps.plan;
+	DtLiveScan *scan = palloc0(sizeof(DtLiveScan));
+	ListCell   *lc;
+
+	node->fdw_state = scan;
+	dt_live_check_descriptor(node->ss.ss_currentRelation);
+	foreach(lc, (List *) linitial(plan->fdw_private))
+		scan->needed[lfirst_int(lc) - 1] = true;
+	if (eflags & EXEC_FLAG_EXPLAIN_ONLY)
+		return;
+	dt_require_preload();
+	scan->cxt = AllocSetContextCreate(node->ss.ps.state->es_query_cxt,
+									  "digitaltwin live scan",
+									  ALLOCSET_DEFAULT_SIZES);
+}
+
+static TupleTableSlot *
+dt_live_iterate(ForeignScanState *node)
+{
+	DtLiveScan *scan = node->fdw_state;
+	TupleTableSlot *slot = node->ss.ss_ScanTupleSlot;
+
+	if (!scan->collected)
+	{
+		MemoryContext old = MemoryContextSwitchTo(scan->cxt);
+
+		dt_view_collect_twins(&scan->rows, scan->needed);
+		scan->collected = true;
+		MemoryContextSwitchTo(old);
+	}
+	ExecClearTuple(slot);
+	if (scan->next >= scan->rows.nrows)
+		return slot;
+	/* the values point into the rows, which live as long as the scan */
+	dt_view_row_values(&scan->rows.rows[scan->next++], scan->needed,
+					   slot->tts_values, slot->tts_isnull);
+	return ExecStoreVirtualTuple(slot);
+}
+
+/* A rescan returns the same twins: one query sees one copy. */
+static void
+dt_live_rescan(ForeignScanState *node)
+{
+	DtLiveScan *scan = node->fdw_state;
+
+	scan->next = 0;
+}
+
+static void
+dt_live_end(ForeignScanState *node)
+{
+	DtLiveScan *scan = node->fdw_state;
+
+	if (scan != NULL && scan->cxt != NULL)
+		MemoryContextDelete(scan->cxt);
+}
+
+/* EXPLAIN shows which columns the scan copies out of shared memory. */
+static void
+dt_live_explain(ForeignScanState *node, ExplainState *es)
+{
+	static const char *const names[DT_TWIN_NCOLS] = {
+		"model_id", "twin_id", "state", "event_count", "updated_at"
+	};
+	DtLiveScan *scan = node->fdw_state;
+	StringInfoData buf;
+	int			i;
+
+	initStringInfo(&buf);
+	for (i = 0; i < DT_TWIN_NCOLS; i++)
+	{
+		if (!scan->needed[i])
+			continue;
+		if (buf.len > 0)
+			appendStringInfoString(&buf, ", ");
+		appendStringInfoString(&buf, names[i]);
+	}
+	ExplainPropertyText("Twin Columns", buf.len > 0 ? buf.data : "none", es);
+}
+
+Datum
+digitaltwin_live_handler(PG_FUNCTION_ARGS)
+{
+	FdwRoutine *routine = makeNode(FdwRoutine);
+
+	routine->GetForeignRelSize = dt_live_rel_size;
+	routine->GetForeignPaths = dt_live_paths;
+	routine->GetForeignPlan = dt_live_plan;
+	routine->BeginForeignScan = dt_live_begin;
+	routine->IterateForeignScan = dt_live_iterate;
+	routine->ReScanForeignScan = dt_live_rescan;
+	routine->EndForeignScan = dt_live_end;
+	routine->ExplainForeignScan = dt_live_explain;
+	PG_RETURN_POINTER(routine);
+}
+
+/* The wrapper, its server and its table take no options. */
+Datum
+digitaltwin_live_validator(PG_FUNCTION_ARGS)
+{
+	List	   *options = untransformRelOptions(PG_GETARG_DATUM(0));
+
+	if (options != NIL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FDW_INVALID_OPTION_NAME),
+				 errmsg("invalid option \"%s\"",
+						((DefElem *) linitial(options))->defname),
+				 errhint("digitaltwin_live takes no options.")));
+	PG_RETURN_VOID();
+}
+
