@@ -12,7 +12,8 @@
 # run, default "throughput deadlocks latency big"), HOWS (ingestion methods
 # of the throughput part, default "copy multi single"), REPEAT (runs of each
 # COPY and multi-row scenario, default 3: the median is reported; a
-# single-row scenario runs once, for tens of seconds).  Output: a table, and CSV
+# single-row scenario runs once, for tens of seconds), EXTRA_CONF (lines
+# added to postgresql.conf).  Output: a table, and CSV
 # in bench/out/results.csv.
 set -euo pipefail
 
@@ -40,7 +41,8 @@ digitaltwin.max_memory = '2GB'
 shared_buffers = '1GB'
 max_wal_size = '8GB'
 checkpoint_timeout = '30min'
-synchronous_commit = on"
+synchronous_commit = on
+${EXTRA_CONF:-}"
 OUT="$ROOT/bench/out"
 mkdir -p "$OUT"
 CSV="$OUT/results.csv"

@@ -49,6 +49,7 @@ extern int	dt_workers;
 extern int	dt_max_memory_mb;
 extern int	dt_batch_size;
 extern int	dt_poll_interval_ms;
+extern int	dt_batch_delay_ms;
 extern int	dt_model_timeout_ms;
 extern int	dt_max_payload_kb;
 extern int	dt_max_state_kb;

@@ -20,6 +20,7 @@ int			dt_workers = 2;
 int			dt_max_memory_mb = 256;
 int			dt_batch_size = 50000;
 int			dt_poll_interval_ms = 1000;
+int			dt_batch_delay_ms = 0;
 int			dt_model_timeout_ms = 5000;
 int			dt_max_payload_kb = 1024;
 int			dt_max_state_kb = 1024;
@@ -73,6 +74,17 @@ dt_define_gucs(void)
 							NULL,
 							&dt_poll_interval_ms,
 							1000, 1, 3600 * 1000,
+							PGC_SIGHUP,
+							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.batch_delay",
+							"Shortest time between two small batches of one worker; 0 disables.",
+							"A worker whose last batch was small (fewer than 32 events) and ended less than this long ago "
+							"waits out the rest before its next batch, so that a stream of one-event transactions is "
+							"processed in fewer, larger batches.  Events that arrive after a pause are not delayed.",
+							&dt_batch_delay_ms,
+							0, 0, 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);

@@ -514,6 +514,49 @@ dt_worker_check_extension(void)
 	return true;
 }
 
+/*
+ * Small batches cost nearly as much as large ones: a transaction, a fetch
+ * and a commit that waits for its WAL flush.  Under a stream of one-event
+ * transactions, a worker woken by every commit would run batches of a few
+ * events back to back and spend most of its CPU, taken from the senders on
+ * a small machine, on that fixed cost.  So while the recent batches have
+ * been small (a moving average of their sizes under DT_SMALL_BATCH), the
+ * next batch waits until digitaltwin.batch_delay has passed since the last
+ * one with events ended: the events of that interval make one batch.
+ * After a pause (that batch ended longer ago) nothing waits, so a lone event is not
+ * delayed; nor is a stream of larger transactions, whose batches are large
+ * even when one of them (an occasional single event) is not.  The wait
+ * ignores the latch (commits keep setting it) and is at most batch_delay,
+ * so shutdown is not held up.
+ */
+#define DT_SMALL_BATCH 32
+
+static double recent_batch_size = DT_SMALL_BATCH;
+static TimestampTz last_batch_end;	/* of the last batch that had events */
+
+static void
+dt_worker_note_batch(int n)
+{
+	if (n == 0)
+		return;
+	recent_batch_size = 0.75 * recent_batch_size + 0.25 * n;
+	last_batch_end = GetCurrentTimestamp();
+}
+
+static void
+dt_worker_spread_small_batches(void)
+{
+	long		elapsed_ms;
+
+	if (dt_batch_delay_ms <= 0 || recent_batch_size >= DT_SMALL_BATCH)
+		return;
+	elapsed_ms = TimestampDifferenceMilliseconds(last_batch_end, GetCurrentTimestamp());
+	if (elapsed_ms >= dt_batch_delay_ms)
+		return;
+	(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+					 dt_batch_delay_ms - elapsed_ms, PG_WAIT_EXTENSION);
+}
+
 static int
 dt_worker_run_batch(void)
 {
@@ -689,6 +732,7 @@ digitaltwin_worker_main(Datum main_arg)
 		}
 
 		n = dt_worker_run_batch();
+		dt_worker_note_batch(n);
 		if (my_partition == 0)
 			dt_queue_maintain();
 		if (n >= dt_batch_size)
@@ -697,5 +741,6 @@ digitaltwin_worker_main(Datum main_arg)
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 dt_poll_interval_ms, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
+		dt_worker_spread_small_batches();
 	}
 }

@@ -67,5 +67,35 @@ SELECT (SELECT count(*) FROM digitaltwin.alerts WHERE twin_id = 'old') || ',' ||
        (SELECT count(*) FROM digitaltwin.dead_letters WHERE twin_id = 'old')}),
 	'1,1', 'rows younger than the retention stay');
 
+# digitaltwin.batch_delay: after a small batch, a worker's next batch waits
+# until the delay has passed, and the events committed meanwhile make one
+# batch.  (The setting is given at restart: a reload reaches the workers at
+# a moment the test cannot observe.)
+$node->append_conf('postgresql.conf', "digitaltwin.batch_delay = '1s'");
+$node->restart;
+my $owner = q{(SELECT batches FROM digitaltwin.worker_stats()
+               WHERE worker = digitaltwin.partition_of('spread', 2))};
+# (not wait_idle(), which waits for a fetch that starts after it is called:
+# that fetch is the one delayed)
+$node->safe_psql('postgres', q{
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', 'spread', '{"v": 1}')});
+$node->poll_query_until('postgres', q{
+SELECT EXISTS (SELECT 1 FROM digitaltwin.twins WHERE twin_id = 'spread')})
+  or die 'the first event was not processed';
+my $before = $node->safe_psql('postgres', "SELECT $owner");
+# three transactions (psql reads them from stdin, one by one), committed
+# well within the second that follows the first event's batch
+$node->safe_psql('postgres', q{
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', 'spread', '{"v": 2}');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', 'spread', '{"v": 3}');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', 'spread', '{"v": 4}');
+SELECT digitaltwin.wait_idle('60s');
+});
+is($node->safe_psql('postgres', "SELECT $owner - $before"), '1',
+	'three one-event transactions after a small batch make one batch');
+is($node->safe_psql('postgres', q{
+SELECT state->>'n' || ',' || (state->>'sum') FROM digitaltwin.twins WHERE twin_id = 'spread'}),
+	'4,10', 'each of the four events applied once, in order');
+
 $node->stop;
 done_testing();
