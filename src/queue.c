@@ -29,6 +29,7 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
+#include "access/genam.h"
 #include "access/tableam.h"
 #include "access/table.h"
 #include "access/xact.h"
@@ -38,6 +39,7 @@
 #include "storage/lmgr.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
+#include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
@@ -46,6 +48,8 @@
 #include "utils/array.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -60,7 +64,8 @@ PG_FUNCTION_INFO_V1(digitaltwin_queue_partition);
 static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 
-static SPIPlanPtr fetch_plan = NULL;
+static Oid	dt_queue_partition_relid(uint64 generation);
+static Oid	dt_queue_parent_relid(void);
 
 static TimestampTz last_maintenance = 0;
 static TimestampTz next_truncate_attempt = 0;
@@ -268,80 +273,168 @@ dt_queue_forget_generation(void)
 void
 dt_queue_forget_plans(void)
 {
-	if (fetch_plan)
-		SPI_freeplan(fetch_plan);
-	fetch_plan = NULL;
+	/* nothing is kept: the fetch reads the indexes directly */
+}
+
+/* one queue partition's primary key, read in id order during a fetch */
+typedef struct DtFetchSource
+{
+	Relation	rel;
+	Relation	index;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	bool		has_event;		/* slot holds this partition's next event */
+	int64		id;
+} DtFetchSource;
+
+/* Attribute numbers of the events table (same in every partition). */
+#define DT_EVENT_ATT_ID				1
+#define DT_EVENT_ATT_MODEL			2
+#define DT_EVENT_ATT_TWIN_ID		3
+#define DT_EVENT_ATT_PAYLOAD		4
+#define DT_EVENT_ATT_ENQUEUED_AT	5
+
+/* The attribute numbers above hold for every partition; make sure. */
+static void
+dt_fetch_check_columns(Relation rel)
+{
+	static const char *const names[] = {"id", "model", "twin_id", "payload", "enqueued_at"};
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i;
+
+	for (i = 0; i < lengthof(names); i++)
+	{
+		if (desc->natts <= i ||
+			strcmp(NameStr(TupleDescAttr(desc, i)->attname), names[i]) != 0)
+			elog(ERROR, "digitaltwin: unexpected column %d in queue partition \"%s\"",
+				 i + 1, RelationGetRelationName(rel));
+	}
 }
 
 /*
- * Read up to 'limit' of the oldest visible events of a partition into
- * CurrentMemoryContext (the caller's batch context).  Runs inside SPI.
+ * Advance a source to the next visible event that belongs to this worker's
+ * partition of twins.
+ */
+static void
+dt_fetch_advance(DtFetchSource *src, int partition, int partitions)
+{
+	bool		isnull;
+
+	src->has_event = false;
+	while (index_getnext_slot(src->scan, ForwardScanDirection, src->slot))
+	{
+		text	   *twin_id;
+
+		if (partitions > 1)
+		{
+			twin_id = DatumGetTextPP(slot_getattr(src->slot, DT_EVENT_ATT_TWIN_ID, &isnull));
+			if (isnull ||
+				dt_partition_of(VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
+								partitions) != partition)
+				continue;
+		}
+		src->id = DatumGetInt64(slot_getattr(src->slot, DT_EVENT_ATT_ID, &isnull));
+		src->has_event = true;
+		return;
+	}
+}
+
+static void
+dt_fetch_take(DtFetchSource *src, DtEvent *ev)
+{
+	bool		isnull;
+	Datum		d;
+
+	ev->relid = RelationGetRelid(src->rel);
+	ev->tid = src->slot->tts_tid;
+	ev->id = src->id;
+	d = slot_getattr(src->slot, DT_EVENT_ATT_MODEL, &isnull);
+	ev->model = isnull ? pstrdup("") : TextDatumGetCString(d);
+	d = slot_getattr(src->slot, DT_EVENT_ATT_TWIN_ID, &isnull);
+	ev->twin_id = isnull ? pstrdup("") : TextDatumGetCString(d);
+	/* detoast now: dead letters and models need the whole payload */
+	d = slot_getattr(src->slot, DT_EVENT_ATT_PAYLOAD, &isnull);
+	ev->payload = isnull ? NULL : DatumGetJsonbPCopy(d);
+	ev->enqueued_at = DatumGetTimestampTz(slot_getattr(src->slot,
+													   DT_EVENT_ATT_ENQUEUED_AT, &isnull));
+}
+
+/*
+ * Read up to 'limit' of the oldest visible events of a partition of twins
+ * into CurrentMemoryContext (the caller's batch context).
+ *
+ * Each queue partition's primary key (id, part) is read in order and the
+ * three streams are merged by id, straight through the index AM: what a
+ * planned "SELECT ... ORDER BY id LIMIT n" does, without planning or
+ * starting an executor for every batch (a batch of a few events spent more
+ * on that than on the events), without a plan that the partitions'
+ * statistics, never current, could turn into sorting whole partitions, and
+ * without copying every row twice through SPI.  Events of the other
+ * workers' twins are stepped over on the way, as the query's filter did.
+ *
+ * The fetch takes its own snapshot, after dt_worker_start_batch() counted
+ * it (see wait_idle), as a READ COMMITTED statement would.
  */
 int
 dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 {
-	Datum		args[3];
-	int			ret;
-	uint64		i;
-	MemoryContext cxt = CurrentMemoryContext;
+	DtFetchSource sources[DT_QUEUE_PARTITIONS];
+	Relation	parent;
+	Snapshot	snapshot;
 	DtEvent    *evs;
-	int			guc_level;
+	int			n = 0;
+	int			size = 64;
+	int			i;
 
-	if (fetch_plan == NULL)
+	parent = table_open(dt_queue_parent_relid(), AccessShareLock);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	snapshot = GetActiveSnapshot();
+	for (i = 0; i < DT_QUEUE_PARTITIONS; i++)
 	{
-		Oid			types[3] = {INT4OID, INT4OID, INT4OID};
+		DtFetchSource *src = &sources[i];
 
-		fetch_plan = dt_spi_prepare_kept("SELECT ctid, id, model, twin_id, payload, enqueued_at, tableoid "
-										 "FROM digitaltwin.events "
-										 "WHERE digitaltwin.partition_of(twin_id, $1) = $2 "
-										 "ORDER BY id LIMIT $3", 3, types);
+		src->rel = table_open(dt_queue_partition_relid(i), AccessShareLock);
+		dt_fetch_check_columns(src->rel);
+		src->index = index_open(RelationGetPrimaryKeyIndex(src->rel), AccessShareLock);
+		src->slot = table_slot_create(src->rel, NULL);
+		src->scan = index_beginscan(src->rel, src->index, snapshot, 0, 0);
+		index_rescan(src->scan, NULL, 0, NULL, 0);
+		dt_fetch_advance(src, partition, partitions);
 	}
 
-	args[0] = Int32GetDatum(partitions);
-	args[1] = Int32GetDatum(partition);
-	args[2] = Int32GetDatum(limit);
-
-	/*
-	 * The queue's statistics are never current (see dt_delete_events), and
-	 * with them the planner may prefer sorting whole partitions, in
-	 * parallel, to reading the primary keys in order, which is always right
-	 * for taking the oldest events of a queue.  Plans are made during the
-	 * execution, so the settings apply there.
-	 */
-	guc_level = NewGUCNestLevel();
-	(void) set_config_option("enable_seqscan", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("enable_sort", "off", PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	(void) set_config_option("max_parallel_workers_per_gather", "0", PGC_USERSET,
-							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
-	ret = SPI_execute_plan(fetch_plan, args, NULL, false, limit);
-	AtEOXact_GUC(true, guc_level);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
-
-	evs = MemoryContextAllocZero(cxt, sizeof(DtEvent) * Max(SPI_processed, 1));
-	for (i = 0; i < SPI_processed; i++)
+	evs = palloc0(sizeof(DtEvent) * size);
+	while (n < limit)
 	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		DtEvent    *ev = &evs[i];
-		bool		isnull;
-		MemoryContext old;
+		DtFetchSource *next = NULL;
 
-		ev->tid = *(ItemPointer) DatumGetPointer(SPI_getbinval(tup, desc, 1, &isnull));
-		ev->id = DatumGetInt64(SPI_getbinval(tup, desc, 2, &isnull));
-		old = MemoryContextSwitchTo(cxt);
-		ev->model = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
-		ev->twin_id = TextDatumGetCString(SPI_getbinval(tup, desc, 4, &isnull));
-		/* detoast now: dead letters and models need the whole payload */
-		ev->payload = DatumGetJsonbPCopy(SPI_getbinval(tup, desc, 5, &isnull));
-		MemoryContextSwitchTo(old);
-		ev->enqueued_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 6, &isnull));
-		ev->relid = DatumGetObjectId(SPI_getbinval(tup, desc, 7, &isnull));
+		for (i = 0; i < DT_QUEUE_PARTITIONS; i++)
+		{
+			if (sources[i].has_event && (next == NULL || sources[i].id < next->id))
+				next = &sources[i];
+		}
+		if (next == NULL)
+			break;
+		if (n == size)
+		{
+			size *= 2;
+			evs = repalloc_huge(evs, sizeof(DtEvent) * size);
+			memset(&evs[n], 0, sizeof(DtEvent) * (size - n));
+		}
+		dt_fetch_take(next, &evs[n++]);
+		dt_fetch_advance(next, partition, partitions);
 	}
+
+	for (i = 0; i < DT_QUEUE_PARTITIONS; i++)
+	{
+		index_endscan(sources[i].scan);
+		ExecDropSingleTupleTableSlot(sources[i].slot);
+		index_close(sources[i].index, NoLock);
+		table_close(sources[i].rel, NoLock);
+	}
+	PopActiveSnapshot();
+	table_close(parent, NoLock);
 	*events = evs;
-	return (int) SPI_processed;
+	return n;
 }
 
 /*
@@ -378,6 +471,16 @@ dt_delete_events(DtEvent *events, int nevents)
  * Queue maintenance: rotation and retention (worker 0)
  * ----------------------------------------------------------------
  */
+
+static Oid
+dt_queue_parent_relid(void)
+{
+	Oid			relid = get_relname_relid("events", get_namespace_oid("digitaltwin", false));
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "digitaltwin: the queue table digitaltwin.events is missing");
+	return relid;
+}
 
 static Oid
 dt_queue_partition_relid(uint64 generation)
