@@ -23,15 +23,52 @@ my $start = $node->safe_psql('postgres',
 	'SELECT generation || \',\' || drained_through FROM digitaltwin.queue_state');
 is($start, '0,-1', 'the queue starts at generation 0');
 
+# A model that refuses an event older than its twin's last one: one client
+# streams numbered events to three twins while the queue rotates, so that a
+# twin's events spread over two partitions, which a fetch must merge by id.
+$node->safe_psql('postgres', q{
+CREATE SEQUENCE ordseq;
+CREATE TABLE ord_sent (s bigint, twin text);
+CREATE FUNCTION ordered(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (event->>'s')::bigint <= coalesce((state->>'last')::bigint, 0) THEN
+        RAISE EXCEPTION 'event % after %', event->>'s', state->>'last';
+    END IF;
+    RETURN jsonb_build_object('last', (event->>'s')::bigint,
+                              'n', coalesce((state->>'n')::int, 0) + 1);
+END $$;
+SELECT digitaltwin.create_model('ordered', 'ordered(text,jsonb,jsonb)');
+});
+my $ordered = $node->basedir . '/ordered.sql';
+open my $fh, '>', $ordered or die "cannot write $ordered: $!";
+print $fh "WITH e AS MATERIALIZED (SELECT nextval('ordseq') AS s FROM generate_series(1, 20)), "
+  . "w AS (INSERT INTO ord_sent SELECT s, 'o' || s % 3 FROM e) "
+  . "INSERT INTO digitaltwin.events (model, twin_id, payload) "
+  . "SELECT 'ordered', 'o' || s % 3, jsonb_build_object('s', s) FROM e ORDER BY s;\n";
+close $fh;
+
 # stream until the queue has rotated several times (maintenance runs once
 # a second, so that takes a few seconds)
 my $script = DtTest::pgbench_script($node, 20, 300);
 my $h = DtTest::start_pgbench($node, $script, 2, 120);
+my $ho = DtTest::start_pgbench($node, $ordered, 1, 120);
 $node->poll_query_until('postgres',
 	'SELECT drained_through >= 3 FROM digitaltwin.queue_state')
   or die 'the queue did not rotate';
 $h->kill_kill;
+$ho->kill_kill;
 DtTest::check_exactly_once($node, 'while the queue rotated');
+is($node->safe_psql('postgres', q{
+SELECT count(*) FROM digitaltwin.dead_letters WHERE model = 'ordered'}),
+	'0', 'every twin\'s events applied in the order they were sent');
+is($node->safe_psql('postgres', q{
+SELECT count(*) FROM (SELECT twin, max(s) AS last, count(*) AS n FROM ord_sent GROUP BY twin) o
+FULL JOIN (SELECT * FROM digitaltwin.twins WHERE model = 'ordered') t ON t.twin_id = o.twin
+WHERE (t.state->>'last')::bigint IS DISTINCT FROM o.last OR (t.state->>'n')::bigint IS DISTINCT FROM o.n}),
+	'0', 'each ordered twin saw all its events');
+cmp_ok($node->safe_psql('postgres', 'SELECT count(*) FROM ord_sent'), '>', 100,
+	'the ordered stream sent events');
 
 # once idle, every partition but the current one is truncated: nothing is
 # left for VACUUM
