@@ -11,8 +11,8 @@
 # BATCH (50000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
 # run, default "throughput deadlocks latency big"), HOWS (ingestion methods
 # of the throughput part, default "copy multi single"), REPEAT (runs of each
-# COPY and multi-row scenario, default 3: the median is reported; a
-# single-row scenario runs once, for tens of seconds), EXTRA_CONF (lines
+# COPY and multi-row scenario, default 3: the median is reported; the
+# single-row scenarios take turns in REPEAT rounds of EVENTS/REPEAT events), EXTRA_CONF (lines
 # added to postgresql.conf).  Output: a table, and CSV
 # in bench/out/results.csv.
 set -euo pipefail
@@ -118,7 +118,7 @@ ingest() {
 		[ "$tag" = peer ] && c=1
 		"$PGBIN/pgbench" -n -c $c -j $c -t $((EVENTS / ROWS / c)) -f "$DT_DIR/multi_$tag.sql" \
 			-h "$DT_DIR" -p 5432 -U postgres postgres >/dev/null ;;
-	single) "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -t $((EVENTS / CLIENTS)) -f "$DT_DIR/single_$tag.sql" \
+	single) "$PGBIN/pgbench" -n -c "$CLIENTS" -j 2 -t $((${SINGLE_EVENTS:-$EVENTS} / CLIENTS)) -f "$DT_DIR/single_$tag.sql" \
 		-h "$DT_DIR" -p 5432 -U postgres postgres >/dev/null ;;
 	esac
 }
@@ -136,9 +136,40 @@ timed() {
 }
 dt_ingest() { ingest "$1" digitaltwin.events "$2" "$DT_DIR/events_$2.tsv"; wait_idle; }
 
+# Single-row runs take tens of seconds each, long enough for this kind of
+# machine to drift: the four targets take turns, REPEAT rounds of
+# EVENTS/REPEAT events each, and each reports its median round.
+single_rounds() {
+	local r target t0 t1
+	local -A times=()
+	SINGLE_EVENTS=$((EVENTS / REPEAT))
+	for r in $(seq "$REPEAT"); do
+		for target in raw peer heart_rate heart_rate_c; do
+			reset_all
+			t0=$(now_ms)
+			case $target in
+			raw) ingest single raw_events raw ;;
+			peer) ingest single peer_events peer ;;
+			*) dt_ingest single "$target" ;;
+			esac >/dev/null
+			t1=$(now_ms)
+			times[$target]+="$((t1 - t0)) "
+		done
+	done
+	med() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'; }
+	local note="median of $REPEAT interleaved rounds"
+	record "raw insert (limit)" single "$SINGLE_EVENTS" "$(med "${times[raw]}")" "$note"
+	record "trigger peer" single "$SINGLE_EVENTS" "$(med "${times[peer]}")" "$note"
+	record "digitaltwin heart_rate" single "$SINGLE_EVENTS" "$(med "${times[heart_rate]}")" "$note"
+	record "digitaltwin heart_rate_c" single "$SINGLE_EVENTS" "$(med "${times[heart_rate_c]}")" "$note"
+}
+
 for how in $HOWS; do
+	if [ "$how" = single ]; then
+		single_rounds
+		continue
+	fi
 	runs=$REPEAT
-	[ "$how" = single ] && runs=1
 	note="median of $runs"
 	record "raw insert (limit)" "$how" "$EVENTS" \
 		"$(timed "$runs" ingest "$how" raw_events raw "$DT_DIR/events_heart_rate.tsv")" "$note"
