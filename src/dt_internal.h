@@ -254,7 +254,6 @@ typedef struct DtEvent
 extern int	dt_fetch_events(int partition, int partitions, int limit,
 							DtEvent **events);
 extern void dt_delete_events(DtEvent *events, int nevents);
-extern void dt_queue_forget_plans(void);
 extern void dt_queue_maintain(void);
 extern void dt_queue_forget_generation(void);
 

@@ -80,8 +80,8 @@ dt_define_gucs(void)
 
 	DefineCustomIntVariable("digitaltwin.batch_delay",
 							"Shortest time between two small batches of one worker; 0 disables.",
-							"A worker whose last batch was small (fewer than 32 events) and ended less than this long ago "
-							"waits out the rest before its next batch, so that a stream of one-event transactions is "
+							"While a worker's recent batches held fewer than 32 events on average, its next batch waits "
+							"until this long after the last one ended, so that a stream of one-event transactions is "
 							"processed in fewer, larger batches.  Events that arrive after a pause are not delayed.",
 							&dt_batch_delay_ms,
 							0, 0, 1000,

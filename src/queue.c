@@ -271,12 +271,6 @@ dt_queue_forget_generation(void)
  * ----------------------------------------------------------------
  */
 
-void
-dt_queue_forget_plans(void)
-{
-	/* nothing is kept: the fetch reads the indexes directly */
-}
-
 /* one queue partition's primary key, read in id order during a fetch */
 typedef struct DtFetchSource
 {

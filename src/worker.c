@@ -508,7 +508,6 @@ dt_worker_check_extension(void)
 	if (ext != known_extension)
 	{
 		/* created, or dropped and created again: forget everything */
-		dt_queue_forget_plans();
 		dt_stage_forget_plans();
 		dt_alerts_forget_plans();
 		need_rebuild = true;
@@ -526,12 +525,13 @@ dt_worker_check_extension(void)
  * a small machine, on that fixed cost.  So while the recent batches have
  * been small (a moving average of their sizes under DT_SMALL_BATCH), the
  * next batch waits until digitaltwin.batch_delay has passed since the last
- * one with events ended: the events of that interval make one batch.
- * After a pause (that batch ended longer ago) nothing waits, so a lone event is not
- * delayed; nor is a stream of larger transactions, whose batches are large
- * even when one of them (an occasional single event) is not.  The wait
- * ignores the latch (commits keep setting it) and is at most batch_delay,
- * so shutdown is not held up.
+ * one with events ended: the events of that interval make one batch.  After
+ * a pause (that batch ended longer ago) nothing waits, so a lone event is
+ * not delayed; nor is a stream of larger transactions, whose batches are
+ * large even when one of them (an occasional single event) is not.  The
+ * wait ignores the latch (commits keep setting it) and lasts at most
+ * batch_delay (1 s at most), which bounds how long it can hold up a
+ * shutdown or a wait_idle().
  */
 #define DT_SMALL_BATCH 32
 
