@@ -50,6 +50,29 @@ SELECT p.patient_id,
        (SELECT t.state->>'last' FROM digitaltwin.live_twins t WHERE t.twin_id = p.patient_id)
            AS last_bpm
 FROM patients p ORDER BY 1;
+-- twin_id = <constant, parameter or outer reference>: one hash lookup per
+-- model instead of a pass over every twin; the same rows as a full pass
+EXPLAIN (COSTS OFF) SELECT state FROM digitaltwin.twins WHERE model = 'hr' AND twin_id = 'p1';
+SELECT model, twin_id, state FROM digitaltwin.twins WHERE twin_id = 'p1';
+SELECT m.name, f.twin_id, f.state FROM full_copy f JOIN digitaltwin.models m ON m.id = f.model_id
+WHERE f.twin_id = 'p1';
+-- an id that several models have
+SELECT twin_id, count(*) AS models FROM full_copy GROUP BY twin_id HAVING count(*) > 1
+ORDER BY 1 LIMIT 1 \gset shared_
+SELECT count(*) = :shared_models AS every_model FROM digitaltwin.twins WHERE twin_id = :'shared_twin_id';
+PREPARE by_id(text) AS SELECT model, event_count FROM digitaltwin.twins WHERE twin_id = $1;
+EXECUTE by_id('p2');
+EXECUTE by_id('nobody');
+EXECUTE by_id(NULL);
+EXECUTE by_id(repeat('x', 64));
+DEALLOCATE by_id;
+-- equality under a nondeterministic collation is not byte equality: no
+-- lookup, and the case-insensitive match is found
+CREATE COLLATION dt_ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false);
+EXPLAIN (COSTS OFF) SELECT twin_id FROM digitaltwin.live_twins WHERE twin_id = 'P1' COLLATE dt_ci;
+SELECT twin_id FROM digitaltwin.live_twins WHERE twin_id = 'P1' COLLATE dt_ci;
+DROP COLLATION dt_ci;
+
 -- the wrapper takes no options, and reads only tables of its own shape
 CREATE SERVER elsewhere FOREIGN DATA WRAPPER digitaltwin_live OPTIONS (host 'x');
 CREATE FOREIGN TABLE misshapen (model_id integer, twin_id text) SERVER digitaltwin_live;

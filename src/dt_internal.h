@@ -186,6 +186,10 @@ extern bool dt_twin_count_reserve(int32 model_id, int partition, int partitions,
 extern void dt_twin_count_add(int32 model_id, int partition, int64 delta);
 extern void dt_twin_count_forget(int partition, bool (*is_live) (int32 model_id));
 
+/* a twin's entry, its partition lock held until dt_store_release() */
+extern DtTwinEntry *dt_store_find(int32 model_id, const char *twin_id, int idlen);
+extern void dt_store_release(DtTwinEntry *entry);
+
 /* copy a twin's state image out of shared memory; false if absent */
 extern bool dt_store_fetch(const DtTwinKey *key, MemoryContext cxt,
 						   char **image, Size *len, int64 *event_count);
@@ -353,6 +357,8 @@ typedef struct DtLiveRows
 
 extern int64 dt_view_twin_count(void);
 extern void dt_view_collect_twins(DtLiveRows *out, const bool *needed);
+extern void dt_view_lookup_twin(DtLiveRows *out, const bool *needed,
+								const char *twin_id, int idlen);
 extern void dt_view_row_values(const DtLiveRow *row, const bool *needed,
 							   Datum *values, bool *nulls);
 

@@ -23,7 +23,11 @@
  * scan within work_mem and lets a rescan (the inner side of a nested loop)
  * return the same twins without a second pass.
  *
- * Every qual is evaluated by the executor; nothing is pushed down.
+ * A qual "twin_id = <expression not depending on the row>" (a constant, a
+ * parameter of a prepared statement, an outer reference of a correlated
+ * subquery) turns the pass over every twin into one hash lookup per model.
+ * Every qual, that one included, is still evaluated by the executor on the
+ * rows returned.
  *
  *-------------------------------------------------------------------------
  */
@@ -31,16 +35,21 @@
 
 #include "access/reloptions.h"
 #include "access/sysattr.h"
+#include "catalog/pg_operator.h"
 #include "catalog/pg_type.h"
 #include "commands/explain.h"
 #include "foreign/fdwapi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
+#include "nodes/nodeFuncs.h"
+#include "optimizer/clauses.h"
 #include "optimizer/cost.h"
 #include "optimizer/optimizer.h"
 #include "optimizer/pathnode.h"
 #include "optimizer/planmain.h"
 #include "optimizer/restrictinfo.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/rel.h"
 
 #include "dt_internal.h"
@@ -57,6 +66,7 @@ typedef struct DtLiveScan
 {
 	bool		needed[DT_TWIN_NCOLS];
 	MemoryContext cxt;			/* holds the rows, as long as the scan */
+	ExprState  *twin_id;		/* the looked-up id, or NULL: every twin */
 	bool		collected;		/* rows holds the twins */
 	DtLiveRows	rows;
 	int64		next;			/* next row to return */
@@ -76,28 +86,90 @@ dt_live_rel_size(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
 							   JOIN_INNER, NULL);
 }
 
+static bool
+dt_live_is_twin_id(Node *node, RelOptInfo *baserel)
+{
+	Var		   *var;
+
+	node = strip_implicit_coercions(node);
+	if (!IsA(node, Var))
+		return false;
+	var = (Var *) node;
+	return var->varno == baserel->relid && var->varlevelsup == 0 &&
+		var->varattno == DT_TWIN_COL_TWIN_ID + 1;
+}
+
 /*
- * One path: the pass over shared memory happens before the first row is
- * returned, so it is all startup cost; reading the rows back is run cost.
+ * The other side of a qual "twin_id = x" where x does not depend on the
+ * row (no Var of this level, nothing volatile), or NULL.  Equality under a
+ * nondeterministic collation is not byte equality, which the hash lookup
+ * is: such a qual is left to a full pass.
+ */
+static Expr *
+dt_live_twin_id_qual(RelOptInfo *baserel)
+{
+	ListCell   *lc;
+
+	foreach(lc, baserel->baserestrictinfo)
+	{
+		RestrictInfo *ri = lfirst_node(RestrictInfo, lc);
+		OpExpr	   *op;
+		Node	   *left;
+		Node	   *right;
+
+		if (!IsA(ri->clause, OpExpr))
+			continue;
+		op = (OpExpr *) ri->clause;
+		if (op->opno != TextEqualOperator || list_length(op->args) != 2)
+			continue;
+		if (OidIsValid(op->inputcollid) &&
+			!get_collation_isdeterministic(op->inputcollid))
+			continue;
+		left = linitial(op->args);
+		right = lsecond(op->args);
+		if (dt_live_is_twin_id(left, baserel) && is_pseudo_constant_clause(right))
+			return (Expr *) right;
+		if (dt_live_is_twin_id(right, baserel) && is_pseudo_constant_clause(left))
+			return (Expr *) left;
+	}
+	return NULL;
+}
+
+/*
+ * One path.  A full pass over shared memory happens before the first row
+ * is returned, so it is all startup cost; reading the rows back is run
+ * cost.  A lookup by twin id costs a hash probe per model.
  */
 static void
 dt_live_paths(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid)
 {
+	Expr	   *twin_id = dt_live_twin_id_qual(baserel);
 	Cost		startup;
 	Cost		total;
 
-	startup = baserel->baserestrictcost.startup +
-		baserel->tuples * (cpu_tuple_cost + baserel->baserestrictcost.per_tuple);
-	total = startup + baserel->rows * cpu_tuple_cost;
+	if (twin_id != NULL)
+	{
+		startup = baserel->baserestrictcost.startup + 10 * cpu_operator_cost;
+		total = startup + baserel->rows *
+			(cpu_tuple_cost + baserel->baserestrictcost.per_tuple);
+	}
+	else
+	{
+		startup = baserel->baserestrictcost.startup +
+			baserel->tuples * (cpu_tuple_cost + baserel->baserestrictcost.per_tuple);
+		total = startup + baserel->rows * cpu_tuple_cost;
+	}
 	add_path(baserel, (Path *)
 			 create_foreignscan_path(root, baserel, NULL, baserel->rows,
-									 startup, total, NIL, NULL, NULL, NIL));
+									 startup, total, NIL, NULL, NULL,
+									 twin_id ? list_make1(twin_id) : NIL));
 }
 
 /*
  * The columns the query reads, from the target list and the quals, as an
  * integer list of attribute numbers in fdw_private.  A whole-row reference
- * needs every column.
+ * needs every column.  The path's fdw_private holds the expression of a
+ * looked-up twin id, if any.
  */
 static ForeignScan *
 dt_live_plan(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid,
@@ -117,8 +189,10 @@ dt_live_plan(PlannerInfo *root, RelOptInfo *baserel, Oid foreigntableid,
 			bms_is_member(0 - FirstLowInvalidHeapAttributeNumber, attrs))
 			needed = lappend_int(needed, attno);
 	}
-	return make_foreignscan(tlist, scan_clauses, baserel->relid, NIL,
-							list_make1(needed), NIL, NIL, outer_plan);
+	/* the looked-up id, if any, is evaluated at execution: fdw_exprs */
+	return make_foreignscan(tlist, scan_clauses, baserel->relid,
+							best_path->fdw_private, list_make1(needed),
+							NIL, NIL, outer_plan);
 }
 
 /*
@@ -163,6 +237,41 @@ dt_live_begin(ForeignScanState *node, int eflags)
 	scan->cxt = AllocSetContextCreate(node->ss.ps.state->es_query_cxt,
 									  "digitaltwin live scan",
 									  ALLOCSET_DEFAULT_SIZES);
+	if (plan->fdw_exprs != NIL)
+		scan->twin_id = ExecInitExpr((Expr *) linitial(plan->fdw_exprs),
+									 (PlanState *) node);
+}
+
+/* Copy the twins the scan returns: all of them, or those with one id. */
+static void
+dt_live_collect(ForeignScanState *node, DtLiveScan *scan)
+{
+	MemoryContext old = MemoryContextSwitchTo(scan->cxt);
+
+	if (scan->twin_id != NULL)
+	{
+		ExprContext *econtext = node->ss.ps.ps_ExprContext;
+		bool		isnull;
+		Datum		value = ExecEvalExpr(scan->twin_id, econtext, &isnull);
+
+		if (isnull)
+		{
+			/* twin_id = NULL holds for no row */
+			scan->rows.nrows = 0;
+		}
+		else
+		{
+			text	   *id = DatumGetTextPP(value);
+
+			dt_view_lookup_twin(&scan->rows, scan->needed, VARDATA_ANY(id),
+								VARSIZE_ANY_EXHDR(id));
+		}
+	}
+	else
+		dt_view_collect_twins(&scan->rows, scan->needed);
+	scan->collected = true;
+	scan->next = 0;
+	MemoryContextSwitchTo(old);
 }
 
 static TupleTableSlot *
@@ -172,13 +281,7 @@ dt_live_iterate(ForeignScanState *node)
 	TupleTableSlot *slot = node->ss.ss_ScanTupleSlot;
 
 	if (!scan->collected)
-	{
-		MemoryContext old = MemoryContextSwitchTo(scan->cxt);
-
-		dt_view_collect_twins(&scan->rows, scan->needed);
-		scan->collected = true;
-		MemoryContextSwitchTo(old);
-	}
+		dt_live_collect(node, scan);
 	ExecClearTuple(slot);
 	if (scan->next >= scan->rows.nrows)
 		return slot;
@@ -188,13 +291,21 @@ dt_live_iterate(ForeignScanState *node)
 	return ExecStoreVirtualTuple(slot);
 }
 
-/* A rescan returns the same twins: one query sees one copy. */
+/*
+ * A rescan of a full pass returns the same copy: one query sees one pass.
+ * A lookup looks again, as its id may have changed (an outer reference).
+ */
 static void
 dt_live_rescan(ForeignScanState *node)
 {
 	DtLiveScan *scan = node->fdw_state;
 
 	scan->next = 0;
+	if (scan->twin_id != NULL && scan->collected)
+	{
+		MemoryContextReset(scan->cxt);
+		scan->collected = false;
+	}
 }
 
 static void
@@ -227,6 +338,8 @@ dt_live_explain(ForeignScanState *node, ExplainState *es)
 		appendStringInfoString(&buf, names[i]);
 	}
 	ExplainPropertyText("Twin Columns", buf.len > 0 ? buf.data : "none", es);
+	if (((ForeignScan *) node->ss.ps.plan)->fdw_exprs != NIL)
+		ExplainPropertyText("Twin Lookup", "by twin_id", es);
 }
 
 Datum

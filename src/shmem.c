@@ -290,6 +290,29 @@ dt_slot_account(DtWorkerSlot *slot, int64 twins, int64 bytes)
 	SpinLockRelease(&slot->mutex);
 }
 
+/*
+ * A twin's entry by model and id, or NULL.  The entry's partition lock is
+ * held (shared) until dt_store_release(): copy what is needed and release,
+ * calling no user code in between.
+ */
+DtTwinEntry *
+dt_store_find(int32 model_id, const char *twin_id, int idlen)
+{
+	DtSharedKey skey;
+
+	skey.model_id = model_id;
+	skey.id_len = (uint16) idlen;
+	skey.id_is_local = true;
+	skey.id.local = twin_id;
+	return dshash_find(dt_twins, &skey, false);
+}
+
+void
+dt_store_release(DtTwinEntry *entry)
+{
+	dshash_release_lock(dt_twins, entry);
+}
+
 bool
 dt_store_fetch(const DtTwinKey *key, MemoryContext cxt, char **image,
 			   Size *len, int64 *event_count)

@@ -39,6 +39,12 @@ SELECT string_agg(twin_id || '=' || state::text || '#' || event_count, ',' ORDER
 FROM digitaltwin.twins};
 is($standby->safe_psql('postgres', $view), $primary->safe_psql('postgres', $view),
 	'the standby shows the same twins as the primary');
+# a lookup by twin id reads the replicated state too
+my $some = $primary->safe_psql('postgres', q{SELECT min(twin_id) FROM digitaltwin.twin_state});
+my $one = qq{SELECT state::text || '#' || event_count FROM digitaltwin.twins WHERE twin_id = '$some'};
+like($primary->safe_psql('postgres', $one), qr/#\d+$/, "twin $some is live on the primary");
+is($standby->safe_psql('postgres', $one), $primary->safe_psql('postgres', $one),
+	'a lookup by twin id on the standby finds the same state');
 my ($ret, $out, $err) = $standby->psql('postgres',
 	q{SELECT digitaltwin.send('acc', 't1', '{"v": 1}')});
 like($err, qr/cannot execute INSERT in a read-only transaction/,
