@@ -11,8 +11,10 @@
 # BATCH (50000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
 # run, default "throughput deadlocks latency big"), HOWS (ingestion methods
 # of the throughput part, default "copy multi single"), REPEAT (runs of each
-# COPY and multi-row scenario, default 3: the median is reported; the
-# single-row scenarios take turns in REPEAT rounds of EVENTS/REPEAT events), EXTRA_CONF (lines
+# COPY and multi-row scenario, default 3: the median is reported),
+# SINGLE_ROUNDS (the single-row scenarios take turns in rounds of
+# EVENTS/SINGLE_ROUNDS events, default 5), SINGLE_DELAY (batch_delay of the
+# extra single-row run of the C model, default 10ms), EXTRA_CONF (lines
 # added to postgresql.conf).  Output: a table, and CSV
 # in bench/out/results.csv.
 set -euo pipefail
@@ -29,6 +31,8 @@ ROWS=100                        # rows per multi-row INSERT
 PARTS=${PARTS:-throughput deadlocks latency big}
 HOWS=${HOWS:-copy multi single}
 REPEAT=${REPEAT:-3}
+SINGLE_ROUNDS=${SINGLE_ROUNDS:-5}
+SINGLE_DELAY=${SINGLE_DELAY:-10ms}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 dt_install_deps
@@ -137,31 +141,56 @@ timed() {
 dt_ingest() { ingest "$1" digitaltwin.events "$2" "$DT_DIR/events_$2.tsv"; wait_idle; }
 
 # Single-row runs take tens of seconds each, long enough for this kind of
-# machine to drift: the four targets take turns, REPEAT rounds of
-# EVENTS/REPEAT events each, and each reports its median round.
+# machine to drift by more than the differences measured: the targets take
+# turns, SINGLE_ROUNDS rounds of EVENTS/SINGLE_ROUNDS events each, in
+# reverse order every other round (so a drift favours no one), and each
+# reports its median round; the ratios to raw are the medians of the
+# per-round ratios.  "heart_rate_c, batch_delay" is the C model with
+# digitaltwin.batch_delay = $SINGLE_DELAY (off by default), set by reload.
+set_batch_delay() {
+	dt_psql -c "ALTER SYSTEM SET digitaltwin.batch_delay = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
+}
+declare -A RATIO
 single_rounds() {
-	local r target t0 t1
-	local -A times=()
-	SINGLE_EVENTS=$((EVENTS / REPEAT))
-	for r in $(seq "$REPEAT"); do
-		for target in raw peer heart_rate heart_rate_c; do
+	local r target t0 t1 order
+	local -A times=() ratios=()
+	local targets="raw peer heart_rate heart_rate_c heart_rate_c_delay"
+	SINGLE_EVENTS=$((EVENTS / SINGLE_ROUNDS))
+	for r in $(seq "$SINGLE_ROUNDS"); do
+		order=$targets
+		[ $((r % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$targets" | tac | tr '\n' ' ')
+		local -A round=()
+		for target in $order; do
 			reset_all
+			[ "$target" = heart_rate_c_delay ] && set_batch_delay "$SINGLE_DELAY"
 			t0=$(now_ms)
 			case $target in
 			raw) ingest single raw_events raw ;;
 			peer) ingest single peer_events peer ;;
+			heart_rate_c_delay) dt_ingest single heart_rate_c ;;
 			*) dt_ingest single "$target" ;;
 			esac >/dev/null
 			t1=$(now_ms)
+			[ "$target" = heart_rate_c_delay ] && set_batch_delay 0
 			times[$target]+="$((t1 - t0)) "
+			round[$target]=$((t1 - t0))
+		done
+		for target in $targets; do
+			ratios[$target]+="$(awk "BEGIN{printf \"%.3f\", ${round[raw]} / ${round[$target]}}") "
 		done
 	done
 	med() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'; }
-	local note="median of $REPEAT interleaved rounds"
+	local note="median of $SINGLE_ROUNDS interleaved rounds"
 	record "raw insert (limit)" single "$SINGLE_EVENTS" "$(med "${times[raw]}")" "$note"
 	record "trigger peer" single "$SINGLE_EVENTS" "$(med "${times[peer]}")" "$note"
 	record "digitaltwin heart_rate" single "$SINGLE_EVENTS" "$(med "${times[heart_rate]}")" "$note"
 	record "digitaltwin heart_rate_c" single "$SINGLE_EVENTS" "$(med "${times[heart_rate_c]}")" "$note"
+	record "digitaltwin heart_rate_c" "single, delay $SINGLE_DELAY" "$SINGLE_EVENTS" \
+		"$(med "${times[heart_rate_c_delay]}")" "$note; digitaltwin.batch_delay = $SINGLE_DELAY"
+	for target in $targets; do
+		RATIO[$target]=$(med "${ratios[$target]}")
+		echo "    $target / raw, per round: ${ratios[$target]}"
+	done
 }
 
 for how in $HOWS; do
@@ -292,9 +321,18 @@ wait "$BG" || true
 fi
 
 echo "== ratios"
-r() { awk "BEGIN{printf \"%.2f\", ${RESULT[$1]:-0}/(${RESULT[$2]:-0}+0.0001)}"; }
+r() {
+	if [ -n "${RESULT[$1]:-}" ] && [ -n "${RESULT[$2]:-}" ]; then
+		awk "BEGIN{printf \"%.2f\", ${RESULT[$1]}/${RESULT[$2]}}"
+	else
+		echo "n/a"
+	fi
+}
 echo "  plpgsql model COPY / trigger peer COPY:      $(r 'digitaltwin heart_rate|copy' 'trigger peer|copy')  (target >= 3)"
 echo "  C model COPY / raw COPY:                      $(r 'digitaltwin heart_rate_c|copy' 'raw insert (limit)|copy')  (target >= 0.5)"
-echo "  C model single-row / raw single-row:          $(r 'digitaltwin heart_rate_c|single' 'raw insert (limit)|single')  (target >= 0.9)"
-echo "  plpgsql model single-row / raw single-row:    $(r 'digitaltwin heart_rate|single' 'raw insert (limit)|single')"
+if [ -n "${RATIO[raw]:-}" ]; then
+echo "  single-row / raw single-row, medians of the per-round ratios (target >= 0.9):"
+echo "    C model ${RATIO[heart_rate_c]}, plpgsql model ${RATIO[heart_rate]}," \
+	"C model with batch_delay $SINGLE_DELAY ${RATIO[heart_rate_c_delay]}, trigger peer ${RATIO[peer]}"
+fi
 echo "CSV: $CSV"
