@@ -12,14 +12,55 @@ SELECT digitaltwin.send('remember', 'a', '{}') IS NOT NULL AS sent;
 SELECT digitaltwin.wait_idle('30s');
 SELECT twin_id, state, event_count FROM digitaltwin.twins WHERE model = 'remember';
 
--- dropping a model function breaks the model: its events are dead-lettered
-CREATE FUNCTION doomed(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+-- a model's functions and state type cannot be dropped under it (1.3),
+-- not even with CASCADE or with the schema or table that holds them
+CREATE SCHEMA doomed_models;
+CREATE TABLE doomed_models.reading (bpm int);
+CREATE FUNCTION doomed_models.doomed(twin_id text, state jsonb, event jsonb) RETURNS jsonb
 LANGUAGE sql AS 'SELECT $3';
-SELECT digitaltwin.create_model('doomed', 'doomed(text,jsonb,jsonb)');
-DROP FUNCTION doomed(text, jsonb, jsonb);
+CREATE FUNCTION doomed_models.start(twin_id text) RETURNS jsonb
+LANGUAGE sql AS 'SELECT ''{}''::jsonb';
+CREATE FUNCTION doomed_models.typed(twin_id text, state doomed_models.reading, event jsonb)
+RETURNS doomed_models.reading LANGUAGE sql AS 'SELECT ROW(1)::doomed_models.reading';
+CREATE FUNCTION doomed_models.unused() RETURNS int LANGUAGE sql AS 'SELECT 1';
+SELECT digitaltwin.create_model('doomed', 'doomed_models.doomed(text,jsonb,jsonb)',
+                                'doomed_models.start(text)');
+SELECT digitaltwin.create_model('typed', 'doomed_models.typed(text,doomed_models.reading,jsonb)');
+\set SHOW_CONTEXT never
+DROP FUNCTION doomed_models.doomed(text, jsonb, jsonb);
+DROP FUNCTION doomed_models.start(text) CASCADE;
+DROP TABLE doomed_models.reading CASCADE;
+DROP SCHEMA doomed_models CASCADE;
+\set VERBOSITY sqlstate
+DROP FUNCTION doomed_models.doomed(text, jsonb, jsonb);
+\set VERBOSITY default
+\set SHOW_CONTEXT errors
+-- all still there, and other objects drop as usual
+SELECT count(*) AS kept FROM pg_proc WHERE pronamespace = 'doomed_models'::regnamespace;
+DROP FUNCTION doomed_models.unused();
+-- a role that may drop its function but not read digitaltwin.models: the
+-- check runs as the extension's owner, and refuses all the same
+CREATE ROLE dt_dropper;
+ALTER FUNCTION doomed_models.doomed(text, jsonb, jsonb) OWNER TO dt_dropper;
+GRANT USAGE ON SCHEMA doomed_models TO dt_dropper;
+SET ROLE dt_dropper;
+\set SHOW_CONTEXT never
+DROP FUNCTION doomed_models.doomed(text, jsonb, jsonb);
+\set SHOW_CONTEXT errors
+RESET ROLE;
+-- a superuser can bypass the trigger: the model's events are then
+-- dead-lettered, not lost
+ALTER EVENT TRIGGER digitaltwin_protect_models DISABLE;
+DROP FUNCTION doomed_models.doomed(text, jsonb, jsonb);
+ALTER EVENT TRIGGER digitaltwin_protect_models ENABLE;
 SELECT digitaltwin.send('doomed', 'd', '{}') IS NOT NULL AS sent;
 SELECT digitaltwin.wait_idle('30s');
 SELECT error, sqlstate FROM digitaltwin.dead_letters WHERE model = 'doomed';
+-- once the models are dropped, so can their objects be
+SELECT digitaltwin.drop_model('doomed');
+SELECT digitaltwin.drop_model('typed');
+DROP SCHEMA doomed_models CASCADE;
+DROP ROLE dt_dropper;
 
 -- DROP EXTENSION and CREATE EXTENSION: a fresh start, no old twin shows up
 DROP EXTENSION digitaltwin;
@@ -60,4 +101,14 @@ SELECT count(*) AS twins,
                        IS NOT DISTINCT FROM (t.model, t.twin_id, t.state, t.event_count, t.updated_at))
            AS unchanged
 FROM before_update b FULL JOIN digitaltwin.twins t USING (twin_id);
+-- the update to 1.3 protects the functions of models registered before it
+ALTER EXTENSION digitaltwin UPDATE TO '1.3';
+\set SHOW_CONTEXT never
+DROP FUNCTION counter(text, jsonb, jsonb);
+\set SHOW_CONTEXT errors
+SELECT evtname, evtevent, evtenabled FROM pg_event_trigger
+WHERE evtname = 'digitaltwin_protect_models';
+-- the trigger is part of the extension and goes with it, models and all
 DROP EXTENSION digitaltwin;
+SELECT count(*) AS triggers_left FROM pg_event_trigger
+WHERE evtname = 'digitaltwin_protect_models';
