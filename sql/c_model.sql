@@ -62,6 +62,10 @@ SELECT (heart_rate_c_summary(heart_rate_c_process('visitor', heart_rate_c_init('
                                                   '{"bpm": 190}'))).readings;
 SELECT heart_rate_c_summary('\x00'::bytea);
 
+-- the extension that holds a model's functions cannot go before the model
+\set SHOW_CONTEXT never
+DROP EXTENSION digitaltwin_heart_rate;
+\set SHOW_CONTEXT errors
 SELECT digitaltwin.drop_model('heart_rate_c');
 DROP EXTENSION digitaltwin_heart_rate;
 SELECT digitaltwin.drop_model('heart_rate');
