@@ -99,7 +99,7 @@ reset_all() {
 		-c "VACUUM ANALYZE digitaltwin.twin_state" >/dev/null
 }
 
-declare -A RESULT
+declare -A RESULT RATIO
 record() {		# scenario ingestion events ms [note]
 	local eps=$(($3 * 1000 / ($4 > 0 ? $4 : 1)))
 	RESULT["$1|$2"]=$eps
@@ -150,7 +150,6 @@ dt_ingest() { ingest "$1" digitaltwin.events "$2" "$DT_DIR/events_$2.tsv"; wait_
 set_batch_delay() {
 	dt_psql -c "ALTER SYSTEM SET digitaltwin.batch_delay = '$1'" -c "SELECT pg_reload_conf()" >/dev/null
 }
-declare -A RATIO
 single_rounds() {
 	local r target t0 t1 order
 	local -A times=() ratios=()
