@@ -36,7 +36,6 @@
 #include "utils/dsa.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
-#include "utils/tuplestore.h"
 
 #define DT_MAX_WORKERS 64
 #define DT_QUEUE_PARTITIONS 3
@@ -218,6 +217,7 @@ typedef struct DtModel
 } DtModel;
 
 extern Oid	dt_extension_oid(void);
+extern Oid	dt_extension_relid(const char *relname);
 extern Oid	dt_models_relid(void);
 extern void dt_register_cache_callbacks(void);
 extern bool dt_model_name_known(const char *name);	/* insert-side check */

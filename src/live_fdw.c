@@ -15,13 +15,14 @@
  * is used.  The foreign table also gives the planner a row estimate: the
  * number of twins the workers hold.
  *
- * Rows are still produced in one pass over the shared hash into a
- * tuplestore, at the first fetch: a dshash sequential scan holds a
- * partition lock from one entry to the next, and the executor must not run
- * a query's expressions (user code) while this backend holds an LWLock, nor
- * sit in a nested loop with interrupts held off.  The tuplestore keeps the
- * scan within work_mem and lets a rescan (the inner side of a nested loop)
- * return the same twins without a second pass.
+ * Rows are copied in one pass over the shared hash into an array of the
+ * used columns (views.c), at the first fetch, and returned from there: a
+ * dshash sequential scan holds a partition lock from one entry to the
+ * next, and the executor must not run a query's expressions (user code)
+ * while this backend holds an LWLock, nor sit in a nested loop with
+ * interrupts held off.  The copy lets a rescan (the inner side of a nested
+ * loop) return the same twins without a second pass; it is not bounded by
+ * work_mem (about 40 bytes per twin, plus the ids and states used).
  *
  * A qual "twin_id = <expression not depending on the row>" (a constant, a
  * parameter of a prepared statement, an outer reference of a correlated

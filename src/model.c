@@ -98,6 +98,21 @@ dt_extension_oid(void)
 }
 
 /*
+ * OID of one of the extension's tables, digitaltwin.<relname>, for code
+ * that runs only where the extension is installed (the workers); a missing
+ * table is a can't-happen.
+ */
+Oid
+dt_extension_relid(const char *relname)
+{
+	Oid			relid = get_relname_relid(relname, get_namespace_oid("digitaltwin", false));
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "digitaltwin: table digitaltwin.%s is missing", relname);
+	return relid;
+}
+
+/*
  * OID of digitaltwin.models; ERROR if the extension is not installed in
  * this database.
  */

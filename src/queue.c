@@ -66,7 +66,6 @@ static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
 
 static Oid	dt_queue_partition_relid(uint64 generation);
-static Oid	dt_queue_parent_relid(void);
 
 static TimestampTz last_maintenance = 0;
 static TimestampTz next_truncate_attempt = 0;
@@ -377,7 +376,7 @@ dt_fetch_grow_buffer(int size)
 
 /*
  * Read up to 'limit' of the oldest visible events of a partition of twins
- * *events; valid until the next fetch.
+ * into *events, valid until the next fetch.
  *
  * Each queue partition's primary key (id, part) is read in order and the
  * three streams are merged by id, straight through the index AM: what a
@@ -402,7 +401,7 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 
 	if (fetch_buffer == NULL)
 		dt_fetch_grow_buffer(Min(limit, 1024));
-	parent = table_open(dt_queue_parent_relid(), AccessShareLock);
+	parent = table_open(dt_extension_relid("events"), AccessShareLock);
 	PushActiveSnapshot(GetTransactionSnapshot());
 	snapshot = GetActiveSnapshot();
 	for (i = 0; i < DT_QUEUE_PARTITIONS; i++)
@@ -484,27 +483,13 @@ dt_delete_events(DtEvent *events, int nevents)
  */
 
 static Oid
-dt_queue_parent_relid(void)
-{
-	Oid			relid = get_relname_relid("events", get_namespace_oid("digitaltwin", false));
-
-	if (!OidIsValid(relid))
-		elog(ERROR, "digitaltwin: the queue table digitaltwin.events is missing");
-	return relid;
-}
-
-static Oid
 dt_queue_partition_relid(uint64 generation)
 {
 	char		name[NAMEDATALEN];
-	Oid			relid;
 
 	snprintf(name, sizeof(name), "events_%d",
 			 (int) (generation % DT_QUEUE_PARTITIONS));
-	relid = get_relname_relid(name, get_namespace_oid("digitaltwin", false));
-	if (!OidIsValid(relid))
-		elog(ERROR, "digitaltwin: queue partition \"%s\" is missing", name);
-	return relid;
+	return dt_extension_relid(name);
 }
 
 static bool

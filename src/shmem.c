@@ -203,12 +203,18 @@ dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len)
 
 /* The form of a twin's key used to look it up in the shared hash. */
 static void
+dt_local_key(DtSharedKey *skey, int32 model_id, const char *twin_id, int idlen)
+{
+	skey->model_id = model_id;
+	skey->id_len = (uint16) idlen;
+	skey->id_is_local = true;
+	skey->id.local = twin_id;
+}
+
+static void
 dt_lookup_key(DtSharedKey *skey, const DtTwinKey *key)
 {
-	skey->model_id = key->model_id;
-	skey->id_len = (uint16) strlen(key->twin_id);
-	skey->id_is_local = true;
-	skey->id.local = key->twin_id;
+	dt_local_key(skey, key->model_id, key->twin_id, strlen(key->twin_id));
 }
 
 static const char *
@@ -300,10 +306,7 @@ dt_store_find(int32 model_id, const char *twin_id, int idlen)
 {
 	DtSharedKey skey;
 
-	skey.model_id = model_id;
-	skey.id_len = (uint16) idlen;
-	skey.id_is_local = true;
-	skey.id.local = twin_id;
+	dt_local_key(&skey, model_id, twin_id, idlen);
 	return dshash_find(dt_twins, &skey, false);
 }
 

@@ -480,8 +480,7 @@ dt_stage_update_rows(DtStagedTwin **twins, int n)
 
 	if (n == 0)
 		return;
-	rel = table_open(get_relname_relid("twin_state", get_namespace_oid("digitaltwin", false)),
-					 RowExclusiveLock);
+	rel = table_open(dt_extension_relid("twin_state"), RowExclusiveLock);
 	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
 	estate = CreateExecutorState();
 	estate->es_snapshot = snapshot;
