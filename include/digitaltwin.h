@@ -28,7 +28,7 @@
 #include "postgres.h"
 #include "utils/jsonb.h"
 
-#define DIGITALTWIN_VERSION_NUM 10000
+#define DIGITALTWIN_VERSION_NUM 10400
 
 /* Longest twin id accepted, in bytes. */
 #define DT_TWIN_ID_MAXLEN 63

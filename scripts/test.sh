@@ -4,6 +4,12 @@
 #
 #   bash scripts/test.sh
 #
+# A subset: REGRESS="setup trust" ISOLATION= PROVE_TESTS="t/008_x.pl" bash
+# scripts/test.sh (empty REGRESS or ISOLATION skips that part; the TAP part
+# is skipped with PROVE_TESTS=none).  The install and the run hold a lock
+# (/tmp/digitaltwin-test.lock): several checkouts on one machine share the
+# server's extension directory.
+#
 # Installs the Debian packages it needs when missing (as root), builds and
 # installs the extension, then runs the tests as an ordinary user (initdb
 # refuses root) in a scratch copy of the tree.
@@ -13,6 +19,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/deps.sh"
 
 dt_install_deps
+exec 9>/tmp/digitaltwin-test.lock
+flock 9
 dt_build_install "$ROOT"
 
 RUN_AS=$(dt_run_user)
@@ -22,11 +30,19 @@ cp -a "$ROOT/." "$WORK/"
 chown -R "$RUN_AS" "$WORK"
 
 LOG="$WORK/test.log"
+SUBSET=()
+[ -n "${REGRESS+set}" ] && SUBSET+=("REGRESS=$REGRESS")
+[ -n "${ISOLATION+set}" ] && SUBSET+=("ISOLATION=$ISOLATION")
+if [ "${PROVE_TESTS:-}" = none ]; then
+	SUBSET+=("TAP_TESTS=")
+elif [ -n "${PROVE_TESTS:-}" ]; then
+	SUBSET+=("PROVE_TESTS=$PROVE_TESTS")
+fi
 set +e
 if [ "$(id -u)" = 0 ]; then
-	runuser -u "$RUN_AS" -- make -C "$WORK" -s PG_CONFIG="$PG_CONFIG" installcheck >"$LOG" 2>&1
+	runuser -u "$RUN_AS" -- make -C "$WORK" -s PG_CONFIG="$PG_CONFIG" "${SUBSET[@]}" installcheck >"$LOG" 2>&1
 else
-	make -C "$WORK" -s PG_CONFIG="$PG_CONFIG" installcheck >"$LOG" 2>&1
+	make -C "$WORK" -s PG_CONFIG="$PG_CONFIG" "${SUBSET[@]}" installcheck >"$LOG" 2>&1
 fi
 status=$?
 set -e
