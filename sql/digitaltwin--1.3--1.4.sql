@@ -9,6 +9,18 @@
 -- operators (docs/architecture.md, "Trust rules").
 --------------------------------------------------------------------------
 
+-- send() runs as its caller; pinned all the same, so that it behaves the
+-- same whatever the caller's search_path (inside a model too).
+CREATE OR REPLACE FUNCTION digitaltwin.send(model text, twin_id text, payload jsonb)
+RETURNS bigint
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    INSERT INTO digitaltwin.events (model, twin_id, payload)
+    VALUES ($1, $2, $3)
+    RETURNING id
+$$;
+
 -- [section: model protection (ALTER of state types)]
 
 -- [end section: model protection]

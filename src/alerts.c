@@ -29,8 +29,21 @@
 
 PG_FUNCTION_INFO_V1(digitaltwin_alert_sql);
 
-/* Longest message kept in a NOTIFY payload, in bytes */
+/*
+ * Announcing an alert must not fail once its event was applied: that would
+ * fail the whole batch, again at every retry (DESIGN.md, trust rule 3).
+ * NOTIFY refuses payloads of 8000 bytes or more, so every part of ours is
+ * bounded when the model calls alert(): the model name and the twin id (63
+ * bytes each), the severity (DT_ALERT_SEVERITY_MAX), the message clipped to
+ * DT_NOTIFY_MESSAGE_MAX.  JSON escaping turns a byte into at most 6, so the
+ * payload stays under 6 * (63 + 63 + 64 + 1000) + 100 = 7240 bytes.  The row
+ * keeps the whole message.  A model raising more than
+ * DT_MAX_ALERTS_PER_EVENT alerts for one event fails that event.
+ */
 #define DT_NOTIFY_MESSAGE_MAX 1000
+#define DT_ALERT_SEVERITY_MAX 64
+#define DT_MAX_ALERTS_PER_EVENT 1000
+#define DT_NOTIFY_PAYLOAD_MAX 7999
 
 typedef struct DtStagedAlert
 {
@@ -94,10 +107,21 @@ digitaltwin_alert(const char *severity, const char *message, Jsonb *details)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("alert severity must not be null or empty")));
+	if (strlen(severity) > DT_ALERT_SEVERITY_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
+				 errmsg("alert severity must be at most %d bytes", DT_ALERT_SEVERITY_MAX),
+				 errdetail("The severity has %zu bytes.", strlen(severity)),
+				 errhint("Use a short level such as 'info', 'warning' or 'critical'; put the rest in the message or the details.")));
 	if (message == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("alert message must not be null")));
+	if (nalerts >= DT_MAX_ALERTS_PER_EVENT &&
+		alerts[nalerts - DT_MAX_ALERTS_PER_EVENT].event == dt_current_event->event)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a model may raise at most %d alerts for one event", DT_MAX_ALERTS_PER_EVENT)));
 
 	if (nalerts == alerts_size)
 	{
@@ -197,6 +221,9 @@ dt_notify_alert(int64 id, const char *model, const char *twin_id,
 	appendStringInfoString(&buf, ", \"message\": ");
 	escape_json(&buf, pnstrdup(message, msglen));
 	appendStringInfo(&buf, ", \"event_id\": " INT64_FORMAT "}", event_id);
+	/* bounded by construction (see the top of the file) */
+	if (buf.len > DT_NOTIFY_PAYLOAD_MAX)
+		elog(ERROR, "digitaltwin: alert notification of %d bytes", buf.len);
 	Async_Notify(DT_NOTIFY_CHANNEL, buf.data);
 	pfree(buf.data);
 }
@@ -227,7 +254,8 @@ dt_alerts_flush(void)
 
 		insert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.alerts "
 										  "(model, twin_id, severity, message, details, event_id) "
-										  "SELECT * FROM unnest($1, $2, $3, $4, $5, $6) "
+										  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+										  "pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) "
 										  "RETURNING id, model, twin_id, severity, message, event_id",
 										  6, types);
 	}

@@ -14,6 +14,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
+#include "utils/guc.h"
 
 #include "dt_internal.h"
 
@@ -98,4 +99,21 @@ dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 			 sql, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
+}
+
+/*
+ * Open a GUC nest level with search_path = pg_catalog, pg_temp (pg_temp
+ * last: never searched first for relations and types, and never for
+ * functions and operators).  The caller ends it with
+ * AtEOXact_GUC(false, level); aborting the (sub)transaction also does.
+ */
+int
+dt_pin_search_path(void)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", DT_TRUSTED_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
 }

@@ -65,6 +65,10 @@ extern void dt_require_preload(void);
 extern void dt_forbid_in_model(const char *function);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
 
+/* the search_path of every statement the extension runs with other rights */
+#define DT_TRUSTED_SEARCH_PATH "pg_catalog, pg_temp"
+extern int	dt_pin_search_path(void);
+
 /* ----------------------------------------------------------------
  * shmem.c
  * ----------------------------------------------------------------
@@ -130,6 +134,7 @@ typedef struct DtWorkerSlot
 	int64		window_events;
 	double		events_per_second;
 	char		last_error[256];
+	int64		stopped_event_id;	/* its model ignored the timeout: doomed */
 	pg_atomic_uint64 events_processed;
 	pg_atomic_uint64 dead_letters;
 	pg_atomic_uint64 alerts;
@@ -176,6 +181,8 @@ extern bool dt_store_reserve_entry(const DtTwinKey *key);
 extern void dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
 							 int64 event_count, TimestampTz updated_at,
 							 DtWorkerSlot *slot);
+extern void dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
+							   int64 event_count, TimestampTz updated_at);
 extern void dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot);
 extern void dt_store_unreserve(const DtTwinKey *key);
 
@@ -222,9 +229,19 @@ extern Oid	dt_models_relid(void);
 extern void dt_register_cache_callbacks(void);
 extern bool dt_model_name_known(const char *name);	/* insert-side check */
 
-/* SPI as the owner of the extension's tables (registry, queue sequence) */
-extern void dt_registry_enter(Oid *save_userid, int *save_sec_context);
-extern void dt_registry_leave(Oid save_userid, int save_sec_context);
+/*
+ * SPI as the owner of the extension's tables, search_path pinned (registry,
+ * model-name check, queue sequence, the live view's fallback).
+ */
+typedef struct DtTrustedScope
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			guc_level;
+} DtTrustedScope;
+
+extern void dt_trusted_enter(DtTrustedScope *scope);
+extern void dt_trusted_leave(DtTrustedScope *scope);
 
 /* worker-side model cache */
 extern bool dt_models_refresh(bool force);
@@ -232,8 +249,11 @@ extern DtModel *dt_model_lookup(const char *name);
 struct DtEvent;
 extern bool dt_models_cover(struct DtEvent *events, int nevents);
 extern bool dt_model_id_live(int32 model_id);
-extern int	dt_model_calls_begin(void);
-extern void dt_model_calls_end(int guc_level);
+extern void dt_model_timeouts_init(void);
+extern void dt_model_timeouts_disarm(void);
+extern bool dt_model_call_timed_out(void);
+extern bool dt_model_call_was_stopped(void);
+extern void dt_model_forget_session_state(void);
 extern Datum dt_model_call(DtModel *model, bool init, int nargs,
 						   Datum *args, bool *nulls, bool *isnull);
 
@@ -282,6 +302,8 @@ typedef struct DtStagedTwin
 	Size		new_len;
 	bool		inserted_entry;
 	bool		durable;		/* twin_state has its row (it was in shared memory) */
+	Size		shared_len;		/* length of its image in shared memory, if durable */
+	bool		overwrite;		/* publish by overwriting that image in place */
 	bool		counted;		/* holds one unit of its model's twin count */
 	bool		counted_at_start;	/* ... since before the batch */
 } DtStagedTwin;

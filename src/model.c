@@ -23,8 +23,10 @@
 #include "catalog/pg_proc.h"
 #include "catalog/pg_type.h"
 #include "commands/extension.h"
+#include "commands/prepare.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
+#include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/catcache.h"
@@ -168,6 +170,26 @@ dt_check_proc_common(Form_pg_proc proc, Oid fn, const char *role)
 						format_procedure(fn))));
 	if (pg_proc_aclcheck(fn, GetUserId(), ACL_EXECUTE) != ACLCHECK_OK)
 		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, format_procedure(fn));
+	/* it would vanish with the session that created it */
+	if (isAnyTempNamespace(proc->pronamespace))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("a model function cannot be a temporary function"),
+				 errdetail("%s function %s is in a temporary schema, which ends with its session.",
+						   role, format_procedure(fn))));
+}
+
+static bool
+dt_type_is_temporary(Oid type)
+{
+	HeapTuple	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(type));
+	bool		temporary;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for type %u", type);
+	temporary = isAnyTempNamespace(((Form_pg_type) GETSTRUCT(tup))->typnamespace);
+	ReleaseSysCache(tup);
+	return temporary;
 }
 
 /*
@@ -196,6 +218,12 @@ dt_check_process(Oid fn, bool *strict)
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 				 errmsg("state type of a model cannot be the pseudo-type %s",
 						format_type_be(state_type))));
+	if (dt_type_is_temporary(state_type))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("the state type of a model cannot be a temporary type"),
+				 errdetail("Type %s is in a temporary schema, which ends with its session.",
+						   format_type_be(state_type))));
 	*strict = proc->proisstrict;
 	ReleaseSysCache(tup);
 	return state_type;
@@ -221,14 +249,21 @@ dt_check_init(Oid fn, Oid state_type)
 }
 
 /*
- * The registry table is written only through create_model() and
- * drop_model(), whose EXECUTE privilege is what gates registration: their
- * statements on it run as the table's owner, not the caller, so a caller
- * needs no privilege on the table itself.  (Ownership and EXECUTE checks on
- * the model functions use the caller's id, taken before the switch.)
+ * Statements on the extension's own tables run as the owner of those tables
+ * (the registry through create_model()/drop_model(), the model-name check of
+ * the events' CHECK constraint, the queue's sequence, the live view's
+ * fallback), so a caller needs no privilege on the tables themselves.  The
+ * caller's identity is checked before the switch.
+ *
+ * Such a statement must not resolve anything through the caller's
+ * search_path: an operator, function, type or cast planted in a schema the
+ * caller controls (or in pg_temp) would run with the owner's rights.  So the
+ * scope pins search_path = pg_catalog, pg_temp in a GUC nest level, undone
+ * when the scope ends (and by the abort of the (sub)transaction on ERROR),
+ * and the statements qualify every operator and type as well.
  */
 void
-dt_registry_enter(Oid *save_userid, int *save_sec_context)
+dt_trusted_enter(DtTrustedScope *scope)
 {
 	HeapTuple	tup;
 	Oid			owner;
@@ -239,16 +274,18 @@ dt_registry_enter(Oid *save_userid, int *save_sec_context)
 	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 	ReleaseSysCache(tup);
 
-	GetUserIdAndSecContext(save_userid, save_sec_context);
-	SetUserIdAndSecContext(owner, *save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
+	scope->guc_level = dt_pin_search_path();
+	SetUserIdAndSecContext(owner, scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
 	SPI_connect();
 }
 
 void
-dt_registry_leave(Oid save_userid, int save_sec_context)
+dt_trusted_leave(DtTrustedScope *scope)
 {
 	SPI_finish();
-	SetUserIdAndSecContext(save_userid, save_sec_context);
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+	AtEOXact_GUC(false, scope->guc_level);
 }
 
 static bool
@@ -258,7 +295,7 @@ dt_model_row_exists(const char *name)
 	Oid			argtype = TEXTOID;
 	int			ret;
 
-	ret = SPI_execute_with_args("SELECT 1 FROM digitaltwin.models WHERE name = $1",
+	ret = SPI_execute_with_args("SELECT 1 FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1",
 								1, &argtype, &arg, NULL, true, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
@@ -273,13 +310,14 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 	Oid			init = InvalidOid;
 	Oid			state_type;
 	bool		strict;
-	Oid			argtypes[6] = {TEXTOID, OIDOID, OIDOID, OIDOID, OIDOID, TEXTOID};
+	Oid			argtypes[6] = {TEXTOID, REGPROCEDUREOID, REGPROCEDUREOID, REGTYPEOID,
+	REGROLEOID, TEXTOID};
 	Datum		values[6];
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int			ret;
 	Oid			caller = GetUserId();
-	Oid			save_userid;
-	int			save_sec_context;
+	char	   *creator_search_path;
+	DtTrustedScope scope;
 
 	dt_require_preload();
 	dt_forbid_in_model("digitaltwin.create_model()");
@@ -319,7 +357,9 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 				 errdetail("A new twin has a NULL state, and a STRICT function is never called with NULL."),
 				 errhint("Declare the function CALLED ON NULL INPUT, or give the model an init function.")));
 
-	dt_registry_enter(&save_userid, &save_sec_context);
+	/* the creator's, read before the scope pins its own */
+	creator_search_path = pstrdup(namespace_search_path);
+	dt_trusted_enter(&scope);
 	if (dt_model_row_exists(name))
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
@@ -339,13 +379,14 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 	 * creator, fixed now: neither the worker's settings nor later changes by
 	 * others can redirect them to different objects.
 	 */
-	values[5] = CStringGetTextDatum(namespace_search_path);
+	values[5] = CStringGetTextDatum(creator_search_path);
+	/* parameters of the columns' own types: no cast is looked up */
 	ret = SPI_execute_with_args("INSERT INTO digitaltwin.models (name, process, init, state_type, owner, search_path) "
-								"VALUES ($1, $2::regprocedure, $3::regprocedure, $4::regtype, $5::regrole, $6)",
+								"VALUES ($1, $2, $3, $4, $5, $6)",
 								6, argtypes, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	dt_registry_leave(save_userid, save_sec_context);
+	dt_trusted_leave(&scope);
 
 	CacheInvalidateRelcacheByRelid(dt_models_relid());
 	PG_RETURN_VOID();
@@ -370,8 +411,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	Oid			owner;
 	int			ret;
 	Oid			caller = GetUserId();
-	Oid			save_userid;
-	int			save_sec_context;
+	DtTrustedScope scope;
 
 	dt_require_preload();
 	dt_forbid_in_model("digitaltwin.drop_model()");
@@ -382,8 +422,9 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	arg = CStringGetTextDatum(name);
 
-	dt_registry_enter(&save_userid, &save_sec_context);
-	ret = SPI_execute_with_args("SELECT owner::oid FROM digitaltwin.models WHERE name = $1 FOR UPDATE",
+	dt_trusted_enter(&scope);
+	ret = SPI_execute_with_args("SELECT owner::pg_catalog.oid FROM digitaltwin.models "
+								"WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 								1, &argtype, &arg, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
@@ -400,11 +441,11 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 				 errhint("Members of digitaltwin_admin may drop any model.")));
 
 	/* twin_state rows go with it (ON DELETE CASCADE) */
-	ret = SPI_execute_with_args("DELETE FROM digitaltwin.models WHERE name = $1",
+	ret = SPI_execute_with_args("DELETE FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1",
 								1, &argtype, &arg, NULL, false, 0);
 	if (ret != SPI_OK_DELETE)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	dt_registry_leave(save_userid, save_sec_context);
+	dt_trusted_leave(&scope);
 
 	CacheInvalidateRelcacheByRelid(dt_models_relid());
 	PG_RETURN_VOID();
@@ -419,8 +460,7 @@ dt_model_name_known(const char *name)
 {
 	bool		found;
 	bool		exists;
-	Oid			save_userid;
-	int			save_sec_context;
+	DtTrustedScope scope;
 
 	if (strlen(name) >= NAMEDATALEN)
 		return false;
@@ -440,9 +480,9 @@ dt_model_name_known(const char *name)
 	if (found)
 		return true;
 
-	dt_registry_enter(&save_userid, &save_sec_context);
+	dt_trusted_enter(&scope);
 	exists = dt_model_row_exists(name);
-	dt_registry_leave(save_userid, save_sec_context);
+	dt_trusted_leave(&scope);
 
 	/* only positive answers are cached: a model may appear at any time */
 	if (exists && known_names != NULL)
@@ -522,7 +562,8 @@ dt_models_refresh(bool force)
 	model_cache = hash_create("digitaltwin models", 16, &ctl,
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	ret = SPI_execute("SELECT id, name, process::oid, init::oid, state_type::oid, owner::oid, search_path "
+	ret = SPI_execute("SELECT id, name, process::pg_catalog.oid, init::pg_catalog.oid, "
+					  "state_type::pg_catalog.oid, owner::pg_catalog.oid, search_path "
 					  "FROM digitaltwin.models", false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
@@ -601,44 +642,147 @@ dt_model_id_live(int32 model_id)
 	return false;
 }
 
-/*
- * Model calls run in a GUC nest level, opened by the caller once per run of
- * events (see worker.c), in which each model's search_path is set.  Setting
- * it only when it differs from the current value keeps the common case (a
- * run of events of one model) free of catalog lookups.  On ERROR, aborting
- * the caller's subtransaction restores the settings.
+/* ----------------------------------------------------------------
+ * Calling a model
+ *
+ * A model function runs inside a worker, whose session outlives the call
+ * and serves every other model.  Whatever the call does to that session is
+ * undone when it returns or fails (DESIGN.md, trust rule 2):
+ *	- settings: the call runs in its own GUC nest level (with the model's
+ *	  search_path), closed with AtEOXact_GUC(false): even a session-level
+ *	  set_config() of the model is thrown away, as core's analyze.c does for
+ *	  index expressions;
+ *	- session-level advisory locks and prepared statements are released;
+ *	- temporary objects, SET ROLE and cursors WITH HOLD are refused by the
+ *	  security-restricted operation the call runs in; LISTEN only takes
+ *	  effect at commit, and the worker cancels it before (dt_worker_*).
+ *
+ * Timeouts.  digitaltwin.model_timeout cancels the call like a statement
+ * timeout (57014).  The cancel is a plain ERROR, which a model can catch
+ * (EXCEPTION WHEN query_canceled) or not notice until it returns; so:
+ *	- a call that returns after its timeout fired fails anyway, and the
+ *	  pending cancel is cleared, so that it cannot hit the next event;
+ *	- a call still running DT_TIMEOUT_GRACE_MS after the cancel is stopped
+ *	  by terminating the worker (FATAL cannot be caught); the worker records
+ *	  the event in its shared slot first, and its next incarnation
+ *	  dead-letters that event without calling the model again.
+ * ----------------------------------------------------------------
  */
-int
-dt_model_calls_begin(void)
-{
-	return NewGUCNestLevel();
-}
+#define DT_TIMEOUT_GRACE_MS 1000
 
-void
-dt_model_calls_end(int guc_level)
+static TimeoutId soft_timeout_id = MAX_TIMEOUTS;
+static TimeoutId hard_timeout_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t call_timed_out = false;
+static volatile sig_atomic_t call_stopped = false;
+
+static void
+dt_model_soft_timeout(void)
 {
-	AtEOXact_GUC(true, guc_level);
+	call_timed_out = true;
+	QueryCancelPending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
 }
 
 static void
-dt_model_pin_search_path(DtModel *model)
+dt_model_hard_timeout(void)
 {
-	if (namespace_search_path != NULL &&
-		strcmp(namespace_search_path, model->search_path) == 0)
+	call_stopped = true;
+	ProcDiePending = true;
+	InterruptPending = true;
+	SetLatch(MyLatch);
+}
+
+/* Worker start: register the two timeouts of a model call. */
+void
+dt_model_timeouts_init(void)
+{
+	soft_timeout_id = RegisterTimeout(USER_TIMEOUT, dt_model_soft_timeout);
+	hard_timeout_id = RegisterTimeout(USER_TIMEOUT, dt_model_hard_timeout);
+}
+
+/* True when the worker is exiting because a model ignored its timeout. */
+bool
+dt_model_call_was_stopped(void)
+{
+	return call_stopped;
+}
+
+/* True if the timeout of the last (or current) call fired. */
+bool
+dt_model_call_timed_out(void)
+{
+	return call_timed_out;
+}
+
+static void
+dt_model_timeouts_arm(void)
+{
+	EnableTimeoutParams timeouts[2];
+
+	call_timed_out = false;
+	if (dt_model_timeout_ms <= 0 || soft_timeout_id == MAX_TIMEOUTS)
 		return;
-	(void) set_config_option("search_path", model->search_path,
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+	timeouts[0].id = soft_timeout_id;
+	timeouts[0].type = TMPARAM_AFTER;
+	timeouts[0].delay_ms = dt_model_timeout_ms;
+	timeouts[1].id = hard_timeout_id;
+	timeouts[1].type = TMPARAM_AFTER;
+	timeouts[1].delay_ms = dt_model_timeout_ms + DT_TIMEOUT_GRACE_MS;
+	enable_timeouts(timeouts, 2);
+}
+
+/*
+ * Disarm the timeouts; also on the error path (the caller's PG_CATCH), so
+ * that neither can fire after the call.
+ */
+void
+dt_model_timeouts_disarm(void)
+{
+	DisableTimeoutParams timeouts[2];
+
+	if (soft_timeout_id == MAX_TIMEOUTS)
+		return;
+	timeouts[0].id = soft_timeout_id;
+	timeouts[0].keep_indicator = false;
+	timeouts[1].id = hard_timeout_id;
+	timeouts[1].keep_indicator = false;
+	disable_timeouts(timeouts, 2);
+}
+
+/*
+ * Session state a model call may leave behind that no (sub)transaction end
+ * undoes.  Called after every call, and by the worker after a failed one.
+ */
+void
+dt_model_forget_session_state(void)
+{
+	LockReleaseSession(USER_LOCKMETHOD);
+	DropAllPreparedStatements();
+}
+
+static void
+dt_model_refuse_null_argument(DtModel *model, bool init)
+{
+	Oid			fn = init ? model->init : model->process;
+
+	ereport(ERROR,
+			(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+			 errmsg("%s function %s of model \"%s\" is STRICT and the twin has no state",
+					init ? "init" : "process", format_procedure(fn), model->name),
+			 errdetail("A STRICT function is never called with a NULL argument, so the event cannot be applied."),
+			 errhint("Declare the function CALLED ON NULL INPUT, or give the model an init function.")));
 }
 
 /*
  * Call a model's process or init function as the model's owner, with the
  * model's search_path, in a security-restricted operation, under
- * digitaltwin.model_timeout.
+ * digitaltwin.model_timeout.  The session is left as it was (see above).
  *
  * The caller runs this inside a subtransaction: on ERROR, aborting the
- * subtransaction restores the user id and security context saved when it
- * started, and the caller disables the timeout.
+ * subtransaction restores the user id, the security context and the
+ * settings; the caller disarms the timeouts and calls
+ * dt_model_forget_session_state().
  */
 Datum
 dt_model_call(DtModel *model, bool init, int nargs, Datum *args,
@@ -649,39 +793,47 @@ dt_model_call(DtModel *model, bool init, int nargs, Datum *args,
 	LOCAL_FCINFO(fcinfo, 3);
 	Oid			save_userid;
 	int			save_sec_context;
+	int			guc_level;
 	Datum		result;
 	int			i;
 
 	Assert(nargs <= 3);
-	for (i = 0; i < nargs; i++)
-	{
-		if (nulls[i] && strict)
-		{
-			*isnull = true;
-			return (Datum) 0;
-		}
-	}
-
 	InitFunctionCallInfoData(*fcinfo, flinfo, nargs, DEFAULT_COLLATION_OID,
 							 NULL, NULL);
 	for (i = 0; i < nargs; i++)
 	{
+		/* never a silent skip: the function may have become STRICT */
+		if (nulls[i] && strict)
+			dt_model_refuse_null_argument(model, init);
 		fcinfo->args[i].value = args[i];
 		fcinfo->args[i].isnull = nulls[i];
 	}
 
-	dt_model_pin_search_path(model);
+	guc_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", model->search_path,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	GetUserIdAndSecContext(&save_userid, &save_sec_context);
 	SetUserIdAndSecContext(model->owner,
 						   save_sec_context | SECURITY_RESTRICTED_OPERATION);
-	if (dt_model_timeout_ms > 0)
-		enable_timeout_after(STATEMENT_TIMEOUT, dt_model_timeout_ms);
+	dt_model_timeouts_arm();
 
 	result = FunctionCallInvoke(fcinfo);
 
-	if (dt_model_timeout_ms > 0)
-		disable_timeout(STATEMENT_TIMEOUT, false);
+	dt_model_timeouts_disarm();
 	SetUserIdAndSecContext(save_userid, save_sec_context);
+	AtEOXact_GUC(false, guc_level);
+	dt_model_forget_session_state();
+
+	if (call_timed_out)
+	{
+		/* the model caught the cancel, or never looked at it: ours */
+		QueryCancelPending = false;
+		ereport(ERROR,
+				(errcode(ERRCODE_QUERY_CANCELED),
+				 errmsg("model \"%s\" ran longer than digitaltwin.model_timeout (%d ms)",
+						model->name, dt_model_timeout_ms)));
+	}
 
 	*isnull = fcinfo->isnull;
 	return result;

@@ -229,16 +229,18 @@ dt_queue_generation(void)
 	if (g == DT_GENERATION_UNKNOWN)
 	{
 		uint64		expected = DT_GENERATION_UNKNOWN;
+		DtTrustedScope scope;
 		bool		isnull;
 		int			ret;
 
-		SPI_connect();
+		/* runs in the inserting session: as the owner, path pinned */
+		dt_trusted_enter(&scope);
 		ret = SPI_execute("SELECT generation FROM digitaltwin.queue_state", false, 1);
 		if (ret != SPI_OK_SELECT || SPI_processed != 1)
 			elog(ERROR, "digitaltwin: cannot read digitaltwin.queue_state");
 		g = (uint64) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 												 SPI_tuptable->tupdesc, 1, &isnull));
-		SPI_finish();
+		dt_trusted_leave(&scope);
 
 		/*
 		 * Only replace "unknown": the coordinator may have published a newer
@@ -578,15 +580,20 @@ static void
 dt_queue_apply_retention(const char *table, const char *column, int retention_s)
 {
 	char	   *sql;
+	Oid			argtype = TIMESTAMPTZOID;
+	Datum		cutoff;
 
 	if (retention_s <= 0)
 		return;
+	/* computed here: the statement calls no function by name */
+	cutoff = TimestampTzGetDatum(TimestampTzPlusMilliseconds(GetCurrentTransactionStartTimestamp(),
+															 -(int64) retention_s * 1000));
 	/* a bounded chunk per round keeps the maintenance transaction short */
-	sql = psprintf("DELETE FROM digitaltwin.%s WHERE ctid = ANY (ARRAY("
-				   "SELECT ctid FROM digitaltwin.%s WHERE %s < now() - make_interval(secs => %d) "
+	sql = psprintf("DELETE FROM digitaltwin.%s WHERE ctid OPERATOR(pg_catalog.=) ANY (ARRAY("
+				   "SELECT ctid FROM digitaltwin.%s WHERE %s OPERATOR(pg_catalog.<) $1 "
 				   "LIMIT 10000))",
-				   table, table, column, retention_s);
-	if (SPI_execute(sql, false, 0) != SPI_OK_DELETE)
+				   table, table, column);
+	if (SPI_execute_with_args(sql, 1, &argtype, &cutoff, NULL, false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "digitaltwin: retention of %s failed", table);
 }
 
@@ -653,7 +660,7 @@ dt_queue_maintain(void)
 		if ((truncated || rotated) &&
 			SPI_execute(psprintf("UPDATE digitaltwin.queue_state SET generation = " UINT64_FORMAT
 								 ", drained_through = " INT64_FORMAT "%s",
-								 generation, drained, rotated ? ", rotated_at = now()" : ""),
+								 generation, drained, rotated ? ", rotated_at = pg_catalog.now()" : ""),
 						false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "digitaltwin: cannot update digitaltwin.queue_state");
 
@@ -686,19 +693,18 @@ dt_queue_maintain(void)
 static int64
 dt_events_last_id(void)
 {
-	Oid			save_userid;
-	int			save_sec_context;
+	DtTrustedScope scope;
 	int64		last_id;
 	bool		isnull;
 
-	dt_registry_enter(&save_userid, &save_sec_context);
+	dt_trusted_enter(&scope);
 	if (SPI_execute("SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
 					"FROM digitaltwin.events_id_seq", true, 1) != SPI_OK_SELECT ||
 		SPI_processed != 1)
 		elog(ERROR, "digitaltwin: cannot read digitaltwin.events_id_seq");
 	last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 										  SPI_tuptable->tupdesc, 1, &isnull));
-	dt_registry_leave(save_userid, save_sec_context);
+	dt_trusted_leave(&scope);
 	return last_id;
 }
 

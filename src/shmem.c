@@ -457,23 +457,37 @@ dt_store_reserve_entry(const DtTwinKey *key)
 {
 	DtSharedKey skey;
 	DtTwinEntry *entry;
+	dsa_pointer id;
 	bool		found;
 
-	dt_lookup_key(&skey, key);
-	entry = dshash_find_or_insert(dt_twins, &skey, &found);
+	/*
+	 * The id gets its own chunk before the entry exists: an entry linked
+	 * into the hash with a key pointing into this backend's memory would be
+	 * read by every backend, and allocating may ERROR (dsa_allocate may
+	 * fail to create a segment even with DSA_ALLOC_NO_OOM).  An existing
+	 * twin gives the chunk back at once.
+	 */
+	id = dsa_allocate_extended(dt_area, strlen(key->twin_id), DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(id))
+		dt_store_out_of_memory();
+	memcpy(dsa_get_address(dt_area, id), key->twin_id, strlen(key->twin_id));
+	skey.model_id = key->model_id;
+	skey.id_len = (uint16) strlen(key->twin_id);
+	skey.id_is_local = false;
+	skey.id.shared = id;
+
+	PG_TRY();
+	{
+		entry = dshash_find_or_insert(dt_twins, &skey, &found);
+	}
+	PG_CATCH();
+	{
+		dsa_free(dt_area, id);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
 	if (!found)
 	{
-		/* the new entry holds our lookup key: give it its own copy of the id */
-		dsa_pointer id = dsa_allocate_extended(dt_area, skey.id_len, DSA_ALLOC_NO_OOM);
-
-		if (!DsaPointerIsValid(id))
-		{
-			dshash_delete_entry(dt_twins, entry);
-			dt_store_out_of_memory();
-		}
-		memcpy(dsa_get_address(dt_area, id), skey.id.local, skey.id_len);
-		entry->key.id_is_local = false;
-		entry->key.id.shared = id;
 		entry->pending = true;
 		entry->state = InvalidDsaPointer;
 		entry->state_len = 0;
@@ -481,7 +495,33 @@ dt_store_reserve_entry(const DtTwinKey *key)
 		entry->updated_at = 0;
 	}
 	dshash_release_lock(dt_twins, entry);
+	if (found)
+		dsa_free(dt_area, id);
 	return !found;
+}
+
+/*
+ * After commit: overwrite a twin's state with an image of the same length,
+ * in its chunk.  Readers copy an image only under the partition lock, which
+ * is held exclusively here, so they see the old state or the new one whole.
+ * Needs no memory: a twin whose state keeps its size goes on being updated
+ * when digitaltwin.max_memory is exhausted.
+ */
+void
+dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
+				   int64 event_count, TimestampTz updated_at)
+{
+	DtSharedKey skey;
+	DtTwinEntry *entry;
+
+	dt_lookup_key(&skey, key);
+	entry = dshash_find(dt_twins, &skey, true);
+	if (entry == NULL || entry->state_len != len || !DsaPointerIsValid(entry->state))
+		elog(PANIC, "digitaltwin: twin entry to overwrite vanished or changed size");
+	memcpy(dsa_get_address(dt_area, entry->state), image, len);
+	entry->event_count = event_count;
+	entry->updated_at = updated_at;
+	dshash_release_lock(dt_twins, entry);
 }
 
 /*

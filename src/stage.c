@@ -233,8 +233,10 @@ dt_stage_get(DtModel *model, const char *twin_id)
 	twin->new_len = 0;
 	twin->inserted_entry = false;
 	twin->image = NULL;
+	twin->overwrite = false;
 	/* published twins and rows of twin_state exist together */
 	twin->durable = dt_store_fetch(&key, stage_cxt, &image, &len, &count);
+	twin->shared_len = twin->durable ? len : 0;
 	twin->counted = twin->counted_at_start = twin->durable;
 	if (twin->durable)
 	{
@@ -365,15 +367,17 @@ dt_stage_prepare_plans(void)
 	if (insert_plan == NULL)
 		insert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.twin_state "
 										  "(model_id, twin_id, state, event_count, updated_at) "
-										  "SELECT * FROM unnest($1, $2, $3, $4, $5)",
+										  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+										  "pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5))",
 										  5, types);
 	if (delete_plan == NULL)
 	{
 		Oid			del_types[2] = {INT4ARRAYOID, TEXTARRAYOID};
 
 		delete_plan = dt_spi_prepare_kept("DELETE FROM digitaltwin.twin_state s "
-										  "USING unnest($1, $2) AS d(model_id, twin_id) "
-										  "WHERE s.model_id = d.model_id AND s.twin_id = d.twin_id",
+										  "USING ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2)) AS d(model_id, twin_id) "
+										  "WHERE s.model_id OPERATOR(pg_catalog.=) d.model_id "
+										  "AND s.twin_id OPERATOR(pg_catalog.=) d.twin_id",
 										  2, del_types);
 	}
 }
@@ -592,6 +596,12 @@ dt_stage_prepare_publish(void)
 		if (!twin->dirty || !twin->has_state)
 			continue;
 		twin->new_len = twin->image_len;
+		/* same length: rewritten in place after commit, no memory needed */
+		if (twin->durable && twin->shared_len == twin->new_len)
+		{
+			twin->overwrite = true;
+			continue;
+		}
 		twin->new_image = dt_store_alloc_image(twin->image, twin->new_len);
 		twin->inserted_entry = dt_store_reserve_entry(&twin->key);
 	}
@@ -611,7 +621,10 @@ dt_stage_publish(DtWorkerSlot *slot)
 	{
 		if (!twin->dirty)
 			continue;
-		if (DsaPointerIsValid(twin->new_image))
+		if (twin->overwrite)
+			dt_store_overwrite(&twin->key, twin->image, twin->new_len,
+							   twin->event_count, twin->updated_at);
+		else if (DsaPointerIsValid(twin->new_image))
 			dt_store_install(&twin->key, twin->new_image, twin->new_len,
 							 twin->event_count, twin->updated_at, slot);
 		else

@@ -46,6 +46,7 @@
 
 #include "access/detoast.h"
 #include "access/xact.h"
+#include "commands/async.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -56,6 +57,8 @@
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/regproc.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timeout.h"
@@ -78,6 +81,36 @@ static volatile DtBatchPhase phase = DT_PHASE_IDLE;
 static bool need_rebuild = true;
 static Oid	known_extension = InvalidOid;
 static int	backoff_ms = 0;
+
+/* the events of the batch being processed (for dt_worker_recover) */
+static int	batch_nevents = 0;
+static int64 batch_first_id = 0;
+
+/*
+ * Events to dead-letter without calling their model, when a batch fetches
+ * them: the event whose model ignored its timeout until the worker was
+ * terminated (recorded in the slot by the previous incarnation), and an
+ * event that could not get shared memory on its own.  A handful at most.
+ */
+typedef struct DtDoomedEvent
+{
+	int64		event_id;
+	int			sqlerrcode;
+	char		message[256];
+} DtDoomedEvent;
+
+#define DT_MAX_DOOMED 16
+static DtDoomedEvent doomed[DT_MAX_DOOMED];
+static int	ndoomed = 0;
+
+/*
+ * After a batch failed for want of shared memory, the next events are
+ * processed one per batch, so that only those that cannot get memory on
+ * their own are dead-lettered (see dt_worker_recover).
+ */
+static int	careful_events = 0;
+
+static void dt_worker_sleep(long ms);
 
 void
 dt_register_workers(void)
@@ -138,11 +171,23 @@ dt_worker_end_batch(bool published, int64 through)
 static void
 dt_worker_exit(int code, Datum arg)
 {
+	int64		stopped = 0;
+
 	/* chunks prepared for a batch that will never be published */
 	dt_stage_abandon();
+	if (dt_model_call_was_stopped() && dt_current_event != NULL)
+	{
+		stopped = dt_current_event->event->id;
+		ereport(LOG,
+				(errmsg("digitaltwin worker %d stopped: model \"%s\" ignored digitaltwin.model_timeout on event " INT64_FORMAT,
+						my_partition, dt_current_event->model->name, stopped),
+				 errdetail("The worker restarts and dead-letters that event without calling the model again.")));
+	}
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->pid = 0;
 	my_slot->latch = NULL;
+	if (stopped != 0)
+		my_slot->stopped_event_id = stopped;
 	SpinLockRelease(&my_slot->mutex);
 	ConditionVariableBroadcast(&dt_shared->progress_cv);
 }
@@ -230,8 +275,14 @@ dt_apply_event(DtEvent *ev)
 		if (OidIsValid(model->init))
 		{
 			state = dt_model_call(model, true, 1, args, nulls, &state_null);
-			if (!state_null)
-				dt_check_state(model, state);
+			if (state_null)
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("init function %s of model \"%s\" returned no state for twin \"%s\"",
+								format_procedure(model->init), model->name, ev->twin_id),
+						 errdetail("The event cannot be applied to a twin without a starting state."),
+						 errhint("Make the init function return a state for every twin id, for instance a default when no record is found.")));
+			dt_check_state(model, state);
 		}
 	}
 
@@ -263,21 +314,23 @@ dt_apply_event(DtEvent *ev)
 }
 
 static void
-dt_record_failure(DtEvent *ev, ErrorData *edata, TimestampTz started)
+dt_mark_dead(DtEvent *ev, int sqlerrcode, const char *message)
 {
-	DtModel    *model = dt_model_lookup(ev->model);
-
 	ev->dead = true;
-	strlcpy(ev->sqlstate, unpack_sql_state(edata->sqlerrcode), sizeof(ev->sqlstate));
-	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && dt_model_timeout_ms > 0 &&
-		TimestampDifferenceExceeds(started, GetCurrentTimestamp(), dt_model_timeout_ms))
-		ev->error = MemoryContextStrdup(batch_cxt,
-										psprintf("model \"%s\" ran longer than digitaltwin.model_timeout (%d ms)",
-												 model ? model->name : ev->model,
-												 dt_model_timeout_ms));
+	strlcpy(ev->sqlstate, unpack_sql_state(sqlerrcode), sizeof(ev->sqlstate));
+	ev->error = MemoryContextStrdup(batch_cxt, message ? message : "unknown error");
+}
+
+static void
+dt_record_failure(DtEvent *ev, ErrorData *edata)
+{
+	/* a cancel is the timeout's only if our timer fired */
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && dt_model_call_timed_out())
+		dt_mark_dead(ev, ERRCODE_QUERY_CANCELED,
+					 psprintf("model \"%s\" ran longer than digitaltwin.model_timeout (%d ms)",
+							  ev->model, dt_model_timeout_ms));
 	else
-		ev->error = MemoryContextStrdup(batch_cxt,
-										edata->message ? edata->message : "unknown error");
+		dt_mark_dead(ev, edata->sqlerrcode, edata->message);
 }
 
 /*
@@ -293,14 +346,11 @@ dt_run_segment(DtEvent *events, int start, int end)
 	int			undo_mark = dt_stage_undo_mark();
 	int			alert_mark = dt_alerts_mark();
 	volatile int current = -1;
-	volatile TimestampTz started = 0;
 	int			failed = -1;
-	int			guc_level;
 	int			i;
 
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(oldcxt);
-	guc_level = dt_model_calls_begin();
 
 	PG_TRY();
 	{
@@ -309,11 +359,9 @@ dt_run_segment(DtEvent *events, int start, int end)
 			if (events[i].dead)
 				continue;
 			current = i;
-			started = GetCurrentTimestamp();
 			dt_apply_event(&events[i]);
 		}
 		current = -1;
-		dt_model_calls_end(guc_level);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
@@ -323,12 +371,13 @@ dt_run_segment(DtEvent *events, int start, int end)
 		ErrorData  *edata;
 
 		dt_current_event = NULL;
-		if (dt_model_timeout_ms > 0)
-			disable_timeout(STATEMENT_TIMEOUT, false);
+		dt_model_timeouts_disarm();
 		MemoryContextSwitchTo(batch_cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
 		RollbackAndReleaseCurrentSubTransaction();
+		/* what the failed call left in the session, beyond the subxact */
+		dt_model_forget_session_state();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
 		MemoryContextReset(event_cxt);
@@ -340,7 +389,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 		dt_stage_undo_to(undo_mark);
 		dt_alerts_undo_to(alert_mark);
 		failed = current;
-		dt_record_failure(&events[failed], edata, started);
+		dt_record_failure(&events[failed], edata);
 		FreeErrorData(edata);
 	}
 	PG_END_TRY();
@@ -349,10 +398,72 @@ dt_run_segment(DtEvent *events, int start, int end)
 }
 
 static void
+dt_doom_event(int64 event_id, int sqlerrcode, const char *message)
+{
+	DtDoomedEvent *d;
+
+	if (ndoomed == DT_MAX_DOOMED)
+		return;					/* it will fail again and be doomed then */
+	d = &doomed[ndoomed++];
+	d->event_id = event_id;
+	d->sqlerrcode = sqlerrcode;
+	strlcpy(d->message, message, sizeof(d->message));
+}
+
+/* Mark the doomed events of a batch dead before any model runs. */
+static void
+dt_mark_doomed(DtEvent *events, int n)
+{
+	int			i;
+	int			d;
+
+	for (d = 0; d < ndoomed; d++)
+	{
+		for (i = 0; i < n; i++)
+		{
+			if (events[i].id == doomed[d].event_id)
+			{
+				dt_mark_dead(&events[i], doomed[d].sqlerrcode, doomed[d].message);
+				break;
+			}
+		}
+	}
+}
+
+/* After commit: forget the doomed events that this batch dead-lettered. */
+static void
+dt_forget_doomed(DtEvent *events, int n)
+{
+	int			d = 0;
+
+	while (d < ndoomed)
+	{
+		bool		gone = false;
+		int			i;
+
+		for (i = 0; i < n && !gone; i++)
+			gone = (events[i].id == doomed[d].event_id);
+		if (!gone)
+		{
+			d++;
+			continue;
+		}
+		SpinLockAcquire(&my_slot->mutex);
+		if (my_slot->stopped_event_id == doomed[d].event_id)
+			my_slot->stopped_event_id = 0;
+		SpinLockRelease(&my_slot->mutex);
+		doomed[d] = doomed[--ndoomed];
+	}
+}
+
+static void
 dt_apply_events(DtEvent *events, int n)
 {
 	int			start = 0;
 	int			end = n;
+
+	if (ndoomed > 0)
+		dt_mark_doomed(events, n);
 
 	while (start < n)
 	{
@@ -557,8 +668,7 @@ dt_worker_spread_small_batches(void)
 	elapsed_ms = TimestampDifferenceMilliseconds(last_batch_end, GetCurrentTimestamp());
 	if (elapsed_ms >= dt_batch_delay_ms)
 		return;
-	(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-					 dt_batch_delay_ms - elapsed_ms, PG_WAIT_EXTENSION);
+	dt_worker_sleep(dt_batch_delay_ms - elapsed_ms);
 }
 
 /*
@@ -586,6 +696,7 @@ dt_worker_run_batch(void)
 	int			nevents;
 	int			ndead = 0;
 	int			nalerts = 0;
+	int			limit;
 	int			i;
 
 	SetCurrentStatementStartTimestamp();
@@ -609,8 +720,10 @@ dt_worker_run_batch(void)
 	phase = DT_PHASE_WORKING;
 	MemoryContextSwitchTo(batch_cxt);
 
-	nevents = dt_fetch_events(my_partition, dt_shared->nworkers,
-							  dt_batch_size, &events);
+	limit = careful_events > 0 ? 1 : dt_batch_size;
+	nevents = dt_fetch_events(my_partition, dt_shared->nworkers, limit, &events);
+	batch_nevents = nevents;
+	batch_first_id = nevents > 0 ? events[0].id : 0;
 	/* forget the twins of dropped models as soon as we notice the drop */
 	if (dt_models_cover(events, nevents))
 	{
@@ -635,6 +748,8 @@ dt_worker_run_batch(void)
 		}
 		nalerts = dt_alerts_flush();
 		dt_stage_prepare_publish();
+		/* a model's LISTEN would take effect at commit: cancel it */
+		Async_UnlistenAll();
 	}
 
 	SPI_finish();
@@ -649,7 +764,12 @@ dt_worker_run_batch(void)
 
 	if (nevents > 0)
 		dt_worker_update_stats(nevents, ndead, nalerts);
-	dt_worker_end_batch(true, nevents < dt_batch_size ? PG_INT64_MAX : events[nevents - 1].id);
+	if (ndoomed > 0)
+		dt_forget_doomed(events, nevents);
+	if (careful_events > 0)
+		careful_events -= nevents;
+	dt_worker_end_batch(true, nevents < limit ? PG_INT64_MAX : events[nevents - 1].id);
+	batch_nevents = 0;
 	MemoryContextSwitchTo(TopMemoryContext);
 	MemoryContextReset(batch_cxt);
 	pgstat_report_stat(false);
@@ -659,12 +779,57 @@ dt_worker_run_batch(void)
 }
 
 /*
+ * Sleep for ms milliseconds, woken only by a signal that needs an answer
+ * (SIGTERM, SIGHUP): the latch is set by every commit of events too, so it
+ * is reset and the wait resumed until the time is up.
+ */
+static void
+dt_worker_sleep(long ms)
+{
+	TimestampTz until = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+
+	for (;;)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), until);
+
+		CHECK_FOR_INTERRUPTS();
+		if (left <= 0 || ConfigReloadPending)
+			return;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 left, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * A batch failed for want of memory (digitaltwin.max_memory, or DSA).  A
+ * batch of many events goes again one event per batch; a batch of one
+ * event dooms that event: it is dead-lettered by the next batch, so that
+ * events that cannot get memory never hold up the others.  Returns true
+ * when the batch should be retried at once.
+ */
+static bool
+dt_worker_note_memory_failure(ErrorData *edata)
+{
+	if (edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY || batch_nevents == 0)
+		return false;
+	if (batch_nevents == 1)
+		dt_doom_event(batch_first_id, ERRCODE_OUT_OF_MEMORY,
+					  edata->message ? edata->message : "out of memory");
+	else
+		careful_events = batch_nevents;
+	batch_nevents = 0;
+	return true;
+}
+
+/*
  * ERROR outside any model call: abandon the batch, log, back off, go on.
  */
 static void
 dt_worker_recover(void)
 {
 	ErrorData  *edata;
+	bool		out_of_memory;
 
 	error_context_stack = NULL;
 	HOLD_INTERRUPTS();
@@ -693,6 +858,7 @@ dt_worker_recover(void)
 			sizeof(my_slot->last_error));
 	SpinLockRelease(&my_slot->mutex);
 	dt_worker_end_batch(false, 0);
+	out_of_memory = dt_worker_note_memory_failure(edata);
 
 	FreeErrorData(edata);
 	FlushErrorState();
@@ -700,16 +866,21 @@ dt_worker_recover(void)
 	MemoryContextReset(event_cxt);
 	RESUME_INTERRUPTS();
 
-	/* no latch here: commits must not turn a failing batch into a busy loop */
+	if (out_of_memory)
+	{
+		backoff_ms = 0;
+		return;
+	}
+	/* not woken by commits: they must not turn a failing batch into a busy loop */
 	backoff_ms = Min(Max(backoff_ms * 2, 1000), 30000);
-	(void) WaitLatch(NULL, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, backoff_ms,
-					 PG_WAIT_EXTENSION);
+	dt_worker_sleep(backoff_ms);
 }
 
 void
 digitaltwin_worker_main(Datum main_arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
+	int64		stopped;
 
 	my_partition = DatumGetInt32(main_arg);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -718,6 +889,15 @@ digitaltwin_worker_main(Datum main_arg)
 
 	BackgroundWorkerInitializeConnection(dt_database, NULL, 0);
 
+	/*
+	 * The worker's own statements run as the bootstrap superuser: they must
+	 * resolve nothing through a schema others can write (DESIGN.md, trust
+	 * rule 1).  Model calls set their own search_path in a nest level that
+	 * ends with the call, so this one is always back for the next statement.
+	 */
+	SetConfigOption("search_path", DT_TRUSTED_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
+	dt_model_timeouts_init();
+
 	my_slot = &dt_shared->slots[my_partition];
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->pid = MyProcPid;
@@ -725,7 +905,11 @@ digitaltwin_worker_main(Datum main_arg)
 	my_slot->window_start = 0;
 	my_slot->window_events = 0;
 	my_slot->events_per_second = 0;
+	stopped = my_slot->stopped_event_id;
 	SpinLockRelease(&my_slot->mutex);
+	if (stopped != 0)
+		dt_doom_event(stopped, ERRCODE_QUERY_CANCELED,
+					  "model ran longer than digitaltwin.model_timeout and did not stop when cancelled; the worker was restarted");
 	before_shmem_exit(dt_worker_exit, (Datum) 0);
 
 	dt_attach_store();
