@@ -92,11 +92,17 @@ static int64 batch_first_id = 0;
  * terminated (recorded in the slot by the previous incarnation), and an
  * event that could not get shared memory on its own.  A handful at most.
  */
+typedef enum DtDoomReason
+{
+	DT_DOOM_STOPPED,			/* its model ignored the timeout */
+	DT_DOOM_NO_MEMORY			/* it needs shared memory that is not there */
+} DtDoomReason;
+
 typedef struct DtDoomedEvent
 {
 	int64		event_id;
-	int			sqlerrcode;
-	char		message[256];
+	DtDoomReason reason;
+	char		detail[256];	/* the original error, for DT_DOOM_NO_MEMORY */
 } DtDoomedEvent;
 
 #define DT_MAX_DOOMED 16
@@ -398,7 +404,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 }
 
 static void
-dt_doom_event(int64 event_id, int sqlerrcode, const char *message)
+dt_doom_event(int64 event_id, DtDoomReason reason, const char *detail)
 {
 	DtDoomedEvent *d;
 
@@ -406,8 +412,8 @@ dt_doom_event(int64 event_id, int sqlerrcode, const char *message)
 		return;					/* it will fail again and be doomed then */
 	d = &doomed[ndoomed++];
 	d->event_id = event_id;
-	d->sqlerrcode = sqlerrcode;
-	strlcpy(d->message, message, sizeof(d->message));
+	d->reason = reason;
+	strlcpy(d->detail, detail ? detail : "", sizeof(d->detail));
 }
 
 /* Mark the doomed events of a batch dead before any model runs. */
@@ -421,11 +427,16 @@ dt_mark_doomed(DtEvent *events, int n)
 	{
 		for (i = 0; i < n; i++)
 		{
-			if (events[i].id == doomed[d].event_id)
-			{
-				dt_mark_dead(&events[i], doomed[d].sqlerrcode, doomed[d].message);
-				break;
-			}
+			if (events[i].id != doomed[d].event_id)
+				continue;
+			if (doomed[d].reason == DT_DOOM_STOPPED)
+				dt_mark_dead(&events[i], ERRCODE_QUERY_CANCELED,
+							 psprintf("model \"%s\" ran longer than digitaltwin.model_timeout (%d ms) "
+									  "and did not stop when cancelled; the worker was restarted",
+									  events[i].model, dt_model_timeout_ms));
+			else
+				dt_mark_dead(&events[i], ERRCODE_OUT_OF_MEMORY, doomed[d].detail);
+			break;
 		}
 	}
 }
@@ -814,7 +825,7 @@ dt_worker_note_memory_failure(ErrorData *edata)
 	if (edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY || batch_nevents == 0)
 		return false;
 	if (batch_nevents == 1)
-		dt_doom_event(batch_first_id, ERRCODE_OUT_OF_MEMORY,
+		dt_doom_event(batch_first_id, DT_DOOM_NO_MEMORY,
 					  edata->message ? edata->message : "out of memory");
 	else
 		careful_events = batch_nevents;
@@ -908,8 +919,7 @@ digitaltwin_worker_main(Datum main_arg)
 	stopped = my_slot->stopped_event_id;
 	SpinLockRelease(&my_slot->mutex);
 	if (stopped != 0)
-		dt_doom_event(stopped, ERRCODE_QUERY_CANCELED,
-					  "model ran longer than digitaltwin.model_timeout and did not stop when cancelled; the worker was restarted");
+		dt_doom_event(stopped, DT_DOOM_STOPPED, NULL);
 	before_shmem_exit(dt_worker_exit, (Datum) 0);
 
 	dt_attach_store();

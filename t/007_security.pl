@@ -1,7 +1,8 @@
 # Security settings that live in the server configuration: superuser-owned
 # models (digitaltwin.allow_superuser_models), the twins-per-model limit
 # (digitaltwin.max_twins_per_model) and the shared memory limit
-# (digitaltwin.max_memory); and drop_model() while events flow, with every
+# (digitaltwin.max_memory: events that cannot get memory are dead-lettered,
+# the others go on); and drop_model() while events flow, with every
 # event accounted for exactly once.
 use strict;
 use warnings;
@@ -190,28 +191,68 @@ $small->start;
 $small->safe_psql('postgres', q{
 CREATE EXTENSION digitaltwin;
 CREATE FUNCTION fat(twin_id text, state jsonb, event jsonb) RETURNS jsonb
-LANGUAGE sql AS $$ SELECT jsonb_build_object('pad', repeat('x', 200000)) $$;
+LANGUAGE sql AS $$
+    SELECT jsonb_build_object('pad', repeat('x', 200000),
+                              'n', coalesce((state->>'n')::int, 0) + 1)
+$$;
+CREATE FUNCTION thin(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1) $$;
 SELECT digitaltwin.create_model('fat', 'fat(text,jsonb,jsonb)');
+SELECT digitaltwin.create_model('thin', 'thin(text,jsonb,jsonb)');
 INSERT INTO digitaltwin.events (model, twin_id, payload)
-SELECT 'fat', 'f' || i, '{}' FROM generate_series(1, 20) i;
+SELECT 'thin', 't' || i, '{}' FROM generate_series(1, 10) i;
+SELECT digitaltwin.wait_idle('60s');
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT m, m || i, '{}' FROM generate_series(1, 20) i, unnest(ARRAY['fat', 'thin']) m;
 });
-$small->poll_query_until('postgres', q{
-SELECT bool_or(last_error LIKE 'digitaltwin shared memory for twins is exhausted%')
-FROM digitaltwin.stats WHERE worker IS NOT NULL})
-  or die 'no worker reported the exhausted memory';
-cmp_ok($small->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.events'),
-	'>', 0, 'out of shared memory: the events of the failed batch stay queued');
-is($small->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.dead_letters'),
-	'0', '... and are not dead-lettered');
+# 20 states of 200 kB cannot fit in 1 MB: the events that need memory that
+# is not there are dead-lettered, one at a time; the others go on
+is($small->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('120s')}),
+	't', 'out of shared memory: nothing stays stuck in the queue');
+my ($applied, $dead) = split /\|/, $small->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM digitaltwin.twins WHERE model = 'fat'),
+       (SELECT count(*) FROM digitaltwin.dead_letters WHERE model = 'fat')});
+cmp_ok($dead, '>', 0, '... events that need new memory are dead-lettered');
+cmp_ok($applied, '>', 0, '... those that fit are applied');
+is($applied + $dead, 20, '... every event of the fat model applied or dead-lettered once');
+is( $small->safe_psql('postgres', q{
+SELECT string_agg(DISTINCT sqlstate || ' ' || error, '; ') FROM digitaltwin.dead_letters}),
+	'53200 digitaltwin shared memory for twins is exhausted',
+	'... with SQLSTATE 53200 and a clear error');
+is( $small->safe_psql('postgres', q{
+SELECT count(*) || ' ' || sum(event_count) FROM digitaltwin.twins WHERE model = 'thin'}),
+	'30 30', 'the small twins of the other model are all applied');
 like(slurp_file($small->logfile),
 	qr/digitaltwin shared memory for twins is exhausted/,
 	'... and the log says why');
+
+# a twin whose state keeps its size needs no new memory: still updated
+my $fat_twin = $small->safe_psql('postgres',
+	q{SELECT twin_id FROM digitaltwin.twins WHERE model = 'fat' ORDER BY twin_id LIMIT 1});
+$small->safe_psql('postgres', qq{
+SELECT digitaltwin.send('fat', '$fat_twin', '{}');
+SELECT digitaltwin.send('thin', 't1', '{}');
+SELECT digitaltwin.wait_idle('60s');
+});
+is( $small->safe_psql('postgres', qq{
+SELECT string_agg(twin_id || '=' || (state->>'n'), ',' ORDER BY twin_id)
+FROM digitaltwin.twins WHERE twin_id IN ('$fat_twin', 't1')}),
+	"$fat_twin=2,t1=2", 'a full memory still updates twins whose state keeps its size');
+is($small->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.dead_letters'),
+	$dead, '... without another dead letter');
+
+# with more memory, the dead letters can be sent again and are applied
 $small->append_conf('postgresql.conf', q{digitaltwin.max_memory = '64MB'});
 $small->restart;
+$small->safe_psql('postgres', q{
+WITH d AS (DELETE FROM digitaltwin.dead_letters RETURNING model, twin_id, payload, event_id)
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT model, twin_id, payload FROM d ORDER BY event_id;
+});
 is($small->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}),
 	't', 'with more memory the queue drains');
 is( $small->safe_psql('postgres', q{
 SELECT count(*) || ' ' || sum(event_count) FROM digitaltwin.twins WHERE model = 'fat'}),
-	'20 20', '... and every event was applied once');
+	'20 21', '... and every event was applied once');
 $small->stop;
 done_testing();
