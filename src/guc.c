@@ -53,7 +53,7 @@ dt_define_gucs(void)
 
 	DefineCustomIntVariable("digitaltwin.max_memory",
 							"Shared memory available for twins.",
-							"When it is full, events stay queued until memory is freed.",
+							"When it is full, events that need more memory are dead-lettered, one at a time; the others go on.",
 							&dt_max_memory_mb,
 							256, 1, INT_MAX / 2,
 							PGC_POSTMASTER,
@@ -91,7 +91,7 @@ dt_define_gucs(void)
 
 	DefineCustomIntVariable("digitaltwin.model_timeout",
 							"Longest time a model function may run for one event; 0 disables.",
-							"An event whose model runs longer is dead-lettered.",
+							"An event whose model runs longer is dead-lettered; a model that goes on a second after the cancel stops its worker, which restarts and dead-letters the event.",
 							&dt_model_timeout_ms,
 							5000, 0, INT_MAX,
 							PGC_SIGHUP,
