@@ -25,7 +25,7 @@ HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 
-REGRESS = setup models events processing alerts dead_letters views c_model roles hostile drop
+REGRESS = setup models events processing alerts dead_letters views c_model roles hostile trust drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

@@ -36,6 +36,9 @@ psql_demo -c "SET client_min_messages = warning" -f "$ROOT/examples/heart_rate.s
 psql_demo -c "CREATE EXTENSION digitaltwin_heart_rate" >/dev/null
 psql_demo -c "SELECT name AS model, process, init, state_type FROM digitaltwin.models ORDER BY id"
 
+# the listener confirms each notified alert by its id in digitaltwin.alerts
+# before printing or counting it: anyone who can connect may NOTIFY the
+# channel (README, "Listening safely")
 gcc -O2 -o "$DIR/listen_alerts" "$ROOT/scripts/listen_alerts.c" \
 	-I"$("$PG_CONFIG" --includedir)" -L"$("$PG_CONFIG" --libdir)" -lpq
 "$DIR/listen_alerts" "$CONN" 12 &
