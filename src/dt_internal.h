@@ -252,7 +252,7 @@ extern bool dt_model_id_live(int32 model_id);
 extern void dt_model_timeouts_init(void);
 extern void dt_model_timeouts_disarm(void);
 extern bool dt_model_call_timed_out(void);
-extern bool dt_model_call_was_stopped(void);
+extern int64 dt_model_stopped_event(void);
 extern void dt_model_forget_session_state(void);
 extern Datum dt_model_call(DtModel *model, bool init, int nargs,
 						   Datum *args, bool *nulls, bool *isnull);

@@ -674,6 +674,7 @@ static TimeoutId soft_timeout_id = MAX_TIMEOUTS;
 static TimeoutId hard_timeout_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t call_timed_out = false;
 static volatile sig_atomic_t call_stopped = false;
+static volatile int64 stopped_event_id = 0;
 
 static void
 dt_model_soft_timeout(void)
@@ -687,6 +688,13 @@ dt_model_soft_timeout(void)
 static void
 dt_model_hard_timeout(void)
 {
+	/*
+	 * The event is taken now: a call that does not look at interrupts may
+	 * still return before the worker notices the stop, and the next event
+	 * must not be blamed.
+	 */
+	if (!call_stopped && dt_current_event != NULL)
+		stopped_event_id = dt_current_event->event->id;
 	call_stopped = true;
 	ProcDiePending = true;
 	InterruptPending = true;
@@ -701,11 +709,14 @@ dt_model_timeouts_init(void)
 	hard_timeout_id = RegisterTimeout(USER_TIMEOUT, dt_model_hard_timeout);
 }
 
-/* True when the worker is exiting because a model ignored its timeout. */
-bool
-dt_model_call_was_stopped(void)
+/*
+ * The event whose model ignored its timeout, when the worker is exiting
+ * for that reason; else 0.
+ */
+int64
+dt_model_stopped_event(void)
 {
-	return call_stopped;
+	return call_stopped ? stopped_event_id : 0;
 }
 
 /* True if the timeout of the last (or current) call fired. */

@@ -410,7 +410,7 @@ dt_store_out_of_memory(void)
 	ereport(ERROR,
 			(errcode(ERRCODE_OUT_OF_MEMORY),
 			 errmsg("digitaltwin shared memory for twins is exhausted"),
-			 errdetail("digitaltwin.max_memory is %d MB; the events stay queued.",
+			 errdetail("digitaltwin.max_memory is %d MB; events that need more are dead-lettered.",
 					   dt_max_memory_mb),
 			 errhint("Increase digitaltwin.max_memory, or end twins by returning NULL from the model.")));
 }

@@ -177,18 +177,15 @@ dt_worker_end_batch(bool published, int64 through)
 static void
 dt_worker_exit(int code, Datum arg)
 {
-	int64		stopped = 0;
+	int64		stopped = dt_model_stopped_event();
 
 	/* chunks prepared for a batch that will never be published */
 	dt_stage_abandon();
-	if (dt_model_call_was_stopped() && dt_current_event != NULL)
-	{
-		stopped = dt_current_event->event->id;
+	if (stopped != 0)
 		ereport(LOG,
-				(errmsg("digitaltwin worker %d stopped: model \"%s\" ignored digitaltwin.model_timeout on event " INT64_FORMAT,
-						my_partition, dt_current_event->model->name, stopped),
+				(errmsg("digitaltwin worker %d stopped: a model ignored digitaltwin.model_timeout on event " INT64_FORMAT,
+						my_partition, stopped),
 				 errdetail("The worker restarts and dead-letters that event without calling the model again.")));
-	}
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->pid = 0;
 	my_slot->latch = NULL;
@@ -858,9 +855,13 @@ dt_worker_recover(void)
 	 * After a failure around the commit we cannot know what part of shared
 	 * memory is current; after any other, reloading also repairs whatever
 	 * disagreement between shared memory and twin_state caused it.  Either
-	 * way, reload the partition.
+	 * way, reload the partition; except when the batch only ran out of
+	 * shared memory before commit: dt_stage_abandon() gave back what it
+	 * took, and a reload would free this partition's twins for the other
+	 * workers to take, leaving it unable to load them again.
 	 */
-	if (phase != DT_PHASE_IDLE)
+	if (phase != DT_PHASE_IDLE &&
+		!(phase == DT_PHASE_WORKING && edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY))
 		need_rebuild = true;
 	phase = DT_PHASE_IDLE;
 
