@@ -114,8 +114,7 @@ dt_view_models(void)
 		DtViewModel *m = hash_search(models, &id, HASH_ENTER, NULL);
 		MemoryContext old;
 
-		strlcpy(m->name,
-				NameStr(*DatumGetName(SPI_getbinval(tup, desc, 2, &isnull))),
+		strlcpy(m->name, TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)),
 				sizeof(m->name));
 		m->state_type = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
