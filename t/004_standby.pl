@@ -1,7 +1,9 @@
 # Hot standby and promotion: on a standby the workers stay idle and the live
-# view answers from the replicated durable state; after a failover under
-# load, the promoted node's workers rebuild and continue, and every
-# replicated committed event is applied exactly once.
+# view answers from the replicated durable state, to a role that is only a
+# member of digitaltwin_reader as to a superuser (the view reads twin_state
+# as the extension's owner, the reader has no rights on it); after a
+# failover under load, the promoted node's workers rebuild and continue,
+# and every replicated committed event is applied exactly once.
 use strict;
 use warnings;
 
@@ -16,6 +18,10 @@ use Test::More;
 my $primary = DtTest::new_node('primary', '', allows_streaming => 1);
 $primary->start;
 DtTest::create_model($primary);
+$primary->safe_psql('postgres', q{
+CREATE ROLE analyst LOGIN;
+GRANT digitaltwin_reader TO analyst;
+});
 $primary->safe_psql('postgres', DtTest::send_sql(2000, 100));
 is($primary->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}), 't',
 	'primary processed the first events');
@@ -45,7 +51,25 @@ my $one = qq{SELECT state::text || '#' || event_count FROM digitaltwin.twins WHE
 like($primary->safe_psql('postgres', $one), qr/#\d+$/, "twin $some is live on the primary");
 is($standby->safe_psql('postgres', $one), $primary->safe_psql('postgres', $one),
 	'a lookup by twin id on the standby finds the same state');
+
+# A reader sees the same rows on the standby and on the primary, by a full
+# pass and by a lookup, though twin_state itself is closed to it.
+my @analyst = (extra_params => [ '-U', 'analyst' ]);
+my $rows = $primary->safe_psql('postgres', $view);
+like($rows, qr/^t\d+=\{.*#\d+(,t\d+=\{.*#\d+)+$/, 'the twins as a superuser sees them');
+is($standby->safe_psql('postgres', $view, @analyst), $rows,
+	'a reader on the standby sees the same twins');
+is($primary->safe_psql('postgres', $view, @analyst), $rows,
+	'a reader on the primary sees the same twins');
+is($standby->safe_psql('postgres', $one, @analyst),
+	$primary->safe_psql('postgres', $one),
+	'a reader on the standby finds a twin by its id');
 my ($ret, $out, $err) = $standby->psql('postgres',
+	'SELECT count(*) FROM digitaltwin.twin_state', @analyst);
+like($err, qr/permission denied for table twin_state/,
+	'the reader cannot read twin_state itself');
+
+($ret, $out, $err) = $standby->psql('postgres',
 	q{SELECT digitaltwin.send('acc', 't1', '{"v": 1}')});
 like($err, qr/cannot execute INSERT in a read-only transaction/,
 	'sending on the standby is refused');
