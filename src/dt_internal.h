@@ -123,6 +123,10 @@ typedef struct DtWorkerSlot
 	pid_t		pid;
 	Latch	   *latch;
 	Oid			store_extension;	/* extension whose twins the partition holds */
+	uint64		load_epoch;		/* bumped when a rebuild starts purging the
+								 * partition and again once it is loaded: a
+								 * reader that saw one value before and after
+								 * its copy saw the partition whole (views.c) */
 	/* for wait_idle(): see dt_worker_finish_batch() */
 	uint64		fetches;		/* fetches started */
 	uint64		covered_fetch;	/* the last fetch whose batch was published */

@@ -10,26 +10,52 @@
  * converted to jsonb after every lock is released: to_jsonb() calls type
  * output functions, which must not run under an LWLock.
  *
+ * Converting a model's states can fail (its composite type altered behind
+ * the extension's back, an output function that raises): each model's
+ * states are converted in one subtransaction, and if that fails, the
+ * model's twins show a NULL state and one WARNING names the model and the
+ * error; the other models are not affected.  jsonb states need no
+ * conversion and no subtransaction.  (In parallel mode no subtransaction
+ * can start; there an error fails the query, as it did before 1.4.)
+ *
  * Shared memory holds a worker's twins only once that worker has loaded
  * them from digitaltwin.twin_state.  Until then (on a hot standby, where
  * workers never run; after a restart or a promotion, while the workers load;
  * after the extension was re-created) the twins of that worker's partition
  * are read from twin_state, which is exactly their committed state since
- * the worker has processed nothing yet.
+ * the worker has processed nothing yet.  twin_state is readable by the
+ * extension's owner only, so it is read as that owner (dt_registry_enter);
+ * nothing but the scan's own query and a copy of each row runs meanwhile.
+ *
+ * A partition's loading can start while a copy runs (a worker restarts,
+ * the extension is re-created): the worker then purges the partition and
+ * loads it again, and a copy passing by would see some of its twins, or
+ * none.  So each worker slot has a load epoch, bumped under the slot's
+ * mutex when a rebuild starts purging and again when the partition is
+ * loaded.  The rule: a copy takes a partition from shared memory only if
+ * the partition was loaded when the copy started and its epoch is the same
+ * after the copy as before; otherwise that partition's twins were possibly
+ * seen half, and the copy starts over with that partition read from
+ * twin_state.  A third pass reads every partition from twin_state, so a
+ * query makes at most three passes however often the workers restart.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/tuplestore.h"
 
 #include "dt_internal.h"
@@ -37,30 +63,33 @@
 PG_FUNCTION_INFO_V1(digitaltwin_twin_entries);
 PG_FUNCTION_INFO_V1(digitaltwin_worker_stats);
 
+/* passes over shared memory before every partition is read from twin_state */
+#define DT_LIVE_MAX_PASSES 3
+
 typedef struct DtViewModel
 {
 	int32		id;				/* hash key */
+	char		name[NAMEDATALEN];
 	Oid			state_type;
 	int16		typlen;
 	bool		typbyval;
 	FmgrInfo	to_jsonb;
+	/* this pass's states of the model to convert: a chain of conversions */
+	int64		first_conversion;
+	int64		last_conversion;
 } DtViewModel;
 
 /*
- * A state as jsonb: jsonb states as they are, any other type through
- * to_jsonb(), which finds the argument type in its call expression.
+ * The models, with what converting their states takes.  The hash and the
+ * to_jsonb() call expression live in the caller's context: the SPI
+ * connection's memory is gone once this returns.  The query runs as the
+ * caller (digitaltwin.models is readable by everyone) and uses no operator
+ * or cast, so the caller's search_path cannot change its meaning.
  */
-static Jsonb *
-dt_view_state_jsonb(DtViewModel *m, Datum value)
-{
-	if (m->state_type == JSONBOID)
-		return DatumGetJsonbP(value);
-	return DatumGetJsonbP(FunctionCall1(&m->to_jsonb, value));
-}
-
 static HTAB *
 dt_view_models(void)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	HASHCTL		ctl;
 	HTAB	   *models;
 	uint64		i;
@@ -68,31 +97,38 @@ dt_view_models(void)
 
 	ctl.keysize = sizeof(int32);
 	ctl.entrysize = sizeof(DtViewModel);
-	ctl.hcxt = CurrentMemoryContext;
+	ctl.hcxt = cxt;
 	models = hash_create("digitaltwin view models", 16, &ctl,
 						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	SPI_connect();
-	ret = SPI_execute("SELECT id, state_type::oid FROM digitaltwin.models", true, 0);
+	ret = SPI_execute("SELECT id, name, state_type FROM digitaltwin.models", true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
 	for (i = 0; i < SPI_processed; i++)
 	{
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
-		int32		id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 1, &isnull));
+		int32		id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 		DtViewModel *m = hash_search(models, &id, HASH_ENTER, NULL);
+		MemoryContext old;
 
-		m->state_type = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-													   SPI_tuptable->tupdesc, 2, &isnull));
+		strlcpy(m->name, TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)),
+				sizeof(m->name));
+		m->state_type = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
+		m->first_conversion = m->last_conversion = -1;
 		if (m->state_type != JSONBOID)
 		{
-			fmgr_info_cxt(F_TO_JSONB, &m->to_jsonb, ctl.hcxt);
+			/* to_jsonb() finds the argument type in its call expression */
+			old = MemoryContextSwitchTo(cxt);
+			fmgr_info(F_TO_JSONB, &m->to_jsonb);
 			m->to_jsonb.fn_expr = (Node *)
 				makeFuncExpr(F_TO_JSONB, JSONBOID,
 							 list_make1(makeNullConst(m->state_type, -1, InvalidOid)),
 							 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+			MemoryContextSwitchTo(old);
 		}
 	}
 	SPI_finish();
@@ -103,7 +139,7 @@ dt_view_models(void)
 typedef struct DtLiveConversion
 {
 	int64		row;
-	DtViewModel *model;
+	int64		next;			/* next conversion of the same model, or -1 */
 	char	   *image;
 	Size		len;
 } DtLiveConversion;
@@ -113,16 +149,24 @@ typedef struct DtLiveCollect
 	DtLiveRows *out;
 	const bool *needed;
 	HTAB	   *models;
+	Oid			extension;
+	bool		recovery;
 	MemoryContext cxt;
+	MemoryContext copies;		/* the arena's blocks, reset for each pass */
 	char	   *arena;			/* ids and states are carved from blocks */
 	Size		arena_left;
 	DtLiveConversion *conversions;
 	int64		nconversions;
 	int64		conversions_size;
-	/* partitions whose twins come from shared memory, not twin_state */
-	bool		current[DT_MAX_WORKERS];
-	bool		all_current;
 	int			nparts;
+	int			passes;
+	/* partitions a former pass saw reloading: read from twin_state */
+	bool		durable[DT_MAX_WORKERS];
+	/* partitions whose twins come from shared memory in this pass */
+	bool		current[DT_MAX_WORKERS];
+	uint64		epoch[DT_MAX_WORKERS];	/* their load epochs at its start */
+	bool		all_current;
+	bool		any_current;
 } DtLiveCollect;
 
 #define DT_LIVE_ARENA_BLOCK (1024 * 1024)
@@ -144,7 +188,7 @@ dt_live_alloc(DtLiveCollect *c, Size size)
 	{
 		Size		block = Max(size, DT_LIVE_ARENA_BLOCK);
 
-		c->arena = MemoryContextAlloc(c->cxt, block);
+		c->arena = MemoryContextAlloc(c->copies, block);
 		c->arena_left = block;
 	}
 	p = c->arena;
@@ -206,6 +250,7 @@ dt_live_add(DtLiveCollect *c, DtViewModel *m, const char *twin_id, int idlen,
 		else
 		{
 			DtLiveConversion *conv;
+			int64		n;
 
 			if (c->nconversions == c->conversions_size)
 			{
@@ -213,15 +258,26 @@ dt_live_add(DtLiveCollect *c, DtViewModel *m, const char *twin_id, int idlen,
 				c->conversions = repalloc_huge(c->conversions,
 											   sizeof(DtLiveConversion) * c->conversions_size);
 			}
-			conv = &c->conversions[c->nconversions++];
+			n = c->nconversions++;
+			conv = &c->conversions[n];
 			conv->row = c->out->nrows - 1;
-			conv->model = m;
+			conv->next = -1;
 			conv->image = copy;
 			conv->len = len;
+			if (m->last_conversion < 0)
+				m->first_conversion = n;
+			else
+				c->conversions[m->last_conversion].next = n;
+			m->last_conversion = n;
 		}
 	}
 }
 
+/*
+ * A row of twin_state.  This runs as the extension's owner (the scan's
+ * caller switched): it only copies, into the collection's memory, never
+ * calls anything a user defined.
+ */
 static void
 dt_live_add_durable(void *arg, int32 model_id, const char *twin_id, int idlen,
 					const char *image, Size len, int64 event_count,
@@ -242,6 +298,22 @@ dt_live_add_durable(void *arg, int32 model_id, const char *twin_id, int idlen,
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * The twins of the partitions not current in this pass (partition < 0: of
+ * every partition), from twin_state, read as the owner of the extension's
+ * tables: readers have no rights on twin_state itself.
+ */
+static void
+dt_live_add_durables(DtLiveCollect *c, int partition)
+{
+	Oid			save_userid;
+	int			save_sec_context;
+
+	dt_registry_enter(&save_userid, &save_sec_context);
+	dt_durable_scan(partition, c->nparts, dt_live_add_durable, c);
+	dt_registry_leave(save_userid, save_sec_context);
+}
+
 /* Twins in shared memory, from the workers' slots. */
 int64
 dt_view_twin_count(void)
@@ -258,64 +330,199 @@ dt_view_twin_count(void)
 	return twins;
 }
 
-/*
- * Set up a copy into out, sized for size_hint rows; find the partitions
- * whose twins must come from twin_state.
- */
+/* Set up a copy into out, sized for size_hint rows. */
 static void
 dt_live_start(DtLiveCollect *c, DtLiveRows *out, const bool *needed,
 			  int64 size_hint)
 {
-	Oid			extension;
-	int			i;
-
 	dt_require_preload();
 	(void) dt_models_relid();	/* clear error if not installed */
 	dt_attach_store();
-	extension = dt_extension_oid();
 
 	memset(c, 0, sizeof(*c));
+	c->extension = dt_extension_oid();
+	c->recovery = RecoveryInProgress();
 	c->out = out;
 	c->needed = needed;
 	c->models = dt_view_models();
 	c->cxt = CurrentMemoryContext;
+	c->copies = AllocSetContextCreate(c->cxt, "digitaltwin live copies",
+									  ALLOCSET_DEFAULT_SIZES);
 	c->conversions_size = 64;
 	c->conversions = palloc(sizeof(DtLiveConversion) * c->conversions_size);
 	c->nparts = Max(dt_shared->nworkers, 1);
 	out->nrows = 0;
 	out->size = size_hint;
 	out->rows = palloc_extended(sizeof(DtLiveRow) * out->size, MCXT_ALLOC_HUGE);
+}
 
-	/*
-	 * Partitions whose worker has not loaded them for this extension come
-	 * from twin_state; their shared-memory entries, if any, are stale (after
-	 * DROP and CREATE EXTENSION, model ids start over) and are skipped.
-	 */
+/*
+ * Start a pass: no rows yet.  Find the partitions whose twins come from
+ * shared memory, with their load epochs.  Partitions whose worker has not
+ * loaded them for this extension come from twin_state; their shared-memory
+ * entries, if any, are stale (after DROP and CREATE EXTENSION, model ids
+ * start over) and are skipped.  So are partitions an earlier pass saw
+ * reloading.
+ */
+static void
+dt_live_begin_pass(DtLiveCollect *c)
+{
+	HASH_SEQ_STATUS status;
+	DtViewModel *m;
+	int			i;
+
+	c->out->nrows = 0;
+	c->nconversions = 0;
+	MemoryContextReset(c->copies);
+	c->arena = NULL;
+	c->arena_left = 0;
+	hash_seq_init(&status, c->models);
+	while ((m = hash_seq_search(&status)) != NULL)
+		m->first_conversion = m->last_conversion = -1;
+
 	c->all_current = true;
+	c->any_current = false;
 	for (i = 0; i < c->nparts; i++)
 	{
-		SpinLockAcquire(&dt_shared->slots[i].mutex);
-		c->current[i] = (dt_shared->slots[i].store_extension == extension) &&
-			!RecoveryInProgress();
-		SpinLockRelease(&dt_shared->slots[i].mutex);
+		DtWorkerSlot *slot = &dt_shared->slots[i];
+
+		SpinLockAcquire(&slot->mutex);
+		c->current[i] = (slot->store_extension == c->extension);
+		c->epoch[i] = slot->load_epoch;
+		SpinLockRelease(&slot->mutex);
+		c->current[i] &= !c->recovery && !c->durable[i];
 		c->all_current &= c->current[i];
+		c->any_current |= c->current[i];
 	}
+}
+
+/*
+ * End a pass: true if every partition it copied from shared memory
+ * (partition < 0) or the one it did stayed loaded throughout, that is kept
+ * its load epoch.  Otherwise the partitions that moved are read from
+ * twin_state in the next pass, and every partition in the last one.
+ */
+static bool
+dt_live_pass_held(DtLiveCollect *c, int partition)
+{
+	bool		held = true;
+	int			i;
+
+	for (i = 0; i < c->nparts; i++)
+	{
+		DtWorkerSlot *slot = &dt_shared->slots[i];
+		uint64		epoch;
+
+		if (!c->current[i] || (partition >= 0 && i != partition))
+			continue;
+		SpinLockAcquire(&slot->mutex);
+		epoch = slot->load_epoch;
+		SpinLockRelease(&slot->mutex);
+		if (epoch != c->epoch[i])
+		{
+			c->durable[i] = true;
+			held = false;
+		}
+	}
+	/* the next pass is the last one: it reads nothing from shared memory */
+	if (!held && ++c->passes == DT_LIVE_MAX_PASSES - 1)
+	{
+		for (i = 0; i < c->nparts; i++)
+			c->durable[i] = true;
+	}
+	return held;
+}
+
+/*
+ * Convert one model's states copied as images, in a subtransaction: if a
+ * conversion fails, the model's twins show a NULL state and a WARNING says
+ * why; the query goes on.  A cancel or shutdown is not the model's fault:
+ * it is raised again.
+ */
+static void
+dt_live_convert_model(DtLiveCollect *c, DtViewModel *m)
+{
+	MemoryContext oldcxt = CurrentMemoryContext;
+	ResourceOwner oldowner = CurrentResourceOwner;
+	int64		i;
+
+	/* no subtransaction can start in parallel mode: convert unprotected */
+	if (IsInParallelMode())
+	{
+		for (i = m->first_conversion; i >= 0; i = c->conversions[i].next)
+		{
+			DtLiveConversion *conv = &c->conversions[i];
+
+			c->out->rows[conv->row].state = DatumGetJsonbP(
+				FunctionCall1(&m->to_jsonb,
+							  dt_state_image_read(conv->image, conv->len,
+												  m->typlen, m->typbyval)));
+		}
+		return;
+	}
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(oldcxt);
+	PG_TRY();
+	{
+		for (i = m->first_conversion; i >= 0; i = c->conversions[i].next)
+		{
+			DtLiveConversion *conv = &c->conversions[i];
+
+			CHECK_FOR_INTERRUPTS();
+			c->out->rows[conv->row].state = DatumGetJsonbP(
+				FunctionCall1(&m->to_jsonb,
+							  dt_state_image_read(conv->image, conv->len,
+												  m->typlen, m->typbyval)));
+		}
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(oldcxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(oldcxt);
+		CurrentResourceOwner = oldowner;
+
+		if (ERRCODE_TO_CATEGORY(edata->sqlerrcode) ==
+			ERRCODE_OPERATOR_INTERVENTION)
+			ReThrowError(edata);
+
+		for (i = m->first_conversion; i >= 0; i = c->conversions[i].next)
+			c->out->rows[c->conversions[i].row].state = NULL;
+		ereport(WARNING,
+				(errcode(edata->sqlerrcode),
+				 errmsg("could not show the states of model \"%s\" as jsonb: %s",
+						m->name, edata->message),
+				 errdetail("The twins of model \"%s\" are shown with a NULL state.",
+						   m->name),
+				 errhint("Check the model's state type %s.",
+						 format_type_be(m->state_type))));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
 }
 
 /* Convert the states copied as images, now that no lock is held. */
 static void
 dt_live_finish(DtLiveCollect *c)
 {
-	int64		i;
+	HASH_SEQ_STATUS status;
+	DtViewModel *m;
 
-	for (i = 0; i < c->nconversions; i++)
+	if (c->nconversions == 0)
+		return;
+	hash_seq_init(&status, c->models);
+	while ((m = hash_seq_search(&status)) != NULL)
 	{
-		DtLiveConversion *conv = &c->conversions[i];
-		DtViewModel *cm = conv->model;
-
-		c->out->rows[conv->row].state =
-			dt_view_state_jsonb(cm, dt_state_image_read(conv->image, conv->len,
-														cm->typlen, cm->typbyval));
+		if (m->first_conversion >= 0)
+			dt_live_convert_model(c, m);
 	}
 }
 
@@ -340,39 +547,47 @@ dt_view_collect_twins(DtLiveRows *out, const bool *needed)
 	DtLiveCollect c;
 	dshash_seq_status status;
 	DtTwinEntry *entry;
-	DtViewModel *m = NULL;
+	DtViewModel *m;
 
 	dt_live_start(&c, out, needed, dt_view_twin_count() + 1024);
-	if (!c.all_current)
-		dt_durable_scan(-1, c.nparts, dt_live_add_durable, &c);
-
-	dshash_seq_init(&status, dt_twins, false);
-	while ((entry = dshash_seq_next(&status)) != NULL)
+	do
 	{
-		if (entry->pending || !DsaPointerIsValid(entry->state))
-			continue;
-		if (!c.all_current &&
-			!c.current[dt_partition_of(dt_entry_twin_id(entry),
-									   entry->key.id_len, c.nparts)])
-			continue;
-		if (m == NULL || m->id != entry->key.model_id)
-			m = hash_search(c.models, &entry->key.model_id, HASH_FIND, NULL);
-		/* a model dropped after the workers last looked */
-		if (m == NULL)
-			continue;
-		if (!needed[DT_TWIN_COL_TWIN_ID] && !needed[DT_TWIN_COL_STATE])
+		dt_live_begin_pass(&c);
+		if (!c.all_current)
+			dt_live_add_durables(&c, -1);
+		if (!c.any_current)
+			break;
+
+		m = NULL;
+		dshash_seq_init(&status, dt_twins, false);
+		while ((entry = dshash_seq_next(&status)) != NULL)
 		{
-			(void) dt_live_add_row(out, m->id, entry->event_count, entry->updated_at);
-			continue;
+			if (entry->pending || !DsaPointerIsValid(entry->state))
+				continue;
+			if (!c.all_current &&
+				!c.current[dt_partition_of(dt_entry_twin_id(entry),
+										   entry->key.id_len, c.nparts)])
+				continue;
+			if (m == NULL || m->id != entry->key.model_id)
+				m = hash_search(c.models, &entry->key.model_id, HASH_FIND, NULL);
+			/* a model dropped after the workers last looked */
+			if (m == NULL)
+				continue;
+			if (!needed[DT_TWIN_COL_TWIN_ID] && !needed[DT_TWIN_COL_STATE])
+			{
+				(void) dt_live_add_row(out, m->id, entry->event_count,
+									   entry->updated_at);
+				continue;
+			}
+			dt_live_add(&c, m,
+						needed[DT_TWIN_COL_TWIN_ID] ? dt_entry_twin_id(entry) : NULL,
+						entry->key.id_len,
+						needed[DT_TWIN_COL_STATE] ?
+						dsa_get_address(dt_area, entry->state) : NULL,
+						entry->state_len, entry->event_count, entry->updated_at);
 		}
-		dt_live_add(&c, m,
-					needed[DT_TWIN_COL_TWIN_ID] ? dt_entry_twin_id(entry) : NULL,
-					entry->key.id_len,
-					needed[DT_TWIN_COL_STATE] ?
-					dsa_get_address(dt_area, entry->state) : NULL,
-					entry->state_len, entry->event_count, entry->updated_at);
-	}
-	dshash_seq_term(&status);
+		dshash_seq_term(&status);
+	} while (!dt_live_pass_held(&c, -1));
 	dt_live_finish(&c);
 }
 
@@ -380,8 +595,8 @@ dt_view_collect_twins(DtLiveRows *out, const bool *needed)
  * Copy the twins with one id, of every model, into out: one hash lookup per
  * model instead of a pass over all twins.  The caller's quals are checked
  * on the rows as for a full copy.  If the id's partition is not loaded in
- * shared memory yet, every twin of such partitions comes from twin_state
- * (a rare case: right after a start, or on a standby), and the quals pick.
+ * shared memory yet (a rare case: right after a start, or on a standby),
+ * the twins of that partition come from twin_state, and the quals pick.
  */
 void
 dt_view_lookup_twin(DtLiveRows *out, const bool *needed, const char *twin_id,
@@ -390,29 +605,35 @@ dt_view_lookup_twin(DtLiveRows *out, const bool *needed, const char *twin_id,
 	DtLiveCollect c;
 	HASH_SEQ_STATUS status;
 	DtViewModel *m;
+	int			partition;
 
 	dt_live_start(&c, out, needed, 16);
 	if (idlen > DT_TWIN_ID_MAXLEN)
 		return;					/* no such twin can exist */
-	if (!c.current[dt_partition_of(twin_id, idlen, c.nparts)])
+	partition = dt_partition_of(twin_id, idlen, c.nparts);
+	do
 	{
-		dt_durable_scan(-1, c.nparts, dt_live_add_durable, &c);
-		dt_live_finish(&c);
-		return;
-	}
-	hash_seq_init(&status, c.models);
-	while ((m = hash_seq_search(&status)) != NULL)
-	{
-		DtTwinEntry *entry = dt_store_find(m->id, twin_id, idlen);
+		dt_live_begin_pass(&c);
+		if (!c.current[partition])
+		{
+			dt_live_add_durables(&c, partition);
+			break;
+		}
+		hash_seq_init(&status, c.models);
+		while ((m = hash_seq_search(&status)) != NULL)
+		{
+			DtTwinEntry *entry = dt_store_find(m->id, twin_id, idlen);
 
-		if (entry == NULL)
-			continue;
-		if (!entry->pending && DsaPointerIsValid(entry->state))
-			dt_live_add(&c, m, twin_id, idlen,
-						dsa_get_address(dt_area, entry->state), entry->state_len,
-						entry->event_count, entry->updated_at);
-		dt_store_release(entry);
-	}
+			if (entry == NULL)
+				continue;
+			if (!entry->pending && DsaPointerIsValid(entry->state))
+				dt_live_add(&c, m, twin_id, idlen,
+							dsa_get_address(dt_area, entry->state),
+							entry->state_len, entry->event_count,
+							entry->updated_at);
+			dt_store_release(entry);
+		}
+	} while (!dt_live_pass_held(&c, partition));
 	dt_live_finish(&c);
 }
 

@@ -543,9 +543,13 @@ dt_worker_rebuild(void)
 
 	INSTR_TIME_SET_CURRENT(start);
 
-	/* readers take this partition from twin_state until it is loaded */
+	/*
+	 * Readers take this partition from twin_state until it is loaded; a
+	 * reader already copying it sees the epoch move and copies again.
+	 */
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->store_extension = InvalidOid;
+	my_slot->load_epoch++;
 	SpinLockRelease(&my_slot->mutex);
 	dt_store_purge_partition(my_partition, dt_shared->nworkers);
 	dt_twin_count_forget(my_partition, NULL);
@@ -566,6 +570,7 @@ dt_worker_rebuild(void)
 	need_rebuild = false;
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->store_extension = known_extension;
+	my_slot->load_epoch++;
 	SpinLockRelease(&my_slot->mutex);
 
 	INSTR_TIME_SET_CURRENT(duration);
