@@ -24,7 +24,7 @@
  * after the extension was re-created) the twins of that worker's partition
  * are read from twin_state, which is exactly their committed state since
  * the worker has processed nothing yet.  twin_state is readable by the
- * extension's owner only, so it is read as that owner (dt_registry_enter);
+ * extension's owner only, so it is read as that owner (dt_trusted_enter);
  * nothing but the scan's own query and a copy of each row runs meanwhile.
  *
  * A partition's loading can start while a copy runs (a worker restarts,
@@ -306,12 +306,11 @@ dt_live_add_durable(void *arg, int32 model_id, const char *twin_id, int idlen,
 static void
 dt_live_add_durables(DtLiveCollect *c, int partition)
 {
-	Oid			save_userid;
-	int			save_sec_context;
+	DtTrustedScope scope;
 
-	dt_registry_enter(&save_userid, &save_sec_context);
+	dt_trusted_enter(&scope);
 	dt_durable_scan(partition, c->nparts, dt_live_add_durable, c);
-	dt_registry_leave(save_userid, save_sec_context);
+	dt_trusted_leave(&scope);
 }
 
 /* Twins in shared memory, from the workers' slots. */
