@@ -134,6 +134,21 @@ DROP ROLE dt_prot_owner;
 DROP ROLE IF EXISTS dt_prot_stranger, dt_prot_owner;
 \set VERBOSITY terse
 SELECT rolname FROM pg_roles WHERE rolname = 'dt_prot_stranger';
+-- a model owner that owns nothing else (its functions are another role's):
+-- PostgreSQL alone would drop it and orphan the model
+CREATE ROLE dt_prot_bare;
+GRANT digitaltwin_admin TO dt_prot_bare;
+CREATE FUNCTION prot_bare_step(twin_id text, state jsonb, event jsonb)
+RETURNS jsonb LANGUAGE sql AS $$ SELECT $3 $$;
+SET ROLE dt_prot_bare;
+SELECT digitaltwin.create_model('prot_bare', 'prot_bare_step(text,jsonb,jsonb)');
+RESET ROLE;
+\set VERBOSITY default
+DROP ROLE dt_prot_bare;
+\set VERBOSITY terse
+SELECT digitaltwin.drop_model('prot_bare');
+DROP ROLE dt_prot_bare;
+DROP FUNCTION prot_bare_step(text, jsonb, jsonb);
 DROP ROLE dt_prot_nobody;
 DROP ROLE IF EXISTS dt_prot_nobody;
 REASSIGN OWNED BY dt_prot_owner TO dt_prot_heir;
