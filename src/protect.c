@@ -186,7 +186,7 @@ dt_check_drop_role(DropRoleStmt *stmt)
 							spec->rolename),
 					 errdetail("Role \"%s\" owns digitaltwin model \"%s\".",
 							   spec->rolename, model),
-					 errhint("Drop the model with digitaltwin.drop_model(), or give it to another role with REASSIGN OWNED BY %s TO ....",
+					 errhint("Drop the model with digitaltwin.drop_model(), or give it to another role with REASSIGN OWNED BY %s TO another_role.",
 							 quote_identifier(spec->rolename))));
 	}
 }
