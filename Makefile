@@ -15,6 +15,7 @@ OBJS = \
 	src/views.o \
 	src/live_fdw.o \
 	src/worker.o \
+	src/protect.o \
 	src/digitaltwin.o
 
 EXTENSION = digitaltwin
@@ -25,7 +26,7 @@ HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 
-REGRESS = setup models events processing alerts dead_letters views c_model roles hostile trust drop
+REGRESS = setup models events processing alerts dead_letters views c_model roles protect hostile trust drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

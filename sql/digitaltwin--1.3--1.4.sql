@@ -23,9 +23,215 @@ $$;
 
 -- [section: model protection (ALTER of state types)]
 
+--------------------------------------------------------------------------
+-- A model's state type cannot be altered under it
+--
+-- Twin states are stored as binary images of the state type (twin_state,
+-- shared memory), and model code reads the state's attributes by name: an
+-- attribute added, dropped, retyped or renamed made every event of the
+-- model dead-letter and the stored images unreadable.  A ddl_command_end
+-- event trigger refuses, like the sql_drop trigger of 1.3 refuses DROP, the
+-- ALTERs that change the attributes of a model's state type or of any type
+-- inside it (attributes of composite types, array elements, domain base
+-- types, range subtypes), followed recursively:
+--   ALTER TYPE ... ADD / DROP / ALTER / RENAME ATTRIBUTE of a composite type,
+--   ALTER TABLE (VIEW, FOREIGN TABLE) ... ADD / DROP / ALTER TYPE / RENAME
+--   COLUMN of a relation whose row type is protected, of a parent it
+--   inherits its columns from, or of the type a typed table is OF.
+-- Allowed, because stored images and model code keep working: OWNER TO,
+-- RENAME TO and SET SCHEMA of the type (models refer to it by OID),
+-- COMMENT, ALTER TYPE ... ADD / RENAME VALUE of an enum (values are stored
+-- by OID), constraints, defaults, storage and options of a table, and
+-- ALTER DOMAIN (it cannot change the base type; a new constraint is not
+-- checked against stored states, only against values the model returns).
+-- Which ALTER TABLE subcommands a command ran only C can tell
+-- (digitaltwin._alters_row_type).  Changing a model's state type means a
+-- new type and a new model (a later version will offer alter_model).
+--
+-- SECURITY DEFINER, search_path pinned, operators and types qualified:
+-- the trigger runs for whoever alters a type, with that role's settings.
+-- A superuser can bypass it (ALTER EVENT TRIGGER ... DISABLE).
+--------------------------------------------------------------------------
+
+CREATE FUNCTION digitaltwin._alters_row_type(command pg_catalog.pg_ddl_command)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'digitaltwin_alters_row_type'
+LANGUAGE C STRICT STABLE;
+
+COMMENT ON FUNCTION digitaltwin._alters_row_type(pg_catalog.pg_ddl_command) IS
+'Internal: whether a command collected by an event trigger adds, drops, retypes or renames a column or attribute.';
+
+REVOKE ALL ON FUNCTION digitaltwin._alters_row_type(pg_catalog.pg_ddl_command) FROM PUBLIC;
+
+CREATE FUNCTION digitaltwin.protect_model_types()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    used record;
+BEGIN
+    WITH RECURSIVE
+    -- each model's state type and every type inside it
+    protected(typ, model, state_type) AS (
+        SELECT m.state_type::pg_catalog.oid, m.name, m.state_type
+        FROM digitaltwin.models m
+      UNION
+        SELECT inner_type.oid, p.model, p.state_type
+        FROM protected p
+        CROSS JOIN LATERAL (
+            SELECT t.typelem
+            FROM pg_catalog.pg_type t
+            WHERE t.oid OPERATOR(pg_catalog.=) p.typ
+              AND t.typelem OPERATOR(pg_catalog.<>) 0::pg_catalog.oid
+          UNION ALL
+            SELECT t.typbasetype
+            FROM pg_catalog.pg_type t
+            WHERE t.oid OPERATOR(pg_catalog.=) p.typ
+              AND t.typtype OPERATOR(pg_catalog.=) 'd'::pg_catalog."char"
+          UNION ALL
+            SELECT a.atttypid
+            FROM pg_catalog.pg_type t
+            JOIN pg_catalog.pg_attribute a
+              ON a.attrelid OPERATOR(pg_catalog.=) t.typrelid
+            WHERE t.oid OPERATOR(pg_catalog.=) p.typ
+              AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2
+              AND NOT a.attisdropped
+          UNION ALL
+            SELECT r.rngsubtype
+            FROM pg_catalog.pg_range r
+            WHERE r.rngtypid OPERATOR(pg_catalog.=) p.typ
+          UNION ALL
+            SELECT r.rngtypid
+            FROM pg_catalog.pg_range r
+            WHERE r.rngmultitypid OPERATOR(pg_catalog.=) p.typ
+        ) inner_type(oid)
+    ),
+    -- the relations whose columns are those types' attributes
+    protected_rel(relid, typ, model, state_type) AS (
+        SELECT t.typrelid, p.typ, p.model, p.state_type
+        FROM protected p
+        JOIN pg_catalog.pg_type t ON t.oid OPERATOR(pg_catalog.=) p.typ
+        WHERE t.typrelid OPERATOR(pg_catalog.<>) 0::pg_catalog.oid
+      UNION
+        SELECT up.relid, r.typ, r.model, r.state_type
+        FROM protected_rel r
+        CROSS JOIN LATERAL (
+            -- a parent passes its column changes down to its children
+            SELECT i.inhparent
+            FROM pg_catalog.pg_inherits i
+            WHERE i.inhrelid OPERATOR(pg_catalog.=) r.relid
+          UNION ALL
+            -- ALTER TYPE ... CASCADE passes them to tables OF the type
+            SELECT ot.typrelid
+            FROM pg_catalog.pg_class c
+            JOIN pg_catalog.pg_type ot ON ot.oid OPERATOR(pg_catalog.=) c.reloftype
+            WHERE c.oid OPERATOR(pg_catalog.=) r.relid
+        ) up(relid)
+    )
+    SELECT d.command_tag, d.object_identity, r.model,
+           r.typ::pg_catalog.regtype AS typ, r.state_type
+    INTO used
+    FROM pg_catalog.pg_event_trigger_ddl_commands() d
+    JOIN protected_rel r
+      ON d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass
+     AND d.objid OPERATOR(pg_catalog.=) r.relid
+    WHERE digitaltwin._alters_row_type(d.command)
+    ORDER BY r.model
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot alter % because digitaltwin model "%" uses it',
+                        used.object_identity, used.model
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  DETAIL = pg_catalog.format('%s changes the attributes of type %s, which is or is part of the model''s state type %s: its events would fail and its stored twin states could no longer be read.',
+                                             used.command_tag, used.typ, used.state_type),
+                  HINT = 'Create a new type and a new model that uses it (a later version will offer alter_model).';
+    END IF;
+END
+$$;
+
+COMMENT ON FUNCTION digitaltwin.protect_model_types() IS
+'Event trigger function: refuses ALTER TYPE / ALTER TABLE that adds, drops, retypes or renames an attribute of a registered model''s state type or of a type within it.';
+
+REVOKE ALL ON FUNCTION digitaltwin.protect_model_types() FROM PUBLIC;
+
+CREATE EVENT TRIGGER digitaltwin_protect_model_types ON ddl_command_end
+    WHEN TAG IN ('ALTER TYPE', 'ALTER TABLE', 'ALTER VIEW',
+                 'ALTER FOREIGN TABLE', 'CREATE VIEW')
+    EXECUTE FUNCTION digitaltwin.protect_model_types();
+
+COMMENT ON EVENT TRIGGER digitaltwin_protect_model_types IS
+'digitaltwin: the attributes of a model''s state type (and of types within it) cannot be altered while the model exists.';
+
+-- 1.3's DROP protection, its operators qualified: an unqualified = is
+-- resolved through the search_path, and the trigger runs for anyone.
+CREATE OR REPLACE FUNCTION digitaltwin.protect_model_objects()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    used record;
+BEGIN
+    SELECT d.object_type, d.object_identity, m.name AS model
+    INTO used
+    FROM pg_catalog.pg_event_trigger_dropped_objects() d
+    JOIN digitaltwin.models m
+      ON (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+          AND (d.objid OPERATOR(pg_catalog.=) m.process::pg_catalog.oid
+               OR d.objid OPERATOR(pg_catalog.=) m.init::pg_catalog.oid))
+      OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+          AND d.objid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid)
+    ORDER BY m.name
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot drop % % because digitaltwin model "%" uses it',
+                        used.object_type, used.object_identity, used.model
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = pg_catalog.format('Drop the model first: SELECT digitaltwin.drop_model(%L);',
+                                           used.model);
+    END IF;
+END
+$$;
+
 -- [end section: model protection]
 
 -- [section: chain depth]
+
+--------------------------------------------------------------------------
+-- Chains of events sent by models are bounded
+--
+-- A model that sends events to itself (or two models that send to each
+-- other) multiplied without bound.  Each event now carries its depth: 0
+-- when an application sent it, the depth of the event being processed + 1
+-- when a model sent it.  The default computes it; a depth beyond
+-- digitaltwin.max_chain_depth is an error in the sending model, whose
+-- event is dead-lettered.  Writers may insert only (model, twin_id,
+-- payload) and cannot set a depth.
+--
+-- STABLE, not VOLATILE: COPY into the queue keeps inserting in batches
+-- (a volatile default makes it insert row by row), and ADD COLUMN stores
+-- the value for existing rows (0) in the catalog instead of rewriting the
+-- partitions, which get the column at the same position as the parent.
+-- PARALLEL RESTRICTED: it reads the worker's current event, which a
+-- parallel worker does not have.
+--------------------------------------------------------------------------
+
+CREATE FUNCTION digitaltwin._event_depth()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'digitaltwin_event_depth'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION digitaltwin._event_depth() IS
+'Internal: default of digitaltwin.events.depth; 0 outside a model, the depth of the event being processed + 1 inside one (an error beyond digitaltwin.max_chain_depth).';
+
+ALTER TABLE digitaltwin.events
+    ADD COLUMN depth integer NOT NULL DEFAULT digitaltwin._event_depth();
+
+COMMENT ON COLUMN digitaltwin.events.depth IS
+'Number of model-sent events from the application''s event to this one (0: sent by an application).';
 
 -- [end section: chain depth]
 

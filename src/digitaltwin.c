@@ -56,6 +56,9 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = dt_shmem_startup_hook;
 
+	/* DROP ROLE of a model's owner, REASSIGN OWNED (protect.c) */
+	dt_install_utility_hook();
+
 	dt_register_workers();
 	dt_preloaded = true;
 }

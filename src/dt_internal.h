@@ -13,6 +13,7 @@
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
  *	  worker.c	 background worker loop and batch transaction
+ *	  protect.c	 what keeps a model runnable: owner, state type, name, chain depth
  *
  * Copyright (c) 2026, digitaltwin developers
  *
@@ -57,6 +58,7 @@ extern int	dt_alert_retention_s;
 extern int	dt_dead_letter_retention_s;
 extern int	dt_max_twins_per_model;
 extern bool dt_allow_superuser_models;
+extern int	dt_max_chain_depth;
 extern void dt_define_gucs(void);
 
 /* digitaltwin.c */
@@ -274,6 +276,7 @@ typedef struct DtEvent
 	char	   *twin_id;
 	Jsonb	   *payload;
 	TimestampTz enqueued_at;
+	int32		depth;			/* models' sends from event 0 to this one */
 	bool		dead;
 	char	   *error;
 	char		sqlstate[6];
@@ -387,6 +390,14 @@ extern void dt_view_lookup_twin(DtLiveRows *out, const bool *needed,
 								const char *twin_id, int idlen);
 extern void dt_view_row_values(const DtLiveRow *row, const bool *needed,
 							   Datum *values, bool *nulls);
+
+/* ----------------------------------------------------------------
+ * protect.c
+ * ----------------------------------------------------------------
+ */
+extern void dt_install_utility_hook(void);
+extern void dt_check_model_name(const char *name);
+extern bool dt_model_owner_exists(Oid owner);
 
 /* worker.c */
 extern PGDLLEXPORT void digitaltwin_worker_main(Datum main_arg);

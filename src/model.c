@@ -334,6 +334,7 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("model name must be 1 to %d bytes long", NAMEDATALEN - 1)));
+	dt_check_model_name(name);
 
 	if (superuser_arg(caller) && !dt_allow_superuser_models)
 		ereport(ERROR,

@@ -280,6 +280,7 @@ typedef struct DtFetchSource
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	bool		has_event;		/* slot holds this partition's next event */
+	bool		has_depth;		/* the depth column exists (version 1.4) */
 	int64		id;
 } DtFetchSource;
 
@@ -289,22 +290,39 @@ typedef struct DtFetchSource
 #define DT_EVENT_ATT_TWIN_ID		3
 #define DT_EVENT_ATT_PAYLOAD		4
 #define DT_EVENT_ATT_ENQUEUED_AT	5
+#define DT_EVENT_ATT_PART			6
+#define DT_EVENT_ATT_DEPTH			7
 
-/* The attribute numbers above hold for every partition; make sure. */
-static void
+/*
+ * The attribute numbers above hold for every partition; make sure.  The
+ * partitions were created with their parent and never had a column
+ * dropped, and a column added to the parent (depth, in version 1.4) is
+ * added to each partition in the same position.  Until the extension is
+ * updated to 1.4, the depth column does not exist: every event then counts
+ * as sent by an application (depth 0).
+ */
+static bool
 dt_fetch_check_columns(Relation rel)
 {
-	static const char *const names[] = {"id", "model", "twin_id", "payload", "enqueued_at"};
+	static const char *const names[] = {"id", "model", "twin_id", "payload",
+	"enqueued_at", "part", "depth"};
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
+	StaticAssertStmt(lengthof(names) == DT_EVENT_ATT_DEPTH,
+					 "one name per attribute number");
 	for (i = 0; i < lengthof(names); i++)
 	{
+		if (i + 1 == DT_EVENT_ATT_DEPTH && desc->natts == DT_EVENT_ATT_DEPTH - 1)
+			return false;
 		if (desc->natts <= i ||
+			TupleDescAttr(desc, i)->attisdropped ||
 			strcmp(NameStr(TupleDescAttr(desc, i)->attname), names[i]) != 0)
 			elog(ERROR, "digitaltwin: unexpected column %d in queue partition \"%s\"",
 				 i + 1, RelationGetRelationName(rel));
 	}
+	Assert(TupleDescAttr(desc, DT_EVENT_ATT_DEPTH - 1)->atttypid == INT4OID);
+	return true;
 }
 
 /*
@@ -354,6 +372,13 @@ dt_fetch_take(DtFetchSource *src, DtEvent *ev)
 	ev->payload = isnull ? NULL : DatumGetJsonbPCopy(d);
 	ev->enqueued_at = DatumGetTimestampTz(slot_getattr(src->slot,
 													   DT_EVENT_ATT_ENQUEUED_AT, &isnull));
+	ev->depth = 0;
+	if (src->has_depth)
+	{
+		d = slot_getattr(src->slot, DT_EVENT_ATT_DEPTH, &isnull);
+		if (!isnull)
+			ev->depth = DatumGetInt32(d);
+	}
 }
 
 /*
@@ -411,7 +436,7 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 		DtFetchSource *src = &sources[i];
 
 		src->rel = table_open(dt_queue_partition_relid(i), AccessShareLock);
-		dt_fetch_check_columns(src->rel);
+		src->has_depth = dt_fetch_check_columns(src->rel);
 		src->index = index_open(RelationGetPrimaryKeyIndex(src->rel), AccessShareLock);
 		src->slot = table_slot_create(src->rel, NULL);
 		src->scan = index_beginscan(src->rel, src->index, snapshot, 0, 0);
@@ -708,6 +733,33 @@ dt_events_last_id(void)
 	return last_id;
 }
 
+/*
+ * now + timeout, where a deadline beyond the range of timestamps ('1000000
+ * years') is no deadline (DT_NOEND, never reached) and one before it is a
+ * deadline already passed, instead of "timestamp out of range".  Adding an
+ * interval is calendar arithmetic, but it lands within a few days of the
+ * interval's length taken as 30.44-day months and 24-hour days, so that
+ * estimate decides when it is far from the limits; otherwise the exact sum
+ * cannot overflow.
+ */
+static TimestampTz
+dt_wait_deadline(const Interval *timeout, TimestampTz now)
+{
+	const double margin = 30.0 * USECS_PER_DAY;
+	double		approx;
+
+	approx = (double) now + (double) timeout->time +
+		(double) timeout->day * USECS_PER_DAY +
+		(double) timeout->month * (DAYS_PER_YEAR / MONTHS_PER_YEAR) * USECS_PER_DAY;
+	if (approx > (double) END_TIMESTAMP - margin)
+		return DT_NOEND;
+	if (approx < (double) MIN_TIMESTAMP + margin)
+		return now;
+	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+												   TimestampTzGetDatum(now),
+												   IntervalPGetDatum(timeout)));
+}
+
 Datum
 digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 {
@@ -737,9 +789,7 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 				 errmsg("digitaltwin.wait_idle() cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
 				 errdetail("It must see the workers' commits, which such a transaction's snapshot hides.")));
 
-	deadline = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-													   TimestampTzGetDatum(GetCurrentTimestamp()),
-													   IntervalPGetDatum(timeout)));
+	deadline = dt_wait_deadline(timeout, GetCurrentTimestamp());
 
 	/*
 	 * Each worker's next fetch takes its snapshot after we read its fetch
@@ -784,6 +834,7 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 			if (GetCurrentTimestamp() >= deadline)
 				goto out;
 			ConditionVariableTimedSleep(&dt_shared->progress_cv, 100, PG_WAIT_EXTENSION);
+			/* without a deadline, a cancel or statement_timeout ends it */
 			CHECK_FOR_INTERRUPTS();
 		}
 	}

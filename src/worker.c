@@ -248,6 +248,14 @@ dt_apply_event(DtEvent *ev)
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("a function of model \"%s\" no longer exists", ev->model),
 				 errhint("Drop the model and create it again with existing functions.")));
+	/* DROP ROLE run from another database cannot see this one's models */
+	if (!dt_model_owner_exists(model->owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("the owner of model \"%s\" no longer exists", ev->model),
+				 errdetail("Role %u was dropped from another database, where the model could not be seen.",
+						   model->owner),
+				 errhint("Drop the model and create it again as an existing role.")));
 	/* its owner may have become a superuser since the model was created */
 	if (!dt_allow_superuser_models && superuser_arg(model->owner))
 		ereport(ERROR,

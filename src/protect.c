@@ -1,0 +1,379 @@
+/*-------------------------------------------------------------------------
+ *
+ * protect.c
+ *	  What keeps a registered model runnable: its owner cannot be dropped,
+ *	  its state type cannot be altered, its name is printable, and a chain
+ *	  of events that models send to models has a bounded length.
+ *
+ * Roles.  digitaltwin.models records its owner by OID (regrole), which
+ * leaves no trace in pg_shdepend, so DROP ROLE used to succeed and leave the
+ * model dead-lettering every event ("invalid role OID").  A ProcessUtility
+ * hook, installed only when the library is preloaded, refuses DROP ROLE of
+ * a role that owns a model of the current database, and makes REASSIGN
+ * OWNED BY old TO new move the models of this database to the new role as
+ * it moves their functions.  A role can also be dropped from another
+ * database of the cluster, where the models of this one are out of sight:
+ * the workers then find the owner gone (dt_model_owner_exists) and
+ * dead-letter the model's events with an error that says so.
+ *
+ * State types.  The sql_drop event trigger of version 1.3 refuses DROP of
+ * a model's state type; the ddl_command_end trigger of version 1.4
+ * (digitaltwin.protect_model_types, see the 1.3--1.4 script) refuses the
+ * ALTERs that change its row layout.  It calls dt_alters_row_type below to
+ * tell those subcommands from harmless ones, which only C can see.
+ *
+ * Chains.  Every event carries a depth (digitaltwin.events.depth): 0 when
+ * an application sent it, the sending event's depth + 1 when a model did.
+ * The column's default, digitaltwin._event_depth(), refuses a depth over
+ * digitaltwin.max_chain_depth, which dead-letters the sending event: a
+ * model that sends events to itself stops instead of multiplying.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
+#include "commands/extension.h"
+#include "executor/spi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "nodes/parsenodes.h"
+#include "tcop/deparse_utility.h"
+#include "tcop/utility.h"
+#include "utils/acl.h"
+#include "utils/builtins.h"
+#include "utils/inval.h"
+#include "utils/syscache.h"
+
+#include "dt_internal.h"
+
+PG_FUNCTION_INFO_V1(digitaltwin_event_depth);
+PG_FUNCTION_INFO_V1(digitaltwin_alters_row_type);
+
+static ProcessUtility_hook_type prev_process_utility = NULL;
+
+/* ----------------------------------------------------------------
+ * Model names
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * A model name is shown in errors, dead letters, logs and NOTIFY payloads
+ * and typed by people: refuse names that cannot be told apart when printed
+ * (empty, blank, padded with white space) or that hold control characters
+ * (which could forge lines in logs) or invalid encoding.
+ */
+void
+dt_check_model_name(const char *name)
+{
+	int			len = strlen(name);
+	const unsigned char *p;
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid model name"),
+				 errdetail("A model name must not be empty.")));
+	if (!pg_verifymbstr(name, len, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid model name"),
+				 errdetail("The name is not valid in the database encoding.")));
+	for (p = (const unsigned char *) name; *p; p += pg_mblen((const char *) p))
+	{
+		pg_wchar	c = *p;
+		bool		control;
+
+		if (c < 0x80)
+			control = c < 0x20 || c == 0x7f;
+		else if (GetDatabaseEncoding() == PG_UTF8)
+		{
+			/* C1 controls too, U+0080..U+009F */
+			c = utf8_to_unicode(p);
+			control = c <= 0x9f;
+		}
+		else
+			control = false;
+		if (control)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid model name"),
+					 errdetail("A model name must not contain control characters (U+%04X at byte %d).",
+							   (unsigned int) c, (int) (p - (const unsigned char *) name) + 1)));
+	}
+	if (name[0] == ' ' || name[len - 1] == ' ')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid model name"),
+				 errdetail("A model name must not begin or end with white space.")));
+}
+
+/* ----------------------------------------------------------------
+ * Model owners
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Whether the role still exists.  For the worker: a model whose owner was
+ * dropped from another database (which the ProcessUtility hook cannot see
+ * from there) has nobody to run as.
+ */
+bool
+dt_model_owner_exists(Oid owner)
+{
+	return SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(owner));
+}
+
+/*
+ * The first model (by name) of this database owned by 'role', or NULL.
+ * Runs as the owner of the extension's tables.
+ */
+static char *
+dt_model_owned_by(Oid role)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	DtTrustedScope scope;
+	Oid			argtype = OIDOID;
+	Datum		arg = ObjectIdGetDatum(role);
+	char	   *model = NULL;
+	int			ret;
+
+	dt_trusted_enter(&scope);
+	ret = SPI_execute_with_args("SELECT name FROM digitaltwin.models "
+								"WHERE owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1 "
+								"ORDER BY name LIMIT 1",
+								1, &argtype, &arg, NULL, true, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+		Datum		d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+									  1, &isnull);
+
+		/* out of SPI's memory, which SPI_finish frees */
+		model = MemoryContextStrdup(cxt, TextDatumGetCString(d));
+	}
+	dt_trusted_leave(&scope);
+	return model;
+}
+
+/* DROP ROLE: refuse it while the role owns a model here. */
+static void
+dt_check_drop_role(DropRoleStmt *stmt)
+{
+	ListCell   *lc;
+
+	foreach(lc, stmt->roles)
+	{
+		RoleSpec   *spec = lfirst(lc);
+		Oid			role;
+		char	   *model;
+
+		/* DROP ROLE itself refuses CURRENT_USER and the like */
+		if (spec->roletype != ROLESPEC_CSTRING)
+			continue;
+		role = get_role_oid(spec->rolename, true);
+		if (!OidIsValid(role))
+			continue;
+		model = dt_model_owned_by(role);
+		if (model != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("role \"%s\" cannot be dropped because some objects depend on it",
+							spec->rolename),
+					 errdetail("Role \"%s\" owns digitaltwin model \"%s\".",
+							   spec->rolename, model),
+					 errhint("Drop the model with digitaltwin.drop_model(), or give it to another role with REASSIGN OWNED BY %s TO another_role.",
+							 quote_identifier(spec->rolename))));
+	}
+}
+
+/*
+ * REASSIGN OWNED BY old TO new: after core has reassigned the objects of
+ * this database (the model functions among them), move the models too.
+ * Core has checked that the caller may act for every role named.  A model
+ * may not pass to a superuser unless digitaltwin.allow_superuser_models
+ * permits superuser-owned models (create_model's rule).
+ */
+static void
+dt_reassign_models(ReassignOwnedStmt *stmt)
+{
+	Oid			newrole = get_rolespec_oid(stmt->newrole, false);
+	DtTrustedScope scope;
+	Oid			argtypes[2] = {OIDOID, REGROLEOID};
+	uint64		moved = 0;
+	ListCell   *lc;
+
+	foreach(lc, stmt->roles)
+	{
+		Oid			oldrole = get_rolespec_oid(lfirst(lc), false);
+		Datum		args[2];
+		int			ret;
+
+		if (oldrole == newrole)
+			continue;
+		if (superuser_arg(newrole) && !dt_allow_superuser_models)
+		{
+			char	   *model = dt_model_owned_by(oldrole);
+
+			if (model != NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						 errmsg("a superuser cannot own a model"),
+						 errdetail("REASSIGN OWNED would give digitaltwin model \"%s\" to superuser \"%s\".",
+								   model, GetUserNameFromId(newrole, false)),
+						 errhint("Reassign to an ordinary role, or set digitaltwin.allow_superuser_models = on.")));
+		}
+
+		args[0] = ObjectIdGetDatum(oldrole);
+		args[1] = ObjectIdGetDatum(newrole);
+		dt_trusted_enter(&scope);
+		ret = SPI_execute_with_args("UPDATE digitaltwin.models "
+									"SET owner = $2 "
+									"WHERE owner::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
+									2, argtypes, args, NULL, false, 0);
+		if (ret != SPI_OK_UPDATE)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		moved += SPI_processed;
+		dt_trusted_leave(&scope);
+	}
+
+	/* the workers' and inserters' caches hold the owner: re-read at commit */
+	if (moved > 0)
+		CacheInvalidateRelcacheByRelid(dt_models_relid());
+}
+
+/*
+ * Whether this database has the extension.  Only for DROP ROLE and
+ * REASSIGN OWNED, which always run in a transaction.  While the extension
+ * is being created or dropped, its tables may be half there: leave those
+ * commands alone.
+ */
+static bool
+dt_extension_here(void)
+{
+	return !creating_extension &&
+		OidIsValid(get_extension_oid("digitaltwin", true)) &&
+		OidIsValid(get_namespace_oid("digitaltwin", true));
+}
+
+static void
+dt_process_utility(PlannedStmt *pstmt, const char *queryString,
+				   bool readOnlyTree, ProcessUtilityContext context,
+				   ParamListInfo params, QueryEnvironment *queryEnv,
+				   DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+	bool		reassign = false;
+
+	if (IsA(parsetree, DropRoleStmt) && dt_extension_here())
+		dt_check_drop_role((DropRoleStmt *) parsetree);
+	else if (IsA(parsetree, ReassignOwnedStmt) && dt_extension_here())
+		reassign = true;
+
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context,
+							 params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+
+	if (reassign)
+		dt_reassign_models((ReassignOwnedStmt *) parsetree);
+}
+
+void
+dt_install_utility_hook(void)
+{
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = dt_process_utility;
+}
+
+/* ----------------------------------------------------------------
+ * State types
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * digitaltwin._alters_row_type(pg_ddl_command): whether a collected
+ * command changes the attributes of the relation it names (adds, drops,
+ * retypes or renames one).  Those change the state type's layout or the
+ * names model code and readers use; other ALTER TABLE / ALTER TYPE forms
+ * (owner, constraints, storage, options, ...) do not, and stay allowed.
+ */
+Datum
+digitaltwin_alters_row_type(PG_FUNCTION_ARGS)
+{
+	CollectedCommand *cmd = (CollectedCommand *) PG_GETARG_POINTER(0);
+	ListCell   *lc;
+
+	switch (cmd->type)
+	{
+		case SCT_AlterTable:
+			foreach(lc, cmd->d.alterTable.subcmds)
+			{
+				CollectedATSubcmd *sub = lfirst(lc);
+				AlterTableCmd *atc = castNode(AlterTableCmd, sub->parsetree);
+
+				switch (atc->subtype)
+				{
+					case AT_AddColumn:
+					case AT_AddColumnRecurse:
+					case AT_AddColumnToView:
+					case AT_DropColumn:
+					case AT_DropColumnRecurse:
+					case AT_AlterColumnType:
+						PG_RETURN_BOOL(true);
+					default:
+						break;
+				}
+			}
+			break;
+		case SCT_Simple:
+			if (cmd->parsetree != NULL && IsA(cmd->parsetree, RenameStmt))
+			{
+				RenameStmt *rs = (RenameStmt *) cmd->parsetree;
+
+				if (rs->renameType == OBJECT_COLUMN ||
+					rs->renameType == OBJECT_ATTRIBUTE)
+					PG_RETURN_BOOL(true);
+			}
+			break;
+		default:
+			break;
+	}
+	PG_RETURN_BOOL(false);
+}
+
+/* ----------------------------------------------------------------
+ * Chain depth
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * digitaltwin._event_depth(): default of digitaltwin.events.depth.  Writers
+ * may insert only (model, twin_id, payload), so the default is the only way
+ * a depth is set.
+ */
+Datum
+digitaltwin_event_depth(PG_FUNCTION_ARGS)
+{
+	const DtEvent *ev;
+	int32		depth;
+
+	if (dt_current_event == NULL || dt_current_event->event == NULL)
+		PG_RETURN_INT32(0);
+	ev = dt_current_event->event;
+	depth = ev->depth + 1;
+	if (depth > dt_max_chain_depth)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("event chain of model \"%s\" is too long", dt_current_event->model->name),
+				 errdetail("Event " INT64_FORMAT " is %d events down a chain of events sent by models; digitaltwin.max_chain_depth is %d.",
+						   ev->id, ev->depth, dt_max_chain_depth),
+				 errhint("A model that sends events to itself (or to models that send back) must end the chain; "
+						 "raise digitaltwin.max_chain_depth if longer chains are intended.")));
+	PG_RETURN_INT32(depth);
+}
