@@ -21,6 +21,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -129,6 +130,18 @@ dt_stage_own_datum(Datum value, int16 typlen, bool typbyval)
  * state's image (see dt_stage_persisted_value).  The image is valid only
  * during the call, and not necessarily MAXALIGNed.  Runs its own SPI
  * connection; fn runs inside it.
+ *
+ * The image of a composite state (or of a domain over a composite type) is
+ * a HeapTupleHeader, which names its row type by OID.  After a logical
+ * restore (pg_dump, pg_restore into another database) the type has another
+ * OID, while twin_state holds the old one: the image is given the model's
+ * current row type here, where every durable state enters the workers and
+ * the live view.  OIDs deeper inside a value (a nested composite, an array
+ * or range of a user-defined type, an enum) are not rewritten: README,
+ * "Backup and restore".
+ *
+ * The query runs in workers and for readers alike: every name and operator
+ * in it is schema-qualified, whatever the search_path.
  */
 void
 dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
@@ -136,17 +149,24 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 	Oid			types[2] = {INT4OID, INT4OID};
 	Datum		args[2];
 	Portal		portal;
+	Oid			last_type = InvalidOid;
+	Oid			last_rowtype = InvalidOid;
 
 	args[0] = Int32GetDatum(partitions);
 	args[1] = Int32GetDatum(partition);
 	SPI_connect();
 	portal = SPI_cursor_open_with_args(NULL,
 									   "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
-									   "       t.typlen = -1 AND NOT t.typbyval "
+									   "       t.typlen OPERATOR(pg_catalog.=) -1 AND NOT t.typbyval, "
+									   "       CASE WHEN t.typtype OPERATOR(pg_catalog.=) 'c' "
+									   "              OR t.typtype OPERATOR(pg_catalog.=) 'd' "
+									   "            THEN t.oid END "
 									   "FROM digitaltwin.twin_state s "
-									   "JOIN digitaltwin.models m ON m.id = s.model_id "
-									   "JOIN pg_catalog.pg_type t ON t.oid = m.state_type "
-									   "WHERE $2 < 0 OR digitaltwin.partition_of(s.twin_id, $1) = $2",
+									   "JOIN digitaltwin.models m ON m.id OPERATOR(pg_catalog.=) s.model_id "
+									   "JOIN pg_catalog.pg_type t "
+									   "  ON t.oid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid "
+									   "WHERE $2 OPERATOR(pg_catalog.<) 0 "
+									   "   OR digitaltwin.partition_of(s.twin_id, $1) OPERATOR(pg_catalog.=) $2",
 									   2, types, args, NULL, true, 0);
 	for (;;)
 	{
@@ -162,17 +182,53 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 			bool		isnull;
 			text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
 			Datum		state = SPI_getbinval(tup, desc, 3, &isnull);
+			Datum		typid;
 			bytea	   *value;
 
 			/* a varlena state's image is the whole value, 4-byte header included */
 			if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
 			{
 				value = DatumGetByteaP(state);
+
+				/* a composite (or a domain: is it over one?) */
+				typid = SPI_getbinval(tup, desc, 7, &isnull);
+				if (!isnull && DatumGetObjectId(typid) != last_type)
+				{
+					Oid			base = getBaseType(DatumGetObjectId(typid));
+
+					last_type = DatumGetObjectId(typid);
+					last_rowtype = get_typtype(base) == TYPTYPE_COMPOSITE ? base : InvalidOid;
+				}
+				if (!isnull && OidIsValid(last_rowtype))
+				{
+					HeapTupleHeader td = (HeapTupleHeader) value;
+
+					if (VARSIZE(value) < SizeofHeapTupleHeader)
+						elog(ERROR, "digitaltwin: durable state of twin \"%s\" is not a row",
+							 text_to_cstring(twin_id));
+					if (HeapTupleHeaderGetTypeId(td) != last_rowtype ||
+						HeapTupleHeaderGetTypMod(td) != -1)
+					{
+						/* not the tuple's own bytes: SPI's copy stays intact */
+						if ((Pointer) value == DatumGetPointer(state))
+						{
+							value = palloc(VARSIZE(td));
+							memcpy(value, td, VARSIZE(td));
+						}
+						td = (HeapTupleHeader) value;
+						HeapTupleHeaderSetTypeId(td, last_rowtype);
+						HeapTupleHeaderSetTypMod(td, -1);
+					}
+				}
+
 				fn(arg, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
 				   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
 				   (char *) value, VARSIZE(value),
 				   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
 				   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)));
+				/* a detoasted or fixed-up copy: one at a time, not a million */
+				if ((Pointer) value != DatumGetPointer(state))
+					pfree(value);
 			}
 			else
 			{
