@@ -59,9 +59,11 @@ SELECT pg_catalog.pg_extension_config_dump('digitaltwin.events_id_seq', '');
 -- whose model does not exist, so the queue partitions can only be restored
 -- after digitaltwin.models.  pg_dump orders the data of configuration
 -- tables by the foreign keys between them (and otherwise by name, which
--- would put events_0 before models); pg_restore follows that order, and
--- with -j waits for the referenced table's data.  twin_state already
--- references models.  Each queue partition gets a foreign key to
+-- would put events_0 before models), and pg_restore restores in the
+-- archive's order.  (pg_restore -j does not: an archive records no
+-- dependency between two tables' data, so the extension's data is restored
+-- in a second, serial step; README, "Backup and restore".)  twin_state
+-- already references models.  Each queue partition gets a foreign key to
 -- models(name) for that ordering only:
 --   - NOT VALID: an update of an older install does not check the events
 --     already queued (nor lock the queue for a scan);

@@ -38,6 +38,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/typcache.h"
 
 #include "dt_internal.h"
 
@@ -151,6 +152,10 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 	Portal		portal;
 	Oid			last_type = InvalidOid;
 	Oid			last_rowtype = InvalidOid;
+	int			last_natts = 0;
+#ifdef VersionedDatumOffsetNumber
+	XLogRecPtr	last_version = InvalidXLogRecPtr;
+#endif
 
 	args[0] = Int32GetDatum(partitions);
 	args[1] = Int32GetDatum(partition);
@@ -197,17 +202,60 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 					Oid			base = getBaseType(DatumGetObjectId(typid));
 
 					last_type = DatumGetObjectId(typid);
-					last_rowtype = get_typtype(base) == TYPTYPE_COMPOSITE ? base : InvalidOid;
+					last_rowtype = InvalidOid;
+					if (get_typtype(base) == TYPTYPE_COMPOSITE)
+					{
+						TupleDesc	rowdesc = lookup_rowtype_tupdesc(base, -1);
+
+						last_rowtype = base;
+						last_natts = rowdesc->natts;
+#ifdef VersionedDatumOffsetNumber
+						last_version = TupleDescGetVersion(rowdesc);
+#endif
+						ReleaseTupleDesc(rowdesc);
+					}
 				}
 				if (!isnull && OidIsValid(last_rowtype))
 				{
 					HeapTupleHeader td = (HeapTupleHeader) value;
+					bool		foreign;
 
 					if (VARSIZE(value) < SizeofHeapTupleHeader)
 						elog(ERROR, "digitaltwin: durable state of twin \"%s\" is not a row",
 							 text_to_cstring(twin_id));
-					if (HeapTupleHeaderGetTypeId(td) != last_rowtype ||
-						HeapTupleHeaderGetTypMod(td) != -1)
+
+					/*
+					 * Written for another OID of the type: restored.  On a
+					 * server that versions row types (the datum carries the
+					 * LSN of its type's last change; an older one is refused
+					 * as outdated), a version newer than the type's own cannot
+					 * come from this server either: restored, the OID being
+					 * the same by chance.  An older version with the same OID
+					 * is left alone: on this server that is a state whose type
+					 * was altered under it, which must fail, not be relabelled.
+					 */
+					foreign = HeapTupleHeaderGetTypeId(td) != last_rowtype;
+#ifdef VersionedDatumOffsetNumber
+					if (!foreign && HeapTupleHeaderIsVersionedDatum(td) &&
+						!XLogRecPtrIsInvalid(last_version) &&
+						HeapTupleHeaderGetVersion(td) > last_version)
+						foreign = true;
+#endif
+					/*
+					 * pg_dump recreates a type without its dropped
+					 * attributes: a row with more attributes than the type
+					 * has now would be read at the wrong offsets.  Refused,
+					 * as no state can be made of it.
+					 */
+					if (foreign && HeapTupleHeaderGetNatts(td) > last_natts)
+						ereport(ERROR,
+								(errcode(ERRCODE_DATATYPE_MISMATCH),
+								 errmsg("durable state of twin \"%s\" has %d attributes, its type %s has %d",
+										text_to_cstring(twin_id), HeapTupleHeaderGetNatts(td),
+										format_type_be(last_rowtype), last_natts),
+								 errdetail("The state was written for a version of the type with dropped attributes, which a logical restore does not recreate."),
+								 errhint("Restore from a physical backup, or drop the model with digitaltwin.drop_model() and create it again.")));
+					if (foreign)
 					{
 						/* not the tuple's own bytes: SPI's copy stays intact */
 						if ((Pointer) value == DatumGetPointer(state))
@@ -217,7 +265,18 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 						}
 						td = (HeapTupleHeader) value;
 						HeapTupleHeaderSetTypeId(td, last_rowtype);
+#ifdef VersionedDatumOffsetNumber
+						HeapTupleHeaderSetDatum(td);
+						if (!XLogRecPtrIsInvalid(last_version))
+							HeapTupleHeaderSetVersion(td, last_version);
+						else
+						{
+							HeapTupleHeaderSetTypMod(td, -1);
+							ItemPointerSetInvalid(&td->t_ctid);
+						}
+#else
 						HeapTupleHeaderSetTypMod(td, -1);
+#endif
 					}
 				}
 
