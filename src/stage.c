@@ -21,6 +21,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -37,6 +38,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/typcache.h"
 
 #include "dt_internal.h"
 
@@ -129,6 +131,18 @@ dt_stage_own_datum(Datum value, int16 typlen, bool typbyval)
  * state's image (see dt_stage_persisted_value).  The image is valid only
  * during the call, and not necessarily MAXALIGNed.  Runs its own SPI
  * connection; fn runs inside it.
+ *
+ * The image of a composite state (or of a domain over a composite type) is
+ * a HeapTupleHeader, which names its row type by OID.  After a logical
+ * restore (pg_dump, pg_restore into another database) the type has another
+ * OID, while twin_state holds the old one: the image is given the model's
+ * current row type here, where every durable state enters the workers and
+ * the live view.  OIDs deeper inside a value (a nested composite, an array
+ * or range of a user-defined type, an enum) are not rewritten: README,
+ * "Backup and restore".
+ *
+ * The query runs in workers and for readers alike: every name and operator
+ * in it is schema-qualified, whatever the search_path.
  */
 void
 dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
@@ -136,17 +150,28 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 	Oid			types[2] = {INT4OID, INT4OID};
 	Datum		args[2];
 	Portal		portal;
+	Oid			last_type = InvalidOid;
+	Oid			last_rowtype = InvalidOid;
+	int			last_natts = 0;
+#ifdef VersionedDatumOffsetNumber
+	XLogRecPtr	last_version = InvalidXLogRecPtr;
+#endif
 
 	args[0] = Int32GetDatum(partitions);
 	args[1] = Int32GetDatum(partition);
 	SPI_connect();
 	portal = SPI_cursor_open_with_args(NULL,
 									   "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
-									   "       t.typlen = -1 AND NOT t.typbyval "
+									   "       t.typlen OPERATOR(pg_catalog.=) -1 AND NOT t.typbyval, "
+									   "       CASE WHEN t.typtype OPERATOR(pg_catalog.=) 'c' "
+									   "              OR t.typtype OPERATOR(pg_catalog.=) 'd' "
+									   "            THEN t.oid END "
 									   "FROM digitaltwin.twin_state s "
-									   "JOIN digitaltwin.models m ON m.id = s.model_id "
-									   "JOIN pg_catalog.pg_type t ON t.oid = m.state_type "
-									   "WHERE $2 < 0 OR digitaltwin.partition_of(s.twin_id, $1) = $2",
+									   "JOIN digitaltwin.models m ON m.id OPERATOR(pg_catalog.=) s.model_id "
+									   "JOIN pg_catalog.pg_type t "
+									   "  ON t.oid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid "
+									   "WHERE $2 OPERATOR(pg_catalog.<) 0 "
+									   "   OR digitaltwin.partition_of(s.twin_id, $1) OPERATOR(pg_catalog.=) $2",
 									   2, types, args, NULL, true, 0);
 	for (;;)
 	{
@@ -162,17 +187,107 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 			bool		isnull;
 			text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
 			Datum		state = SPI_getbinval(tup, desc, 3, &isnull);
+			Datum		typid;
 			bytea	   *value;
 
 			/* a varlena state's image is the whole value, 4-byte header included */
 			if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
 			{
 				value = DatumGetByteaP(state);
+
+				/* a composite (or a domain: is it over one?) */
+				typid = SPI_getbinval(tup, desc, 7, &isnull);
+				if (!isnull && DatumGetObjectId(typid) != last_type)
+				{
+					Oid			base = getBaseType(DatumGetObjectId(typid));
+
+					last_type = DatumGetObjectId(typid);
+					last_rowtype = InvalidOid;
+					if (get_typtype(base) == TYPTYPE_COMPOSITE)
+					{
+						TupleDesc	rowdesc = lookup_rowtype_tupdesc(base, -1);
+
+						last_rowtype = base;
+						last_natts = rowdesc->natts;
+#ifdef VersionedDatumOffsetNumber
+						last_version = TupleDescGetVersion(rowdesc);
+#endif
+						ReleaseTupleDesc(rowdesc);
+					}
+				}
+				if (!isnull && OidIsValid(last_rowtype))
+				{
+					HeapTupleHeader td = (HeapTupleHeader) value;
+					bool		foreign;
+
+					if (VARSIZE(value) < SizeofHeapTupleHeader)
+						elog(ERROR, "digitaltwin: durable state of twin \"%s\" is not a row",
+							 text_to_cstring(twin_id));
+
+					/*
+					 * Written for another OID of the type: restored.  On a
+					 * server that versions row types (the datum carries the
+					 * LSN of its type's last change; an older one is refused
+					 * as outdated), a version newer than the type's own cannot
+					 * come from this server either: restored, the OID being
+					 * the same by chance.  An older version with the same OID
+					 * is left alone: on this server that is a state whose type
+					 * was altered under it, which must fail, not be relabelled.
+					 */
+					foreign = HeapTupleHeaderGetTypeId(td) != last_rowtype;
+#ifdef VersionedDatumOffsetNumber
+					if (!foreign && HeapTupleHeaderIsVersionedDatum(td) &&
+						!XLogRecPtrIsInvalid(last_version) &&
+						HeapTupleHeaderGetVersion(td) > last_version)
+						foreign = true;
+#endif
+					/*
+					 * pg_dump recreates a type without its dropped
+					 * attributes: a row with more attributes than the type
+					 * has now would be read at the wrong offsets.  Refused,
+					 * as no state can be made of it.
+					 */
+					if (foreign && HeapTupleHeaderGetNatts(td) > last_natts)
+						ereport(ERROR,
+								(errcode(ERRCODE_DATATYPE_MISMATCH),
+								 errmsg("durable state of twin \"%s\" has %d attributes, its type %s has %d",
+										text_to_cstring(twin_id), HeapTupleHeaderGetNatts(td),
+										format_type_be(last_rowtype), last_natts),
+								 errdetail("The state was written for a version of the type with dropped attributes, which a logical restore does not recreate."),
+								 errhint("Restore from a physical backup, or drop the model with digitaltwin.drop_model() and create it again.")));
+					if (foreign)
+					{
+						/* not the tuple's own bytes: SPI's copy stays intact */
+						if ((Pointer) value == DatumGetPointer(state))
+						{
+							value = palloc(VARSIZE(td));
+							memcpy(value, td, VARSIZE(td));
+						}
+						td = (HeapTupleHeader) value;
+						HeapTupleHeaderSetTypeId(td, last_rowtype);
+#ifdef VersionedDatumOffsetNumber
+						HeapTupleHeaderSetDatum(td);
+						if (!XLogRecPtrIsInvalid(last_version))
+							HeapTupleHeaderSetVersion(td, last_version);
+						else
+						{
+							HeapTupleHeaderSetTypMod(td, -1);
+							ItemPointerSetInvalid(&td->t_ctid);
+						}
+#else
+						HeapTupleHeaderSetTypMod(td, -1);
+#endif
+					}
+				}
+
 				fn(arg, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
 				   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
 				   (char *) value, VARSIZE(value),
 				   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
 				   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)));
+				/* a detoasted or fixed-up copy: one at a time, not a million */
+				if ((Pointer) value != DatumGetPointer(state))
+					pfree(value);
 			}
 			else
 			{
