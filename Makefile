@@ -6,6 +6,7 @@
 
 MODULE_big = digitaltwin
 OBJS = \
+	src/util.o \
 	src/guc.o \
 	src/shmem.o \
 	src/model.o \

@@ -37,7 +37,8 @@ PG_FUNCTION_INFO_V1(digitaltwin_alert_sql);
  * bytes each), the severity (DT_ALERT_SEVERITY_MAX), the message clipped to
  * DT_NOTIFY_MESSAGE_MAX.  JSON escaping turns a byte into at most 6, so the
  * payload stays under 6 * (63 + 63 + 64 + 1000) + 100 = 7240 bytes.  The row
- * keeps the whole message.  A model raising more than
+ * keeps the whole message, up to digitaltwin.max_payload_size, as it keeps
+ * details up to that size.  A model raising more than
  * DT_MAX_ALERTS_PER_EVENT alerts for one event fails that event.
  */
 #define DT_NOTIFY_MESSAGE_MAX 1000
@@ -53,8 +54,6 @@ typedef struct DtStagedAlert
 	char	   *message;
 	Jsonb	   *details;
 } DtStagedAlert;
-
-DtCurrentEvent *dt_current_event = NULL;
 
 static MemoryContext alerts_cxt = NULL;
 static DtStagedAlert *alerts = NULL;
@@ -117,6 +116,14 @@ digitaltwin_alert(const char *severity, const char *message, Jsonb *details)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("alert message must not be null")));
+	if (strlen(message) > (Size) dt_max_payload_kb * 1024 ||
+		(details != NULL && VARSIZE(details) > (Size) dt_max_payload_kb * 1024))
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("alert %s is too large", strlen(message) > (Size) dt_max_payload_kb * 1024 ?
+						"message" : "details"),
+				 errdetail("An alert's message and details may each have digitaltwin.max_payload_size (%d kB).",
+						   dt_max_payload_kb)));
 	if (nalerts >= DT_MAX_ALERTS_PER_EVENT &&
 		alerts[nalerts - DT_MAX_ALERTS_PER_EVENT].event == dt_current_event->event)
 		ereport(ERROR,
@@ -228,24 +235,19 @@ dt_notify_alert(int64 id, const char *model, const char *twin_id,
 	pfree(buf.data);
 }
 
-/*
- * Insert the batch's alerts and queue their notifications.  Runs inside SPI
- * in the batch's transaction.  Returns the number of alerts.
- */
-int
-dt_alerts_flush(void)
+/* Insert alerts [start, end) with one statement and queue their NOTIFYs. */
+static void
+dt_alerts_insert(int start, int end)
 {
+	int			n = end - start;
 	Datum	   *cols[6];
 	bool	   *details_nulls;
 	Datum		args[6];
-	int			dims[1];
+	int			dims[1] = {n};
 	int			lbs[1] = {1};
 	int			ret;
 	int			i;
 	uint64		r;
-
-	if (nalerts == 0)
-		return 0;
 
 	if (insert_plan == NULL)
 	{
@@ -261,11 +263,11 @@ dt_alerts_flush(void)
 	}
 
 	for (i = 0; i < 6; i++)
-		cols[i] = palloc(sizeof(Datum) * nalerts);
-	details_nulls = palloc(sizeof(bool) * nalerts);
-	for (i = 0; i < nalerts; i++)
+		cols[i] = palloc(sizeof(Datum) * n);
+	details_nulls = palloc(sizeof(bool) * n);
+	for (i = 0; i < n; i++)
 	{
-		DtStagedAlert *a = &alerts[i];
+		DtStagedAlert *a = &alerts[start + i];
 
 		cols[0][i] = CStringGetTextDatum(a->model->name);
 		cols[1][i] = CStringGetTextDatum(a->event->twin_id);
@@ -275,12 +277,11 @@ dt_alerts_flush(void)
 		details_nulls[i] = (a->details == NULL);
 		cols[5][i] = Int64GetDatum(a->event->id);
 	}
-	dims[0] = nalerts;
 	for (i = 0; i < 4; i++)
-		args[i] = PointerGetDatum(construct_array(cols[i], nalerts, TEXTOID, -1, false, TYPALIGN_INT));
+		args[i] = PointerGetDatum(construct_array(cols[i], n, TEXTOID, -1, false, TYPALIGN_INT));
 	args[4] = PointerGetDatum(construct_md_array(cols[4], details_nulls, 1, dims, lbs,
 												 JSONBOID, -1, false, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_array(cols[5], nalerts, INT8OID, 8,
+	args[5] = PointerGetDatum(construct_array(cols[5], n, INT8OID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 
 	ret = SPI_execute_plan(insert_plan, args, NULL, false, 0);
@@ -300,9 +301,40 @@ dt_alerts_flush(void)
 						TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull)),
 						DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull)));
 	}
-	ret = nalerts;
+	SPI_freetuptable(SPI_tuptable);
+}
+
+/*
+ * Insert the batch's alerts and queue their notifications.  Runs inside SPI
+ * in the batch's transaction.  Returns the number of alerts.  A statement
+ * takes at most DT_FLUSH_BYTES of messages and details: its arrays must
+ * stay under the 1 GB a value can have, whatever the batch holds.
+ */
+int
+dt_alerts_flush(void)
+{
+	int			start = 0;
+	int			done = nalerts;
+	Size		bytes = 0;
+	int			i;
+
+	for (i = 0; i < nalerts; i++)
+	{
+		Size		size = strlen(alerts[i].message) + strlen(alerts[i].severity) +
+			(alerts[i].details ? VARSIZE(alerts[i].details) : 0);
+
+		if (i > start && bytes + size > DT_FLUSH_BYTES)
+		{
+			dt_alerts_insert(start, i);
+			start = i;
+			bytes = 0;
+		}
+		bytes += size;
+	}
+	if (nalerts > start)
+		dt_alerts_insert(start, nalerts);
 	nalerts = 0;
-	return ret;
+	return done;
 }
 
 /*

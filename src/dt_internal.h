@@ -3,7 +3,9 @@
  * dt_internal.h
  *	  Declarations shared by the source files of digitaltwin.
  *
- * One file per concern:
+ * One file per concern, from the bottom up (a file calls only the ones
+ * above it in this list, and util.c none):
+ *	  util.c	 helpers: preload check, kept plans, the trusted scope
  *	  guc.c		 configuration parameters
  *	  shmem.c	 shared memory: worker slots, the twin hash (DSA + dshash)
  *	  model.c	 model registry, caches of models, calling model functions
@@ -12,8 +14,9 @@
  *	  alerts.c	 alert(), staged alerts, dead letters
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
+ *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  worker.c	 background worker loop and batch transaction
- *	  protect.c	 what keeps a model runnable: owner, state type, name, chain depth
+ *	  digitaltwin.c  module load: parameters, shared memory hooks, workers
  *
  * Copyright (c) 2026, digitaltwin developers
  *
@@ -39,9 +42,16 @@
 #include "utils/timestamp.h"
 
 #define DT_MAX_WORKERS 64
+#define DT_MAX_STOPPED 8		/* stopped events a worker slot remembers */
 #define DT_QUEUE_PARTITIONS 3
 #define DT_GENERATION_UNKNOWN PG_UINT64_MAX
 #define DT_NOTIFY_CHANNEL "digitaltwin_alerts"
+
+/*
+ * Array data one statement of a batch takes at most (states, alerts): well
+ * under the 1 GB a value can have, whatever a batch holds.
+ */
+#define DT_FLUSH_BYTES (64 * 1024 * 1024)
 
 /* guc.c */
 extern char *dt_database;
@@ -61,7 +71,10 @@ extern bool dt_allow_superuser_models;
 extern int	dt_max_chain_depth;
 extern void dt_define_gucs(void);
 
-/* digitaltwin.c */
+/* ----------------------------------------------------------------
+ * util.c
+ * ----------------------------------------------------------------
+ */
 extern bool dt_preloaded;
 extern void dt_require_preload(void);
 extern void dt_forbid_in_model(const char *function);
@@ -70,6 +83,21 @@ extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 /* the search_path of every statement the extension runs with other rights */
 #define DT_TRUSTED_SEARCH_PATH "pg_catalog, pg_temp"
 extern int	dt_pin_search_path(void);
+
+/*
+ * SPI as the owner of the extension's tables, search_path pinned (registry,
+ * model-name check, queue generation and sequence, the live view's
+ * fallback, the DROP ROLE and REASSIGN OWNED checks).
+ */
+typedef struct DtTrustedScope
+{
+	Oid			save_userid;
+	int			save_sec_context;
+	int			guc_level;
+} DtTrustedScope;
+
+extern void dt_trusted_enter(DtTrustedScope *scope);
+extern void dt_trusted_leave(DtTrustedScope *scope);
 
 /* ----------------------------------------------------------------
  * shmem.c
@@ -140,7 +168,8 @@ typedef struct DtWorkerSlot
 	int64		window_events;
 	double		events_per_second;
 	char		last_error[256];
-	int64		stopped_event_id;	/* its model ignored the timeout: doomed */
+	/* events whose model ignored the timeout, until dead-lettered */
+	int64		stopped_events[DT_MAX_STOPPED];
 	pg_atomic_uint64 events_processed;
 	pg_atomic_uint64 dead_letters;
 	pg_atomic_uint64 alerts;
@@ -234,20 +263,6 @@ extern Oid	dt_extension_relid(const char *relname);
 extern Oid	dt_models_relid(void);
 extern void dt_register_cache_callbacks(void);
 extern bool dt_model_name_known(const char *name);	/* insert-side check */
-
-/*
- * SPI as the owner of the extension's tables, search_path pinned (registry,
- * model-name check, queue sequence, the live view's fallback).
- */
-typedef struct DtTrustedScope
-{
-	Oid			save_userid;
-	int			save_sec_context;
-	int			guc_level;
-} DtTrustedScope;
-
-extern void dt_trusted_enter(DtTrustedScope *scope);
-extern void dt_trusted_leave(DtTrustedScope *scope);
 
 /* worker-side model cache */
 extern bool dt_models_refresh(bool force);
@@ -347,7 +362,7 @@ typedef struct DtCurrentEvent
 	DtEvent    *event;
 } DtCurrentEvent;
 
-extern DtCurrentEvent *dt_current_event;
+extern DtCurrentEvent *dt_current_event;	/* defined in util.c */
 
 extern void dt_alerts_begin(MemoryContext cxt);
 extern int	dt_alerts_mark(void);
@@ -396,7 +411,6 @@ extern void dt_view_row_values(const DtLiveRow *row, const bool *needed,
  * ----------------------------------------------------------------
  */
 extern void dt_install_utility_hook(void);
-extern void dt_check_model_name(const char *name);
 extern bool dt_model_owner_exists(Oid owner);
 
 /* worker.c */

@@ -25,6 +25,7 @@
 #include "commands/extension.h"
 #include "commands/prepare.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "utils/acl.h"
@@ -142,6 +143,58 @@ dt_models_relid(void)
  * ----------------------------------------------------------------
  */
 
+/*
+ * A model name is shown in errors, dead letters, logs and NOTIFY payloads
+ * and typed by people: refuse names that cannot be told apart when printed
+ * (empty, blank, padded with white space) or that hold control characters
+ * (which could forge lines in logs) or invalid encoding.
+ */
+static void
+dt_check_model_name(const char *name)
+{
+	int			len = strlen(name);
+	const unsigned char *p;
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid model name"),
+				 errdetail("A model name must not be empty.")));
+	if (!pg_verifymbstr(name, len, true))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid model name"),
+				 errdetail("The name is not valid in the database encoding.")));
+	for (p = (const unsigned char *) name; *p; p += pg_mblen((const char *) p))
+	{
+		pg_wchar	c = *p;
+		bool		control;
+
+		if (c < 0x80)
+			control = c < 0x20 || c == 0x7f;
+		else if (GetDatabaseEncoding() == PG_UTF8)
+		{
+			/* C1 controls too, U+0080..U+009F */
+			c = utf8_to_unicode(p);
+			control = c <= 0x9f;
+		}
+		else
+			control = false;
+		if (control)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid model name"),
+					 errdetail("A model name must not contain control characters (U+%04X at byte %d).",
+							   (unsigned int) c, (int) (p - (const unsigned char *) name) + 1)));
+	}
+	if (name[0] == ' ' || name[len - 1] == ' ')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid model name"),
+				 errdetail("A model name must not begin or end with white space.")));
+}
+
+
 static HeapTuple
 dt_lookup_proc(Oid fn, const char *role)
 {
@@ -246,46 +299,6 @@ dt_check_init(Oid fn, Oid state_type)
 				 errdetail("The init function must be declared as (twin_id text) RETURNS %s, the state type of the process function.",
 						   format_type_be(state_type))));
 	ReleaseSysCache(tup);
-}
-
-/*
- * Statements on the extension's own tables run as the owner of those tables
- * (the registry through create_model()/drop_model(), the model-name check of
- * the events' CHECK constraint, the queue's sequence, the live view's
- * fallback), so a caller needs no privilege on the tables themselves.  The
- * caller's identity is checked before the switch.
- *
- * Such a statement must not resolve anything through the caller's
- * search_path: an operator, function, type or cast planted in a schema the
- * caller controls (or in pg_temp) would run with the owner's rights.  So the
- * scope pins search_path = pg_catalog, pg_temp in a GUC nest level, undone
- * when the scope ends (and by the abort of the (sub)transaction on ERROR),
- * and the statements qualify every operator and type as well.
- */
-void
-dt_trusted_enter(DtTrustedScope *scope)
-{
-	HeapTuple	tup;
-	Oid			owner;
-
-	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(dt_models_relid()));
-	if (!HeapTupleIsValid(tup))
-		elog(ERROR, "cache lookup failed for relation %u", dt_models_relid());
-	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-	ReleaseSysCache(tup);
-
-	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
-	scope->guc_level = dt_pin_search_path();
-	SetUserIdAndSecContext(owner, scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
-	SPI_connect();
-}
-
-void
-dt_trusted_leave(DtTrustedScope *scope)
-{
-	SPI_finish();
-	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
-	AtEOXact_GUC(false, scope->guc_level);
 }
 
 static bool
@@ -675,6 +688,7 @@ static TimeoutId soft_timeout_id = MAX_TIMEOUTS;
 static TimeoutId hard_timeout_id = MAX_TIMEOUTS;
 static volatile sig_atomic_t call_timed_out = false;
 static volatile sig_atomic_t call_stopped = false;
+static volatile int64 call_event_id = 0;	/* the event of the armed call */
 static volatile int64 stopped_event_id = 0;
 
 static void
@@ -692,10 +706,11 @@ dt_model_hard_timeout(void)
 	/*
 	 * The event is taken now: a call that does not look at interrupts may
 	 * still return before the worker notices the stop, and the next event
-	 * must not be blamed.
+	 * must not be blamed.  Only a plain variable is read here: the event's
+	 * own memory may be a stack frame that an ERROR already unwound.
 	 */
-	if (!call_stopped && dt_current_event != NULL)
-		stopped_event_id = dt_current_event->event->id;
+	if (!call_stopped)
+		stopped_event_id = call_event_id;
 	call_stopped = true;
 	ProcDiePending = true;
 	InterruptPending = true;
@@ -735,18 +750,21 @@ dt_model_timeouts_arm(void)
 	call_timed_out = false;
 	if (dt_model_timeout_ms <= 0 || soft_timeout_id == MAX_TIMEOUTS)
 		return;
+	call_event_id = dt_current_event ? dt_current_event->event->id : 0;
 	timeouts[0].id = soft_timeout_id;
 	timeouts[0].type = TMPARAM_AFTER;
 	timeouts[0].delay_ms = dt_model_timeout_ms;
 	timeouts[1].id = hard_timeout_id;
 	timeouts[1].type = TMPARAM_AFTER;
-	timeouts[1].delay_ms = dt_model_timeout_ms + DT_TIMEOUT_GRACE_MS;
+	timeouts[1].delay_ms = (int) Min((int64) dt_model_timeout_ms + DT_TIMEOUT_GRACE_MS,
+									 PG_INT32_MAX);
 	enable_timeouts(timeouts, 2);
 }
 
 /*
  * Disarm the timeouts; also on the error path (the caller's PG_CATCH), so
- * that neither can fire after the call.
+ * that neither can fire after the call.  A cancel our timer set and the
+ * call never looked at must not hit the next call: cleared too.
  */
 void
 dt_model_timeouts_disarm(void)
@@ -755,6 +773,8 @@ dt_model_timeouts_disarm(void)
 
 	if (soft_timeout_id == MAX_TIMEOUTS)
 		return;
+	if (call_timed_out)
+		QueryCancelPending = false;
 	timeouts[0].id = soft_timeout_id;
 	timeouts[0].keep_indicator = false;
 	timeouts[1].id = hard_timeout_id;
@@ -839,8 +859,7 @@ dt_model_call(DtModel *model, bool init, int nargs, Datum *args,
 
 	if (call_timed_out)
 	{
-		/* the model caught the cancel, or never looked at it: ours */
-		QueryCancelPending = false;
+		/* the model caught the cancel, or never looked at it (cleared) */
 		ereport(ERROR,
 				(errcode(ERRCODE_QUERY_CANCELED),
 				 errmsg("model \"%s\" ran longer than digitaltwin.model_timeout (%d ms)",

@@ -2,8 +2,8 @@
  *
  * protect.c
  *	  What keeps a registered model runnable: its owner cannot be dropped,
- *	  its state type cannot be altered, its name is printable, and a chain
- *	  of events that models send to models has a bounded length.
+ *	  its state type cannot be altered, and a chain of events that models
+ *	  send to models has a bounded length.
  *
  * Roles.  digitaltwin.models records its owner by OID (regrole), which
  * leaves no trace in pg_shdepend, so DROP ROLE used to succeed and leave the
@@ -52,62 +52,6 @@ PG_FUNCTION_INFO_V1(digitaltwin_event_depth);
 PG_FUNCTION_INFO_V1(digitaltwin_alters_row_type);
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
-
-/* ----------------------------------------------------------------
- * Model names
- * ----------------------------------------------------------------
- */
-
-/*
- * A model name is shown in errors, dead letters, logs and NOTIFY payloads
- * and typed by people: refuse names that cannot be told apart when printed
- * (empty, blank, padded with white space) or that hold control characters
- * (which could forge lines in logs) or invalid encoding.
- */
-void
-dt_check_model_name(const char *name)
-{
-	int			len = strlen(name);
-	const unsigned char *p;
-
-	if (len == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid model name"),
-				 errdetail("A model name must not be empty.")));
-	if (!pg_verifymbstr(name, len, true))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid model name"),
-				 errdetail("The name is not valid in the database encoding.")));
-	for (p = (const unsigned char *) name; *p; p += pg_mblen((const char *) p))
-	{
-		pg_wchar	c = *p;
-		bool		control;
-
-		if (c < 0x80)
-			control = c < 0x20 || c == 0x7f;
-		else if (GetDatabaseEncoding() == PG_UTF8)
-		{
-			/* C1 controls too, U+0080..U+009F */
-			c = utf8_to_unicode(p);
-			control = c <= 0x9f;
-		}
-		else
-			control = false;
-		if (control)
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid model name"),
-					 errdetail("A model name must not contain control characters (U+%04X at byte %d).",
-							   (unsigned int) c, (int) (p - (const unsigned char *) name) + 1)));
-	}
-	if (name[0] == ' ' || name[len - 1] == ' ')
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("invalid model name"),
-				 errdetail("A model name must not begin or end with white space.")));
-}
 
 /* ----------------------------------------------------------------
  * Model owners

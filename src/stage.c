@@ -508,10 +508,15 @@ dt_stage_forget_plans(void)
 	delete_plan = NULL;
 }
 
-/* The changed twins of one kind, as the arrays the statements take. */
+/*
+ * The changed twins of one kind, as the arrays a statement takes; flushed
+ * every DT_FLUSH_BYTES of states.
+ */
 typedef struct DtStateRows
 {
 	int			n;
+	Size		bytes;			/* of the states in the arrays */
+	int			written;		/* rows written by the statements so far */
 	Datum	   *ids;
 	Datum	   *twin_ids;
 	Datum	   *images;
@@ -523,6 +528,8 @@ static void
 dt_rows_init(DtStateRows *rows, long size)
 {
 	rows->n = 0;
+	rows->bytes = 0;
+	rows->written = 0;
 	rows->ids = palloc(sizeof(Datum) * Max(size, 1));
 	rows->twin_ids = palloc(sizeof(Datum) * Max(size, 1));
 	rows->images = palloc(sizeof(Datum) * Max(size, 1));
@@ -538,6 +545,7 @@ dt_rows_add(DtStateRows *rows, DtStagedTwin *twin, bool with_state)
 	if (with_state)
 	{
 		rows->images[rows->n] = PointerGetDatum(dt_stage_persisted_value(twin));
+		rows->bytes += VARSIZE(DatumGetPointer(rows->images[rows->n]));
 		rows->counts[rows->n] = Int64GetDatum(twin->event_count);
 		rows->times[rows->n] = TimestampTzGetDatum(twin->updated_at);
 	}
@@ -569,6 +577,9 @@ dt_rows_execute(DtStateRows *rows, SPIPlanPtr plan, int nargs, int expected_ret)
 	if (SPI_processed != (uint64) rows->n)
 		elog(ERROR, "digitaltwin: wrote " UINT64_FORMAT " rows of twin_state for %d twins",
 			 SPI_processed, rows->n);
+	rows->written += rows->n;
+	rows->n = 0;
+	rows->bytes = 0;
 }
 
 /*
@@ -684,14 +695,18 @@ dt_stage_persist(void)
 		if (twin->has_state && twin->durable)
 			updates[nupdates++] = twin;
 		else if (twin->has_state)
+		{
 			dt_rows_add(&inserts, twin, true);
+			if (inserts.bytes >= DT_FLUSH_BYTES)
+				dt_rows_execute(&inserts, insert_plan, 5, SPI_OK_INSERT);
+		}
 		else if (twin->durable)
 			dt_rows_add(&deletes, twin, false);
 	}
 	dt_stage_update_rows(updates, nupdates);
 	dt_rows_execute(&inserts, insert_plan, 5, SPI_OK_INSERT);
 	dt_rows_execute(&deletes, delete_plan, 2, SPI_OK_DELETE);
-	return inserts.n + nupdates + deletes.n;
+	return inserts.written + nupdates + deletes.written;
 }
 
 /*

@@ -52,6 +52,7 @@
 #include "nodes/makefuncs.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -73,6 +74,8 @@ typedef struct DtViewModel
 	Oid			state_type;
 	int16		typlen;
 	bool		typbyval;
+	Oid			owner;			/* conversions run as the model's owner */
+	char	   *search_path;
 	FmgrInfo	to_jsonb;
 	/* this pass's states of the model to convert: a chain of conversions */
 	int64		first_conversion;
@@ -102,7 +105,8 @@ dt_view_models(void)
 						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	SPI_connect();
-	ret = SPI_execute("SELECT id, name, state_type FROM digitaltwin.models", true, 0);
+	ret = SPI_execute("SELECT id, name, state_type, owner, search_path FROM digitaltwin.models",
+					  true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
 	for (i = 0; i < SPI_processed; i++)
@@ -117,6 +121,9 @@ dt_view_models(void)
 		strlcpy(m->name, TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)),
 				sizeof(m->name));
 		m->state_type = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
+		m->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+		m->search_path = MemoryContextStrdup(cxt,
+											 TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull)));
 		get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
 		m->first_conversion = m->last_conversion = -1;
 		if (m->state_type != JSONBOID)
@@ -433,6 +440,44 @@ dt_live_pass_held(DtLiveCollect *c, int partition)
 }
 
 /*
+ * A state type's conversion to jsonb can run code of the model's author: a
+ * cast of the type (or of a type inside it) to json, an output function.
+ * It must not run with the rights of whoever reads the view (a superuser,
+ * say), so it runs as a model call does: as the model's owner, in a
+ * security-restricted operation, with the model's search_path, in a GUC
+ * nest level the caller closes with AtEOXact_GUC(false, level).
+ */
+static int
+dt_live_become_owner(DtViewModel *m, Oid *save_userid, int *save_sec_context)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", m->search_path,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	GetUserIdAndSecContext(save_userid, save_sec_context);
+	SetUserIdAndSecContext(m->owner, *save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	return level;
+}
+
+static void
+dt_live_convert_states(DtLiveCollect *c, DtViewModel *m)
+{
+	int64		i;
+
+	for (i = m->first_conversion; i >= 0; i = c->conversions[i].next)
+	{
+		DtLiveConversion *conv = &c->conversions[i];
+
+		CHECK_FOR_INTERRUPTS();
+		c->out->rows[conv->row].state = DatumGetJsonbP(
+			FunctionCall1(&m->to_jsonb,
+						  dt_state_image_read(conv->image, conv->len,
+											  m->typlen, m->typbyval)));
+	}
+}
+
+/*
  * Convert one model's states copied as images, in a subtransaction: if a
  * conversion fails, the model's twins show a NULL state and a WARNING says
  * why; the query goes on.  A cancel or shutdown is not the model's fault:
@@ -443,20 +488,18 @@ dt_live_convert_model(DtLiveCollect *c, DtViewModel *m)
 {
 	MemoryContext oldcxt = CurrentMemoryContext;
 	ResourceOwner oldowner = CurrentResourceOwner;
+	Oid			save_userid;
+	int			save_sec_context;
+	int			guc_level;
 	int64		i;
 
 	/* no subtransaction can start in parallel mode: convert unprotected */
 	if (IsInParallelMode())
 	{
-		for (i = m->first_conversion; i >= 0; i = c->conversions[i].next)
-		{
-			DtLiveConversion *conv = &c->conversions[i];
-
-			c->out->rows[conv->row].state = DatumGetJsonbP(
-				FunctionCall1(&m->to_jsonb,
-							  dt_state_image_read(conv->image, conv->len,
-												  m->typlen, m->typbyval)));
-		}
+		guc_level = dt_live_become_owner(m, &save_userid, &save_sec_context);
+		dt_live_convert_states(c, m);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		AtEOXact_GUC(false, guc_level);
 		return;
 	}
 
@@ -464,16 +507,11 @@ dt_live_convert_model(DtLiveCollect *c, DtViewModel *m)
 	MemoryContextSwitchTo(oldcxt);
 	PG_TRY();
 	{
-		for (i = m->first_conversion; i >= 0; i = c->conversions[i].next)
-		{
-			DtLiveConversion *conv = &c->conversions[i];
-
-			CHECK_FOR_INTERRUPTS();
-			c->out->rows[conv->row].state = DatumGetJsonbP(
-				FunctionCall1(&m->to_jsonb,
-							  dt_state_image_read(conv->image, conv->len,
-												  m->typlen, m->typbyval)));
-		}
+		/* an ERROR: the subtransaction's abort restores both */
+		guc_level = dt_live_become_owner(m, &save_userid, &save_sec_context);
+		dt_live_convert_states(c, m);
+		SetUserIdAndSecContext(save_userid, save_sec_context);
+		AtEOXact_GUC(false, guc_level);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;

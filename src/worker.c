@@ -95,14 +95,15 @@ static int64 batch_first_id = 0;
 typedef enum DtDoomReason
 {
 	DT_DOOM_STOPPED,			/* its model ignored the timeout */
-	DT_DOOM_NO_MEMORY			/* it needs shared memory that is not there */
+	DT_DOOM_NO_MEMORY			/* alone, it cannot be stored (memory, size) */
 } DtDoomReason;
 
 typedef struct DtDoomedEvent
 {
 	int64		event_id;
 	DtDoomReason reason;
-	char		detail[256];	/* the original error, for DT_DOOM_NO_MEMORY */
+	int			sqlerrcode;		/* the original error, for DT_DOOM_NO_MEMORY */
+	char		detail[256];
 } DtDoomedEvent;
 
 #define DT_MAX_DOOMED 16
@@ -174,6 +175,34 @@ dt_worker_end_batch(bool published, int64 through)
 	ConditionVariableBroadcast(&dt_shared->progress_cv);
 }
 
+/*
+ * Remember a stopped event in the slot, for the next incarnation: all of
+ * them, until each is dead-lettered, so that two poison events cannot take
+ * turns forever.  The slot's mutex is held.
+ */
+static void
+dt_slot_remember_stopped(int64 event_id)
+{
+	int			free_slot = -1;
+	int			i;
+
+	for (i = 0; i < DT_MAX_STOPPED; i++)
+	{
+		if (my_slot->stopped_events[i] == event_id)
+			return;
+		if (my_slot->stopped_events[i] == 0 && free_slot < 0)
+			free_slot = i;
+	}
+	/* full: the oldest goes; it will be stopped, and remembered, again */
+	if (free_slot < 0)
+	{
+		memmove(&my_slot->stopped_events[0], &my_slot->stopped_events[1],
+				sizeof(int64) * (DT_MAX_STOPPED - 1));
+		free_slot = DT_MAX_STOPPED - 1;
+	}
+	my_slot->stopped_events[free_slot] = event_id;
+}
+
 static void
 dt_worker_exit(int code, Datum arg)
 {
@@ -190,7 +219,7 @@ dt_worker_exit(int code, Datum arg)
 	my_slot->pid = 0;
 	my_slot->latch = NULL;
 	if (stopped != 0)
-		my_slot->stopped_event_id = stopped;
+		dt_slot_remember_stopped(stopped);
 	SpinLockRelease(&my_slot->mutex);
 	ConditionVariableBroadcast(&dt_shared->progress_cv);
 }
@@ -408,17 +437,31 @@ dt_run_segment(DtEvent *events, int start, int end)
 	return failed;
 }
 
-static void
-dt_doom_event(int64 event_id, DtDoomReason reason, const char *detail)
+static bool
+dt_doom_event(int64 event_id, DtDoomReason reason, int sqlerrcode,
+			  const char *detail)
 {
 	DtDoomedEvent *d;
 
 	if (ndoomed == DT_MAX_DOOMED)
-		return;					/* it will fail again and be doomed then */
+		return false;			/* it will fail again and be doomed then */
 	d = &doomed[ndoomed++];
 	d->event_id = event_id;
 	d->reason = reason;
+	d->sqlerrcode = sqlerrcode;
 	strlcpy(d->detail, detail ? detail : "", sizeof(d->detail));
+	return true;
+}
+
+/* Event ids start over with a new extension: forget the doomed ones. */
+static void
+dt_worker_forget_doomed_events(void)
+{
+	ndoomed = 0;
+	careful_events = 0;
+	SpinLockAcquire(&my_slot->mutex);
+	memset(my_slot->stopped_events, 0, sizeof(my_slot->stopped_events));
+	SpinLockRelease(&my_slot->mutex);
 }
 
 /* Mark the doomed events of a batch dead before any model runs. */
@@ -440,7 +483,7 @@ dt_mark_doomed(DtEvent *events, int n)
 									  "and did not stop when cancelled; the worker was restarted",
 									  events[i].model, dt_model_timeout_ms));
 			else
-				dt_mark_dead(&events[i], ERRCODE_OUT_OF_MEMORY, doomed[d].detail);
+				dt_mark_dead(&events[i], doomed[d].sqlerrcode, doomed[d].detail);
 			break;
 		}
 	}
@@ -464,10 +507,18 @@ dt_forget_doomed(DtEvent *events, int n)
 			d++;
 			continue;
 		}
-		SpinLockAcquire(&my_slot->mutex);
-		if (my_slot->stopped_event_id == doomed[d].event_id)
-			my_slot->stopped_event_id = 0;
-		SpinLockRelease(&my_slot->mutex);
+		if (doomed[d].reason == DT_DOOM_STOPPED)
+		{
+			int			s;
+
+			SpinLockAcquire(&my_slot->mutex);
+			for (s = 0; s < DT_MAX_STOPPED; s++)
+			{
+				if (my_slot->stopped_events[s] == doomed[d].event_id)
+					my_slot->stopped_events[s] = 0;
+			}
+			SpinLockRelease(&my_slot->mutex);
+		}
 		doomed[d] = doomed[--ndoomed];
 	}
 }
@@ -634,12 +685,22 @@ dt_worker_check_extension(void)
 
 	if (!OidIsValid(ext))
 	{
+		/* dropped: its event ids will start over */
+		if (OidIsValid(known_extension))
+			dt_worker_forget_doomed_events();
 		known_extension = InvalidOid;
 		return false;
 	}
 	if (ext != known_extension)
 	{
-		/* created, or dropped and created again: forget everything */
+		/*
+		 * created, or dropped and created again: forget everything (the
+		 * doomed events too, after a re-creation: event ids start over;
+		 * not at the first check, which would forget the events stopped by
+		 * the previous incarnation)
+		 */
+		if (OidIsValid(known_extension))
+			dt_worker_forget_doomed_events();
 		dt_stage_forget_plans();
 		dt_alerts_forget_plans();
 		need_rebuild = true;
@@ -823,20 +884,27 @@ dt_worker_sleep(long ms)
 }
 
 /*
- * A batch failed for want of memory (digitaltwin.max_memory, or DSA).  A
- * batch of many events goes again one event per batch; a batch of one
- * event dooms that event: it is dead-lettered by the next batch, so that
- * events that cannot get memory never hold up the others.  Returns true
- * when the batch should be retried at once.
+ * A batch failed for want of memory (digitaltwin.max_memory, DSA or local
+ * memory) or past a size limit of PostgreSQL (54xxx).  A batch of many
+ * events goes again one event per batch; a batch of one event dooms that
+ * event: it is dead-lettered by the next batch, so that events that cannot
+ * be stored never hold up the others.  Returns true when the batch should
+ * be retried at once.
  */
 static bool
-dt_worker_note_memory_failure(ErrorData *edata)
+dt_worker_note_resource_failure(ErrorData *edata)
 {
-	if (edata->sqlerrcode != ERRCODE_OUT_OF_MEMORY || batch_nevents == 0)
+	bool		resources = edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY ||
+		ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+
+	if (!resources || batch_nevents == 0)
 		return false;
 	if (batch_nevents == 1)
-		dt_doom_event(batch_first_id, DT_DOOM_NO_MEMORY,
-					  edata->message ? edata->message : "out of memory");
+	{
+		if (!dt_doom_event(batch_first_id, DT_DOOM_NO_MEMORY, edata->sqlerrcode,
+						   edata->message ? edata->message : "out of memory"))
+			return false;
+	}
 	else
 		careful_events = batch_nevents;
 	batch_nevents = 0;
@@ -883,7 +951,7 @@ dt_worker_recover(void)
 			sizeof(my_slot->last_error));
 	SpinLockRelease(&my_slot->mutex);
 	dt_worker_end_batch(false, 0);
-	out_of_memory = dt_worker_note_memory_failure(edata);
+	out_of_memory = dt_worker_note_resource_failure(edata);
 
 	FreeErrorData(edata);
 	FlushErrorState();
@@ -905,7 +973,8 @@ void
 digitaltwin_worker_main(Datum main_arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
-	int64		stopped;
+	int64		stopped[DT_MAX_STOPPED];
+	int			i;
 
 	my_partition = DatumGetInt32(main_arg);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -930,10 +999,13 @@ digitaltwin_worker_main(Datum main_arg)
 	my_slot->window_start = 0;
 	my_slot->window_events = 0;
 	my_slot->events_per_second = 0;
-	stopped = my_slot->stopped_event_id;
+	memcpy(stopped, my_slot->stopped_events, sizeof(stopped));
 	SpinLockRelease(&my_slot->mutex);
-	if (stopped != 0)
-		dt_doom_event(stopped, DT_DOOM_STOPPED, NULL);
+	for (i = 0; i < DT_MAX_STOPPED; i++)
+	{
+		if (stopped[i] != 0)
+			dt_doom_event(stopped[i], DT_DOOM_STOPPED, ERRCODE_QUERY_CANCELED, NULL);
+	}
 	before_shmem_exit(dt_worker_exit, (Datum) 0);
 
 	dt_attach_store();

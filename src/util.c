@@ -1,0 +1,143 @@
+/*-------------------------------------------------------------------------
+ *
+ * util.c
+ *	  Helpers every other file uses; this file calls none of them.
+ *
+ * The preload check, the refusal of calls from inside a model, kept SPI
+ * plans, and the trusted scope: how a statement runs with rights other than
+ * its caller's (docs/architecture.md, "Trust rules").
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "miscadmin.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
+
+#include "dt_internal.h"
+
+/* set by _PG_init when loaded through shared_preload_libraries */
+bool		dt_preloaded = false;
+
+/* the event a worker's model call is processing, else NULL */
+DtCurrentEvent *dt_current_event = NULL;
+
+void
+dt_require_preload(void)
+{
+	if (!dt_preloaded)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("digitaltwin must be loaded via shared_preload_libraries"),
+				 errhint("Add 'digitaltwin' to shared_preload_libraries in postgresql.conf and restart the server.")));
+}
+
+/*
+ * Functions a model must not call: waiting for the workers from inside a
+ * worker would wait for itself, and registering or dropping models would
+ * change the registry under the batch that is using it.
+ */
+void
+dt_forbid_in_model(const char *function)
+{
+	if (dt_current_event != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s cannot be called from a model function", function),
+				 errdetail("Model functions run inside the background workers' batches.")));
+}
+
+/*
+ * Prepare a statement the workers run at every batch, and keep it for the
+ * life of the process (until the extension is re-created).
+ */
+SPIPlanPtr
+dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes)
+{
+	SPIPlanPtr	plan = SPI_prepare(sql, nargs, argtypes);
+
+	if (plan == NULL)
+		elog(ERROR, "SPI_prepare failed for \"%s\": %s",
+			 sql, SPI_result_code_string(SPI_result));
+	SPI_keepplan(plan);
+	return plan;
+}
+
+/*
+ * Open a GUC nest level with search_path = pg_catalog, pg_temp (pg_temp
+ * last: never searched first for relations and types, and never for
+ * functions and operators).  The caller ends it with
+ * AtEOXact_GUC(false, level); aborting the (sub)transaction also does.
+ */
+int
+dt_pin_search_path(void)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", DT_TRUSTED_SEARCH_PATH,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/* The owner of the extension's tables (that of digitaltwin.models). */
+static Oid
+dt_extension_tables_owner(void)
+{
+	Oid			nsp = get_namespace_oid("digitaltwin", true);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("models", nsp) : InvalidOid;
+	HeapTuple	tup;
+	Oid			owner;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"digitaltwin\" is not installed in this database"),
+				 errhint("Run CREATE EXTENSION digitaltwin.")));
+	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
+	ReleaseSysCache(tup);
+	return owner;
+}
+
+/*
+ * Statements on the extension's own tables run as the owner of those tables
+ * (the registry through create_model()/drop_model(), the model-name check of
+ * the events' CHECK constraint, the queue's generation and sequence, the
+ * live view's fallback, DROP ROLE and REASSIGN OWNED), so a caller needs no
+ * privilege on the tables themselves.  The caller's identity is checked
+ * before the switch.
+ *
+ * Such a statement must not resolve anything through the caller's
+ * search_path: an operator, function, type or cast planted in a schema the
+ * caller controls (or in pg_temp) would run with the owner's rights.  So the
+ * scope pins search_path = pg_catalog, pg_temp in a GUC nest level, undone
+ * when the scope ends (and by the abort of the (sub)transaction on ERROR),
+ * and the statements qualify every operator and type as well: either alone
+ * would do, and the tests show it (sql/trust.sql).
+ */
+void
+dt_trusted_enter(DtTrustedScope *scope)
+{
+	Oid			owner = dt_extension_tables_owner();
+
+	GetUserIdAndSecContext(&scope->save_userid, &scope->save_sec_context);
+	scope->guc_level = dt_pin_search_path();
+	SetUserIdAndSecContext(owner, scope->save_sec_context | SECURITY_LOCAL_USERID_CHANGE);
+	SPI_connect();
+}
+
+void
+dt_trusted_leave(DtTrustedScope *scope)
+{
+	SPI_finish();
+	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
+	AtEOXact_GUC(false, scope->guc_level);
+}
