@@ -126,6 +126,107 @@ dt_stage_own_datum(Datum value, int16 typlen, bool typbyval)
 }
 
 /*
+ * The row type that durable states of a composite state type (or of a
+ * domain over one) are read as, looked up once per state type of a scan.
+ */
+typedef struct DtRowType
+{
+	Oid			type;			/* the model's state type */
+	Oid			rowtype;		/* its composite base type, else invalid */
+	int			natts;
+#ifdef VersionedDatumOffsetNumber
+	XLogRecPtr	version;		/* of the row type's last change */
+#endif
+} DtRowType;
+
+static void
+dt_rowtype_lookup(DtRowType *rt, Oid type)
+{
+	Oid			base = getBaseType(type);
+
+	rt->type = type;
+	rt->rowtype = InvalidOid;
+	if (get_typtype(base) == TYPTYPE_COMPOSITE)
+	{
+		TupleDesc	rowdesc = lookup_rowtype_tupdesc(base, -1);
+
+		rt->rowtype = base;
+		rt->natts = rowdesc->natts;
+#ifdef VersionedDatumOffsetNumber
+		rt->version = TupleDescGetVersion(rowdesc);
+#endif
+		ReleaseTupleDesc(rowdesc);
+	}
+}
+
+/*
+ * A composite state image as its model's current row type: written for
+ * another OID of the type, it was restored (pg_dump) and gets the type's
+ * OID.  On a server that versions row types (the datum carries the LSN of
+ * its type's last change; an older one is refused as outdated), a version
+ * newer than the type's own cannot come from this server either: restored,
+ * the OID being the same by chance.  An older version with the same OID is
+ * left alone: on this server that is a state whose type was altered under
+ * it, which must fail, not be relabelled.  Returns the image to use: the
+ * value itself, or a relabelled copy (SPI's tuple stays intact).
+ */
+static bytea *
+dt_relabel_restored_row(bytea *value, Datum state, const DtRowType *rt,
+						text *twin_id)
+{
+	HeapTupleHeader td = (HeapTupleHeader) value;
+	bool		foreign;
+
+	if (VARSIZE(value) < SizeofHeapTupleHeader)
+		elog(ERROR, "digitaltwin: durable state of twin \"%s\" is not a row",
+			 text_to_cstring(twin_id));
+	foreign = HeapTupleHeaderGetTypeId(td) != rt->rowtype;
+#ifdef VersionedDatumOffsetNumber
+	if (!foreign && HeapTupleHeaderIsVersionedDatum(td) &&
+		!XLogRecPtrIsInvalid(rt->version) &&
+		HeapTupleHeaderGetVersion(td) > rt->version)
+		foreign = true;
+#endif
+	if (!foreign)
+		return value;
+
+	/*
+	 * pg_dump recreates a type without its dropped attributes: a row with
+	 * more attributes than the type has now would be read at the wrong
+	 * offsets.  Refused, as no state can be made of it.
+	 */
+	if (HeapTupleHeaderGetNatts(td) > rt->natts)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("durable state of twin \"%s\" has %d attributes, its type %s has %d",
+						text_to_cstring(twin_id), HeapTupleHeaderGetNatts(td),
+						format_type_be(rt->rowtype), rt->natts),
+				 errdetail("The state was written for a version of the type with dropped attributes, which a logical restore does not recreate."),
+				 errhint("Restore from a physical backup, or drop the model with digitaltwin.drop_model() and create it again.")));
+
+	if ((Pointer) value == DatumGetPointer(state))
+	{
+		value = palloc(VARSIZE(td));
+		memcpy(value, td, VARSIZE(td));
+	}
+	td = (HeapTupleHeader) value;
+	HeapTupleHeaderSetTypeId(td, rt->rowtype);
+#ifdef VersionedDatumOffsetNumber
+	HeapTupleHeaderSetDatum(td);
+	if (!XLogRecPtrIsInvalid(rt->version))
+		HeapTupleHeaderSetVersion(td, rt->version);
+	else
+	{
+		HeapTupleHeaderSetTypMod(td, -1);
+		ItemPointerSetInvalid(&td->t_ctid);
+	}
+#else
+	HeapTupleHeaderSetTypMod(td, -1);
+#endif
+	return value;
+}
+
+/*
  * Read the durable states of twin_state, optionally restricted to the twins
  * of one worker partition (partition >= 0), and call fn for each with the
  * state's image (see dt_stage_persisted_value).  The image is valid only
@@ -136,10 +237,10 @@ dt_stage_own_datum(Datum value, int16 typlen, bool typbyval)
  * a HeapTupleHeader, which names its row type by OID.  After a logical
  * restore (pg_dump, pg_restore into another database) the type has another
  * OID, while twin_state holds the old one: the image is given the model's
- * current row type here, where every durable state enters the workers and
- * the live view.  OIDs deeper inside a value (a nested composite, an array
- * or range of a user-defined type, an enum) are not rewritten: README,
- * "Backup and restore".
+ * current row type here (dt_relabel_restored_row), where every durable
+ * state enters the workers and the live view.  OIDs deeper inside a value
+ * (a nested composite, an array or range of a user-defined type, an enum)
+ * are not rewritten: README, "Backup and restore".
  *
  * The query runs in workers and for readers alike: every name and operator
  * in it is schema-qualified, whatever the search_path.
@@ -150,12 +251,7 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 	Oid			types[2] = {INT4OID, INT4OID};
 	Datum		args[2];
 	Portal		portal;
-	Oid			last_type = InvalidOid;
-	Oid			last_rowtype = InvalidOid;
-	int			last_natts = 0;
-#ifdef VersionedDatumOffsetNumber
-	XLogRecPtr	last_version = InvalidXLogRecPtr;
-#endif
+	DtRowType	rt = {InvalidOid, InvalidOid};
 
 	args[0] = Int32GetDatum(partitions);
 	args[1] = Int32GetDatum(partition);
@@ -187,105 +283,27 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 			bool		isnull;
 			text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
 			Datum		state = SPI_getbinval(tup, desc, 3, &isnull);
-			Datum		typid;
+			Datum		rowtype;
 			bytea	   *value;
 
 			/* a varlena state's image is the whole value, 4-byte header included */
 			if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
 			{
 				value = DatumGetByteaP(state);
-
-				/* a composite (or a domain: is it over one?) */
-				typid = SPI_getbinval(tup, desc, 7, &isnull);
-				if (!isnull && DatumGetObjectId(typid) != last_type)
+				rowtype = SPI_getbinval(tup, desc, 7, &isnull);
+				if (!isnull)
 				{
-					Oid			base = getBaseType(DatumGetObjectId(typid));
-
-					last_type = DatumGetObjectId(typid);
-					last_rowtype = InvalidOid;
-					if (get_typtype(base) == TYPTYPE_COMPOSITE)
-					{
-						TupleDesc	rowdesc = lookup_rowtype_tupdesc(base, -1);
-
-						last_rowtype = base;
-						last_natts = rowdesc->natts;
-#ifdef VersionedDatumOffsetNumber
-						last_version = TupleDescGetVersion(rowdesc);
-#endif
-						ReleaseTupleDesc(rowdesc);
-					}
+					if (DatumGetObjectId(rowtype) != rt.type)
+						dt_rowtype_lookup(&rt, DatumGetObjectId(rowtype));
+					if (OidIsValid(rt.rowtype))
+						value = dt_relabel_restored_row(value, state, &rt, twin_id);
 				}
-				if (!isnull && OidIsValid(last_rowtype))
-				{
-					HeapTupleHeader td = (HeapTupleHeader) value;
-					bool		foreign;
-
-					if (VARSIZE(value) < SizeofHeapTupleHeader)
-						elog(ERROR, "digitaltwin: durable state of twin \"%s\" is not a row",
-							 text_to_cstring(twin_id));
-
-					/*
-					 * Written for another OID of the type: restored.  On a
-					 * server that versions row types (the datum carries the
-					 * LSN of its type's last change; an older one is refused
-					 * as outdated), a version newer than the type's own cannot
-					 * come from this server either: restored, the OID being
-					 * the same by chance.  An older version with the same OID
-					 * is left alone: on this server that is a state whose type
-					 * was altered under it, which must fail, not be relabelled.
-					 */
-					foreign = HeapTupleHeaderGetTypeId(td) != last_rowtype;
-#ifdef VersionedDatumOffsetNumber
-					if (!foreign && HeapTupleHeaderIsVersionedDatum(td) &&
-						!XLogRecPtrIsInvalid(last_version) &&
-						HeapTupleHeaderGetVersion(td) > last_version)
-						foreign = true;
-#endif
-					/*
-					 * pg_dump recreates a type without its dropped
-					 * attributes: a row with more attributes than the type
-					 * has now would be read at the wrong offsets.  Refused,
-					 * as no state can be made of it.
-					 */
-					if (foreign && HeapTupleHeaderGetNatts(td) > last_natts)
-						ereport(ERROR,
-								(errcode(ERRCODE_DATATYPE_MISMATCH),
-								 errmsg("durable state of twin \"%s\" has %d attributes, its type %s has %d",
-										text_to_cstring(twin_id), HeapTupleHeaderGetNatts(td),
-										format_type_be(last_rowtype), last_natts),
-								 errdetail("The state was written for a version of the type with dropped attributes, which a logical restore does not recreate."),
-								 errhint("Restore from a physical backup, or drop the model with digitaltwin.drop_model() and create it again.")));
-					if (foreign)
-					{
-						/* not the tuple's own bytes: SPI's copy stays intact */
-						if ((Pointer) value == DatumGetPointer(state))
-						{
-							value = palloc(VARSIZE(td));
-							memcpy(value, td, VARSIZE(td));
-						}
-						td = (HeapTupleHeader) value;
-						HeapTupleHeaderSetTypeId(td, last_rowtype);
-#ifdef VersionedDatumOffsetNumber
-						HeapTupleHeaderSetDatum(td);
-						if (!XLogRecPtrIsInvalid(last_version))
-							HeapTupleHeaderSetVersion(td, last_version);
-						else
-						{
-							HeapTupleHeaderSetTypMod(td, -1);
-							ItemPointerSetInvalid(&td->t_ctid);
-						}
-#else
-						HeapTupleHeaderSetTypMod(td, -1);
-#endif
-					}
-				}
-
 				fn(arg, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
 				   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
 				   (char *) value, VARSIZE(value),
 				   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
 				   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)));
-				/* a detoasted or fixed-up copy: one at a time, not a million */
+				/* a detoasted or relabelled copy: one at a time, not a million */
 				if ((Pointer) value != DatumGetPointer(state))
 					pfree(value);
 			}

@@ -54,6 +54,7 @@
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
+#include "storage/lmgr.h"
 #include "storage/proc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -794,6 +795,13 @@ dt_worker_run_batch(void)
 		return 0;
 	}
 
+	/*
+	 * The registry first, as DROP EXTENSION locks the extension's tables
+	 * (in the order they were created: models, then the queue): a batch
+	 * that took the queue and then waited for the registry would deadlock
+	 * with it.
+	 */
+	LockRelationOid(dt_models_relid(), AccessShareLock);
 	pgstat_report_activity(STATE_RUNNING, "digitaltwin: processing events");
 	if (need_rebuild)
 		dt_worker_rebuild();
