@@ -669,7 +669,7 @@ dt_model_id_live(int32 model_id)
  *	- session-level advisory locks and prepared statements are released;
  *	- temporary objects, SET ROLE and cursors WITH HOLD are refused by the
  *	  security-restricted operation the call runs in; LISTEN only takes
- *	  effect at commit, and the worker cancels it before (dt_worker_*).
+ *	  effect at commit, and the worker cancels it before the batch commits.
  *
  * Timeouts.  digitaltwin.model_timeout cancels the call like a statement
  * timeout (57014).  The cancel is a plain ERROR, which a model can catch
