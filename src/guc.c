@@ -54,7 +54,7 @@ dt_define_gucs(void)
 
 	DefineCustomIntVariable("digitaltwin.max_memory",
 							"Shared memory available for twins.",
-							"When it is full, events that need more memory are dead-lettered, one at a time; the others go on.",
+							"When it is full, the events that need more memory are dead-lettered; the others go on.",
 							&dt_max_memory_mb,
 							256, 1, INT_MAX / 2,
 							PGC_POSTMASTER,

@@ -112,11 +112,14 @@ static DtDoomedEvent doomed[DT_MAX_DOOMED];
 static int	ndoomed = 0;
 
 /*
- * After a batch failed for want of shared memory, the next events are
- * processed one per batch, so that only those that cannot get memory on
- * their own are dead-lettered (see dt_worker_recover).
+ * After a batch failed for want of memory, batches are limited to half its
+ * size, halved again at each failure down to one event, which is then
+ * doomed; each success doubles the limit back up to batch_size, and 0
+ * means no limit.  The events that cannot get memory on their own are
+ * found in a number of batches logarithmic in the batch size, and are the
+ * only ones dead-lettered (see dt_worker_note_resource_failure).
  */
-static int	careful_events = 0;
+static int	careful_limit = 0;
 
 static void dt_worker_sleep(long ms);
 
@@ -459,7 +462,7 @@ static void
 dt_worker_forget_doomed_events(void)
 {
 	ndoomed = 0;
-	careful_events = 0;
+	careful_limit = 0;
 	SpinLockAcquire(&my_slot->mutex);
 	memset(my_slot->stopped_events, 0, sizeof(my_slot->stopped_events));
 	SpinLockRelease(&my_slot->mutex);
@@ -810,7 +813,7 @@ dt_worker_run_batch(void)
 	phase = DT_PHASE_WORKING;
 	MemoryContextSwitchTo(batch_cxt);
 
-	limit = careful_events > 0 ? 1 : dt_batch_size;
+	limit = careful_limit > 0 ? Min(careful_limit, dt_batch_size) : dt_batch_size;
 	nevents = dt_fetch_events(my_partition, dt_shared->nworkers, limit, &events);
 	batch_nevents = nevents;
 	batch_first_id = nevents > 0 ? events[0].id : 0;
@@ -856,8 +859,8 @@ dt_worker_run_batch(void)
 		dt_worker_update_stats(nevents, ndead, nalerts);
 	if (ndoomed > 0)
 		dt_forget_doomed(events, nevents);
-	if (careful_events > 0)
-		careful_events -= nevents;
+	if (careful_limit > 0)
+		careful_limit = careful_limit >= dt_batch_size / 2 ? 0 : careful_limit * 2;
 	dt_worker_end_batch(true, nevents < limit ? PG_INT64_MAX : events[nevents - 1].id);
 	batch_nevents = 0;
 	MemoryContextSwitchTo(TopMemoryContext);
@@ -894,10 +897,10 @@ dt_worker_sleep(long ms)
 /*
  * A batch failed for want of memory (digitaltwin.max_memory, DSA or local
  * memory) or past a size limit of PostgreSQL (54xxx).  A batch of many
- * events goes again one event per batch; a batch of one event dooms that
- * event: it is dead-lettered by the next batch, so that events that cannot
- * be stored never hold up the others.  Returns true when the batch should
- * be retried at once.
+ * events goes again in batches of half its size; a batch of one event dooms
+ * that event: it is dead-lettered by the next batch, so that events that
+ * cannot be stored never hold up the others.  Returns true when the batch
+ * should be retried at once.
  */
 static bool
 dt_worker_note_resource_failure(ErrorData *edata)
@@ -914,7 +917,7 @@ dt_worker_note_resource_failure(ErrorData *edata)
 			return false;
 	}
 	else
-		careful_events = batch_nevents;
+		careful_limit = batch_nevents / 2;
 	batch_nevents = 0;
 	return true;
 }
