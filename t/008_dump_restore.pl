@@ -327,6 +327,7 @@ BEGIN;
 SELECT digitaltwin.send('bin', 'gone', '{"v": 1}');
 SELECT digitaltwin.drop_model('bin');
 COMMIT;
+SELECT digitaltwin.wait_idle('60s');
 });
 is($node_b->safe_psql('restored', q{SELECT count(*) FROM digitaltwin.dead_letters WHERE twin_id = 'gone'}),
 	'1', 'drop_model with a queued event: the event is dead-lettered');
