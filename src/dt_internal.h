@@ -83,6 +83,9 @@ extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 /* the search_path of every statement the extension runs with other rights */
 #define DT_TRUSTED_SEARCH_PATH "pg_catalog, pg_temp"
 extern int	dt_pin_search_path(void);
+extern int	dt_become_model_owner(Oid owner, const char *search_path,
+								  Oid *save_userid, int *save_sec_context);
+extern void dt_leave_model_owner(Oid save_userid, int save_sec_context, int level);
 
 /*
  * SPI as the owner of the extension's tables, search_path pinned (registry,

@@ -841,20 +841,14 @@ dt_model_call(DtModel *model, bool init, int nargs, Datum *args,
 		fcinfo->args[i].isnull = nulls[i];
 	}
 
-	guc_level = NewGUCNestLevel();
-	(void) set_config_option("search_path", model->search_path,
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	GetUserIdAndSecContext(&save_userid, &save_sec_context);
-	SetUserIdAndSecContext(model->owner,
-						   save_sec_context | SECURITY_RESTRICTED_OPERATION);
+	guc_level = dt_become_model_owner(model->owner, model->search_path,
+									  &save_userid, &save_sec_context);
 	dt_model_timeouts_arm();
 
 	result = FunctionCallInvoke(fcinfo);
 
 	dt_model_timeouts_disarm();
-	SetUserIdAndSecContext(save_userid, save_sec_context);
-	AtEOXact_GUC(false, guc_level);
+	dt_leave_model_owner(save_userid, save_sec_context, guc_level);
 	dt_model_forget_session_state();
 
 	if (call_timed_out)

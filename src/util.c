@@ -69,20 +69,55 @@ dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * Open a GUC nest level with search_path = pg_catalog, pg_temp (pg_temp
- * last: never searched first for relations and types, and never for
- * functions and operators).  The caller ends it with
- * AtEOXact_GUC(false, level); aborting the (sub)transaction also does.
+ * Open a GUC nest level with the given search_path; the caller ends it with
+ * AtEOXact_GUC(false, level), which also throws away whatever was set in it
+ * meanwhile.  Aborting the (sub)transaction ends it too.
+ */
+static int
+dt_push_search_path(const char *search_path)
+{
+	int			level = NewGUCNestLevel();
+
+	(void) set_config_option("search_path", search_path,
+							 PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
+	return level;
+}
+
+/*
+ * A nest level with search_path = pg_catalog, pg_temp (pg_temp last: never
+ * searched first for relations and types, and never for functions and
+ * operators).
  */
 int
 dt_pin_search_path(void)
 {
-	int			level = NewGUCNestLevel();
+	return dt_push_search_path(DT_TRUSTED_SEARCH_PATH);
+}
 
-	(void) set_config_option("search_path", DT_TRUSTED_SEARCH_PATH,
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
+/*
+ * Run a model author's code: as the model's owner, in a security-restricted
+ * operation (no SET ROLE, temporary objects, PREPARE...), with the model's
+ * search_path in a nest level of its own.  For model calls and for the
+ * conversion of states in the live view.  dt_leave_model_owner() undoes it,
+ * and so does the abort of a (sub)transaction started before.
+ */
+int
+dt_become_model_owner(Oid owner, const char *search_path,
+					  Oid *save_userid, int *save_sec_context)
+{
+	int			level = dt_push_search_path(search_path);
+
+	GetUserIdAndSecContext(save_userid, save_sec_context);
+	SetUserIdAndSecContext(owner, *save_sec_context | SECURITY_RESTRICTED_OPERATION);
 	return level;
+}
+
+void
+dt_leave_model_owner(Oid save_userid, int save_sec_context, int level)
+{
+	SetUserIdAndSecContext(save_userid, save_sec_context);
+	AtEOXact_GUC(false, level);
 }
 
 /* The owner of the extension's tables (that of digitaltwin.models). */

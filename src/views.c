@@ -440,26 +440,12 @@ dt_live_pass_held(DtLiveCollect *c, int partition)
 }
 
 /*
- * A state type's conversion to jsonb can run code of the model's author: a
- * cast of the type (or of a type inside it) to json, an output function.
- * It must not run with the rights of whoever reads the view (a superuser,
- * say), so it runs as a model call does: as the model's owner, in a
- * security-restricted operation, with the model's search_path, in a GUC
- * nest level the caller closes with AtEOXact_GUC(false, level).
+ * Convert a model's states copied as images.  The conversion can run code
+ * of the model's author: a cast of the type (or of a type inside it) to
+ * json, an output function.  It must not run with the rights of whoever
+ * reads the view (a superuser, say): the caller runs it as a model call
+ * runs (dt_become_model_owner).
  */
-static int
-dt_live_become_owner(DtViewModel *m, Oid *save_userid, int *save_sec_context)
-{
-	int			level = NewGUCNestLevel();
-
-	(void) set_config_option("search_path", m->search_path,
-							 PGC_USERSET, PGC_S_SESSION,
-							 GUC_ACTION_SAVE, true, 0, false);
-	GetUserIdAndSecContext(save_userid, save_sec_context);
-	SetUserIdAndSecContext(m->owner, *save_sec_context | SECURITY_RESTRICTED_OPERATION);
-	return level;
-}
-
 static void
 dt_live_convert_states(DtLiveCollect *c, DtViewModel *m)
 {
@@ -496,10 +482,10 @@ dt_live_convert_model(DtLiveCollect *c, DtViewModel *m)
 	/* no subtransaction can start in parallel mode: convert unprotected */
 	if (IsInParallelMode())
 	{
-		guc_level = dt_live_become_owner(m, &save_userid, &save_sec_context);
+		guc_level = dt_become_model_owner(m->owner, m->search_path,
+										  &save_userid, &save_sec_context);
 		dt_live_convert_states(c, m);
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-		AtEOXact_GUC(false, guc_level);
+		dt_leave_model_owner(save_userid, save_sec_context, guc_level);
 		return;
 	}
 
@@ -508,10 +494,10 @@ dt_live_convert_model(DtLiveCollect *c, DtViewModel *m)
 	PG_TRY();
 	{
 		/* an ERROR: the subtransaction's abort restores both */
-		guc_level = dt_live_become_owner(m, &save_userid, &save_sec_context);
+		guc_level = dt_become_model_owner(m->owner, m->search_path,
+										  &save_userid, &save_sec_context);
 		dt_live_convert_states(c, m);
-		SetUserIdAndSecContext(save_userid, save_sec_context);
-		AtEOXact_GUC(false, guc_level);
+		dt_leave_model_owner(save_userid, save_sec_context, guc_level);
 		ReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(oldcxt);
 		CurrentResourceOwner = oldowner;
