@@ -210,7 +210,7 @@ $$;
 -- other) multiplied without bound.  Each event now carries its depth: 0
 -- when an application sent it, the depth of the event being processed + 1
 -- when a model sent it.  The default computes it; a depth beyond
--- digitaltwin.max_chain_depth is an error in the sending model, whose
+-- digitaltwin.max_message_depth is an error in the sending model, whose
 -- event is dead-lettered.  Writers may insert only (model, twin_id,
 -- payload) and cannot set a depth.
 --
@@ -228,7 +228,7 @@ AS 'MODULE_PATHNAME', 'digitaltwin_event_depth'
 LANGUAGE C STABLE PARALLEL RESTRICTED;
 
 COMMENT ON FUNCTION digitaltwin._event_depth() IS
-'Internal: default of digitaltwin.events.depth; 0 outside a model, the depth of the event being processed + 1 inside one (an error beyond digitaltwin.max_chain_depth).';
+'Internal: default of digitaltwin.events.depth; 0 outside a model, the depth of the event being processed + 1 inside one (an error beyond digitaltwin.max_message_depth).';
 
 ALTER TABLE digitaltwin.events
     ADD COLUMN depth integer NOT NULL DEFAULT digitaltwin._event_depth();

@@ -28,7 +28,7 @@ BEGIN
                                  jsonb_build_object('hops', (event->>'hops')::int - 1,
                                                     'note', 'hop'));
     ELSIF event ? 'fork' THEN
-        -- two events to itself per event: stopped by digitaltwin.max_chain_depth
+        -- two events to itself per event: stopped by digitaltwin.max_message_depth
         PERFORM digitaltwin.send('hostile', twin_id, '{"note": "fork", "fork": true}');
         PERFORM digitaltwin.send('hostile', twin_id, '{"note": "fork", "fork": true}');
     ELSIF event ? 'wait' THEN
@@ -114,13 +114,13 @@ SELECT count(*) AS flood_events_left FROM digitaltwin.events WHERE twin_id = 'fl
 SELECT count(*) AS flood_twins FROM digitaltwin.twins WHERE twin_id = 'flood';
 
 -- a model that sends two events to itself per event is stopped by
--- digitaltwin.max_chain_depth (5 here): the events of depth 0 to 4 are
+-- digitaltwin.max_message_depth (5 here): the events of depth 0 to 4 are
 -- applied (1 + 2 + 4 + 8 + 16), the 32 of depth 5 fail to send theirs and
 -- are dead-lettered.  The workers reload the setting before the first
 -- event's batch ends (a new session sees the postmaster's reloaded
 -- settings, so it has signalled them), and the chain reaches the limit
 -- only in later batches.
-ALTER SYSTEM SET digitaltwin.max_chain_depth = 5;
+ALTER SYSTEM SET digitaltwin.max_message_depth = 5;
 SELECT pg_reload_conf();
 \c
 INSERT INTO digitaltwin.events (model, twin_id, payload)
@@ -132,7 +132,7 @@ WHERE twin_id = 'fork' GROUP BY 1, 2;
 SELECT state->'n' AS n, event_count FROM digitaltwin.twins WHERE twin_id = 'fork';
 SELECT count(*) AS applied_forks FROM hostile_log WHERE twin_id = 'fork';
 SELECT count(*) AS fork_events_left FROM digitaltwin.events WHERE twin_id = 'fork';
-ALTER SYSTEM RESET digitaltwin.max_chain_depth;
+ALTER SYSTEM RESET digitaltwin.max_message_depth;
 SELECT pg_reload_conf();
 
 -- every event sent in this file is accounted for: applied (event_count) or

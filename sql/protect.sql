@@ -240,9 +240,9 @@ RESET ROLE;
 -- (uncommitted: the workers do not see it yet)
 SELECT twin_id, depth FROM digitaltwin.events WHERE twin_id = 'unforged';
 COMMIT;
-SET digitaltwin.max_chain_depth = 3;
+SET digitaltwin.max_message_depth = 3;
 SELECT name, setting, context, min_val, max_val FROM pg_settings
-WHERE name = 'digitaltwin.max_chain_depth';
+WHERE name = 'digitaltwin.max_message_depth';
 
 --
 -- wait_idle(): a deadline beyond the range of timestamps is no deadline

@@ -29,7 +29,7 @@ int			dt_alert_retention_s = 7 * 24 * 3600;
 int			dt_dead_letter_retention_s = 30 * 24 * 3600;
 int			dt_max_twins_per_model = 0;
 bool		dt_allow_superuser_models = false;
-int			dt_max_chain_depth = 16;
+int			dt_max_message_depth = 16;
 
 void
 dt_define_gucs(void)
@@ -162,11 +162,11 @@ dt_define_gucs(void)
 							 0,
 							 NULL, NULL, NULL);
 
-	DefineCustomIntVariable("digitaltwin.max_chain_depth",
+	DefineCustomIntVariable("digitaltwin.max_message_depth",
 							"Longest chain of events that models send to models.",
 							"An event sent by an application has depth 0, one sent by a model the depth of the event it processes plus one; "
 							"a model that sends an event beyond this depth has its own event dead-lettered.",
-							&dt_max_chain_depth,
+							&dt_max_message_depth,
 							16, 1, 1000,
 							PGC_SIGHUP,
 							0,

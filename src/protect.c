@@ -25,7 +25,7 @@
  * Chains.  Every event carries a depth (digitaltwin.events.depth): 0 when
  * an application sent it, the sending event's depth + 1 when a model did.
  * The column's default, digitaltwin._event_depth(), refuses a depth over
- * digitaltwin.max_chain_depth, which dead-letters the sending event: a
+ * digitaltwin.max_message_depth, which dead-letters the sending event: a
  * model that sends events to itself stops instead of multiplying.
  *
  *-------------------------------------------------------------------------
@@ -311,13 +311,13 @@ digitaltwin_event_depth(PG_FUNCTION_ARGS)
 		PG_RETURN_INT32(0);
 	ev = dt_current_event->event;
 	depth = ev->depth + 1;
-	if (depth > dt_max_chain_depth)
+	if (depth > dt_max_message_depth)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("event chain of model \"%s\" is too long", dt_current_event->model->name),
-				 errdetail("Event " INT64_FORMAT " is %d events down a chain of events sent by models; digitaltwin.max_chain_depth is %d.",
-						   ev->id, ev->depth, dt_max_chain_depth),
+				 errdetail("Event " INT64_FORMAT " is %d events down a chain of events sent by models; digitaltwin.max_message_depth is %d.",
+						   ev->id, ev->depth, dt_max_message_depth),
 				 errhint("A model that sends events to itself (or to models that send back) must end the chain; "
-						 "raise digitaltwin.max_chain_depth if longer chains are intended.")));
+						 "raise digitaltwin.max_message_depth if longer chains are intended.")));
 	PG_RETURN_INT32(depth);
 }
