@@ -13,6 +13,7 @@ OBJS = \
 	src/queue.o \
 	src/stage.o \
 	src/alerts.o \
+	src/context.o \
 	src/views.o \
 	src/live_fdw.o \
 	src/worker.o \
@@ -22,12 +23,12 @@ OBJS = \
 EXTENSION = digitaltwin
 DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql \
 	sql/digitaltwin--1.1--1.2.sql sql/digitaltwin--1.2--1.3.sql \
-	sql/digitaltwin--1.3--1.4.sql
+	sql/digitaltwin--1.3--1.4.sql sql/digitaltwin--1.4--1.5.sql
 HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 
-REGRESS = setup models events processing alerts dead_letters views c_model roles protect hostile trust drop
+REGRESS = setup models events processing alerts dead_letters views c_model roles protect hostile trust context drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

@@ -27,8 +27,9 @@
 
 #include "postgres.h"
 #include "utils/jsonb.h"
+#include "utils/timestamp.h"
 
-#define DIGITALTWIN_VERSION_NUM 10400
+#define DIGITALTWIN_VERSION_NUM 10500
 
 /* Longest twin id accepted, in bytes. */
 #define DT_TWIN_ID_MAXLEN 63
@@ -50,6 +51,16 @@ extern PGDLLEXPORT bool digitaltwin_in_model(void);
 extern PGDLLEXPORT const char *digitaltwin_current_model(void);
 extern PGDLLEXPORT const char *digitaltwin_current_twin_id(void);
 extern PGDLLEXPORT int64 digitaltwin_current_event_id(void);
+
+/*
+ * The event's kind, "event" (sent by an application) or "message" (sent by
+ * a model), and its event time (digitaltwin.events.event_time: the
+ * application's clock, or the insert time; a message has the time of the
+ * event that sent it).  Since version 1.5; NULL and DT_NOBEGIN outside a
+ * model call.  digitaltwin.current_event() gives the same in SQL.
+ */
+extern PGDLLEXPORT const char *digitaltwin_current_event_kind(void);
+extern PGDLLEXPORT TimestampTz digitaltwin_current_event_time(void);
 
 /*
  * Read a top-level numeric field of a jsonb object (for instance an event

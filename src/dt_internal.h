@@ -12,6 +12,7 @@
  *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
  *	  stage.c	 worker-local staging of twin states within a batch
  *	  alerts.c	 alert(), staged alerts, dead letters
+ *	  context.c	 current_event(), and what a model's sends inherit from it
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
@@ -294,6 +295,9 @@ typedef struct DtEvent
 	char	   *twin_id;
 	Jsonb	   *payload;
 	TimestampTz enqueued_at;
+	TimestampTz event_time;		/* the application's time of the event */
+	char	   *sender_model;	/* a message: the model and twin that sent it */
+	char	   *sender_twin;	/* (NULL for an application's event) */
 	int32		depth;			/* models' sends from event 0 to this one */
 	bool		dead;
 	char	   *error;

@@ -280,7 +280,7 @@ typedef struct DtFetchSource
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
 	bool		has_event;		/* slot holds this partition's next event */
-	bool		has_depth;		/* the depth column exists (version 1.4) */
+	int			natts;			/* of the columns below, how many exist */
 	int64		id;
 } DtFetchSource;
 
@@ -291,30 +291,36 @@ typedef struct DtFetchSource
 #define DT_EVENT_ATT_PAYLOAD		4
 #define DT_EVENT_ATT_ENQUEUED_AT	5
 #define DT_EVENT_ATT_PART			6
-#define DT_EVENT_ATT_DEPTH			7
+#define DT_EVENT_ATT_DEPTH			7	/* version 1.4 */
+#define DT_EVENT_ATT_EVENT_TIME		8	/* version 1.5 */
+#define DT_EVENT_ATT_SENDER_MODEL	9
+#define DT_EVENT_ATT_SENDER_TWIN	10
 
 /*
- * The attribute numbers above hold for every partition; make sure.  The
- * partitions were created with their parent and never had a column
- * dropped, and a column added to the parent (depth, in version 1.4) is
- * added to each partition in the same position.  Until the extension is
- * updated to 1.4, the depth column does not exist: every event then counts
- * as sent by an application (depth 0).
+ * The attribute numbers above hold for every partition; make sure, and
+ * return how many of them exist.  The partitions were created with their
+ * parent and never had a column dropped, and a column added to the parent
+ * (depth in version 1.4, event_time and the sender in 1.5) is added to each
+ * partition in the same position.  Until the extension is updated, the
+ * newer columns do not exist: every event then counts as sent by an
+ * application (depth 0, no sender) at its enqueue time.
  */
-static bool
+static int
 dt_fetch_check_columns(Relation rel)
 {
 	static const char *const names[] = {"id", "model", "twin_id", "payload",
-	"enqueued_at", "part", "depth"};
+		"enqueued_at", "part", "depth", "event_time", "sender_model", "sender_twin"};
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
-	StaticAssertStmt(lengthof(names) == DT_EVENT_ATT_DEPTH,
+	StaticAssertStmt(lengthof(names) == DT_EVENT_ATT_SENDER_TWIN,
 					 "one name per attribute number");
 	for (i = 0; i < lengthof(names); i++)
 	{
-		if (i + 1 == DT_EVENT_ATT_DEPTH && desc->natts == DT_EVENT_ATT_DEPTH - 1)
-			return false;
+		/* the columns of an older version of the extension only */
+		if (desc->natts == i &&
+			(i + 1 == DT_EVENT_ATT_DEPTH || i + 1 == DT_EVENT_ATT_EVENT_TIME))
+			return i;
 		if (desc->natts <= i ||
 			TupleDescAttr(desc, i)->attisdropped ||
 			strcmp(NameStr(TupleDescAttr(desc, i)->attname), names[i]) != 0)
@@ -322,7 +328,8 @@ dt_fetch_check_columns(Relation rel)
 				 i + 1, RelationGetRelationName(rel));
 	}
 	Assert(TupleDescAttr(desc, DT_EVENT_ATT_DEPTH - 1)->atttypid == INT4OID);
-	return true;
+	Assert(TupleDescAttr(desc, DT_EVENT_ATT_EVENT_TIME - 1)->atttypid == TIMESTAMPTZOID);
+	return lengthof(names);
 }
 
 /*
@@ -373,11 +380,22 @@ dt_fetch_take(DtFetchSource *src, DtEvent *ev)
 	ev->enqueued_at = DatumGetTimestampTz(slot_getattr(src->slot,
 													   DT_EVENT_ATT_ENQUEUED_AT, &isnull));
 	ev->depth = 0;
-	if (src->has_depth)
+	if (src->natts >= DT_EVENT_ATT_DEPTH)
 	{
 		d = slot_getattr(src->slot, DT_EVENT_ATT_DEPTH, &isnull);
 		if (!isnull)
 			ev->depth = DatumGetInt32(d);
+	}
+	ev->event_time = ev->enqueued_at;
+	if (src->natts >= DT_EVENT_ATT_SENDER_TWIN)
+	{
+		d = slot_getattr(src->slot, DT_EVENT_ATT_EVENT_TIME, &isnull);
+		if (!isnull)
+			ev->event_time = DatumGetTimestampTz(d);
+		d = slot_getattr(src->slot, DT_EVENT_ATT_SENDER_MODEL, &isnull);
+		ev->sender_model = isnull ? NULL : TextDatumGetCString(d);
+		d = slot_getattr(src->slot, DT_EVENT_ATT_SENDER_TWIN, &isnull);
+		ev->sender_twin = isnull ? NULL : TextDatumGetCString(d);
 	}
 }
 
@@ -436,7 +454,7 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 		DtFetchSource *src = &sources[i];
 
 		src->rel = table_open(dt_queue_partition_relid(i), AccessShareLock);
-		src->has_depth = dt_fetch_check_columns(src->rel);
+		src->natts = dt_fetch_check_columns(src->rel);
 		src->index = index_open(RelationGetPrimaryKeyIndex(src->rel), AccessShareLock);
 		src->slot = table_slot_create(src->rel, NULL);
 		src->scan = index_beginscan(src->rel, src->index, snapshot, 0, 0);

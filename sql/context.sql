@@ -1,0 +1,83 @@
+--
+-- Event time and context (version 1.5): an application's events carry
+-- their own time; a model sees the event it processes through
+-- current_event(); an event a model sends is a message, with its sender
+-- and the time of the event that sent it.  Writers set the time, never the
+-- sender.
+--
+CREATE ROLE dt_ctx_writer;
+GRANT digitaltwin_writer TO dt_ctx_writer;
+CREATE TABLE ctx_seen (model text, info digitaltwin.event_info);
+GRANT INSERT ON ctx_seen TO PUBLIC;
+
+-- records what it sees; forwards an event with "forward" to the model relay
+CREATE FUNCTION ctx_watch(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ctx_seen VALUES ('ctx_watch', digitaltwin.current_event());
+    IF event ? 'forward' THEN
+        PERFORM digitaltwin.send('ctx_relay', 'r-' || twin_id, event - 'forward');
+        INSERT INTO digitaltwin.events (model, twin_id, payload)
+        VALUES ('ctx_relay', 'i-' || twin_id, '{}');
+    END IF;
+    RETURN jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1);
+END $$;
+CREATE FUNCTION ctx_relay(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ctx_seen VALUES ('ctx_relay', digitaltwin.current_event());
+    RETURN '{}';
+END $$;
+SELECT digitaltwin.create_model('ctx_watch', 'ctx_watch(text,jsonb,jsonb)');
+SELECT digitaltwin.create_model('ctx_relay', 'ctx_relay(text,jsonb,jsonb)');
+
+-- the application's time, given or by default the insert time
+BEGIN;
+INSERT INTO digitaltwin.events (model, twin_id, payload, event_time) VALUES
+    ('ctx_watch', 'a', '{"n": 1}', '2026-01-01 10:00:00+00'),
+    ('ctx_watch', 'a', '{"n": 2, "forward": true}', '2026-01-01 10:00:05+00');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('ctx_watch', 'b', '{}');
+SELECT digitaltwin.send('ctx_watch', 'c', '{}', '2026-02-02 12:00:00+00') > 0 AS sent;
+SELECT digitaltwin.send('ctx_watch', 'd', '{}') > 0 AS sent;
+CREATE TEMP TABLE ctx_now AS SELECT now() AS t;
+COMMIT;
+-- a writer may set the time, not the sender
+SET ROLE dt_ctx_writer;
+INSERT INTO digitaltwin.events (model, twin_id, payload, event_time)
+VALUES ('ctx_watch', 'e', '{}', '2025-12-31 23:59:59+00');
+INSERT INTO digitaltwin.events (model, twin_id, payload, sender_model, sender_twin)
+VALUES ('ctx_watch', 'f', '{}', 'ctx_relay', 'x');
+RESET ROLE;
+-- (the second wait covers the messages the first batch sent)
+SELECT digitaltwin.wait_idle('60s');
+SELECT digitaltwin.wait_idle('60s');
+
+-- what each call saw, against the queue's own record (the events table is
+-- consumed: compare with what was sent above)
+SELECT s.model, (s.info).twin_id, (s.info).kind,
+       CASE WHEN (s.info).event_time = (SELECT t FROM ctx_now) THEN 'insert time'
+            ELSE (s.info).event_time::text END AS event_time,
+       (s.info).enqueued_at IS NOT NULL AS enqueued,
+       (s.info).sender_model, (s.info).sender_twin, (s.info).timer,
+       (s.info).model = s.model AS own_model
+FROM ctx_seen s
+ORDER BY (s.info).twin_id COLLATE "C", (s.info).id;
+-- ids are the events' own and distinct
+SELECT count(DISTINCT (info).id) = count(*) AS distinct_ids FROM ctx_seen;
+
+-- outside a model there is no current event
+SELECT digitaltwin.current_event();
+-- an event time cannot be NULL (the message names the queue's partition)
+DO $$
+BEGIN
+    INSERT INTO digitaltwin.events (model, twin_id, payload, event_time)
+    VALUES ('ctx_watch', 'g', '{}', NULL);
+EXCEPTION WHEN not_null_violation THEN
+    RAISE NOTICE 'refused: %', SQLSTATE;
+END $$;
+
+SELECT digitaltwin.drop_model('ctx_watch');
+SELECT digitaltwin.drop_model('ctx_relay');
+DROP TABLE ctx_seen;
+DROP FUNCTION ctx_watch(text, jsonb, jsonb), ctx_relay(text, jsonb, jsonb);
+DROP ROLE dt_ctx_writer;
