@@ -23,7 +23,8 @@ OBJS = \
 EXTENSION = digitaltwin
 DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql \
 	sql/digitaltwin--1.1--1.2.sql sql/digitaltwin--1.2--1.3.sql \
-	sql/digitaltwin--1.3--1.4.sql sql/digitaltwin--1.4--1.5.sql
+	sql/digitaltwin--1.3--1.4.sql sql/digitaltwin--1.4--1.5.sql \
+	sql/digitaltwin--1.5--1.6.sql
 HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src

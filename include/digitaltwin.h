@@ -29,7 +29,7 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-#define DIGITALTWIN_VERSION_NUM 10500
+#define DIGITALTWIN_VERSION_NUM 10600
 
 /* Longest twin id accepted, in bytes. */
 #define DT_TWIN_ID_MAXLEN 63
