@@ -14,6 +14,7 @@ OBJS = \
 	src/stage.o \
 	src/alerts.o \
 	src/context.o \
+	src/timers.o \
 	src/views.o \
 	src/live_fdw.o \
 	src/worker.o \
@@ -29,7 +30,7 @@ HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 
-REGRESS = setup models events processing alerts dead_letters views c_model roles protect hostile trust context drop
+REGRESS = setup models events processing alerts dead_letters views c_model roles protect hostile trust context timers drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

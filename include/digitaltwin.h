@@ -53,14 +53,32 @@ extern PGDLLEXPORT const char *digitaltwin_current_twin_id(void);
 extern PGDLLEXPORT int64 digitaltwin_current_event_id(void);
 
 /*
- * The event's kind, "event" (sent by an application) or "message" (sent by
- * a model), and its event time (digitaltwin.events.event_time: the
+ * The event's kind, "event" (sent by an application), "message" (sent by
+ * a model) or "timer" (since 1.6), and its event time (digitaltwin.events.event_time: the
  * application's clock, or the insert time; a message has the time of the
  * event that sent it).  Since version 1.5; NULL and DT_NOBEGIN outside a
  * model call.  digitaltwin.current_event() gives the same in SQL.
  */
 extern PGDLLEXPORT const char *digitaltwin_current_event_kind(void);
 extern PGDLLEXPORT TimestampTz digitaltwin_current_event_time(void);
+
+/*
+ * Timers of the twin being processed (version 1.6), as digitaltwin.set_timer()
+ * and cancel_timer() in SQL.  set_timer arms, or re-arms, the twin's timer
+ * called name (at most 63 bytes), due after 'after' (not negative); when it
+ * falls due the model's process function is called for the twin with the
+ * payload (NULL: an empty object) as the event, and the event's kind is
+ * "timer".  every (NULL: once) makes it recurring.  Both take effect when
+ * the event that called them is consumed; ERROR (SQLSTATE 55000) outside a
+ * model call.  digitaltwin_current_timer() is the name of the timer being
+ * fired, else NULL.
+ */
+extern PGDLLEXPORT void digitaltwin_set_timer(const char *name,
+											  const Interval *after,
+											  Jsonb *payload,
+											  const Interval *every);
+extern PGDLLEXPORT bool digitaltwin_cancel_timer(const char *name);
+extern PGDLLEXPORT const char *digitaltwin_current_timer(void);
 
 /*
  * Read a top-level numeric field of a jsonb object (for instance an event

@@ -64,6 +64,8 @@ digitaltwin_current_event_kind(void)
 {
 	if (dt_current_event == NULL)
 		return NULL;
+	if (dt_current_event->event->timer != NULL)
+		return "timer";
 	return dt_current_event->event->sender_model != NULL ? "message" : "event";
 }
 
@@ -97,9 +99,8 @@ digitaltwin_current_event(PG_FUNCTION_ARGS)
 	nulls[DT_INFO_SENDER_MODEL] = (ev->sender_model == NULL);
 	values[DT_INFO_SENDER_TWIN] = ev->sender_twin ? CStringGetTextDatum(ev->sender_twin) : (Datum) 0;
 	nulls[DT_INFO_SENDER_TWIN] = (ev->sender_twin == NULL);
-	/* timers come with a later version */
-	values[DT_INFO_TIMER] = (Datum) 0;
-	nulls[DT_INFO_TIMER] = true;
+	values[DT_INFO_TIMER] = ev->timer ? CStringGetTextDatum(ev->timer) : (Datum) 0;
+	nulls[DT_INFO_TIMER] = (ev->timer == NULL);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 
@@ -118,6 +119,7 @@ digitaltwin_sender_model(PG_FUNCTION_ARGS)
 {
 	if (dt_current_event == NULL)
 		PG_RETURN_NULL();
+	dt_messages_sent++;
 	PG_RETURN_TEXT_P(cstring_to_text(dt_current_event->model->name));
 }
 

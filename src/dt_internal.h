@@ -13,6 +13,7 @@
  *	  stage.c	 worker-local staging of twin states within a batch
  *	  alerts.c	 alert(), staged alerts, dead letters
  *	  context.c	 current_event(), and what a model's sends inherit from it
+ *	  timers.c	 durable timers: set_timer(), cancel_timer(), firing
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
@@ -165,6 +166,7 @@ typedef struct DtWorkerSlot
 	uint64		fetches;		/* fetches started */
 	uint64		covered_fetch;	/* the last fetch whose batch was published */
 	int64		covered_through;	/* all its visible events <= this consumed */
+	uint64		message_batches;	/* published batches that sent messages */
 	int64		twins;
 	int64		memory_bytes;
 	TimestampTz last_batch_at;
@@ -271,6 +273,7 @@ extern bool dt_model_name_known(const char *name);	/* insert-side check */
 /* worker-side model cache */
 extern bool dt_models_refresh(bool force);
 extern DtModel *dt_model_lookup(const char *name);
+extern DtModel *dt_model_lookup_id(int32 model_id);
 struct DtEvent;
 extern bool dt_models_cover(struct DtEvent *events, int nevents);
 extern bool dt_model_id_live(int32 model_id);
@@ -299,6 +302,9 @@ typedef struct DtEvent
 	char	   *sender_model;	/* a message: the model and twin that sent it */
 	char	   *sender_twin;	/* (NULL for an application's event) */
 	int32		depth;			/* models' sends from event 0 to this one */
+	char	   *timer;			/* a timer's fire: the timer's name */
+	int32		timer_model_id; /* ... its model */
+	TimestampTz timer_due;		/* ... and due time (relid is invalid) */
 	bool		dead;
 	char	   *error;
 	char		sqlstate[6];
@@ -370,6 +376,7 @@ typedef struct DtCurrentEvent
 } DtCurrentEvent;
 
 extern DtCurrentEvent *dt_current_event;	/* defined in util.c */
+extern uint64 dt_messages_sent;	/* messages sent by models (util.c) */
 
 extern void dt_alerts_begin(MemoryContext cxt);
 extern int	dt_alerts_mark(void);
@@ -377,6 +384,31 @@ extern void dt_alerts_undo_to(int mark);
 extern int	dt_alerts_flush(void);
 extern void dt_dead_letter(DtEvent *event);
 extern void dt_alerts_forget_plans(void);
+
+/* ----------------------------------------------------------------
+ * timers.c: the partition's pending timers (worker-local index) and
+ * what the current batch does to them
+ * ----------------------------------------------------------------
+ */
+#define DT_TIMER_NAME_MAXLEN 63
+
+extern void dt_timers_load(int partition, int partitions);
+extern bool dt_timers_loaded(void);
+extern void dt_timers_invalidate(void);
+extern TimestampTz dt_timers_next_due(void);
+extern int64 dt_timers_pending(void);
+extern void dt_timers_purge_models(bool (*is_live) (int32 model_id));
+extern void dt_timers_begin(MemoryContext cxt);
+extern int	dt_timers_undo_mark(void);
+extern void dt_timers_undo_to(int mark);
+extern void dt_timers_twin_ended(int32 model_id, const char *twin_id);
+extern int	dt_timers_claim(TimestampTz now, int limit, DtEvent **events);
+extern bool dt_timers_fire_begins(const DtEvent *ev);
+extern void dt_timers_fire_failed(const DtEvent *ev);
+extern void dt_timers_persist(void);
+extern void dt_timers_publish(void);
+extern void dt_timers_abandon(void);
+extern void dt_timers_forget_plans(void);
 
 /* ----------------------------------------------------------------
  * views.c: the columns of a live twin row (twin_entries(), live_twins)

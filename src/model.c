@@ -54,6 +54,7 @@ static HTAB *known_names = NULL;
 
 /* worker side */
 static HTAB *model_cache = NULL;
+static DtModel *last_by_id = NULL;	/* of dt_model_lookup_id, in model_cache */
 static MemoryContext model_cache_cxt = NULL;
 static bool models_stale = true;
 
@@ -569,6 +570,7 @@ dt_models_refresh(bool force)
 	models_stale = false;
 	MemoryContextReset(model_cache_cxt);
 	model_cache = NULL;
+	last_by_id = NULL;
 
 	ctl.keysize = NAMEDATALEN;
 	ctl.entrysize = sizeof(DtModel);
@@ -634,6 +636,30 @@ dt_model_lookup(const char *name)
 	if (model_cache == NULL || strlen(name) >= NAMEDATALEN)
 		return NULL;
 	return hash_search(model_cache, name, HASH_FIND, NULL);
+}
+
+/* By id: a short scan, models are few; the last one found is remembered. */
+DtModel *
+dt_model_lookup_id(int32 model_id)
+{
+	HASH_SEQ_STATUS status;
+	DtModel    *m;
+
+	if (model_cache == NULL)
+		return NULL;
+	if (last_by_id != NULL && last_by_id->id == model_id)
+		return last_by_id;
+	hash_seq_init(&status, model_cache);
+	while ((m = hash_seq_search(&status)) != NULL)
+	{
+		if (m->id == model_id)
+		{
+			hash_seq_term(&status);
+			last_by_id = m;
+			return m;
+		}
+	}
+	return NULL;
 }
 
 bool

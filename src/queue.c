@@ -509,6 +509,7 @@ dt_delete_events(DtEvent *events, int nevents)
 
 	for (i = 0; i < nevents; i++)
 	{
+		Assert(OidIsValid(events[i].relid));
 		if (rel == NULL || RelationGetRelid(rel) != events[i].relid)
 		{
 			if (rel != NULL)
@@ -778,15 +779,88 @@ dt_wait_deadline(const Interval *timeout, TimestampTz now)
 												   IntervalPGetDatum(timeout)));
 }
 
+/*
+ * One round of wait_idle(): wait until every event committed before the
+ * round began is consumed, or the deadline.  *messages tells whether a
+ * batch published meanwhile may have sent messages.
+ *
+ * Each worker's next fetch takes its snapshot after we read its fetch
+ * counter here, so it sees every event committed before.  Once a batch of
+ * such a fetch is published and its fetch saw all of the partition's
+ * events up to last_id, they are all consumed.  No table is read while
+ * waiting (see dt_events_last_id), and idle workers are woken to make that
+ * fetch.  A batch counts its messages when it publishes, after its commit,
+ * under the same lock as its coverage: a round that saw a batch's coverage
+ * sees its messages, and a batch that committed messages after the round
+ * began has not counted them yet when the round begins.
+ */
+static bool
+dt_wait_round(TimestampTz deadline, bool *messages)
+{
+	uint64		fetches[DT_MAX_WORKERS];
+	uint64		message_batches[DT_MAX_WORKERS];
+	int64		last_id;
+	int			i;
+
+	*messages = false;
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		DtWorkerSlot *slot = &dt_shared->slots[i];
+
+		SpinLockAcquire(&slot->mutex);
+		fetches[i] = slot->fetches;
+		message_batches[i] = slot->message_batches;
+		SpinLockRelease(&slot->mutex);
+	}
+	last_id = dt_events_last_id();
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		Latch	   *latch = dt_shared->slots[i].latch;
+
+		if (latch != NULL)
+			SetLatch(latch);
+	}
+
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		DtWorkerSlot *slot = &dt_shared->slots[i];
+
+		for (;;)
+		{
+			bool		covered;
+
+			SpinLockAcquire(&slot->mutex);
+			covered = slot->covered_fetch > fetches[i] &&
+				slot->covered_through >= last_id;
+			SpinLockRelease(&slot->mutex);
+			if (covered)
+				break;
+			if (GetCurrentTimestamp() >= deadline)
+				return false;
+			ConditionVariableTimedSleep(&dt_shared->progress_cv, 100, PG_WAIT_EXTENSION);
+			/* without a deadline, a cancel or statement_timeout ends it */
+			CHECK_FOR_INTERRUPTS();
+		}
+	}
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		DtWorkerSlot *slot = &dt_shared->slots[i];
+
+		SpinLockAcquire(&slot->mutex);
+		if (slot->message_batches != message_batches[i])
+			*messages = true;
+		SpinLockRelease(&slot->mutex);
+	}
+	return true;
+}
+
 Datum
 digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 {
 	Interval   *timeout = PG_GETARG_INTERVAL_P(0);
 	TimestampTz deadline;
-	int64		last_id;
 	bool		done = false;
-	uint64		fetches[DT_MAX_WORKERS];
-	int			i;
+	int			round;
 
 	dt_require_preload();
 	dt_forbid_in_model("digitaltwin.wait_idle()");
@@ -810,51 +884,22 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 	deadline = dt_wait_deadline(timeout, GetCurrentTimestamp());
 
 	/*
-	 * Each worker's next fetch takes its snapshot after we read its fetch
-	 * counter here, so it sees every event committed before the call.  Once
-	 * a batch of such a fetch is published and its fetch saw all of the
-	 * partition's events up to last_id, they are all consumed.  No table is
-	 * read while waiting (see dt_events_last_id), and idle workers are woken
-	 * to make that fetch.
+	 * Events committed before the call are consumed after one round; the
+	 * messages they caused were committed by then, and the next round
+	 * consumes them, and so on.  A round in which no batch sent a message
+	 * ends the wait.  Each round consumes one more level of every chain,
+	 * and chains are at most max_message_depth long, so under a steady
+	 * stream of other messages the wait still ends after that many rounds.
 	 */
-	for (i = 0; i < dt_shared->nworkers; i++)
-	{
-		DtWorkerSlot *slot = &dt_shared->slots[i];
-
-		SpinLockAcquire(&slot->mutex);
-		fetches[i] = slot->fetches;
-		SpinLockRelease(&slot->mutex);
-	}
-	last_id = dt_events_last_id();
-	for (i = 0; i < dt_shared->nworkers; i++)
-	{
-		Latch	   *latch = dt_shared->slots[i].latch;
-
-		if (latch != NULL)
-			SetLatch(latch);
-	}
-
 	ConditionVariablePrepareToSleep(&dt_shared->progress_cv);
-	for (i = 0; i < dt_shared->nworkers; i++)
+	for (round = 0; round <= dt_max_message_depth + 1; round++)
 	{
-		DtWorkerSlot *slot = &dt_shared->slots[i];
+		bool		messages;
 
-		for (;;)
-		{
-			bool		covered;
-
-			SpinLockAcquire(&slot->mutex);
-			covered = slot->covered_fetch > fetches[i] &&
-				slot->covered_through >= last_id;
-			SpinLockRelease(&slot->mutex);
-			if (covered)
-				break;
-			if (GetCurrentTimestamp() >= deadline)
-				goto out;
-			ConditionVariableTimedSleep(&dt_shared->progress_cv, 100, PG_WAIT_EXTENSION);
-			/* without a deadline, a cancel or statement_timeout ends it */
-			CHECK_FOR_INTERRUPTS();
-		}
+		if (!dt_wait_round(deadline, &messages))
+			goto out;
+		if (!messages)
+			break;
 	}
 	done = true;
 

@@ -27,6 +27,13 @@ bool		dt_preloaded = false;
 /* the event a worker's model call is processing, else NULL */
 DtCurrentEvent *dt_current_event = NULL;
 
+/*
+ * Events sent from inside a model (messages), counted by the default of
+ * events.sender_model, rolled back or not: the worker only needs to know
+ * whether a batch may have sent any (wait_idle).
+ */
+uint64		dt_messages_sent = 0;
+
 void
 dt_require_preload(void)
 {

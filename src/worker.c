@@ -86,6 +86,7 @@ static int	backoff_ms = 0;
 /* the events of the batch being processed (for dt_worker_recover) */
 static int	batch_nevents = 0;
 static int64 batch_first_id = 0;
+static uint64 messages_before = 0;	/* dt_messages_sent when the batch began */
 
 /*
  * Events to dead-letter without calling their model, when a batch fetches
@@ -167,13 +168,15 @@ dt_worker_start_batch(void)
  * emptied the partition).
  */
 static void
-dt_worker_end_batch(bool published, int64 through)
+dt_worker_end_batch(bool published, int64 through, bool sent_messages)
 {
 	if (published)
 	{
 		SpinLockAcquire(&my_slot->mutex);
 		my_slot->covered_fetch = my_slot->fetches;
 		my_slot->covered_through = through;
+		if (sent_messages)
+			my_slot->message_batches++;
 		SpinLockRelease(&my_slot->mutex);
 	}
 	ConditionVariableBroadcast(&dt_shared->progress_cv);
@@ -271,6 +274,9 @@ dt_apply_event(DtEvent *ev)
 	Datum		result;
 	bool		isnull;
 
+	/* a timer re-armed, cancelled or ended by an earlier event: dropped */
+	if (ev->timer != NULL && !dt_timers_fire_begins(ev))
+		return;
 	if (model == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -341,9 +347,10 @@ dt_apply_event(DtEvent *ev)
 
 	if (isnull)
 	{
-		/* the model ended the twin */
+		/* the model ended the twin, and its timers with it */
 		twin->has_state = false;
 		twin->event_count = 0;
+		dt_timers_twin_ended(model->id, ev->twin_id);
 	}
 	else
 	{
@@ -389,6 +396,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			undo_mark = dt_stage_undo_mark();
 	int			alert_mark = dt_alerts_mark();
+	int			timer_mark = dt_timers_undo_mark();
 	volatile int current = -1;
 	int			failed = -1;
 	int			i;
@@ -432,6 +440,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 
 		dt_stage_undo_to(undo_mark);
 		dt_alerts_undo_to(alert_mark);
+		dt_timers_undo_to(timer_mark);
 		failed = current;
 		dt_record_failure(&events[failed], edata);
 		FreeErrorData(edata);
@@ -624,6 +633,7 @@ dt_worker_rebuild(void)
 	progress.per_model = hash_create("digitaltwin twins loaded per model", 16, &ctl,
 									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	dt_durable_scan(my_partition, dt_shared->nworkers, dt_worker_load_twin, &progress);
+	dt_timers_load(my_partition, dt_shared->nworkers);
 	hash_seq_init(&status, progress.per_model);
 	while ((count = hash_seq_search(&status)) != NULL)
 		dt_twin_count_add(count->model_id, my_partition, count->twins);
@@ -639,8 +649,9 @@ dt_worker_rebuild(void)
 	INSTR_TIME_SET_CURRENT(duration);
 	INSTR_TIME_SUBTRACT(duration, start);
 	ereport(LOG,
-			(errmsg("digitaltwin worker %d loaded " INT64_FORMAT " twins in %.1f ms",
-					my_partition, loaded, INSTR_TIME_GET_MILLISEC(duration))));
+			(errmsg("digitaltwin worker %d loaded " INT64_FORMAT " twins and " INT64_FORMAT " timers in %.1f ms",
+					my_partition, loaded, dt_timers_pending(),
+					INSTR_TIME_GET_MILLISEC(duration))));
 }
 
 /* ----------------------------------------------------------------
@@ -707,6 +718,7 @@ dt_worker_check_extension(void)
 			dt_worker_forget_doomed_events();
 		dt_stage_forget_plans();
 		dt_alerts_forget_plans();
+		dt_timers_forget_plans();
 		need_rebuild = true;
 		known_extension = ext;
 		dt_models_refresh(true);
@@ -775,10 +787,38 @@ dt_worker_keep_freed_memory(void)
 #endif
 }
 
+/*
+ * The batch's events: the queue's, in id order, and the due timers', in
+ * due order, merged by time (a timer due before an event was queued comes
+ * first), which keeps each twin's events and timers in their own order.
+ */
+static DtEvent *
+dt_merge_timers(DtEvent *events, int nevents, DtEvent *timers, int ntimers)
+{
+	DtEvent    *all = palloc(sizeof(DtEvent) * (nevents + ntimers));
+	int			e = 0;
+	int			t = 0;
+	int			n = 0;
+
+	while (e < nevents || t < ntimers)
+	{
+		if (t < ntimers &&
+			(e == nevents || timers[t].timer_due < events[e].enqueued_at))
+			all[n++] = timers[t++];
+		else
+			all[n++] = events[e++];
+	}
+	return all;
+}
+
 static int
 dt_worker_run_batch(void)
 {
 	DtEvent    *events = NULL;
+	DtEvent    *timers = NULL;
+	DtEvent    *batch;
+	int			ntimers;
+	int			nbatch;
 	int			nevents;
 	int			ndead = 0;
 	int			nalerts = 0;
@@ -808,6 +848,8 @@ dt_worker_run_batch(void)
 	pgstat_report_activity(STATE_RUNNING, "digitaltwin: processing events");
 	if (need_rebuild)
 		dt_worker_rebuild();
+	else if (!dt_timers_loaded())
+		dt_timers_load(my_partition, dt_shared->nworkers);
 
 	dt_worker_start_batch();
 	phase = DT_PHASE_WORKING;
@@ -815,27 +857,39 @@ dt_worker_run_batch(void)
 
 	limit = careful_limit > 0 ? Min(careful_limit, dt_batch_size) : dt_batch_size;
 	nevents = dt_fetch_events(my_partition, dt_shared->nworkers, limit, &events);
-	batch_nevents = nevents;
-	batch_first_id = nevents > 0 ? events[0].id : 0;
 	/* forget the twins of dropped models as soon as we notice the drop */
 	if (dt_models_cover(events, nevents))
 	{
 		dt_store_purge_models(my_partition, dt_shared->nworkers, dt_model_id_live);
 		dt_twin_count_forget(my_partition, dt_model_id_live);
+		dt_timers_purge_models(dt_model_id_live);
 	}
-	if (nevents > 0)
+	dt_timers_begin(batch_cxt);
+	ntimers = dt_timers_claim(GetCurrentTimestamp(), limit, &timers);
+	batch = ntimers > 0 ? dt_merge_timers(events, nevents, timers, ntimers) : events;
+	nbatch = nevents + ntimers;
+	batch_nevents = nbatch;
+	batch_first_id = nbatch > 0 ? batch[0].id : 0;
+	if (nbatch > 0)
 	{
 		dt_stage_begin(batch_cxt, my_partition);
 		dt_alerts_begin(batch_cxt);
-		dt_apply_events(events, nevents);
+		messages_before = dt_messages_sent;
+		dt_apply_events(batch, nbatch);
 
 		dt_stage_persist();
-		dt_delete_events(events, nevents);
-		for (i = 0; i < nevents; i++)
+		for (i = 0; i < nbatch; i++)
 		{
-			if (events[i].dead)
+			if (batch[i].dead && batch[i].timer != NULL)
+				dt_timers_fire_failed(&batch[i]);
+		}
+		dt_timers_persist();
+		dt_delete_events(events, nevents);
+		for (i = 0; i < nbatch; i++)
+		{
+			if (batch[i].dead)
 			{
-				dt_dead_letter(&events[i]);
+				dt_dead_letter(&batch[i]);
 				ndead++;
 			}
 		}
@@ -851,24 +905,45 @@ dt_worker_run_batch(void)
 	CommitTransactionCommand();
 
 	phase = DT_PHASE_PUBLISHING;
-	if (nevents > 0)
+	if (nbatch > 0)
 		dt_stage_publish(my_slot);
+	dt_timers_publish();
 	phase = DT_PHASE_IDLE;
 
-	if (nevents > 0)
-		dt_worker_update_stats(nevents, ndead, nalerts);
+	if (nbatch > 0)
+		dt_worker_update_stats(nbatch, ndead, nalerts);
 	if (ndoomed > 0)
-		dt_forget_doomed(events, nevents);
+		dt_forget_doomed(batch, nbatch);
 	if (careful_limit > 0)
 		careful_limit = careful_limit >= dt_batch_size / 2 ? 0 : careful_limit * 2;
-	dt_worker_end_batch(true, nevents < limit ? PG_INT64_MAX : events[nevents - 1].id);
+	dt_worker_end_batch(true, nevents < limit ? PG_INT64_MAX : events[nevents - 1].id,
+						nbatch > 0 && dt_messages_sent != messages_before);
 	batch_nevents = 0;
 	MemoryContextSwitchTo(TopMemoryContext);
 	MemoryContextReset(batch_cxt);
 	pgstat_report_stat(false);
 	pgstat_report_activity(STATE_IDLE, NULL);
 	backoff_ms = 0;
-	return nevents;
+	return nbatch;
+}
+
+/* Until the next poll, or the next timer of the partition falls due. */
+static long
+dt_worker_wait_ms(void)
+{
+	TimestampTz next_due = dt_timers_next_due();
+	long		ms = dt_poll_interval_ms;
+
+	if (next_due != DT_NOEND)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		if (next_due <= now)
+			return 0;
+		/* round up: woken before the due time, the batch would find nothing */
+		ms = Min(ms, (long) ((next_due - now + 999) / 1000));
+	}
+	return ms;
 }
 
 /*
@@ -943,6 +1018,7 @@ dt_worker_recover(void)
 
 	dt_current_event = NULL;
 	dt_stage_abandon();
+	dt_timers_abandon();
 	/*
 	 * After a failure around the commit we cannot know what part of shared
 	 * memory is current; after any other, reloading also repairs whatever
@@ -961,7 +1037,7 @@ dt_worker_recover(void)
 	strlcpy(my_slot->last_error, edata->message ? edata->message : "unknown error",
 			sizeof(my_slot->last_error));
 	SpinLockRelease(&my_slot->mutex);
-	dt_worker_end_batch(false, 0);
+	dt_worker_end_batch(false, 0, false);
 	out_of_memory = dt_worker_note_resource_failure(edata);
 
 	FreeErrorData(edata);
@@ -1007,6 +1083,8 @@ digitaltwin_worker_main(Datum main_arg)
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->pid = MyProcPid;
 	my_slot->latch = MyLatch;
+	/* a predecessor may have died between committing messages and counting them */
+	my_slot->message_batches++;
 	my_slot->window_start = 0;
 	my_slot->window_events = 0;
 	my_slot->events_per_second = 0;
@@ -1053,7 +1131,7 @@ digitaltwin_worker_main(Datum main_arg)
 			continue;
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 dt_poll_interval_ms, PG_WAIT_EXTENSION);
+						 dt_worker_wait_ms(), PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		dt_worker_spread_small_batches();
 	}
