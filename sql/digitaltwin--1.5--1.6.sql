@@ -29,6 +29,7 @@ CREATE TABLE digitaltwin.timer_state (
     due_at   timestamptz NOT NULL,
     every    interval,
     payload  jsonb NOT NULL,
+    fire_id  bigint NOT NULL,   -- the id its fire will have (events_id_seq)
     PRIMARY KEY (model_id, twin_id, name)
 ) WITH (fillfactor = 50);   -- room for HOT updates: re-armed at every event
 

@@ -112,3 +112,20 @@ WHERE evtname = 'digitaltwin_protect_models';
 DROP EXTENSION digitaltwin;
 SELECT count(*) AS triggers_left FROM pg_event_trigger
 WHERE evtname = 'digitaltwin_protect_models';
+
+-- version 1.3 with twins, updated to the newest version: the twins stay,
+-- queued events are processed after the update, and what later versions
+-- added works (event time, timers)
+CREATE EXTENSION digitaltwin VERSION '1.3';
+SELECT digitaltwin.create_model('kept', 'counter(text,jsonb,jsonb)');
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'kept', 'k' || i % 3, '{}' FROM generate_series(1, 30) i;
+SELECT digitaltwin.wait_idle('30s');
+ALTER EXTENSION digitaltwin UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'digitaltwin';
+INSERT INTO digitaltwin.events (model, twin_id, payload, event_time)
+SELECT 'kept', 'k' || i % 3, '{}', '2026-01-01' FROM generate_series(1, 30) i;
+SELECT digitaltwin.wait_idle('30s');
+SELECT twin_id, state, event_count FROM digitaltwin.twins ORDER BY twin_id;
+SELECT count(*) AS timers FROM digitaltwin.timers;
+DROP EXTENSION digitaltwin;

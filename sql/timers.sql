@@ -139,3 +139,5 @@ SELECT count(*) FROM digitaltwin.timers;
 RESET ROLE;
 DROP ROLE tm_reader, tm_writer;
 DELETE FROM digitaltwin.dead_letters;
+DROP TABLE tm_seen;
+DROP FUNCTION tm_model(text, jsonb, jsonb);

@@ -24,7 +24,8 @@
  * Firing.  At the start of a batch the worker takes the due timers from
  * the heap and claims their rows: it deletes them from timer_state in the
  * batch's transaction, and each becomes an event of the batch (kind
- * 'timer', a fresh id from the events' sequence, the timer's payload),
+ * 'timer', the id taken from the events' sequence when it was armed, the
+ * timer's payload),
  * ordered among the queue's events by due time.  The row's deletion, the
  * model's effects and the re-arming of a recurring timer commit together:
  * a timer fires exactly once per due time, and a crash before the commit
@@ -46,6 +47,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "common/hashfn.h"
@@ -58,6 +60,7 @@
 #include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/hsearch.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
@@ -75,6 +78,7 @@ PG_FUNCTION_INFO_V1(digitaltwin_cancel_timer_sql);
 #define DT_TIMER_ATT_DUE_AT		4
 #define DT_TIMER_ATT_EVERY		5
 #define DT_TIMER_ATT_PAYLOAD	6
+#define DT_TIMER_ATT_FIRE_ID	7
 
 /*
  * A timer's name: model, twin and timer name.  The strings are compared,
@@ -122,6 +126,7 @@ typedef struct DtTimerOp
 	bool		has_every;
 	Interval	every;
 	Jsonb	   *payload;
+	int64		fire_id;		/* id of its fire (see dt_timers_persist) */
 	bool		committed;		/* in the index when the batch started */
 	bool		claimed;		/* its row was deleted by this batch's claim */
 	dlist_node	twin_node;		/* in the batch's list of its twin's ops */
@@ -149,6 +154,7 @@ static HTAB *index_timers = NULL;
 static HTAB *index_twins = NULL;
 static pairingheap *index_heap = NULL;
 static bool index_valid = false;
+static bool table_exists = false;	/* timer_state: since version 1.6 */
 
 /* the batch's ops, in batch_cxt */
 static MemoryContext batch_cxt = NULL;
@@ -327,6 +333,13 @@ dt_index_load_row(HeapTuple tup, TupleDesc desc)
  * Load the partition's pending timers from timer_state.  Inside the
  * worker's transaction, SPI connected.
  */
+static bool
+dt_timer_table_exists(void)
+{
+	return OidIsValid(get_relname_relid("timer_state",
+										get_namespace_oid("digitaltwin", false)));
+}
+
 void
 dt_timers_load(int partition, int partitions)
 {
@@ -337,6 +350,13 @@ dt_timers_load(int partition, int partitions)
 	MemoryContext old;
 
 	dt_index_reset();
+	/* an older version of the extension, not updated yet: no timers */
+	table_exists = dt_timer_table_exists();
+	if (!table_exists)
+	{
+		index_valid = true;
+		return;
+	}
 	args[0] = Int32GetDatum(partitions);
 	args[1] = Int32GetDatum(partition);
 	tmp = AllocSetContextCreate(CurrentMemoryContext, "digitaltwin timer load",
@@ -365,9 +385,13 @@ dt_timers_load(int partition, int partitions)
 	index_valid = true;
 }
 
+/* false when the index must be loaded (again) before the next batch */
 bool
 dt_timers_loaded(void)
 {
+	/* ALTER EXTENSION ... UPDATE brought the table */
+	if (index_valid && !table_exists && dt_timer_table_exists())
+		index_valid = false;
 	return index_valid;
 }
 
@@ -603,6 +627,11 @@ digitaltwin_set_timer(const char *name, const Interval *after,
 	MemoryContext old;
 
 	dt_timer_check_name(name);
+	if (!table_exists)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("timers need version 1.6 of the extension digitaltwin"),
+				 errhint("Run ALTER EXTENSION digitaltwin UPDATE.")));
 	if (after == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -863,15 +892,6 @@ dt_timer_event_cmp(const void *a, const void *b)
 	return 0;
 }
 
-static int
-dt_int64_cmp(const void *a, const void *b)
-{
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
-
-	return x < y ? -1 : (x > y ? 1 : 0);
-}
-
 /* Make the event that fires a claimed timer, and record the claim. */
 static void
 dt_timer_claimed(DtEvent *ev, DtTimer *t, DtTimerRows *r, DtModel *model)
@@ -890,6 +910,7 @@ dt_timer_claimed(DtEvent *ev, DtTimer *t, DtTimerRows *r, DtModel *model)
 	ev->enqueued_at = ev->timer_due;
 	ev->event_time = ev->timer_due;
 	ev->payload = DatumGetJsonbPCopy(slot_getattr(r->slot, DT_TIMER_ATT_PAYLOAD, &isnull));
+	ev->id = DatumGetInt64(slot_getattr(r->slot, DT_TIMER_ATT_FIRE_ID, &isnull));
 
 	op = dt_timer_op(&t->key, true);
 	op->state = DT_OP_FIRING;
@@ -897,6 +918,7 @@ dt_timer_claimed(DtEvent *ev, DtTimer *t, DtTimerRows *r, DtModel *model)
 	op->claimed = true;
 	op->due_at = ev->timer_due;
 	op->payload = ev->payload;
+	op->fire_id = ev->id;
 	d = slot_getattr(r->slot, DT_TIMER_ATT_EVERY, &isnull);
 	op->has_every = !isnull;
 	if (!isnull)
@@ -915,12 +937,10 @@ dt_timers_claim(TimestampTz now, int limit, DtEvent **events)
 {
 	DtTimer   **due;
 	DtEvent    *out;
-	int64	   *ids;
 	int			ndue = 0;
 	int			n = 0;
 	int			i;
 	DtTimerRows r;
-	Oid			seq;
 
 	*events = NULL;
 	if (!index_valid || limit <= 0 || dt_timers_next_due() > now)
@@ -969,16 +989,7 @@ dt_timers_claim(TimestampTz now, int limit, DtEvent **events)
 	}
 	dt_timer_rows_close(&r);
 
-	/* ids from the events' sequence, in due order */
 	qsort(out, n, sizeof(DtEvent), dt_timer_event_cmp);
-	ids = palloc(sizeof(int64) * Max(n, 1));
-	seq = dt_extension_relid("events_id_seq");
-	for (i = 0; i < n; i++)
-		ids[i] = nextval_internal(seq, false);
-	qsort(ids, n, sizeof(int64), dt_int64_cmp);
-	for (i = 0; i < n; i++)
-		out[i].id = ids[i];
-	pfree(ids);
 	pfree(due);
 	*events = out;
 	return n;
@@ -1000,12 +1011,13 @@ typedef struct DtTimerArrays
 	Datum	   *everys;
 	bool	   *every_nulls;
 	Datum	   *payloads;
+	Datum	   *fire_ids;
 } DtTimerArrays;
 
 static void
 dt_timer_upsert(DtTimerArrays *a)
 {
-	Datum		args[6];
+	Datum		args[7];
 	int			dims[1];
 	int			lbs[1] = {1};
 	int			ret;
@@ -1014,18 +1026,18 @@ dt_timer_upsert(DtTimerArrays *a)
 		return;
 	if (upsert_plan == NULL)
 	{
-		Oid			types[6] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TIMESTAMPTZARRAYOID, INTERVALARRAYOID, JSONBARRAYOID};
+		Oid			types[7] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TIMESTAMPTZARRAYOID, INTERVALARRAYOID, JSONBARRAYOID, INT8ARRAYOID};
 
 		upsert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.timer_state "
-										  "(model_id, twin_id, name, due_at, every, payload) "
+										  "(model_id, twin_id, name, due_at, every, payload, fire_id) "
 										  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
 										  "pg_catalog.unnest($3), pg_catalog.unnest($4), "
-										  "pg_catalog.unnest($5), pg_catalog.unnest($6)) "
+										  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7)) "
 										  "ON CONFLICT (model_id, twin_id, name) DO UPDATE "
 										  "SET due_at = EXCLUDED.due_at, every = EXCLUDED.every, "
-										  "payload = EXCLUDED.payload",
-										  6, types);
+										  "payload = EXCLUDED.payload, fire_id = EXCLUDED.fire_id",
+										  7, types);
 	}
 	dims[0] = a->n;
 	args[0] = PointerGetDatum(construct_array(a->model_ids, a->n, INT4OID, 4, true, TYPALIGN_INT));
@@ -1037,6 +1049,8 @@ dt_timer_upsert(DtTimerArrays *a)
 												 INTERVALOID, sizeof(Interval), false,
 												 TYPALIGN_DOUBLE));
 	args[5] = PointerGetDatum(construct_array(a->payloads, a->n, JSONBOID, -1, false, TYPALIGN_INT));
+	args[6] = PointerGetDatum(construct_array(a->fire_ids, a->n, INT8OID, 8,
+											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 	ret = SPI_execute_plan(upsert_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) a->n)
 		elog(ERROR, "digitaltwin: wrote " UINT64_FORMAT " of %d timers", SPI_processed, a->n);
@@ -1048,6 +1062,12 @@ dt_timer_upsert(DtTimerArrays *a)
  * Write the batch's timers to timer_state: armed ones upserted with one
  * statement (every DT_FLUSH_BYTES of payloads), cancelled ones deleted
  * through the primary key.  In the batch's transaction, SPI connected.
+ *
+ * Each arming takes the id its fire will have from the events' sequence
+ * and stores it with the timer, so that a fire has the same id however
+ * often it is attempted: a worker restarted because a model ignored its
+ * timeout while firing a timer dead-letters that fire by its id (see
+ * worker.c, doomed events), as it does a queued event.
  */
 void
 dt_timers_persist(void)
@@ -1058,6 +1078,7 @@ dt_timers_persist(void)
 	long		n;
 	DtTimerRows r;
 	bool		rows_open = false;
+	Oid			seq;
 
 	if (ops == NULL)
 		return;
@@ -1071,6 +1092,8 @@ dt_timers_persist(void)
 	a.everys = palloc(sizeof(Datum) * n);
 	a.every_nulls = palloc(sizeof(bool) * n);
 	a.payloads = palloc(sizeof(Datum) * n);
+	a.fire_ids = palloc(sizeof(Datum) * n);
+	seq = dt_extension_relid("events_id_seq");
 
 	hash_seq_init(&status, ops);
 	while ((op = hash_seq_search(&status)) != NULL)
@@ -1099,6 +1122,9 @@ dt_timers_persist(void)
 				a.everys[a.n] = IntervalPGetDatum(&op->every);
 				a.every_nulls[a.n] = !op->has_every;
 				a.payloads[a.n] = JsonbPGetDatum(op->payload);
+				if (op->state == DT_OP_ARMED)
+					op->fire_id = nextval_internal(seq, false);
+				a.fire_ids[a.n] = Int64GetDatum(op->fire_id);
 				a.bytes += VARSIZE(op->payload);
 				a.n++;
 				if (a.bytes >= DT_FLUSH_BYTES)
