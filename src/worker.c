@@ -389,6 +389,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 	ResourceOwner oldowner = CurrentResourceOwner;
 	int			undo_mark = dt_stage_undo_mark();
 	int			alert_mark = dt_alerts_mark();
+	int			outbox_mark = dt_outbox_mark();
 	volatile int current = -1;
 	int			failed = -1;
 	int			i;
@@ -432,6 +433,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 
 		dt_stage_undo_to(undo_mark);
 		dt_alerts_undo_to(alert_mark);
+		dt_outbox_undo_to(outbox_mark);
 		failed = current;
 		dt_record_failure(&events[failed], edata);
 		FreeErrorData(edata);
@@ -707,6 +709,7 @@ dt_worker_check_extension(void)
 			dt_worker_forget_doomed_events();
 		dt_stage_forget_plans();
 		dt_alerts_forget_plans();
+		dt_outbox_forget_plans();
 		need_rebuild = true;
 		known_extension = ext;
 		dt_models_refresh(true);
@@ -827,6 +830,7 @@ dt_worker_run_batch(void)
 	{
 		dt_stage_begin(batch_cxt, my_partition);
 		dt_alerts_begin(batch_cxt);
+		dt_outbox_begin(batch_cxt);
 		dt_apply_events(events, nevents);
 
 		dt_stage_persist();
@@ -840,6 +844,7 @@ dt_worker_run_batch(void)
 			}
 		}
 		nalerts = dt_alerts_flush();
+		(void) dt_outbox_flush();
 		dt_stage_prepare_publish();
 		/* a model's LISTEN would take effect at commit: cancel it */
 		Async_UnlistenAll();
