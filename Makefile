@@ -13,6 +13,7 @@ OBJS = \
 	src/queue.o \
 	src/stage.o \
 	src/alerts.o \
+	src/outbox.o \
 	src/context.o \
 	src/timers.o \
 	src/views.o \
@@ -30,9 +31,9 @@ HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 
-REGRESS = setup models events processing alerts dead_letters views c_model roles protect hostile trust context timers drop
+REGRESS = setup models events processing alerts dead_letters views c_model roles protect hostile trust context timers outbox drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
-ISOLATION = concurrent_senders
+ISOLATION = concurrent_senders outbox_gateways
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf
 TAP_TESTS = 1
 

@@ -44,6 +44,18 @@ extern PGDLLEXPORT void digitaltwin_alert(const char *severity,
 										  const char *message,
 										  Jsonb *details);
 
+/*
+ * Send a message (a command, say) back to the data source of the twin and
+ * event being processed: a row of digitaltwin.outbox, which gateways take
+ * with digitaltwin.take_outbox().  The row is written, and
+ * NOTIFY digitaltwin_outbox sent with the row's id as payload, when the
+ * worker commits the event; if the event fails, its messages vanish with
+ * it.  ERROR (SQLSTATE 55000) outside a model call; a NULL payload (22004),
+ * one larger than digitaltwin.max_payload_size or more than 1000 messages
+ * for one event (54000) fail the event.  Since version 1.6.
+ */
+extern PGDLLEXPORT void digitaltwin_send_to_source(Jsonb *payload);
+
 /* True while a worker is running a model function. */
 extern PGDLLEXPORT bool digitaltwin_in_model(void);
 

@@ -12,6 +12,7 @@
  *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
  *	  stage.c	 worker-local staging of twin states within a batch
  *	  alerts.c	 alert(), staged alerts, dead letters
+ *	  outbox.c	 send_to_source(), staged commands to the data sources
  *	  context.c	 current_event(), and what a model's sends inherit from it
  *	  timers.c	 durable timers: set_timer(), cancel_timer(), firing
  *	  views.c	 set-returning functions behind the live views
@@ -71,6 +72,7 @@ extern int	dt_dead_letter_retention_s;
 extern int	dt_max_twins_per_model;
 extern bool dt_allow_superuser_models;
 extern int	dt_max_message_depth;
+extern int	dt_outbox_retention_s;
 extern void dt_define_gucs(void);
 
 /* ----------------------------------------------------------------
@@ -409,6 +411,16 @@ extern void dt_timers_persist(void);
 extern void dt_timers_publish(void);
 extern void dt_timers_abandon(void);
 extern void dt_timers_forget_plans(void);
+
+/* ----------------------------------------------------------------
+ * outbox.c: commands to the data sources, staged like alerts
+ * ----------------------------------------------------------------
+ */
+extern void dt_outbox_begin(MemoryContext cxt);
+extern int	dt_outbox_mark(void);
+extern void dt_outbox_undo_to(int mark);
+extern int	dt_outbox_flush(void);
+extern void dt_outbox_forget_plans(void);
 
 /* ----------------------------------------------------------------
  * views.c: the columns of a live twin row (twin_entries(), live_twins)

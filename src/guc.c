@@ -30,6 +30,7 @@ int			dt_dead_letter_retention_s = 30 * 24 * 3600;
 int			dt_max_twins_per_model = 0;
 bool		dt_allow_superuser_models = false;
 int			dt_max_message_depth = 16;
+int			dt_outbox_retention_s = 7 * 24 * 3600;
 
 void
 dt_define_gucs(void)
@@ -170,6 +171,15 @@ dt_define_gucs(void)
 							16, 1, 1000,
 							PGC_SIGHUP,
 							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.outbox_retention",
+							"Age after which taken outbox rows are deleted; 0 keeps them forever.",
+							"Counted from taken_at; rows no gateway has taken are never deleted.",
+							&dt_outbox_retention_s,
+							7 * 24 * 3600, 0, INT_MAX,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	MarkGUCPrefixReserved("digitaltwin");

@@ -710,6 +710,9 @@ dt_queue_maintain(void)
 
 		dt_queue_apply_retention("alerts", "raised_at", dt_alert_retention_s);
 		dt_queue_apply_retention("dead_letters", "failed_at", dt_dead_letter_retention_s);
+		/* version 1.6; an untaken row (taken_at NULL) is never deleted */
+		if (OidIsValid(get_relname_relid("outbox", get_namespace_oid("digitaltwin", false))))
+			dt_queue_apply_retention("outbox", "taken_at", dt_outbox_retention_s);
 	}
 
 	SPI_finish();
