@@ -165,7 +165,8 @@ BEGIN
         secs := abs(t - (other->>'t')::numeric);
         IF km * 3600 > speed_kmh * secs THEN
             PERFORM digitaltwin.alert('critical',
-                format('card %s: %s km in %s s', twin_id, round(km::numeric), secs),
+                format('card %s: %s km in %s s', twin_id, round(km::numeric),
+                       trim_scale(round(secs, 1))),
                 jsonb_build_object('rule', 'location_jump',
                                    'from_txn', CASE WHEN other_first THEN other->'txn'
                                                     ELSE to_jsonb(txn) END,
