@@ -97,13 +97,11 @@ DECLARE
     km      float8;
     secs    numeric;
 BEGIN
-    BEGIN
-        txn := (event->>'txn')::bigint;
-        lat := (event->>'lat')::float8;
-        lon := (event->>'lon')::float8;
-    EXCEPTION WHEN data_exception THEN
-        txn := NULL;
-    END;
+    -- (a value that is not a number fails the cast: dead-lettered too;
+    -- no exception block, which would cost a subtransaction per event)
+    txn := (event->>'txn')::bigint;
+    lat := (event->>'lat')::float8;
+    lon := (event->>'lon')::float8;
     IF txn IS NULL OR lat IS NULL OR lon IS NULL
        OR lat NOT BETWEEN -90 AND 90 OR lon NOT BETWEEN -180 AND 180 THEN
         -- a malformed transaction: dead-letter it, keep the card as it was
