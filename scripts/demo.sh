@@ -2,7 +2,8 @@
 # The digitaltwin demo: a throwaway PostgreSQL 15 instance with the
 # extension preloaded, the heart-rate monitor (plpgsql and C models)
 # streaming readings of 50 patients, alerts printed as their NOTIFY
-# arrives, and a summary query over the live twins.
+# arrives, and a summary query over the live twins; then the card fraud
+# example judging transactions on their own timestamps.
 #
 #   bash scripts/demo.sh            (as root on Debian, or as a user who can
 #                                    run make install)
@@ -13,6 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
 ROUNDS=${DEMO_ROUNDS:-20}
 PER_ROUND=${DEMO_EVENTS_PER_ROUND:-500}
+CARDS=${DEMO_CARDS:-100}
 
 echo "== installing and building"
 dt_install_deps
@@ -99,5 +101,23 @@ GROUP BY 1, 2 ORDER BY 1, 2;
 SELECT coalesce(worker::text, 'total') AS worker, events_processed, queue_depth,
        dead_letters, alerts, twins, pg_size_pretty(memory_bytes) AS memory
 FROM digitaltwin.stats;
+EOSQL
+echo "== card fraud (examples/card_fraud): $CARDS cards, judged on the terminals' clocks, some transactions late"
+psql_demo -c "SET client_min_messages = warning" -v cards="$CARDS" \
+	-f "$ROOT/examples/card_fraud/model.sql" -f "$ROOT/examples/card_fraud/generate.sql" >/dev/null
+psql_demo -At -c "SELECT digitaltwin.wait_idle('120s')" | grep -qx t ||
+	{ echo "transactions were not all processed in time" >&2; exit 1; }
+psql_demo <<'EOSQL'
+SELECT details->>'rule' AS rule, severity, count(*) AS alerts, count(DISTINCT twin_id) AS cards
+FROM digitaltwin.alerts WHERE model = 'card_fraud' GROUP BY 1, 2 ORDER BY 1;
+
+-- the hand-written cards: a late transaction completing a burst, one too
+-- late to judge, a late one between two others
+SELECT c.card, c.transactions, (t.state->>'late')::int AS late, a.message
+FROM (SELECT card, count(*) AS transactions FROM card_fraud_transactions
+      WHERE card NOT LIKE 'card-0%' GROUP BY card) c
+JOIN digitaltwin.twins t ON t.model = 'card_fraud' AND t.twin_id = c.card
+LEFT JOIN digitaltwin.alerts a ON a.model = 'card_fraud' AND a.twin_id = c.card
+ORDER BY c.card, a.id;
 EOSQL
 echo "== done; the instance is removed"
