@@ -63,6 +63,9 @@ BEGIN
     IF v % 10 = 0 THEN
         PERFORM digitaltwin.alert('info', 'round value', event);
     END IF;
+    -- pending timers are users' data too
+    PERFORM digitaltwin.set_timer('remind', '1 day', jsonb_build_object('v', v),
+                                  CASE WHEN v % 2 = 0 THEN interval '1 hour' END);
     RETURN jsonb_build_object('n', (state->>'n')::bigint + 1,
                               'sum', (state->>'sum')::bigint + v);
 END $$;
@@ -145,13 +148,13 @@ my ($toc) = run_command([ 'pg_restore', '-l', "$dir/a.dump" ]);
 my @data = $toc =~ /(?:TABLE DATA|SEQUENCE SET) digitaltwin (\S+) /g;
 my %pos = map { $data[$_] => $_ } 0 .. $#data;
 is( join(',', sort @data),
-	'alerts,alerts_id_seq,dead_letters,events_0,events_1,events_2,events_id_seq,models,models_id_seq,outbox,outbox_id_seq,twin_state',
+	'alerts,alerts_id_seq,dead_letters,events_0,events_1,events_2,events_id_seq,models,models_id_seq,outbox,outbox_id_seq,timer_state,twin_state',
 	'the dump has the data of every table holding users\' data')
   or diag($toc);
 ok( defined $pos{models}
-	  && (grep { defined $pos{$_} && $pos{$_} > $pos{models} } qw(events_0 events_1 events_2 twin_state))
-	  == 4,
-	'the models come before the queued events and the twins')
+	  && (grep { defined $pos{$_} && $pos{$_} > $pos{models} }
+		  qw(events_0 events_1 events_2 twin_state timer_state)) == 5,
+	'the models come before the queued events, the twins and the timers')
   or diag($toc);
 unlike($toc, qr/TABLE DATA digitaltwin queue_state/, 'queue_state is not dumped');
 
@@ -174,6 +177,9 @@ FROM digitaltwin.alerts ORDER BY id},
 	dead_letters => q{
 SELECT event_id, model, twin_id, payload::text, error, sqlstate, enqueued_at, failed_at
 FROM digitaltwin.dead_letters ORDER BY event_id},
+	timers => q{
+SELECT model, twin_id, name, due_at, every, payload::text FROM digitaltwin.timers
+ORDER BY model, twin_id, name},
 	queued => q{
 SELECT id, model, twin_id, payload::text, enqueued_at, part FROM digitaltwin.events ORDER BY id},
 	sequences => q{
