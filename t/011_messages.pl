@@ -3,7 +3,9 @@
 # chain car -> region -> country counts every car event once, across a
 # kill -9 of the postmaster while events stream.  wait_idle() waits for
 # messages transitively: one call returns only when the end of the chain
-# has seen every event.  A chain longer than digitaltwin.max_message_depth
+# has seen every event.  Each car event also leaves one command in the
+# outbox, exactly once across the crash, and two gateways taking at once
+# share none.  A chain longer than digitaltwin.max_message_depth
 # ends in a dead letter, not in an endless loop.
 use strict;
 use warnings;
@@ -32,6 +34,8 @@ LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM digitaltwin.send('region', event->>'region',
                              jsonb_build_object('car', twin_id, 'country', event->>'country'));
+    PERFORM digitaltwin.send_to_source(
+        jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1));
     RETURN jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1);
 END $$;
 CREATE FUNCTION region(twin_id text, state jsonb, event jsonb) RETURNS jsonb
@@ -111,6 +115,13 @@ FULL JOIN (SELECT t.twin_id AS country, c.key AS region, c.value::bigint AS n
            WHERE t.model = 'country') k USING (country, region)
 WHERE e.n IS DISTINCT FROM k.n}),
 		'0', "$what: each country counts each region's messages once");
+	is( $node->safe_psql('postgres', q{
+SELECT count(*)
+FROM (SELECT car, count(*) AS n FROM sent GROUP BY car) e
+FULL JOIN (SELECT twin_id AS car, count(*) AS n, count(DISTINCT payload->>'n') AS distinct_n
+           FROM digitaltwin.outbox GROUP BY twin_id) o USING (car)
+WHERE e.n IS DISTINCT FROM o.n OR o.n IS DISTINCT FROM o.distinct_n}),
+		'0', "$what: each car event left one command in the outbox");
 	is($node->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.dead_letters'),
 		'0', "$what: no dead letters");
 	is($node->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.events'),
@@ -171,6 +182,32 @@ is($node->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}), 't',
 my $seen = $node->safe_psql('postgres', $totals);
 like($seen, qr{^(\d+)/\1$}, "the countries have counted every car event ($seen)");
 check_counts('after kill -9');
+
+# Two gateways take the outbox at once, committing every 50 commands:
+# together they take every command once.
+$node->safe_psql('postgres', q{
+CREATE TABLE taken (gateway text, id bigint);
+CREATE PROCEDURE gateway(name text) LANGUAGE plpgsql AS $$
+BEGIN
+    LOOP
+        INSERT INTO taken SELECT name, id FROM digitaltwin.take_outbox(50);
+        EXIT WHEN NOT FOUND;
+        COMMIT;
+    END LOOP;
+END $$;
+});
+my @gateways = map {
+	my ($o, $e) = ('', '');
+	IPC::Run::start(
+		[ 'psql', '-X', '-q', '-v', 'ON_ERROR_STOP=1', '-h', $node->host, '-p', $node->port,
+		  '-c', "CALL gateway('g$_')", 'postgres' ], '>', \$o, '2>', \$e);
+} 1 .. 2;
+$_->finish foreach @gateways;
+is( $node->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM taken) = (SELECT count(*) FROM sent)
+   AND (SELECT count(DISTINCT id) FROM taken) = (SELECT count(*) FROM sent)
+   AND (SELECT count(*) FROM digitaltwin.outbox WHERE taken_at IS NULL) = 0}),
+	't', 'two gateways took every command once, none twice');
 
 # 3. A chain longer than max_message_depth: a model that always sends on
 # to the next twin.  The event 3 hops down the chain cannot send (54000):
