@@ -62,6 +62,27 @@ SELECT (heart_rate_c_summary(heart_rate_c_process('visitor', heart_rate_c_init('
                                                   '{"bpm": 190}'))).readings;
 SELECT heart_rate_c_summary('\x00'::bytea);
 
+-- timers through the C API: a reading with "silence_after" arms the
+-- twin's silence timer (a later one re-arms or, with 0, cancels it); it
+-- fires when no reading follows in time
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES
+    ('heart_rate_c', 'patient-2', '{"bpm": 70, "silence_after": 3600}'),
+    ('heart_rate_c', 'patient-2', '{"bpm": 72, "silence_after": 0.2}'),
+    ('heart_rate_c', 'patient-4', '{"bpm": 70, "silence_after": 0.2}'),
+    ('heart_rate_c', 'patient-4', '{"bpm": 71, "silence_after": 0}');
+SELECT digitaltwin.wait_idle('60s');
+DO $$
+BEGIN
+    FOR i IN 1 .. 1500 LOOP
+        EXIT WHEN EXISTS (SELECT FROM digitaltwin.alerts
+                          WHERE model = 'heart_rate_c' AND severity = 'warning');
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+END $$;
+SELECT twin_id, message FROM digitaltwin.alerts
+WHERE model = 'heart_rate_c' AND severity = 'warning';
+SELECT count(*) AS pending FROM digitaltwin.timers WHERE model = 'heart_rate_c';
+
 -- the extension that holds a model's functions cannot go before the model
 \set SHOW_CONTEXT never
 DROP EXTENSION digitaltwin_heart_rate;

@@ -9,6 +9,11 @@
  * The live view shows such a state as a hex string; heart_rate_c_summary()
  * decodes it.
  *
+ * It also shows the timers of the C API: a reading carrying
+ * "silence_after": s arms the twin's "silence" timer s seconds ahead (each
+ * such reading re-arms it, 0 cancels it); if it falls due, no reading came
+ * in time, and the model raises a warning.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -101,6 +106,17 @@ heart_rate_c_process(PG_FUNCTION_ARGS)
 	HeartRateState *state = DT_STATE_GET(PG_GETARG_BYTEA_PP(1), HeartRateState);
 	Jsonb	   *event = PG_GETARG_JSONB_P(2);
 	double		bpm;
+	double		silence_s;
+
+	/* the silence timer armed below fell due: no reading since */
+	if (digitaltwin_current_timer() != NULL)
+	{
+		digitaltwin_alert("warning",
+						  psprintf("%s: no reading since %.0f bpm",
+								   text_to_cstring(twin_id), state->last),
+						  NULL);
+		PG_RETURN_BYTEA_P(DT_STATE_MAKE(state, sizeof(HeartRateState)));
+	}
 
 	if (!digitaltwin_jsonb_get_float8(event, "bpm", &bpm) || bpm <= 0 || bpm > 300)
 		ereport(ERROR,
@@ -128,6 +144,25 @@ heart_rate_c_process(PG_FUNCTION_ARGS)
 	}
 	else
 		state->over_streak = 0;
+
+	/*
+	 * A reading may ask to be told when the next one is late: each such
+	 * reading re-arms the twin's "silence" timer, a reading with 0 cancels it.
+	 */
+	if (digitaltwin_in_model() &&
+		digitaltwin_jsonb_get_float8(event, "silence_after", &silence_s))
+	{
+		if (silence_s > 0)
+		{
+			Interval	after;
+
+			memset(&after, 0, sizeof(after));
+			after.time = (TimeOffset) (silence_s * USECS_PER_SEC);
+			digitaltwin_set_timer("silence", &after, NULL, NULL);
+		}
+		else
+			(void) digitaltwin_cancel_timer("silence");
+	}
 
 	state->readings++;
 	state->sum += bpm;
