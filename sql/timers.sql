@@ -90,6 +90,8 @@ SELECT digitaltwin.send('tm', 'c', '{"arm": "x", "after": "1 hour", "fail": true
 SELECT digitaltwin.send('tm', 'c', '{"arm": "x", "after": "-1 second"}') > 0 AS sent;
 SELECT digitaltwin.send('tm', 'c', '{"arm": "x", "after": "1 second", "every": "0"}') > 0 AS sent;
 SELECT digitaltwin.send('tm', 'c', jsonb_build_object('arm', repeat('n', 64), 'after', '1s')) > 0 AS sent;
+SELECT digitaltwin.send('tm', 'c', '{"arm": "x", "after": "300000 years"}') > 0 AS sent;
+SELECT digitaltwin.send('tm', 'c', '{"arm": "x", "after": "1 hour", "every": "1000000 years"}') > 0 AS sent;
 SELECT digitaltwin.wait_idle('60s');
 SELECT twin_id, sqlstate, error FROM digitaltwin.dead_letters WHERE model = 'tm' ORDER BY event_id;
 SELECT count(*) AS timers_of_c FROM digitaltwin.timers WHERE twin_id = 'c';

@@ -608,12 +608,29 @@ dt_interval_positive(const Interval *iv)
 											IntervalPGetDatum(&zero)));
 }
 
-static TimestampTz
-dt_timestamp_plus(TimestampTz t, const Interval *iv)
+/*
+ * t + iv, or false when the sum would leave the range of timestamps.
+ * Adding an interval is calendar arithmetic, but lands within a few days
+ * of the interval taken as 30.44-day months and 24-hour days: that
+ * estimate decides near the limits, so that nothing a worker computes
+ * outside a model call (the next period of a recurring timer) can fail.
+ */
+static bool
+dt_timestamp_plus(TimestampTz t, const Interval *iv, TimestampTz *result)
 {
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-												   TimestampTzGetDatum(t),
-												   IntervalPGetDatum(iv)));
+	const double margin = 30.0 * USECS_PER_DAY;
+	double		approx;
+
+	approx = (double) t + (double) iv->time +
+		(double) iv->day * USECS_PER_DAY +
+		(double) iv->month * (DAYS_PER_YEAR / MONTHS_PER_YEAR) * USECS_PER_DAY;
+	if (approx > (double) END_TIMESTAMP - margin ||
+		approx < (double) MIN_TIMESTAMP + margin)
+		return false;
+	*result = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+													  TimestampTzGetDatum(t),
+													  IntervalPGetDatum(iv)));
+	return true;
 }
 
 void
@@ -624,6 +641,7 @@ digitaltwin_set_timer(const char *name, const Interval *after,
 	DtTimerKey	key;
 	DtTimerOp  *op;
 	TimestampTz due_at;
+	TimestampTz next;
 	MemoryContext old;
 
 	dt_timer_check_name(name);
@@ -651,7 +669,12 @@ digitaltwin_set_timer(const char *name, const Interval *after,
 				 errmsg("timer payload is too large"),
 				 errdetail("A timer's payload may have digitaltwin.max_payload_size (%d kB).",
 						   dt_max_payload_kb)));
-	due_at = dt_timestamp_plus(GetCurrentTimestamp(), after);
+	if (!dt_timestamp_plus(GetCurrentTimestamp(), after, &due_at) ||
+		(every != NULL && !dt_timestamp_plus(due_at, every, &next)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("timer due time out of range"),
+				 errdetail("A timer must fall due, and a recurring one fire twice, before the end of the range of timestamps.")));
 
 	key.model_id = dt_current_event->model->id;
 	key.twin_id = ev->twin_id;
@@ -770,28 +793,41 @@ dt_timers_twin_ended(int32 model_id, const char *twin_id)
  * ----------------------------------------------------------------
  */
 
-/* The next due time of a timer that fires now: once, or its next period. */
+/*
+ * The next due time of a timer that fires now: none for a one-shot timer
+ * (or a recurring one whose next period is past the end of time), else
+ * its first period after now.
+ */
 static void
 dt_timer_advance(DtTimerOp *op, TimestampTz now)
 {
 	TimestampTz next;
 	int			periods = 0;
 
-	if (!op->has_every)
+	if (!op->has_every || !dt_timestamp_plus(op->due_at, &op->every, &next))
 	{
 		op->state = DT_OP_GONE;
 		return;
 	}
-	next = dt_timestamp_plus(op->due_at, &op->every);
 	/* missed periods are skipped, not fired in a burst */
 	while (next <= now)
 	{
 		if (++periods > 1000)
 		{
-			next = dt_timestamp_plus(now, &op->every);
+			if (!dt_timestamp_plus(now, &op->every, &next))
+				next = DT_NOEND;
 			break;
 		}
-		next = dt_timestamp_plus(next, &op->every);
+		if (!dt_timestamp_plus(next, &op->every, &next))
+		{
+			next = DT_NOEND;
+			break;
+		}
+	}
+	if (next == DT_NOEND)
+	{
+		op->state = DT_OP_GONE;
+		return;
 	}
 	op->state = DT_OP_ARMED;
 	op->due_at = next;
