@@ -85,23 +85,14 @@ dt_alerts_undo_to(int mark)
 		nalerts = mark;
 }
 
-static void
-dt_require_model_context(const char *what)
-{
-	if (dt_current_event == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("%s can only be called from a model function", what),
-				 errdetail("Alerts belong to the twin and event a digitaltwin worker is processing."),
-				 errhint("Raise alerts from the process or init function registered with digitaltwin.create_model().")));
-}
-
 void
 digitaltwin_alert(const char *severity, const char *message, Jsonb *details)
 {
 	DtStagedAlert *a;
 
-	dt_require_model_context("digitaltwin.alert()");
+	(void) dt_require_model_call("digitaltwin.alert()",
+								 "Alerts belong to the twin and event a digitaltwin worker is processing.",
+								 "Raise alerts from the process or init function registered with digitaltwin.create_model().");
 	if (severity == NULL || *severity == '\0')
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -152,7 +143,9 @@ Datum
 digitaltwin_alert_sql(PG_FUNCTION_ARGS)
 {
 	dt_require_preload();
-	dt_require_model_context("digitaltwin.alert()");
+	(void) dt_require_model_call("digitaltwin.alert()",
+								 "Alerts belong to the twin and event a digitaltwin worker is processing.",
+								 "Raise alerts from the process or init function registered with digitaltwin.create_model().");
 	digitaltwin_alert(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)),
 					  PG_ARGISNULL(1) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(1)),
 					  PG_ARGISNULL(2) ? NULL : PG_GETARG_JSONB_P(2));

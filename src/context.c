@@ -47,17 +47,6 @@ PG_FUNCTION_INFO_V1(digitaltwin_sender_twin);
 #define DT_INFO_TIMER		8
 #define DT_INFO_NCOLS		9
 
-static const DtEvent *
-dt_require_current_event(const char *what)
-{
-	if (dt_current_event == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("%s can only be called from a model function", what),
-				 errdetail("There is a current event only while a digitaltwin worker runs a model.")));
-	return dt_current_event->event;
-}
-
 /* 'message' for an event a model sent, else 'event' */
 const char *
 digitaltwin_current_event_kind(void)
@@ -78,7 +67,9 @@ digitaltwin_current_event_time(void)
 Datum
 digitaltwin_current_event(PG_FUNCTION_ARGS)
 {
-	const DtEvent *ev = dt_require_current_event("digitaltwin.current_event()");
+	const DtEvent *ev = dt_require_model_call("digitaltwin.current_event()",
+											   "There is a current event only while a digitaltwin worker runs a model.",
+											   NULL)->event;
 	TupleDesc	desc;
 	Datum		values[DT_INFO_NCOLS];
 	bool		nulls[DT_INFO_NCOLS];

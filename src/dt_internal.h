@@ -82,7 +82,15 @@ extern void dt_define_gucs(void);
 extern bool dt_preloaded;
 extern void dt_require_preload(void);
 extern void dt_forbid_in_model(const char *function);
+struct DtCurrentEvent;
+extern struct DtCurrentEvent *dt_require_model_call(const char *function,
+													const char *detail,
+													const char *hint);
+extern void dt_require_table(const char *relname, const char *version,
+							 const char *function);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
+typedef void (*dt_row_fn) (HeapTuple tuple, TupleDesc desc, void *arg);
+extern void dt_spi_cursor_each(Portal portal, dt_row_fn fn, void *arg);
 
 /* the search_path of every statement the extension runs with other rights */
 #define DT_TRUSTED_SEARCH_PATH "pg_catalog, pg_temp"
@@ -371,11 +379,12 @@ extern void dt_durable_scan(int partition, int partitions, dt_durable_fn fn, voi
  * alerts.c
  * ----------------------------------------------------------------
  */
-typedef struct DtCurrentEvent
+struct DtCurrentEvent
 {
 	DtModel    *model;
 	DtEvent    *event;
-} DtCurrentEvent;
+};
+typedef struct DtCurrentEvent DtCurrentEvent;
 
 extern DtCurrentEvent *dt_current_event;	/* defined in util.c */
 extern uint64 dt_messages_sent;	/* messages sent by models (util.c) */

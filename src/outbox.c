@@ -91,18 +91,10 @@ digitaltwin_send_to_source(Jsonb *payload)
 	DtStagedCommand *c;
 	Size		limit = (Size) dt_max_payload_kb * 1024;
 
-	if (dt_current_event == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("digitaltwin.send_to_source() can only be called from a model function"),
-				 errdetail("A message to the data source belongs to the twin and event a digitaltwin worker is processing."),
-				 errhint("Send it from the process or init function registered with digitaltwin.create_model(); applications write to their sources directly.")));
-	/* a C model of a newer library on an extension not yet updated */
-	if (!OidIsValid(get_relname_relid("outbox", get_namespace_oid("digitaltwin", false))))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("digitaltwin.send_to_source() needs version 1.6 of extension \"digitaltwin\""),
-				 errhint("Run ALTER EXTENSION digitaltwin UPDATE.")));
+	(void) dt_require_model_call("digitaltwin.send_to_source()",
+								 "A message to the data source belongs to the twin and event a digitaltwin worker is processing.",
+								 "Send it from the process or init function registered with digitaltwin.create_model(); applications write to their sources directly.");
+	dt_require_table("outbox", "1.6", "digitaltwin.send_to_source()");
 	if (payload == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),

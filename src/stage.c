@@ -245,81 +245,80 @@ dt_relabel_restored_row(bytea *value, Datum state, const DtRowType *rt,
  * The query runs in workers and for readers alike: every name and operator
  * in it is schema-qualified, whatever the search_path.
  */
+/* what dt_durable_scan() passes to dt_durable_row() */
+typedef struct DtDurableScan
+{
+	dt_durable_fn fn;
+	void	   *arg;
+	DtRowType	rt;
+} DtDurableScan;
+
+static void
+dt_durable_row(HeapTuple tup, TupleDesc desc, void *arg)
+{
+	DtDurableScan *scan = arg;
+	bool		isnull;
+	text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
+	Datum		state = SPI_getbinval(tup, desc, 3, &isnull);
+	int32		model_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	int64		event_count = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
+	TimestampTz updated_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
+	Datum		rowtype;
+	bytea	   *value;
+
+	/* a varlena state's image is the whole value, 4-byte header included */
+	if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
+	{
+		value = DatumGetByteaP(state);
+		rowtype = SPI_getbinval(tup, desc, 7, &isnull);
+		if (!isnull)
+		{
+			if (DatumGetObjectId(rowtype) != scan->rt.type)
+				dt_rowtype_lookup(&scan->rt, DatumGetObjectId(rowtype));
+			if (OidIsValid(scan->rt.rowtype))
+				value = dt_relabel_restored_row(value, state, &scan->rt, twin_id);
+		}
+		scan->fn(scan->arg, model_id, VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
+				 (char *) value, VARSIZE(value), event_count, updated_at);
+		/* a detoasted or relabelled copy: one at a time, not a million */
+		if ((Pointer) value != DatumGetPointer(state))
+			pfree(value);
+	}
+	else
+	{
+		value = DatumGetByteaPP(state);
+		scan->fn(scan->arg, model_id, VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
+				 VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), event_count, updated_at);
+	}
+}
+
 void
 dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 {
 	Oid			types[2] = {INT4OID, INT4OID};
 	Datum		args[2];
-	Portal		portal;
-	DtRowType	rt = {InvalidOid, InvalidOid};
+	DtDurableScan scan;
 
+	scan.fn = fn;
+	scan.arg = arg;
+	memset(&scan.rt, 0, sizeof(scan.rt));	/* no type looked up yet */
 	args[0] = Int32GetDatum(partitions);
 	args[1] = Int32GetDatum(partition);
 	SPI_connect();
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
-									   "       t.typlen OPERATOR(pg_catalog.=) -1 AND NOT t.typbyval, "
-									   "       CASE WHEN t.typtype OPERATOR(pg_catalog.=) 'c' "
-									   "              OR t.typtype OPERATOR(pg_catalog.=) 'd' "
-									   "            THEN t.oid END "
-									   "FROM digitaltwin.twin_state s "
-									   "JOIN digitaltwin.models m ON m.id OPERATOR(pg_catalog.=) s.model_id "
-									   "JOIN pg_catalog.pg_type t "
-									   "  ON t.oid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid "
-									   "WHERE $2 OPERATOR(pg_catalog.<) 0 "
-									   "   OR digitaltwin.partition_of(s.twin_id, $1) OPERATOR(pg_catalog.=) $2",
-									   2, types, args, NULL, true, 0);
-	for (;;)
-	{
-		uint64		i;
-
-		SPI_cursor_fetch(portal, true, 10000);
-		if (SPI_processed == 0)
-			break;
-		for (i = 0; i < SPI_processed; i++)
-		{
-			HeapTuple	tup = SPI_tuptable->vals[i];
-			TupleDesc	desc = SPI_tuptable->tupdesc;
-			bool		isnull;
-			text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
-			Datum		state = SPI_getbinval(tup, desc, 3, &isnull);
-			Datum		rowtype;
-			bytea	   *value;
-
-			/* a varlena state's image is the whole value, 4-byte header included */
-			if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
-			{
-				value = DatumGetByteaP(state);
-				rowtype = SPI_getbinval(tup, desc, 7, &isnull);
-				if (!isnull)
-				{
-					if (DatumGetObjectId(rowtype) != rt.type)
-						dt_rowtype_lookup(&rt, DatumGetObjectId(rowtype));
-					if (OidIsValid(rt.rowtype))
-						value = dt_relabel_restored_row(value, state, &rt, twin_id);
-				}
-				fn(arg, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
-				   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
-				   (char *) value, VARSIZE(value),
-				   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
-				   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)));
-				/* a detoasted or relabelled copy: one at a time, not a million */
-				if ((Pointer) value != DatumGetPointer(state))
-					pfree(value);
-			}
-			else
-			{
-				value = DatumGetByteaPP(state);
-				fn(arg, DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
-				   VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
-				   VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value),
-				   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
-				   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)));
-			}
-		}
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
+	dt_spi_cursor_each(SPI_cursor_open_with_args(NULL,
+												 "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
+												 "       t.typlen OPERATOR(pg_catalog.=) -1 AND NOT t.typbyval, "
+												 "       CASE WHEN t.typtype OPERATOR(pg_catalog.=) 'c' "
+												 "              OR t.typtype OPERATOR(pg_catalog.=) 'd' "
+												 "            THEN t.oid END "
+												 "FROM digitaltwin.twin_state s "
+												 "JOIN digitaltwin.models m ON m.id OPERATOR(pg_catalog.=) s.model_id "
+												 "JOIN pg_catalog.pg_type t "
+												 "  ON t.oid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid "
+												 "WHERE $2 OPERATOR(pg_catalog.<) 0 "
+												 "   OR digitaltwin.partition_of(s.twin_id, $1) OPERATOR(pg_catalog.=) $2",
+												 2, types, args, NULL, true, 0),
+					   dt_durable_row, &scan);
 	SPI_finish();
 }
 

@@ -317,9 +317,12 @@ dt_index_remove(const DtTimerKey *key)
 	pfree(name);
 }
 
+/* one row of the load; strings in a context reset with each row */
 static void
-dt_index_load_row(HeapTuple tup, TupleDesc desc)
+dt_index_load_row(HeapTuple tup, TupleDesc desc, void *arg)
 {
+	MemoryContext tmp = arg;
+	MemoryContext old = MemoryContextSwitchTo(tmp);
 	bool		isnull;
 	DtTimerKey	key;
 
@@ -327,12 +330,10 @@ dt_index_load_row(HeapTuple tup, TupleDesc desc)
 	key.twin_id = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
 	key.name = TextDatumGetCString(SPI_getbinval(tup, desc, 3, &isnull));
 	dt_index_set(&key, DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull)));
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(tmp);
 }
 
-/*
- * Load the partition's pending timers from timer_state.  Inside the
- * worker's transaction, SPI connected.
- */
 static bool
 dt_timer_table_exists(void)
 {
@@ -340,14 +341,16 @@ dt_timer_table_exists(void)
 										get_namespace_oid("digitaltwin", false)));
 }
 
+/*
+ * Load the partition's pending timers from timer_state.  Inside the
+ * worker's transaction, SPI connected.
+ */
 void
 dt_timers_load(int partition, int partitions)
 {
 	Oid			types[2] = {INT4OID, INT4OID};
 	Datum		args[2];
-	Portal		portal;
 	MemoryContext tmp;
-	MemoryContext old;
 
 	dt_index_reset();
 	/* an older version of the extension, not updated yet: no timers */
@@ -361,26 +364,12 @@ dt_timers_load(int partition, int partitions)
 	args[1] = Int32GetDatum(partition);
 	tmp = AllocSetContextCreate(CurrentMemoryContext, "digitaltwin timer load",
 								ALLOCSET_DEFAULT_SIZES);
-	portal = SPI_cursor_open_with_args(NULL,
-									   "SELECT model_id, twin_id, name, due_at "
-									   "FROM digitaltwin.timer_state "
-									   "WHERE digitaltwin.partition_of(twin_id, $1) OPERATOR(pg_catalog.=) $2",
-									   2, types, args, NULL, true, 0);
-	for (;;)
-	{
-		uint64		i;
-
-		SPI_cursor_fetch(portal, true, 10000);
-		if (SPI_processed == 0)
-			break;
-		old = MemoryContextSwitchTo(tmp);
-		for (i = 0; i < SPI_processed; i++)
-			dt_index_load_row(SPI_tuptable->vals[i], SPI_tuptable->tupdesc);
-		MemoryContextSwitchTo(old);
-		MemoryContextReset(tmp);
-		SPI_freetuptable(SPI_tuptable);
-	}
-	SPI_cursor_close(portal);
+	dt_spi_cursor_each(SPI_cursor_open_with_args(NULL,
+												 "SELECT model_id, twin_id, name, due_at "
+												 "FROM digitaltwin.timer_state "
+												 "WHERE digitaltwin.partition_of(twin_id, $1) OPERATOR(pg_catalog.=) $2",
+												 2, types, args, NULL, true, 0),
+					   dt_index_load_row, tmp);
 	MemoryContextDelete(tmp);
 	index_valid = true;
 }
@@ -563,15 +552,13 @@ dt_timers_undo_to(int mark)
  * set_timer() and cancel_timer()
  * ----------------------------------------------------------------
  */
+/* the current event, for set_timer() and cancel_timer() */
 static const DtEvent *
 dt_timer_require_event(const char *what)
 {
-	if (dt_current_event == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("%s can only be called from a model function", what),
-				 errdetail("A timer belongs to the twin whose event a digitaltwin worker is processing.")));
-	return dt_current_event->event;
+	return dt_require_model_call(what,
+								 "A timer belongs to the twin whose event a digitaltwin worker is processing.",
+								 NULL)->event;
 }
 
 static void
@@ -588,24 +575,15 @@ dt_timer_check_name(const char *name)
 				 errdetail("The name has %zu bytes.", strlen(name))));
 }
 
-static bool
-dt_interval_negative(const Interval *iv)
+/* <0, 0 or >0 as the interval is negative, zero or positive */
+static int
+dt_interval_sign(const Interval *iv)
 {
 	Interval	zero;
 
 	memset(&zero, 0, sizeof(zero));
-	return DatumGetBool(DirectFunctionCall2(interval_lt, IntervalPGetDatum(iv),
-											IntervalPGetDatum(&zero)));
-}
-
-static bool
-dt_interval_positive(const Interval *iv)
-{
-	Interval	zero;
-
-	memset(&zero, 0, sizeof(zero));
-	return DatumGetBool(DirectFunctionCall2(interval_gt, IntervalPGetDatum(iv),
-											IntervalPGetDatum(&zero)));
+	return DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(iv),
+											 IntervalPGetDatum(&zero)));
 }
 
 /*
@@ -646,19 +624,16 @@ digitaltwin_set_timer(const char *name, const Interval *after,
 
 	dt_timer_check_name(name);
 	if (!table_exists)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("timers need version 1.6 of the extension digitaltwin"),
-				 errhint("Run ALTER EXTENSION digitaltwin UPDATE.")));
+		dt_require_table("timer_state", "1.6", "digitaltwin.set_timer()");
 	if (after == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("timer delay must not be null")));
-	if (dt_interval_negative(after))
+	if (dt_interval_sign(after) < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("timer delay must not be negative")));
-	if (every != NULL && !dt_interval_positive(every))
+	if (every != NULL && dt_interval_sign(every) <= 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("the period of a recurring timer must be positive"),

@@ -45,6 +45,39 @@ dt_require_preload(void)
 }
 
 /*
+ * The event a worker's model call is processing, for the functions that
+ * only make sense there (alert(), set_timer(), send_to_source(),
+ * current_event()): ERROR 55000 elsewhere, saying what the call belongs
+ * to ('detail') and, if given, where to make it ('hint').
+ */
+DtCurrentEvent *
+dt_require_model_call(const char *function, const char *detail, const char *hint)
+{
+	if (dt_current_event == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s can only be called from a model function", function),
+				 errdetail("%s", detail),
+				 hint ? errhint("%s", hint) : 0));
+	return dt_current_event;
+}
+
+/*
+ * A C model built against a newer digitaltwin.h may call a function whose
+ * table a later version of the extension brings: until ALTER EXTENSION
+ * UPDATE, a clear error (which dead-letters the event), not a failed batch.
+ */
+void
+dt_require_table(const char *relname, const char *version, const char *function)
+{
+	if (!OidIsValid(get_relname_relid(relname, get_namespace_oid("digitaltwin", false))))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s needs version %s of extension \"digitaltwin\"", function, version),
+				 errhint("Run ALTER EXTENSION digitaltwin UPDATE.")));
+}
+
+/*
  * Functions a model must not call: waiting for the workers from inside a
  * worker would wait for itself, and registering or dropping models would
  * change the registry under the batch that is using it.
@@ -57,6 +90,28 @@ dt_forbid_in_model(const char *function)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s cannot be called from a model function", function),
 				 errdetail("Model functions run inside the background workers' batches.")));
+}
+
+/*
+ * Call fn for every row of an open SPI cursor, 10000 rows at a time, with
+ * each lot's tuples freed before the next: loading a partition's twins or
+ * timers never holds more than one lot in memory.
+ */
+void
+dt_spi_cursor_each(Portal portal, dt_row_fn fn, void *arg)
+{
+	for (;;)
+	{
+		uint64		i;
+
+		SPI_cursor_fetch(portal, true, 10000);
+		if (SPI_processed == 0)
+			break;
+		for (i = 0; i < SPI_processed; i++)
+			fn(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, arg);
+		SPI_freetuptable(SPI_tuptable);
+	}
+	SPI_cursor_close(portal);
 }
 
 /*

@@ -9,7 +9,6 @@ use FindBin;
 use lib $FindBin::RealBin;
 use DtTest;
 use IPC::Run;
-use Time::HiRes qw(usleep);
 use PostgreSQL::Test::Utils;
 use Test::More;
 
@@ -40,15 +39,6 @@ sub wait_progress
 
 # PIDs of every process of the instance, to wait for all of them to exit
 # after the postmaster itself was killed.
-sub instance_pids
-{
-	my $pids = $node->safe_psql('postgres',
-		'SELECT string_agg(pid::text, \' \') FROM pg_stat_activity');
-	my @pids = split / /, $pids;
-	push @pids, $node->{_pid};
-	return @pids;
-}
-
 # 1. kill -9 of one worker, under load (multi-row INSERTs and COPY)
 my $stream = start_stream(6);
 my $copy = DtTest::start_copy_stream($node, 6, 200);
@@ -82,20 +72,9 @@ DtTest::check_exactly_once($node, 'after kill -9 of a worker');
 $stream = start_stream(6);
 $copy = DtTest::start_copy_stream($node, 6, 200);
 wait_progress(500);
-my @pids = instance_pids();
-$node->kill9;
+ok(DtTest::kill9_and_wait($node), 'all processes of the killed instance exited');
 $stream->finish;
 $copy->finish;
-# The postmaster's children notice its death and exit; only then may a new
-# postmaster use the data directory.
-my $gone = 0;
-foreach my $i (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
-{
-	$gone = !grep { kill(0, $_) } @pids;
-	last if $gone;
-	usleep(100_000);
-}
-ok($gone, 'all processes of the killed instance exited');
 $node->start;
 DtTest::check_exactly_once($node, 'after kill -9 of the postmaster');
 

@@ -121,22 +121,9 @@ FROM digitaltwin.timers}),
 $node->poll_query_until('postgres', q{
 SELECT count(*) >= 30 FROM digitaltwin.alerts WHERE message = 'once'})
   or die 'no timer fired';
-my @pids = split / /, $node->safe_psql('postgres',
-	q{SELECT string_agg(pid::text, ' ') FROM pg_stat_activity});
-push @pids, $node->{_pid};
 my $before = fired($node, 'w');
-$node->kill9;
+ok(DtTest::kill9_and_wait($node), 'all processes of the killed instance exited');
 cmp_ok($before, '<', 200, "killed the postmaster after $before of 200 fires");
-# its children notice its death and exit; only then may a new postmaster
-# use the data directory
-my $gone = 0;
-foreach my $i (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
-{
-	$gone = !grep { kill(0, $_) } @pids;
-	last if $gone;
-	usleep(100_000);
-}
-ok($gone, 'all processes of the killed instance exited');
 $node->start;
 $node->poll_query_until('postgres', q{
 SELECT count(*) = 200 FROM digitaltwin.twins

@@ -16,7 +16,6 @@ use DtTest;
 use IPC::Run;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use Time::HiRes qw(usleep);
 
 my $node = DtTest::new_node('messages');
 $node->start;
@@ -159,21 +158,10 @@ SELECT count(*) >= 3000 + 4000 AND count(*) > (SELECT sum((state->>'n')::bigint)
                                                FROM digitaltwin.twins WHERE model = 'country')
 FROM sent})
   or die 'the stream made no progress';
-my @pids = split / /, $node->safe_psql('postgres',
-	q{SELECT string_agg(pid::text, ' ') FROM pg_stat_activity});
-push @pids, $node->{_pid};
 my $before = $node->safe_psql('postgres', $totals);
-$node->kill9;
+ok(DtTest::kill9_and_wait($node), 'all processes of the killed instance exited');
 $stream->finish;
 note("killed with $before car events counted by the countries");
-my $gone = 0;
-foreach my $i (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
-{
-	$gone = !grep { kill(0, $_) } @pids;
-	last if $gone;
-	usleep(100_000);
-}
-ok($gone, 'all processes of the killed instance exited');
 $node->start;
 # and more events after the restart, in several transactions
 $node->safe_psql('postgres', send_sql(1000)) for 1 .. 5;

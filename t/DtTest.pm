@@ -9,6 +9,8 @@ package DtTest;
 use strict;
 use warnings;
 
+use Time::HiRes ();
+
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -167,6 +169,24 @@ SELECT (SELECT count(*) FROM digitaltwin.alerts WHERE model = 'acc') || '/' ||
 	is($node->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.dead_letters'),
 		'0', "$what: no dead letters");
 	return;
+}
+
+# kill -9 the postmaster and wait until every process of the instance has
+# exited (its children notice its death): only then may a new postmaster
+# use the data directory.  True if they all exited in time.
+sub kill9_and_wait
+{
+	my ($node) = @_;
+	my @pids = split / /, $node->safe_psql('postgres',
+		q{SELECT string_agg(pid::text, ' ') FROM pg_stat_activity});
+	push @pids, $node->{_pid};
+	$node->kill9;
+	foreach my $i (1 .. 10 * $PostgreSQL::Test::Utils::timeout_default)
+	{
+		return 1 unless grep { kill(0, $_) } @pids;
+		Time::HiRes::usleep(100_000);
+	}
+	return 0;
 }
 
 # PIDs of the digitaltwin workers, sorted.
