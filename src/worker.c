@@ -868,7 +868,15 @@ dt_worker_run_batch(void)
 		dt_timers_purge_models(dt_model_id_live);
 	}
 	dt_timers_begin(batch_cxt);
-	ntimers = dt_timers_claim(GetCurrentTimestamp(), limit, &timers);
+
+	/*
+	 * Due timers join the batch, up to the same limit; but while batches are
+	 * being cut down after a failure for want of memory, events and timers
+	 * go in separate batches, so that the limit can come down to a single
+	 * event (or fire) and doom just that one.
+	 */
+	ntimers = dt_timers_claim(GetCurrentTimestamp(),
+							  (careful_limit > 0 && nevents > 0) ? 0 : limit, &timers);
 	batch = ntimers > 0 ? dt_merge_timers(events, nevents, timers, ntimers) : events;
 	nbatch = nevents + ntimers;
 	batch_nevents = nbatch;
