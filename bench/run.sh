@@ -650,7 +650,7 @@ gcc -O2 -o "$DT_DIR/outbox_latency" "$ROOT/bench/outbox_latency.c" \
 for r in $(seq "$REPEAT"); do
 	out=$("$DT_DIR/outbox_latency" "$DT_CONN" cmd "$OUTBOX_RATE" "$OUTBOX_COUNT" "$OUTBOX_SENDERS") || true
 	echo "    round $r: $out"
-	# p50 and p99 from commit acknowledged to the gateway having it
+	# p50, p99 and max from commit acknowledged to the gateway having it
 	sed -E 's/.*commit acknowledged to gateway has it: p50 ([0-9.]+) ms p90 [0-9.]+ ms p99 ([0-9.]+) ms max ([0-9.]+) ms.*/\1 \2 \3/' <<<"$out" >>"$DT_DIR/outbox"
 done
 ob_p50=$(awk '{ print $1 }' "$DT_DIR/outbox" | median)
