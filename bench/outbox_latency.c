@@ -224,7 +224,11 @@ main(int argc, char **argv)
 		if (!woken)
 			continue;
 		t_noted = now_ms();
-		/* take until empty: several commits may be behind one wake-up */
+		/*
+		 * take until empty: several commits may be behind one wake-up (a
+		 * notification that comes during the take wakes us again, even if
+		 * its row was taken: dropping it could leave a row behind)
+		 */
 		do
 		{
 			PQclear(exec_or_die(gw, "BEGIN"));
@@ -252,10 +256,6 @@ main(int argc, char **argv)
 				noted[s] = t_noted;
 				got++;
 			}
-			/* notifications that came meanwhile are for rows just taken */
-			PQconsumeInput(gw);
-			while ((note = PQnotifies(gw)) != NULL)
-				PQfreemem(note);
 		} while (n == 1000);
 	}
 	for (k = 0; k < nsenders; k++)
