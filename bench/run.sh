@@ -3,13 +3,21 @@
 # processed, until wait_idle) for the same heart-rate logic, side by side:
 # raw inserts into a plain table (the limit), the trigger peer, and
 # digitaltwin with the plpgsql and the C model; then alert latency, memory
-# per twin, an aggregate over 1M live twins, and recovery time.
+# per twin, an aggregate over 1M live twins, and recovery time; then
+# (version 1.6) 1M pending timers (disk, shared and worker memory, reload),
+# the cost of arming a timer at every event, firing rate and lateness, a
+# two-hop chain of messages against one hop, and the outbox's latency to a
+# gateway (bench/outbox_latency.c).
 #
 #   bash bench/run.sh            (or: make bench)
 #
 # Parameters (environment): EVENTS (200000), TWINS (10000), WORKERS (2),
 # BATCH (50000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
-# run, default "throughput deadlocks latency big"), HOWS (ingestion methods
+# run, default "throughput deadlocks latency big timers messages outbox"),
+# TIMER_TWINS (1000000 pending timers), FIRE_TIMERS (200000 due at once),
+# FIRE_LEAD (20: seconds between arming and the due time), LATE_RATE (10000
+# due per second) for LATE_SECONDS (10), REGIONS (100), OUTBOX_RATE (1000
+# commands per second), OUTBOX_COUNT (10000), OUTBOX_SENDERS (2), HOWS (ingestion methods
 # of the throughput part, default "copy multi single"), REPEAT (runs of each
 # COPY and multi-row scenario, default 3: the median is reported),
 # SINGLE_ROUNDS (the single-row scenarios take turns in rounds of
