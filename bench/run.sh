@@ -3,13 +3,21 @@
 # processed, until wait_idle) for the same heart-rate logic, side by side:
 # raw inserts into a plain table (the limit), the trigger peer, and
 # digitaltwin with the plpgsql and the C model; then alert latency, memory
-# per twin, an aggregate over 1M live twins, and recovery time.
+# per twin, an aggregate over 1M live twins, and recovery time; then
+# (version 1.6) 1M pending timers (disk, shared and worker memory, reload),
+# the cost of arming a timer at every event, firing rate and lateness, a
+# two-hop chain of messages against one hop, and the outbox's latency to a
+# gateway (bench/outbox_latency.c).
 #
 #   bash bench/run.sh            (or: make bench)
 #
 # Parameters (environment): EVENTS (200000), TWINS (10000), WORKERS (2),
 # BATCH (50000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
-# run, default "throughput deadlocks latency big"), HOWS (ingestion methods
+# run, default "throughput deadlocks latency big timers messages outbox"),
+# TIMER_TWINS (1000000 pending timers), FIRE_TIMERS (200000 due at once),
+# FIRE_LEAD (20: seconds between arming and the due time), LATE_RATE (10000
+# due per second) for LATE_SECONDS (10), REGIONS (100), OUTBOX_RATE (1000
+# commands per second), OUTBOX_COUNT (10000), OUTBOX_SENDERS (2), HOWS (ingestion methods
 # of the throughput part, default "copy multi single"), REPEAT (runs of each
 # COPY and multi-row scenario, default 3: the median is reported),
 # SINGLE_ROUNDS (the single-row scenarios take turns in rounds of
@@ -28,11 +36,20 @@ BATCH=${BATCH:-50000}
 CLIENTS=${CLIENTS:-8}
 BIG_TWINS=${BIG_TWINS:-1000000}
 ROWS=100                        # rows per multi-row INSERT
-PARTS=${PARTS:-throughput deadlocks latency big}
+PARTS=${PARTS:-throughput deadlocks latency big timers messages outbox}
 HOWS=${HOWS:-copy multi single}
 REPEAT=${REPEAT:-3}
 SINGLE_ROUNDS=${SINGLE_ROUNDS:-5}
 SINGLE_DELAY=${SINGLE_DELAY:-10ms}
+TIMER_TWINS=${TIMER_TWINS:-1000000}
+FIRE_TIMERS=${FIRE_TIMERS:-200000}
+FIRE_LEAD=${FIRE_LEAD:-20}
+LATE_RATE=${LATE_RATE:-10000}
+LATE_SECONDS=${LATE_SECONDS:-10}
+REGIONS=${REGIONS:-100}
+OUTBOX_RATE=${OUTBOX_RATE:-1000}
+OUTBOX_COUNT=${OUTBOX_COUNT:-10000}
+OUTBOX_SENDERS=${OUTBOX_SENDERS:-2}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 dt_install_deps
@@ -317,6 +334,347 @@ for agg_query in "${agg_queries[@]}"; do
 done
 wait "$BG" || true
 
+fi
+
+# ---------------------------------------------------------------------
+# Version 1.6: timers, messages, the outbox.  Each part prints its
+# figures and adds a line to the summary printed at the end (measure,
+# figure, target, met).
+# ---------------------------------------------------------------------
+SUMMARY=()
+summary() {	# measure figure target met
+	SUMMARY+=("$(printf '  %-46s %-44s %-14s %s' "$1" "$2" "$3" "$4")")
+}
+median() { sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'; }
+now_s() { date +%s.%N; }
+processed_total() { dt_psql -At -c "SELECT sum(events_processed) FROM digitaltwin.worker_stats()"; }
+met() { awk "BEGIN{ exit !($1) }" && echo yes || echo NO; }
+# ms to COPY events_$1.tsv and process it (until wait_idle)
+copy_run() {
+	local t0 t1
+	reset_all
+	t0=$(now_ms)
+	dt_psql -c "COPY digitaltwin.events (model, twin_id, payload) FROM '$DT_DIR/events_$1.tsv'" >/dev/null
+	wait_idle
+	t1=$(now_ms)
+	echo $((t1 - t0))
+}
+# Wait until the workers have processed $1 events in all (timers fire
+# outside wait_idle), polling from one session so as not to take the
+# workers' CPU with new connections; prints the epoch when seen.
+dt_psql -c "CREATE FUNCTION bench_wait_processed(target bigint, timeout interval DEFAULT '600s')
+            RETURNS float8 LANGUAGE plpgsql AS \$\$
+            DECLARE
+                deadline timestamptz := clock_timestamp() + timeout;
+            BEGIN
+                WHILE (SELECT sum(events_processed) FROM digitaltwin.worker_stats()) < target LOOP
+                    IF clock_timestamp() > deadline THEN
+                        RAISE EXCEPTION 'processed % of % events', (SELECT sum(events_processed) FROM digitaltwin.worker_stats()), target;
+                    END IF;
+                    PERFORM pg_sleep(0.01);
+                END LOOP;
+                RETURN extract(epoch FROM clock_timestamp());
+            END \$\$" >/dev/null
+wait_processed() { dt_psql -At -c "SELECT bench_wait_processed($1)"; }
+
+if part timers; then
+echo "== timers: $TIMER_TWINS pending timers, arming cost, firing rate and lateness"
+# the big part's million twins would blur the reload times
+dt_psql -c "SELECT digitaltwin.drop_model(name) FROM digitaltwin.models WHERE name = 'gauge'" >/dev/null
+cat >"$DT_DIR/timer_models.sql" <<'EOS'
+-- hold: {"after": interval} arms a timer; the state never changes, so
+-- that what arming adds to memory is the timers alone
+CREATE FUNCTION hold(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF event ? 'after' THEN
+        PERFORM digitaltwin.set_timer('hold', (event->>'after')::interval);
+    END IF;
+    RETURN '{"v": 1}';
+END $$;
+SELECT digitaltwin.create_model('hold', 'hold(text,jsonb,jsonb)');
+-- fire: {"at": epoch} arms a timer due at that moment; the fire records
+-- how late the model was called (its due time is current_event().event_time)
+CREATE FUNCTION fire(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF event ? 'at' THEN
+        PERFORM digitaltwin.set_timer('due', greatest(to_timestamp((event->>'at')::float8) - clock_timestamp(),
+                                                      interval '0'));
+        RETURN '{"armed": true}';
+    END IF;
+    RETURN jsonb_build_object('late_ms',
+        extract(epoch FROM clock_timestamp() - (digitaltwin.current_event()).event_time) * 1000);
+END $$;
+SELECT digitaltwin.create_model('fire', 'fire(text,jsonb,jsonb)');
+-- the plpgsql heart-rate model, plus a "no reading" timer re-armed by
+-- every reading (due in an hour: none falls due during the measure)
+DO $$
+DECLARE
+    d text := pg_get_functiondef('heart_rate_process(text,jsonb,jsonb)'::regprocedure);
+BEGIN
+    d := replace(d, 'heart_rate_process', 'heart_rate_timer_process');
+    d := regexp_replace(d, E'\nBEGIN\n', E'\nBEGIN\n    PERFORM digitaltwin.set_timer(''silence'', ''1 hour'');\n');
+    EXECUTE d;
+END $$;
+SELECT digitaltwin.create_model('heart_rate_timer', 'heart_rate_timer_process(text,jsonb,jsonb)',
+                                'heart_rate_init(text)');
+EOS
+dt_psql -f "$DT_DIR/timer_models.sql" >/dev/null
+dt_psql -At -c "SELECT prosrc FROM pg_proc WHERE proname = 'heart_rate_timer_process'" | grep -q "set_timer('silence'"
+
+worker_pids() { dt_psql -At -c "SELECT pid FROM digitaltwin.worker_stats() ORDER BY worker"; }
+# anonymous resident memory of the workers (their local memory), kB
+rss_anon_kb() {
+	local p s=0
+	for p in $(worker_pids); do
+		s=$((s + $(awk '/^RssAnon/ { print $2 }' "/proc/$p/status")))
+	done
+	echo "$s"
+}
+# bytes of the workers' "digitaltwin timers" memory contexts (the index:
+# the context and its hashes), from pg_log_backend_memory_contexts
+timer_context_bytes() {
+	local p from b total=0 i
+	for p in $(worker_pids); do
+		from=$(wc -l <"$DT_DIR/server.log")
+		dt_psql -At -c "SELECT pg_log_backend_memory_contexts($p)" >/dev/null
+		for i in $(seq 300); do
+			tail -n +"$((from + 1))" "$DT_DIR/server.log" | grep -q "\[$p\].*Grand total" && break
+			sleep 0.1
+		done
+		b=$(tail -n +"$((from + 1))" "$DT_DIR/server.log" | grep "\[$p\]" | grep "digitaltwin timers" |
+			grep -o '[0-9]* total in' | awk '{ s += $1 } END { print s + 0 }')
+		total=$((total + b))
+	done
+	echo "$total"
+}
+# restart; prints "twins timers ms" from the workers' "loaded" lines (ms:
+# the slowest worker; they load in parallel)
+restart_loaded() {
+	local from i
+	from=$(wc -l <"$DT_DIR/server.log")
+	dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/data" -l "$DT_DIR/server.log" -w restart -m fast >/dev/null
+	for i in $(seq 1500); do
+		[ "$(tail -n +"$((from + 1))" "$DT_DIR/server.log" | grep -c 'loaded [0-9]* twins and [0-9]* timers in')" -ge "$WORKERS" ] && break
+		sleep 0.2
+	done
+	tail -n +"$((from + 1))" "$DT_DIR/server.log" | grep -o 'loaded [0-9]* twins and [0-9]* timers in [0-9.]* ms' |
+		tail -n "$WORKERS" | awk '{ n += $2; t += $5; if ($8 > m) m = $8 } END { printf "%d %d %.0f\n", n, t, m }'
+}
+reloads() {	# median of REPEAT restarts: "twins timers ms"
+	local i
+	for i in $(seq "$REPEAT"); do restart_loaded; done >"$DT_DIR/reloads"
+	echo "$(awk '{ print $1, $2; exit }' "$DT_DIR/reloads") $(awk '{ print $3 }' "$DT_DIR/reloads" | median)"
+	echo "    restarts (twins timers ms): $(tr '\n' ';' <"$DT_DIR/reloads")" >&2
+}
+
+# 1. TIMER_TWINS pending timers: twins first, measured, then one timer each
+dt_psql -c "INSERT INTO digitaltwin.events (model, twin_id, payload)
+            SELECT 'hold', 'dev-' || i, '{}' FROM generate_series(1, $TIMER_TWINS) i" >/dev/null
+wait_idle
+read -r n_twins _ reload_a <<<"$(reloads)"
+rss_a=$(rss_anon_kb); ctx_a=$(timer_context_bytes); shm_a=$(dt_psql -At -c "SELECT sum(memory_bytes) FROM digitaltwin.worker_stats()")
+t0=$(now_ms)
+dt_psql -c "INSERT INTO digitaltwin.events (model, twin_id, payload)
+            SELECT 'hold', 'dev-' || i, '{\"after\": \"1 day\"}' FROM generate_series(1, $TIMER_TWINS) i" >/dev/null
+wait_idle
+t1=$(now_ms)
+record "arm 1 timer per twin (hold)" "insert-select" "$TIMER_TWINS" $((t1 - t0)) "events re-arming no timer to one each"
+shm_b=$(dt_psql -At -c "SELECT sum(memory_bytes) FROM digitaltwin.worker_stats()")
+ctx_b=$(timer_context_bytes); rss_b=$(rss_anon_kb)
+read -r n_timers disk_bytes <<<"$(dt_psql -At -F ' ' -c "SELECT count(*), pg_total_relation_size('digitaltwin.timer_state') FROM digitaltwin.timer_state")"
+read -r _ n_loaded reload_b <<<"$(reloads)"
+rss_d=$(rss_anon_kb); ctx_d=$(timer_context_bytes)
+disk_per=$(awk "BEGIN{printf \"%.0f\", $disk_bytes / $n_timers}")
+shm_per=$(awk "BEGIN{printf \"%.1f\", ($shm_b - $shm_a) / $n_timers}")
+ctx_per=$(awk "BEGIN{printf \"%.0f\", ($ctx_d - $ctx_a) / $n_timers}")
+ctx_live_per=$(awk "BEGIN{printf \"%.0f\", ($ctx_b - $ctx_a) / $n_timers}")
+rss_per=$(awk "BEGIN{printf \"%.0f\", ($rss_d - $rss_a) * 1024 / $n_timers}")
+rss_live_per=$(awk "BEGIN{printf \"%.0f\", ($rss_b - $rss_a) * 1024 / $n_timers}")
+reload_per=$(awk "BEGIN{printf \"%.2f\", ($reload_b - $reload_a) * 1000 / $n_timers}")
+echo "  $n_timers pending timers on $n_twins twins:"
+echo "    disk: $disk_bytes bytes for timer_state and its index, $disk_per bytes per timer"
+echo "    shared memory: $shm_a -> $shm_b bytes (digitaltwin.stats memory), $shm_per bytes per timer"
+echo "    worker local memory, \"digitaltwin timers\" contexts: $ctx_a -> $ctx_b bytes armed live, $ctx_d after a reload: $ctx_per bytes per timer (live: $ctx_live_per)"
+echo "    worker RssAnon: $rss_a kB -> $rss_b kB armed live, $rss_d kB after a reload: $rss_per bytes per timer (live: $rss_live_per)"
+echo "    reload at restart (slowest worker, median of $REPEAT): $reload_a ms twins only, $reload_b ms with $n_loaded timers: +$reload_per us per timer"
+echo "pending timers,disk,$n_timers,,,$disk_per bytes per timer ($disk_bytes bytes)" >>"$CSV"
+echo "pending timers,shared memory,$n_timers,,,$shm_per bytes per timer ($shm_a -> $shm_b)" >>"$CSV"
+echo "pending timers,worker memory,$n_timers,,,$ctx_per bytes per timer (timers context after reload; live $ctx_live_per); RssAnon $rss_per (live $rss_live_per)" >>"$CSV"
+echo "pending timers,reload,$n_timers,$(awk "BEGIN{printf \"%.3f\", $reload_b / 1000}"),,$reload_a ms twins only -> $reload_b ms with timers (median of $REPEAT restarts)" >>"$CSV"
+summary "disk per pending timer" "$disk_per B" "-" "-"
+summary "shared memory per pending timer" "$shm_per B (stats memory $shm_a -> $shm_b)" "0 by design" "$(met "$shm_b == $shm_a")"
+summary "worker local memory per pending timer" "$ctx_per B (RssAnon $rss_per B)" "-" "-"
+summary "reload of $n_loaded timers at restart" "+$((reload_b - reload_a)) ms ($reload_a -> $reload_b)" "-" "-"
+dt_psql -c "SELECT digitaltwin.drop_model('hold')" >/dev/null
+
+# 2. arming cost: the plpgsql heart-rate model with and without a timer
+# re-armed at every event, COPY end to end, taking turns
+sed "s/^MODEL/heart_rate_timer/" "$DT_DIR/events.tsv" >"$DT_DIR/events_heart_rate_timer.tsv"
+: >"$DT_DIR/arm_plain"; : >"$DT_DIR/arm_timer"; : >"$DT_DIR/arm_ratio"
+for r in $(seq "$REPEAT"); do
+	if [ $((r % 2)) = 1 ]; then
+		a=$(copy_run heart_rate); b=$(copy_run heart_rate_timer)
+	else
+		b=$(copy_run heart_rate_timer); a=$(copy_run heart_rate)
+	fi
+	echo "$a" >>"$DT_DIR/arm_plain"; echo "$b" >>"$DT_DIR/arm_timer"
+	awk "BEGIN{printf \"%.3f\n\", $a / $b}" >>"$DT_DIR/arm_ratio"
+done
+[ "$(dt_psql -At -c "SELECT count(*) FROM digitaltwin.timers WHERE model = 'heart_rate_timer'")" = "$TWINS" ]
+note="median of $REPEAT, taking turns"
+record "digitaltwin heart_rate" "copy" "$EVENTS" "$(median <"$DT_DIR/arm_plain")" "$note"
+record "heart_rate + set_timer" "copy" "$EVENTS" "$(median <"$DT_DIR/arm_timer")" "$note; set_timer at every event"
+arm_ratio=$(median <"$DT_DIR/arm_ratio")
+echo "    with timer / without, per round: $(tr '\n' ' ' <"$DT_DIR/arm_ratio")"
+summary "arming cost: plpgsql model + set_timer, COPY" "$(awk "BEGIN{printf \"%.0f%% slower (ratio %.2f)\", (1 - $arm_ratio) * 100, $arm_ratio}")" "<= 20% slower" "$(met "$arm_ratio >= 0.8")"
+dt_psql -c "SELECT digitaltwin.drop_model('heart_rate_timer')" >/dev/null
+
+# 3. firing: FIRE_TIMERS timers due at the same moment (one per twin),
+# then LATE_RATE due per second for LATE_SECONDS
+arm_at() {	# prefix count "at expression of i"; returns when armed
+	dt_psql -c "INSERT INTO digitaltwin.events (model, twin_id, payload)
+	            SELECT 'fire', '$1-' || i, jsonb_build_object('at', $3)
+	            FROM generate_series(1, $2) i" >/dev/null
+	wait_idle
+	[ "$(dt_psql -At -c "SELECT count(*) FROM digitaltwin.timers WHERE model = 'fire' AND twin_id LIKE '$1-%'")" = "$2" ]
+}
+sleep_until() { local d; d=$(awk "BEGIN{ d = $1 - $(now_s); print (d > 0 ? d : 0) }"); sleep "$d"; }
+: >"$DT_DIR/fire_rates"
+for r in $(seq "$REPEAT"); do
+	at=$(awk "BEGIN{printf \"%.3f\", $(now_s) + $FIRE_LEAD}")
+	arm_at burst "$FIRE_TIMERS" "$at"
+	left=$(awk "BEGIN{printf \"%.1f\", $at - $(now_s)}")
+	base=$(processed_total)
+	sleep_until "$at"
+	t1=$(wait_processed $((base + FIRE_TIMERS)))
+	secs=$(awk "BEGIN{printf \"%.3f\", $t1 - $at}")
+	last=$(dt_psql -At -c "SELECT round(max((state->>'late_ms')::numeric)) FROM digitaltwin.twins WHERE model = 'fire' AND twin_id LIKE 'burst-%'")
+	rate=$(awk "BEGIN{printf \"%.0f\", $FIRE_TIMERS / $secs}")
+	echo "$rate" >>"$DT_DIR/fire_rates"
+	echo "    round $r: $FIRE_TIMERS timers due at once (armed ${left} s ahead): all fired and committed after $secs s, $rate timers/s (last model call at +$last ms)"
+done
+fire_rate=$(median <"$DT_DIR/fire_rates")
+echo "timer fires,due at once,$FIRE_TIMERS,,$fire_rate,median of $REPEAT: $(tr '\n' ' ' <"$DT_DIR/fire_rates")" >>"$CSV"
+summary "firing: $FIRE_TIMERS timers due at once" "$fire_rate timers/s" ">= 50,000/s" "$(met "$fire_rate >= 50000")"
+
+late_n=$((LATE_RATE * LATE_SECONDS))
+: >"$DT_DIR/late"
+for r in $(seq "$REPEAT"); do
+	at=$(awk "BEGIN{printf \"%.3f\", $(now_s) + $FIRE_LEAD}")
+	arm_at late "$late_n" "$at + (i - 1) / $LATE_RATE.0"
+	base=$(processed_total)
+	sleep_until "$at"
+	wait_processed $((base + late_n)) >/dev/null
+	l=$(dt_psql -At -F ' ' -c "SELECT count(*),
+	        round(percentile_cont(0.5) WITHIN GROUP (ORDER BY l)::numeric, 1),
+	        round(percentile_cont(0.99) WITHIN GROUP (ORDER BY l)::numeric, 1),
+	        round(max(l)::numeric, 1)
+	    FROM (SELECT (state->>'late_ms')::float8 AS l FROM digitaltwin.twins
+	          WHERE model = 'fire' AND twin_id LIKE 'late-%' AND state ? 'late_ms') s")
+	echo "$l" >>"$DT_DIR/late"
+	read -r n p50 p99 mx <<<"$l"
+	echo "    round $r: $n timers due at $LATE_RATE/s over $LATE_SECONDS s, due -> model call: p50 $p50 ms p99 $p99 ms max $mx ms"
+done
+late_p50=$(awk '{ print $2 }' "$DT_DIR/late" | median)
+late_p99=$(awk '{ print $3 }' "$DT_DIR/late" | median)
+late_max=$(awk '{ print $4 }' "$DT_DIR/late" | median)
+echo "timer lateness,$LATE_RATE due/s,$late_n,,,median of $REPEAT: p50 $late_p50 ms p99 $late_p99 ms max $late_max ms" >>"$CSV"
+summary "lateness at $LATE_RATE due/s (due -> model call)" "p50 $late_p50 ms, p99 $late_p99 ms, max $late_max ms" "p99 <= 50 ms" "$(met "$late_p99 <= 50")"
+dt_psql -c "SELECT digitaltwin.drop_model('fire')" >/dev/null
+
+fi
+
+if part messages; then
+echo "== messages: car -> region (two hops) against the cars alone (one hop), COPY end to end"
+cat >"$DT_DIR/message_models.sql" <<'EOS'
+-- the same car, alone and reporting to its region; the region sums
+CREATE FUNCTION car_solo(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1, 'speed', event->'speed');
+END $$;
+CREATE FUNCTION car(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM digitaltwin.send('region', event->>'region',
+                             jsonb_build_object('car', twin_id, 'speed', event->'speed'));
+    RETURN jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1, 'speed', event->'speed');
+END $$;
+CREATE FUNCTION region(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1,
+                              'sum', coalesce((state->>'sum')::bigint, 0) + (event->>'speed')::int);
+END $$;
+SELECT digitaltwin.create_model('car_solo', 'car_solo(text,jsonb,jsonb)');
+SELECT digitaltwin.create_model('car', 'car(text,jsonb,jsonb)');
+SELECT digitaltwin.create_model('region', 'region(text,jsonb,jsonb)');
+EOS
+dt_psql -f "$DT_DIR/message_models.sql" >/dev/null
+dt_psql -c "COPY (SELECT 'MODEL', 'car-' || c, jsonb_build_object('speed', 50 + i % 90, 'region', 'region-' || c % $REGIONS)
+                  FROM (SELECT i, 1 + (i * 7919) % $TWINS AS c FROM generate_series(1, $EVENTS) i) s)
+            TO '$DT_DIR/cars.tsv'"
+for m in car car_solo; do
+	sed "s/^MODEL/$m/" "$DT_DIR/cars.tsv" >"$DT_DIR/events_$m.tsv"
+done
+region_n() { dt_psql -At -c "SELECT coalesce(sum((state->>'n')::bigint), 0) FROM digitaltwin.twins WHERE model = 'region'"; }
+: >"$DT_DIR/hop1"; : >"$DT_DIR/hop2"; : >"$DT_DIR/hop_ratio"
+for r in $(seq "$REPEAT"); do
+	if [ $((r % 2)) = 1 ]; then
+		a=$(copy_run car_solo); n0=$(region_n); b=$(copy_run car)
+	else
+		n0=$(region_n); b=$(copy_run car); a=$(copy_run car_solo)
+	fi
+	n1=$(region_n)
+	# wait_idle waits for the messages: all there when it returned
+	[ $((n1 - n0)) = "$EVENTS" ] || { echo "    region twins got $((n1 - n0)) of $EVENTS messages after wait_idle" >&2; exit 1; }
+	echo "$a" >>"$DT_DIR/hop1"; echo "$b" >>"$DT_DIR/hop2"
+	awk "BEGIN{printf \"%.3f\n\", $a / $b}" >>"$DT_DIR/hop_ratio"
+done
+note="median of $REPEAT, taking turns"
+record "cars alone (one hop)" "copy" "$EVENTS" "$(median <"$DT_DIR/hop1")" "$note"
+record "car -> region (two hops)" "copy" "$EVENTS" "$(median <"$DT_DIR/hop2")" "$note; one message per event, $REGIONS regions"
+hop_ratio=$(median <"$DT_DIR/hop_ratio")
+echo "    two hops / one hop, per round: $(tr '\n' ' ' <"$DT_DIR/hop_ratio")"
+summary "two-hop chain (car -> region) / one hop" "$hop_ratio" ">= 0.5" "$(met "$hop_ratio >= 0.5")"
+for m in car car_solo region; do dt_psql -c "SELECT digitaltwin.drop_model('$m')" >/dev/null; done
+
+fi
+
+if part outbox; then
+echo "== outbox: event commit -> gateway has the command, $OUTBOX_RATE commands/s"
+dt_psql -c "CREATE FUNCTION cmd(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+            LANGUAGE plpgsql AS \$\$
+            BEGIN
+                PERFORM digitaltwin.send_to_source(jsonb_build_object('seq', event->'seq'));
+                RETURN jsonb_build_object('seq', event->'seq');
+            END \$\$;
+            SELECT digitaltwin.create_model('cmd', 'cmd(text,jsonb,jsonb)')" >/dev/null
+gcc -O2 -o "$DT_DIR/outbox_latency" "$ROOT/bench/outbox_latency.c" \
+	-I"$("$PG_CONFIG" --includedir)" -L"$("$PG_CONFIG" --libdir)" -lpq
+: >"$DT_DIR/outbox"
+for r in $(seq "$REPEAT"); do
+	out=$("$DT_DIR/outbox_latency" "$DT_CONN" cmd "$OUTBOX_RATE" "$OUTBOX_COUNT" "$OUTBOX_SENDERS") || true
+	echo "    round $r: $out"
+	# p50, p99 and max from commit acknowledged to the gateway having it
+	sed -E 's/.*commit acknowledged to gateway has it: p50 ([0-9.]+) ms p90 [0-9.]+ ms p99 ([0-9.]+) ms max ([0-9.]+) ms.*/\1 \2 \3/' <<<"$out" >>"$DT_DIR/outbox"
+done
+ob_p50=$(awk '{ print $1 }' "$DT_DIR/outbox" | median)
+ob_p99=$(awk '{ print $2 }' "$DT_DIR/outbox" | median)
+ob_max=$(awk '{ print $3 }' "$DT_DIR/outbox" | median)
+echo "outbox latency,$OUTBOX_RATE commands/s,$OUTBOX_COUNT,,,median of $REPEAT: p50 $ob_p50 ms p99 $ob_p99 ms max $ob_max ms (commit acknowledged -> take_outbox returned it)" >>"$CSV"
+summary "outbox at $OUTBOX_RATE/s: commit -> gateway has it" "p50 $ob_p50 ms, p99 $ob_p99 ms, max $ob_max ms" "p99 <= 10 ms" "$(met "$ob_p99 <= 10")"
+wait_idle
+dt_psql -c "SELECT digitaltwin.drop_model('cmd')" >/dev/null
+
+fi
+
+if [ ${#SUMMARY[@]} -gt 0 ]; then
+echo "== timers, messages, outbox (medians of $REPEAT)"
+printf '  %-46s %-44s %-14s %s\n' measure figure target met
+printf '%s\n' "${SUMMARY[@]}"
 fi
 
 echo "== ratios"
