@@ -152,4 +152,5 @@ like( $node->safe_psql('postgres',
 	qr/only cars send to regions/, 'an event sent to a region directly is dead-lettered');
 
 $node->stop;
+note("speeding $speeding exits $exits moves $moves regions $regions");
 done_testing();

@@ -79,7 +79,7 @@ BEGIN
         lon := lon0 + (random() - 0.5) * 10 / km_lon;
         heading := random() * 2 * pi();
         speed := 30 + random() * 70;
-        push := CASE WHEN random() < 0.3 THEN 12 ELSE 0 END;  -- a lead foot
+        push := CASE WHEN random() < 0.25 THEN 8 ELSE 0 END;  -- a lead foot
         t := start + random() * interval '10 minutes';
         FOR k IN 1..positions LOOP
             reading := reading + 1;
@@ -87,7 +87,7 @@ BEGIN
             VALUES (reading, car, t, lat, lon, round(speed));
             -- 20 s later
             heading := heading + (random() - 0.5) * 1.2;
-            speed := least(170, greatest(20, speed + (random() - 0.45) * 30 + push * random()));
+            speed := least(170, greatest(20, speed + (random() - 0.5) * 25 + push * random()));
             lat := lat + speed * 20 / 3600 * cos(heading) / km_lat;
             lon := lon + speed * 20 / 3600 * sin(heading) / km_lon;
             t := t + interval '20 seconds';
