@@ -3,7 +3,9 @@
 # extension preloaded, the heart-rate monitor (plpgsql and C models)
 # streaming readings of 50 patients, alerts printed as their NOTIFY
 # arrives, and a summary query over the live twins; then the card fraud
-# example judging transactions on their own timestamps.
+# example judging transactions on their own timestamps; a timer alert
+# (healthcare: a wearable stops sending) and a command arriving at a
+# gateway (rental car: a speeding car is told to slow down).
 #
 #   bash scripts/demo.sh            (as root on Debian, or as a user who can
 #                                    run make install)
@@ -21,8 +23,10 @@ dt_install_deps
 dt_build_install "$ROOT"
 
 LISTENER_PID=
+GATEWAY_PID=
 cleanup() {
 	[ -n "$LISTENER_PID" ] && kill "$LISTENER_PID" 2>/dev/null || true
+	[ -n "$GATEWAY_PID" ] && kill "$GATEWAY_PID" 2>/dev/null || true
 	dt_instance_stop
 }
 trap cleanup EXIT
@@ -119,5 +123,57 @@ FROM (SELECT card, count(*) AS transactions FROM card_fraud_transactions
 JOIN digitaltwin.twins t ON t.model = 'card_fraud' AND t.twin_id = c.card
 LEFT JOIN digitaltwin.alerts a ON a.model = 'card_fraud' AND a.twin_id = c.card
 ORDER BY c.card, a.id;
+EOSQL
+
+echo "== timers (examples/healthcare): 4 wearables, one reading every 0.25 s for 2 s; two stop early"
+psql_demo -c "SET client_min_messages = warning" -f "$ROOT/examples/healthcare/model.sql" \
+	-c "UPDATE healthcare_settings SET silence_s = 1, summary_s = 0.5" \
+	-v patients=4 -v rounds=8 -v every=0.25 -f "$ROOT/examples/healthcare/generate.sql" >/dev/null
+# no reading for 1 s: each silent wearable's timer fires; the others are
+# discharged (timers cancelled).  Nothing to wait on but time: poll.
+for _ in $(seq 1 100); do
+	[ "$(psql_demo -At -c "SELECT count(*) FROM digitaltwin.timers WHERE model = 'healthcare'")" = 0 ] && break
+	sleep 0.1
+done
+psql_demo <<'EOSQL'
+SELECT a.twin_id, a.severity, a.message,
+       round(extract(epoch FROM a.raised_at - h.committed_by)::numeric, 1) AS after_last_reading_s
+FROM digitaltwin.alerts a
+LEFT JOIN healthcare_readings h ON h.reading = (a.details->>'last_reading')::bigint
+WHERE a.model = 'healthcare' AND a.details->>'rule' <> 'summary'
+ORDER BY a.id;
+SELECT twin_id, count(*) AS summaries, sum((details->>'readings')::int) AS readings_summarised
+FROM digitaltwin.alerts WHERE model = 'healthcare' AND details->>'rule' = 'summary'
+GROUP BY twin_id ORDER BY twin_id;
+EOSQL
+
+echo "== commands (examples/rental_car): a gateway LISTENs on digitaltwin_outbox; car-01 speeds"
+psql_demo -c "SET client_min_messages = warning" -f "$ROOT/examples/rental_car/model.sql" \
+	-v cars=5 -v positions=0 -v queue=off -f "$ROOT/examples/rental_car/generate.sql" \
+	-c "CREATE ROLE demo_gateway LOGIN IN ROLE digitaltwin_gateway" >/dev/null
+gcc -O2 -o "$DIR/gateway" "$ROOT/examples/rental_car/gateway.c" \
+	-I"$("$PG_CONFIG" --includedir)" -L"$("$PG_CONFIG" --libdir)" -lpq
+# two commands expected (150 and 165 km/h are over any driver's limit)
+"$DIR/gateway" "$CONN user=demo_gateway" rental_car 2 20 >"$DIR/gateway.out" 2>"$DIR/gateway.err" &
+GATEWAY_PID=$!
+for _ in $(seq 1 100); do
+	grep -q listening "$DIR/gateway.err" && break
+	sleep 0.1
+done
+psql_demo <<'EOSQL'
+SELECT r.car_id, d.age, d.points, d.accidents FROM rentals r JOIN drivers d USING (driver_id)
+WHERE r.car_id = 'car-01';
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES
+    ('rental_car', 'car-01', '{"reading": 1, "lat": 45.76, "lon": 4.84, "speed": 70}'),
+    ('rental_car', 'car-01', '{"reading": 2, "lat": 45.77, "lon": 4.85, "speed": 150}'),
+    ('rental_car', 'car-01', '{"reading": 3, "lat": 45.81, "lon": 4.86, "speed": 165}');
+EOSQL
+wait "$GATEWAY_PID" || { cat "$DIR/gateway.err" >&2; exit 1; }
+GATEWAY_PID=
+echo "-- the gateway printed:"
+cat "$DIR/gateway.out"
+psql_demo <<'EOSQL'
+SELECT twin_id AS region, state->'count' AS cars, state->'cars' AS speeds
+FROM digitaltwin.twins WHERE model = 'rental_region' ORDER BY twin_id;
 EOSQL
 echo "== done; the instance is removed"
