@@ -30,6 +30,7 @@ CREATE TABLE digitaltwin.timer_state (
     every    interval,
     payload  jsonb NOT NULL,
     fire_id  bigint NOT NULL,   -- the id its fire will have (events_id_seq)
+    depth    integer NOT NULL,  -- its fire's depth in a chain of messages
     PRIMARY KEY (model_id, twin_id, name)
 ) WITH (fillfactor = 50);   -- room for HOT updates: re-armed at every event
 

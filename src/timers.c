@@ -79,6 +79,7 @@ PG_FUNCTION_INFO_V1(digitaltwin_cancel_timer_sql);
 #define DT_TIMER_ATT_EVERY		5
 #define DT_TIMER_ATT_PAYLOAD	6
 #define DT_TIMER_ATT_FIRE_ID	7
+#define DT_TIMER_ATT_DEPTH		8
 
 /*
  * A timer's name: model, twin and timer name.  The strings are compared,
@@ -127,6 +128,7 @@ typedef struct DtTimerOp
 	Interval	every;
 	Jsonb	   *payload;
 	int64		fire_id;		/* id of its fire (see dt_timers_persist) */
+	int32		depth;			/* of the event that armed it (see set_timer) */
 	bool		committed;		/* in the index when the batch started */
 	bool		claimed;		/* its row was deleted by this batch's claim */
 	dlist_node	twin_node;		/* in the batch's list of its twin's ops */
@@ -146,6 +148,7 @@ typedef struct DtTimerUndo
 	bool		has_every;
 	Interval	every;
 	Jsonb	   *payload;
+	int32		depth;
 } DtTimerUndo;
 
 /* the index, in index_cxt */
@@ -475,6 +478,7 @@ dt_timer_op(const DtTimerKey *key, bool create)
 		op->due_at = 0;
 		op->has_every = false;
 		op->payload = NULL;
+		op->depth = 0;
 		op->committed = index_valid &&
 			hash_search(index_timers, key, HASH_FIND, NULL) != NULL;
 		op->claimed = false;
@@ -525,6 +529,7 @@ dt_timer_save_undo(DtTimerOp *op)
 	u->has_every = op->has_every;
 	u->every = op->every;
 	u->payload = op->payload;
+	u->depth = op->depth;
 }
 
 int
@@ -545,6 +550,7 @@ dt_timers_undo_to(int mark)
 		u->op->has_every = u->has_every;
 		u->op->every = u->every;
 		u->op->payload = u->payload;
+		u->op->depth = u->depth;
 	}
 }
 
@@ -660,6 +666,12 @@ digitaltwin_set_timer(const char *name, const Interval *after,
 	old = MemoryContextSwitchTo(batch_cxt);
 	op->state = DT_OP_ARMED;
 	op->due_at = due_at;
+	/*
+	 * The fire is as deep in a chain of messages as the event that armed
+	 * it: a model answering each message with a timer, and each fire with a
+	 * message, must meet digitaltwin.max_message_depth too.
+	 */
+	op->depth = ev->depth;
 	op->has_every = (every != NULL);
 	if (every != NULL)
 		op->every = *every;
@@ -769,37 +781,53 @@ dt_timers_twin_ended(int32 model_id, const char *twin_id)
  */
 
 /*
+ * The length of a positive interval in microseconds, months taken as 30
+ * days and days as 24 hours: what interval_cmp() compares, so it is at
+ * least 1 for an interval set_timer() accepted as a period.
+ */
+static int64
+dt_interval_usecs(const Interval *iv)
+{
+	double		us = (double) iv->time + (double) iv->day * USECS_PER_DAY +
+		(double) iv->month * DAYS_PER_MONTH * USECS_PER_DAY;
+
+	return us < 1 ? 1 : (us > (double) PG_INT64_MAX / 2 ? PG_INT64_MAX / 2 : (int64) us);
+}
+
+/*
  * The next due time of a timer that fires now: none for a one-shot timer
- * (or a recurring one whose next period is past the end of time), else
- * its first period after now.
+ * (or a recurring one whose next period is past the end of time), else its
+ * first period after now.  Periods missed (the server was down) are
+ * skipped, not fired in a burst.  Calendar arithmetic can step backwards
+ * ('1 month -29 days' from the end of January): such a step is replaced by
+ * the period's length, so the loop always moves on, and after 1000 periods
+ * the rest is skipped at once.  Never fails: it runs after the model.
  */
 static void
 dt_timer_advance(DtTimerOp *op, TimestampTz now)
 {
-	TimestampTz next;
+	TimestampTz next = op->due_at;
+	int64		step = op->has_every ? dt_interval_usecs(&op->every) : 0;
 	int			periods = 0;
 
-	if (!op->has_every || !dt_timestamp_plus(op->due_at, &op->every, &next))
+	while (op->has_every && next <= now)
 	{
-		op->state = DT_OP_GONE;
-		return;
-	}
-	/* missed periods are skipped, not fired in a burst */
-	while (next <= now)
-	{
+		TimestampTz after;
+
 		if (++periods > 1000)
 		{
-			if (!dt_timestamp_plus(now, &op->every, &next))
-				next = DT_NOEND;
-			break;
+			double		jump = (double) next + ((double) ((now - next) / step) + 1) * step;
+
+			if (jump > (double) END_TIMESTAMP - USECS_PER_DAY)
+				break;
+			next = next + ((now - next) / step + 1) * step;
+			continue;
 		}
-		if (!dt_timestamp_plus(next, &op->every, &next))
-		{
-			next = DT_NOEND;
+		if (!dt_timestamp_plus(next, &op->every, &after))
 			break;
-		}
+		next = (after > next) ? after : next + step;
 	}
-	if (next == DT_NOEND)
+	if (!op->has_every || next <= now)
 	{
 		op->state = DT_OP_GONE;
 		return;
@@ -922,6 +950,7 @@ dt_timer_claimed(DtEvent *ev, DtTimer *t, DtTimerRows *r, DtModel *model)
 	ev->event_time = ev->timer_due;
 	ev->payload = DatumGetJsonbPCopy(slot_getattr(r->slot, DT_TIMER_ATT_PAYLOAD, &isnull));
 	ev->id = DatumGetInt64(slot_getattr(r->slot, DT_TIMER_ATT_FIRE_ID, &isnull));
+	ev->depth = DatumGetInt32(slot_getattr(r->slot, DT_TIMER_ATT_DEPTH, &isnull));
 
 	op = dt_timer_op(&t->key, true);
 	op->state = DT_OP_FIRING;
@@ -930,6 +959,7 @@ dt_timer_claimed(DtEvent *ev, DtTimer *t, DtTimerRows *r, DtModel *model)
 	op->due_at = ev->timer_due;
 	op->payload = ev->payload;
 	op->fire_id = ev->id;
+	op->depth = ev->depth;
 	d = slot_getattr(r->slot, DT_TIMER_ATT_EVERY, &isnull);
 	op->has_every = !isnull;
 	if (!isnull)
@@ -1023,12 +1053,13 @@ typedef struct DtTimerArrays
 	bool	   *every_nulls;
 	Datum	   *payloads;
 	Datum	   *fire_ids;
+	Datum	   *depths;
 } DtTimerArrays;
 
 static void
 dt_timer_upsert(DtTimerArrays *a)
 {
-	Datum		args[7];
+	Datum		args[8];
 	int			dims[1];
 	int			lbs[1] = {1};
 	int			ret;
@@ -1037,18 +1068,20 @@ dt_timer_upsert(DtTimerArrays *a)
 		return;
 	if (upsert_plan == NULL)
 	{
-		Oid			types[7] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TIMESTAMPTZARRAYOID, INTERVALARRAYOID, JSONBARRAYOID, INT8ARRAYOID};
+		Oid			types[8] = {INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TIMESTAMPTZARRAYOID, INTERVALARRAYOID, JSONBARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
 
 		upsert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.timer_state "
-										  "(model_id, twin_id, name, due_at, every, payload, fire_id) "
+										  "(model_id, twin_id, name, due_at, every, payload, fire_id, depth) "
 										  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
 										  "pg_catalog.unnest($3), pg_catalog.unnest($4), "
-										  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7)) "
+										  "pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7), "
+										  "pg_catalog.unnest($8)) "
 										  "ON CONFLICT (model_id, twin_id, name) DO UPDATE "
 										  "SET due_at = EXCLUDED.due_at, every = EXCLUDED.every, "
-										  "payload = EXCLUDED.payload, fire_id = EXCLUDED.fire_id",
-										  7, types);
+										  "payload = EXCLUDED.payload, fire_id = EXCLUDED.fire_id, "
+										  "depth = EXCLUDED.depth",
+										  8, types);
 	}
 	dims[0] = a->n;
 	args[0] = PointerGetDatum(construct_array(a->model_ids, a->n, INT4OID, 4, true, TYPALIGN_INT));
@@ -1062,6 +1095,7 @@ dt_timer_upsert(DtTimerArrays *a)
 	args[5] = PointerGetDatum(construct_array(a->payloads, a->n, JSONBOID, -1, false, TYPALIGN_INT));
 	args[6] = PointerGetDatum(construct_array(a->fire_ids, a->n, INT8OID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[7] = PointerGetDatum(construct_array(a->depths, a->n, INT4OID, 4, true, TYPALIGN_INT));
 	ret = SPI_execute_plan(upsert_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT || SPI_processed != (uint64) a->n)
 		elog(ERROR, "digitaltwin: wrote " UINT64_FORMAT " of %d timers", SPI_processed, a->n);
@@ -1104,6 +1138,7 @@ dt_timers_persist(void)
 	a.every_nulls = palloc(sizeof(bool) * n);
 	a.payloads = palloc(sizeof(Datum) * n);
 	a.fire_ids = palloc(sizeof(Datum) * n);
+	a.depths = palloc(sizeof(Datum) * n);
 	seq = dt_extension_relid("events_id_seq");
 
 	hash_seq_init(&status, ops);
@@ -1136,6 +1171,7 @@ dt_timers_persist(void)
 				if (op->state == DT_OP_ARMED)
 					op->fire_id = nextval_internal(seq, false);
 				a.fire_ids[a.n] = Int64GetDatum(op->fire_id);
+				a.depths[a.n] = Int32GetDatum(op->depth);
 				a.bytes += VARSIZE(op->payload);
 				a.n++;
 				if (a.bytes >= DT_FLUSH_BYTES)

@@ -259,6 +259,71 @@ dt_check_state(DtModel *model, Datum state)
 	}
 }
 
+/*
+ * What a model stages besides its state (alerts, outbox commands, timers)
+ * lives in the worker's memory, not in the database: a subtransaction the
+ * model rolls back itself (a plpgsql EXCEPTION block) must take back what
+ * was staged inside it, as it takes back the model's own INSERTs.  The
+ * marks of each subtransaction a model opens are kept here, and an abort
+ * rewinds the staging to them.  (The runs' own subtransactions are opened
+ * outside model calls and are not tracked: their undo is dt_run_segment's.)
+ */
+typedef struct DtSubMark
+{
+	SubTransactionId subid;
+	int			alerts;
+	int			outbox;
+	int			timers;
+} DtSubMark;
+
+static DtSubMark *submarks = NULL;	/* in TopMemoryContext, grown on start */
+static int	nsubmarks = 0;
+static int	submarks_size = 0;
+
+static void
+dt_worker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						   SubTransactionId parentSubid, void *arg)
+{
+	DtSubMark  *m;
+
+	if (dt_current_event == NULL)
+		return;
+	switch (event)
+	{
+		case SUBXACT_EVENT_START_SUB:
+			if (nsubmarks == submarks_size)
+			{
+				submarks_size = Max(submarks_size * 2, 8);
+				submarks = submarks == NULL ?
+					MemoryContextAlloc(TopMemoryContext, sizeof(DtSubMark) * submarks_size) :
+					repalloc(submarks, sizeof(DtSubMark) * submarks_size);
+			}
+			m = &submarks[nsubmarks++];
+			m->subid = mySubid;
+			m->alerts = dt_alerts_mark();
+			m->outbox = dt_outbox_mark();
+			m->timers = dt_timers_undo_mark();
+			break;
+		case SUBXACT_EVENT_COMMIT_SUB:
+		case SUBXACT_EVENT_ABORT_SUB:
+			/* subtransactions end innermost first */
+			while (nsubmarks > 0 && submarks[nsubmarks - 1].subid > mySubid)
+				nsubmarks--;
+			if (nsubmarks == 0 || submarks[nsubmarks - 1].subid != mySubid)
+				break;
+			m = &submarks[--nsubmarks];
+			if (event == SUBXACT_EVENT_ABORT_SUB)
+			{
+				dt_alerts_undo_to(m->alerts);
+				dt_outbox_undo_to(m->outbox);
+				dt_timers_undo_to(m->timers);
+			}
+			break;
+		default:
+			break;
+	}
+}
+
 static void
 dt_apply_event(DtEvent *ev)
 {
@@ -308,6 +373,7 @@ dt_apply_event(DtEvent *ev)
 	old = MemoryContextSwitchTo(event_cxt);
 	current.model = model;
 	current.event = ev;
+	nsubmarks = 0;
 	dt_current_event = &current;
 	args[0] = CStringGetTextDatum(ev->twin_id);
 
@@ -1016,6 +1082,7 @@ dt_worker_note_resource_failure(ErrorData *edata)
 static void
 dt_worker_recover(void)
 {
+	DtBatchPhase failed_phase;
 	ErrorData  *edata;
 	bool		out_of_memory;
 
@@ -1041,6 +1108,7 @@ dt_worker_recover(void)
 	 * took, and a reload would free this partition's twins for the other
 	 * workers to take, leaving it unable to load them again.
 	 */
+	failed_phase = phase;
 	if (phase != DT_PHASE_IDLE &&
 		!(phase == DT_PHASE_WORKING && edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY))
 		need_rebuild = true;
@@ -1049,6 +1117,9 @@ dt_worker_recover(void)
 	SpinLockAcquire(&my_slot->mutex);
 	strlcpy(my_slot->last_error, edata->message ? edata->message : "unknown error",
 			sizeof(my_slot->last_error));
+	/* the batch may have committed messages it will never count */
+	if (failed_phase == DT_PHASE_COMMITTING || failed_phase == DT_PHASE_PUBLISHING)
+		my_slot->message_batches++;
 	SpinLockRelease(&my_slot->mutex);
 	dt_worker_end_batch(false, 0, false);
 	out_of_memory = dt_worker_note_resource_failure(edata);
@@ -1109,6 +1180,7 @@ digitaltwin_worker_main(Datum main_arg)
 			dt_doom_event(stopped[i], DT_DOOM_STOPPED, ERRCODE_QUERY_CANCELED, NULL);
 	}
 	before_shmem_exit(dt_worker_exit, (Datum) 0);
+	RegisterSubXactCallback(dt_worker_subxact_callback, NULL);
 
 	dt_attach_store();
 	dt_register_cache_callbacks();
