@@ -37,15 +37,15 @@ WHERE digitaltwin.partition_of(t, 2) = digitaltwin.partition_of('a', 2) LIMIT 1 
 -- a period the timestamp range cannot hold (positive, so accepted)
 SELECT digitaltwin.send('rv', 'a', '{"arm": "huge", "after": "0.2s", "every": "300000 years"}') > 0 AS sent;
 SELECT digitaltwin.wait_idle('20s');
-SELECT name, every FROM digitaltwin.timers;
 -- the fire is due now; then an ordinary event of the same partition
 SELECT pg_sleep(0.5);
 SELECT digitaltwin.send('rv', :'other', '{}') > 0 AS sent;
--- expected: true (the event is processed, the fire dead-lettered)
+-- expected: the partition goes on
 SELECT digitaltwin.wait_idle('5s') AS idle;
 SELECT count(*) AS other_processed FROM rv_seen WHERE twin_id = :'other';
-SELECT twin_id, sqlstate, error FROM digitaltwin.dead_letters WHERE model = 'rv';
-SELECT worker, last_error FROM digitaltwin.stats WHERE last_error <> '' ;
+-- (the fix may refuse the period when armed, or dead-letter the fire)
+SELECT count(*) BETWEEN 0 AND 1 AS at_most_one_dead_letter FROM digitaltwin.dead_letters WHERE model = 'rv';
+SELECT count(*) AS workers_in_error FROM digitaltwin.stats WHERE last_error <> '';
 SELECT count(*) AS events_stuck FROM digitaltwin.events;
 -- clean up: dropping the model frees the partition
 SELECT digitaltwin.drop_model('rv');
