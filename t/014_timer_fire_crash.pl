@@ -1,4 +1,4 @@
-# Review of issue 13: a timer fire interrupted by kill -9 between its claim
+# A timer fire interrupted by kill -9 between its claim
 # (the row's delete) and the batch's commit fires again after the restart,
 # once: the twin counts one fire, the outbox holds one command of it, and
 # the timer is gone.

@@ -1,10 +1,8 @@
-# Review of issue 13: a due timer keeps a batch that runs out of shared
-# memory from ever shrinking to one event.  After a resource failure the
-# worker halves careful_limit down to 1 and dooms the event of a batch of
-# ONE (batch_nevents == 1).  But dt_timers_claim() adds up to 'limit' due
-# timers on top of the 'limit' queued events: at careful_limit = 1 a batch
-# is 1 event + 1 fire = 2, fails, careful_limit = 2 / 2 = 1 again ... for
-# ever, with no backoff (a busy loop).
+# Running out of shared memory with a timer due: after a failure for want
+# of memory the worker halves its batches down to a single event and
+# dead-letters that one (careful_limit); due timers must not keep a batch
+# from shrinking (they go in batches of their own meanwhile), or the worker
+# retries the same failing batch for ever.
 use strict;
 use warnings;
 

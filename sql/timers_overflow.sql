@@ -1,9 +1,8 @@
 --
--- Review of issue 13: a recurring timer whose period overflows the
--- timestamp range when it is advanced.  dt_timer_advance() is called once
--- inside the fire's run (the fire is dead-lettered) and once more by
--- dt_timers_fire_failed() outside any subtransaction: the batch fails, is
--- retried, claims the timer again, fails again... the partition stalls.
+-- A recurring timer whose period would overflow the range of timestamps:
+-- refused when it is armed (the arming event is dead-lettered), never an
+-- error after the model (which would fail the batch for every twin of the
+-- partition, at every retry).  The other twins go on.
 --
 CREATE TABLE rv_seen (twin_id text, kind text, at timestamptz DEFAULT clock_timestamp());
 GRANT INSERT ON rv_seen TO PUBLIC;

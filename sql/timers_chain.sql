@@ -1,14 +1,12 @@
 --
--- Review of issue 13: two ways a model escapes what the contract bounds.
---
--- 1. A timer's fire starts a new chain (depth 0): a model that answers a
---    message with set_timer(.., '0') and the fire with send() runs a chain
---    of messages far past digitaltwin.max_message_depth (16), with no
---    dead letter, and wait_idle() reports idle while the chain runs.
--- 2. A model's own EXCEPTION block that rolls back does not roll back
---    set_timer(), cancel_timer() or send_to_source() (they are staged in
---    worker memory, undone only when the whole model call fails), while a
---    send() or an INSERT in that block is rolled back.
+-- What the contract bounds, through timers:
+-- 1. A timer's fire is as deep in a chain of messages as the event that
+--    armed it: a model that answers a message with set_timer(.., '0') and
+--    the fire with send() is cut at digitaltwin.max_message_depth, with a
+--    dead letter, like a chain of messages alone.
+-- 2. A model's own EXCEPTION block that rolls back takes back set_timer(),
+--    send_to_source() (and alert()) with it, as it takes back a send() or
+--    an INSERT made in that block.
 --
 CREATE TABLE rc_seen (twin_id text, kind text, hop int);
 GRANT INSERT ON rc_seen TO PUBLIC;
@@ -23,6 +21,7 @@ BEGIN
         PERFORM pg_sleep(0.05);
     END LOOP;
 END $$;
+
 -- event/timer -> send a message to itself; message -> arm a timer due now
 CREATE FUNCTION rc_chain(twin_id text, state jsonb, event jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -41,57 +40,18 @@ BEGIN
     RETURN jsonb_build_object('hop', hop);
 END $$;
 SELECT digitaltwin.create_model('rc_chain', 'rc_chain(text,jsonb,jsonb)');
- create_model 
---------------
- 
-(1 row)
-
 SHOW digitaltwin.max_message_depth;
- digitaltwin.max_message_depth 
--------------------------------
- 16
-(1 row)
-
 SELECT digitaltwin.send('rc_chain', 'c', '{}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 -- wait_idle() may return while the chain waits in a timer (pending timers
 -- are not waited for); wait for the chain to end either way
 SELECT digitaltwin.wait_idle('30s') AS idle;
- idle 
-------
- t
-(1 row)
-
 SELECT rc_wait_for($$(SELECT max(hop) = 60 FROM rc_seen)
                    OR (SELECT count(*) > 0 FROM digitaltwin.dead_letters WHERE model = 'rc_chain')$$)
        AS chain_ended;
- chain_ended 
--------------
- t
-(1 row)
-
 -- expected (contract): cut at max_message_depth, with a dead letter
 SELECT max(hop) <= 2 * 16 + 1 AS chain_cut FROM rc_seen;
- chain_cut 
------------
- t
-(1 row)
-
 SELECT count(*) > 0 AS dead_lettered FROM digitaltwin.dead_letters WHERE model = 'rc_chain';
- dead_lettered 
----------------
- t
-(1 row)
-
 SELECT digitaltwin.drop_model('rc_chain');
- drop_model 
-------------
- 
-(1 row)
 
 -- 2. rolled back by the model, kept by the extension
 CREATE TABLE rc_side (twin_id text);
@@ -111,39 +71,14 @@ BEGIN
     RETURN '{}';
 END $$;
 SELECT digitaltwin.create_model('rc_try', 'rc_try(text,jsonb,jsonb)');
- create_model 
---------------
- 
-(1 row)
-
 SELECT digitaltwin.send('rc_try', 't', '{}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 SELECT digitaltwin.wait_idle('30s');
- wait_idle 
------------
- t
-(1 row)
-
 -- expected: all 0
 SELECT (SELECT count(*) FROM rc_side) AS rows_inserted,
        (SELECT count(*) FROM digitaltwin.twins WHERE model = 'rc_try' AND twin_id = 'other') AS messages,
        (SELECT count(*) FROM digitaltwin.timers WHERE model = 'rc_try') AS timers_armed,
        (SELECT count(*) FROM digitaltwin.outbox WHERE model = 'rc_try') AS commands_sent;
- rows_inserted | messages | timers_armed | commands_sent 
----------------+----------+--------------+---------------
-             0 |        0 |            0 |             0
-(1 row)
-
 SELECT digitaltwin.drop_model('rc_try');
- drop_model 
-------------
- 
-(1 row)
-
 DELETE FROM digitaltwin.outbox;
 DELETE FROM digitaltwin.dead_letters;
 DROP TABLE rc_seen, rc_side;

@@ -1,5 +1,5 @@
 --
--- Review of issue 13 (held): a fire and events of its twin in the same
+-- A fire and events of its twin in the same
 -- batch.  The events were queued before the timer's due time, so they come
 -- first: the twin ends (its timers with it) and is created again; the fire
 -- is dropped, and nothing of the old twin's timer survives.
@@ -34,165 +34,42 @@ BEGIN
     RETURN jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1);
 END $$;
 SELECT digitaltwin.create_model('rb', 'rb_model(text,jsonb,jsonb)');
- create_model 
---------------
- 
-(1 row)
-
 SELECT t AS slow FROM generate_series(1, 100) g, LATERAL (SELECT 's' || g AS t) x
 WHERE digitaltwin.partition_of(t, 2) = digitaltwin.partition_of('a', 2) LIMIT 1 \gset
+
 SELECT digitaltwin.send('rb', 'a', '{"arm": "x", "after": "2s"}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 SELECT digitaltwin.wait_idle('20s');
- wait_idle 
------------
- t
-(1 row)
-
 -- hold the worker past the due time
 SELECT digitaltwin.send('rb', :'slow', '{"sleep": 4}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 SELECT rb_wait_for($$(SELECT count(*) = 1 FROM pg_stat_activity
                       WHERE backend_type = 'digitaltwin worker' AND wait_event = 'PgSleep')$$);
- rb_wait_for 
--------------
- t
-(1 row)
-
 -- queued before the due time, consumed with the fire
 BEGIN;
 SELECT now() < (SELECT due_at FROM digitaltwin.timers WHERE twin_id = 'a') AS before_due;
- before_due 
-------------
- t
-(1 row)
-
 SELECT digitaltwin.send('rb', 'a', '{"end": true}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 SELECT digitaltwin.send('rb', 'a', '{}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 COMMIT;
 SELECT rb_wait_for($$(SELECT count(*) = 0 FROM digitaltwin.events)$$);
- rb_wait_for 
--------------
- t
-(1 row)
-
 SELECT pg_sleep(0.5);
- pg_sleep 
-----------
- 
-(1 row)
-
 SELECT digitaltwin.wait_idle('20s');
- wait_idle 
------------
- t
-(1 row)
-
 -- expected: no fire; 'a' was created again with one event; no timer left
 SELECT count(*) AS fires FROM rb_seen WHERE kind = 'timer';
- fires 
--------
-     0
-(1 row)
-
 SELECT event_count FROM digitaltwin.twins WHERE model = 'rb' AND twin_id = 'a';
- event_count 
--------------
-           1
-(1 row)
-
 SELECT count(*) AS timers FROM digitaltwin.timers;
- timers 
---------
-      0
-(1 row)
 
 -- the twin re-arms in the same batch as its fire: the earlier event wins
 SELECT digitaltwin.send('rb', 'b', '{"arm": "y", "after": "2s"}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 SELECT digitaltwin.wait_idle('20s');
- wait_idle 
------------
- t
-(1 row)
-
 SELECT digitaltwin.send('rb', :'slow', '{"sleep": 4}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 SELECT rb_wait_for($$(SELECT count(*) = 1 FROM pg_stat_activity
                       WHERE backend_type = 'digitaltwin worker' AND wait_event = 'PgSleep')$$);
- rb_wait_for 
--------------
- t
-(1 row)
-
 SELECT digitaltwin.send('rb', 'b', '{"arm": "y", "after": "1 hour"}') > 0 AS sent;
- sent 
-------
- t
-(1 row)
-
 SELECT rb_wait_for($$(SELECT count(*) = 0 FROM digitaltwin.events)$$);
- rb_wait_for 
--------------
- t
-(1 row)
-
 SELECT pg_sleep(0.5);
- pg_sleep 
-----------
- 
-(1 row)
-
 SELECT digitaltwin.wait_idle('20s');
- wait_idle 
------------
- t
-(1 row)
-
 SELECT count(*) AS fires_of_b FROM rb_seen WHERE kind = 'timer' AND twin_id = 'b';
- fires_of_b 
-------------
-          0
-(1 row)
-
 SELECT name, due_at > now() + interval '50 minutes' AS re_armed FROM digitaltwin.timers;
- name | re_armed 
-------+----------
- y    | t
-(1 row)
-
 SELECT digitaltwin.drop_model('rb');
- drop_model 
-------------
- 
-(1 row)
-
 DROP TABLE rb_seen;
 DROP FUNCTION rb_model(text, jsonb, jsonb);
 DROP FUNCTION rb_wait_for(text, interval);
