@@ -311,7 +311,7 @@ dt_send_insert(Datum *args, bool *isnull)
 
 		send_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.events "
 										"(model, twin_id, payload, event_time) "
-										"VALUES ($1, $2, $3, pg_catalog.coalesce($4, digitaltwin._default_event_time())) "
+										"VALUES ($1, $2, $3, coalesce($4, digitaltwin._default_event_time())) "
 										"RETURNING id",
 										4, types);
 	}
