@@ -293,9 +293,10 @@ dt_messages_stage(text *model_t, text *twin_id, Datum payload, bool payload_isnu
 static int64
 dt_send_insert(Datum *args, bool *isnull)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	char		nulls[4];
 	int			level;
-	int			ret;
+	volatile int ret = 0;
 	int			i;
 	bool		id_null;
 	int64		id;
@@ -315,7 +316,36 @@ dt_send_insert(Datum *args, bool *isnull)
 										"RETURNING id",
 										4, types);
 	}
-	ret = SPI_execute_plan(send_plan, args, nulls, false, 1);
+
+	/*
+	 * No row count: with one, the executor would stop at the returned row
+	 * without finishing the INSERT, whose AFTER STATEMENT trigger (the
+	 * workers' wake-up at commit) would then never fire.
+	 *
+	 * An error comes out as the C function's own, without SPI's context
+	 * line (the statement's text, an implementation detail).
+	 */
+	PG_TRY();
+	{
+		ret = SPI_execute_plan(send_plan, args, nulls, false, 0);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		if (edata->context != NULL &&
+			strncmp(edata->context, "SQL statement \"", 15) == 0)
+		{
+			char	   *rest = strchr(edata->context, '\n');
+
+			edata->context = rest ? pstrdup(rest + 1) : NULL;
+		}
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
 	if (ret != SPI_OK_INSERT_RETURNING || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
