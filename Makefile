@@ -14,6 +14,7 @@ OBJS = \
 	src/stage.o \
 	src/alerts.o \
 	src/outbox.o \
+	src/messages.o \
 	src/context.o \
 	src/timers.o \
 	src/views.o \

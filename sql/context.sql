@@ -76,6 +76,110 @@ EXCEPTION WHEN not_null_violation THEN
     RAISE NOTICE 'refused: %', SQLSTATE;
 END $$;
 
+-- send() inside a model (version 1.6: staged in the batch, inserted at its
+-- end): the id it returns is the id the receiver sees; an event that sends
+-- and then fails leaves no message, nor does a subtransaction of the model
+-- that rolls back; a model owner who may not insert events cannot send.
+CREATE TABLE ctx_sent (sender text, id bigint);
+GRANT INSERT ON ctx_sent TO PUBLIC;
+CREATE FUNCTION ctx_sender(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ctx_sent VALUES (twin_id,
+        digitaltwin.send('ctx_relay', 'to-' || twin_id, jsonb_build_object('from', twin_id)));
+    IF event ? 'caught' THEN
+        BEGIN
+            PERFORM digitaltwin.send('ctx_relay', 'caught-' || twin_id, '{}');
+            RAISE EXCEPTION 'rolled back';
+        EXCEPTION WHEN raise_exception THEN
+            NULL;
+        END;
+    END IF;
+    IF event ? 'fail' THEN
+        RAISE EXCEPTION 'sender fails after sending';
+    END IF;
+    RETURN '{}';
+END $$;
+SELECT digitaltwin.create_model('ctx_sender', 'ctx_sender(text,jsonb,jsonb)');
+-- an owner with EXECUTE on send() but no INSERT on the queue
+CREATE ROLE dt_ctx_noinsert;
+GRANT USAGE ON SCHEMA digitaltwin TO dt_ctx_noinsert;
+GRANT EXECUTE ON FUNCTION digitaltwin.create_model(text, regprocedure, regprocedure),
+                          digitaltwin.send(text, text, jsonb, timestamptz) TO dt_ctx_noinsert;
+SET ROLE dt_ctx_noinsert;
+SELECT digitaltwin.create_model('ctx_noinsert', 'ctx_sender(text,jsonb,jsonb)');
+RESET ROLE;
+TRUNCATE ctx_seen;
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES
+    ('ctx_sender', 'ok1', '{}'),
+    ('ctx_sender', 'fails', '{"fail": true}'),
+    ('ctx_sender', 'ok2', '{"caught": true}'),
+    ('ctx_noinsert', 'denied', '{}');
+SELECT digitaltwin.wait_idle('60s');
+-- every message delivered is one whose id send() returned, seen as such
+SELECT s.sender, (r.info).twin_id, (r.info).kind, (r.info).sender_twin,
+       (r.info).id = s.id AS same_id
+FROM ctx_seen r LEFT JOIN ctx_sent s ON s.id = (r.info).id
+ORDER BY (r.info).twin_id COLLATE "C";
+-- the failed sender and the owner without INSERT: dead letters, no message
+SELECT model, twin_id, sqlstate, error FROM digitaltwin.dead_letters
+WHERE model IN ('ctx_sender', 'ctx_noinsert') ORDER BY model;
+DELETE FROM digitaltwin.dead_letters WHERE model IN ('ctx_sender', 'ctx_noinsert');
+-- the commit of the batch that wrote the messages wakes the workers: with
+-- an hour between polls, and no wait_idle() (which wakes them itself), the
+-- receivers in both workers' partitions get their messages at once.  The
+-- sender takes its time, so that the other worker, woken by the commit of
+-- the sender's event, has looked at the queue and gone back to sleep
+-- before the messages commit.  A worker's latch is also set by the alarm
+-- of a model call's timeout, which may ring after the call (up to
+-- model_timeout + 1 s): the timeout is an hour too, and the test waits
+-- until the alarms of the calls made before are past.
+CREATE FUNCTION ctx_fanout(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_sleep(0.3);
+    FOR i IN 1..20 LOOP
+        PERFORM digitaltwin.send('ctx_relay', 'w' || i, '{}');
+    END LOOP;
+    RETURN '{}';
+END $$;
+SELECT digitaltwin.create_model('ctx_fanout', 'ctx_fanout(text,jsonb,jsonb)');
+SELECT count(DISTINCT digitaltwin.partition_of('w' || i, 2)) AS partitions
+FROM generate_series(1, 20) i;
+ALTER SYSTEM SET digitaltwin.poll_interval = '1h';
+ALTER SYSTEM SET digitaltwin.model_timeout = '1h';
+SELECT pg_reload_conf();
+SELECT digitaltwin.wait_idle('60s');
+-- (the calls above ran with model_timeout = 2s: their alarms ring within 3 s)
+SELECT pg_sleep(3.5);
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('ctx_fanout', 'f', '{}');
+DO $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + interval '30 s';
+BEGIN
+    WHILE (SELECT count(*) FROM digitaltwin.twins
+           WHERE model = 'ctx_relay' AND twin_id LIKE 'w%') < 20 LOOP
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'the messages were not processed within 30 s';
+        END IF;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    RAISE NOTICE 'all 20 messages processed';
+END $$;
+ALTER SYSTEM RESET digitaltwin.poll_interval;
+ALTER SYSTEM RESET digitaltwin.model_timeout;
+SELECT pg_reload_conf();
+SELECT digitaltwin.drop_model('ctx_fanout');
+DROP FUNCTION ctx_fanout(text, jsonb, jsonb);
+SELECT digitaltwin.drop_model('ctx_sender');
+SELECT digitaltwin.drop_model('ctx_noinsert');
+DROP TABLE ctx_sent;
+DROP FUNCTION ctx_sender(text, jsonb, jsonb);
+REVOKE ALL ON SCHEMA digitaltwin FROM dt_ctx_noinsert;
+REVOKE ALL ON FUNCTION digitaltwin.create_model(text, regprocedure, regprocedure),
+                       digitaltwin.send(text, text, jsonb, timestamptz) FROM dt_ctx_noinsert;
+DROP ROLE dt_ctx_noinsert;
+
 SELECT digitaltwin.drop_model('ctx_watch');
 SELECT digitaltwin.drop_model('ctx_relay');
 DROP TABLE ctx_seen;

@@ -191,3 +191,32 @@ GRANT EXECUTE ON FUNCTION digitaltwin.take_outbox(integer, text) TO digitaltwin_
 GRANT SELECT ON digitaltwin.outbox TO digitaltwin_reader;
 GRANT DELETE ON digitaltwin.outbox TO digitaltwin_admin;
 -- [end section: outbox]
+
+-- [section: send]
+
+--------------------------------------------------------------------------
+-- send() in C: a message costs what an alert costs
+--
+-- send() was a LANGUAGE sql function with SET search_path, never inlined:
+-- every message a model sent re-parsed, re-planned and ran an INSERT of its
+-- own.  In C (src/messages.c), the same signature and contract: outside a
+-- model it inserts the event as the caller, through one kept plan, so the
+-- caller's privileges and the queue's CHECK apply as before; inside a model
+-- it checks the message at once (privileges, chain depth, the CHECK), takes
+-- its id and stages it, and the worker inserts the batch's messages with
+-- one statement before its commit.  OR REPLACE keeps the grants and the
+-- comment, restated here all the same.
+--------------------------------------------------------------------------
+
+CREATE OR REPLACE FUNCTION digitaltwin.send(model text, twin_id text, payload jsonb,
+                                            event_time timestamptz DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'digitaltwin_send'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.send(text, text, jsonb, timestamptz) IS
+'Enqueue one event for a twin of a model, at event_time (default: now, or inside a model the time of the event being processed); returns the event id.  Inside a model the event is a message, written when the sending event commits.';
+
+REVOKE ALL ON FUNCTION digitaltwin.send(text, text, jsonb, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.send(text, text, jsonb, timestamptz) TO digitaltwin_writer;
+-- [end section: send]

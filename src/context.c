@@ -16,7 +16,8 @@
  * event time is the insert time, now()); inside one, the sending twin, and
  * the sending event's own event time, so that a chain of messages keeps the
  * time of the event that started it.  Writers have no INSERT privilege on
- * the sender columns, so an application cannot forge a message.
+ * the sender columns, so an application cannot forge a message.  send()
+ * inside a model sets the same values itself (messages.c).
  *
  *-------------------------------------------------------------------------
  */

@@ -13,6 +13,7 @@
  *	  stage.c	 worker-local staging of twin states within a batch
  *	  alerts.c	 alert(), staged alerts, dead letters
  *	  outbox.c	 send_to_source(), staged commands to the data sources
+ *	  messages.c send(): events, and messages between twins staged like alerts
  *	  context.c	 current_event(), and what a model's sends inherit from it
  *	  timers.c	 durable timers: set_timer(), cancel_timer(), firing
  *	  views.c	 set-returning functions behind the live views
@@ -325,6 +326,8 @@ extern int	dt_fetch_events(int partition, int partitions, int limit,
 extern void dt_delete_events(DtEvent *events, int nevents);
 extern void dt_queue_maintain(void);
 extern void dt_queue_forget_generation(void);
+extern void dt_event_check(const char *model, text *twin_id, Datum payload,
+						   bool payload_isnull);
 
 /* ----------------------------------------------------------------
  * stage.c: twin states of the current batch, in worker-local memory
@@ -432,6 +435,16 @@ extern int	dt_outbox_flush(void);
 extern void dt_outbox_forget_plans(void);
 
 /* ----------------------------------------------------------------
+ * messages.c: send() inside a model, staged like alerts
+ * ----------------------------------------------------------------
+ */
+extern void dt_messages_begin(MemoryContext cxt);
+extern int	dt_messages_mark(void);
+extern void dt_messages_undo_to(int mark);
+extern int	dt_messages_flush(void);
+extern void dt_messages_forget_plans(void);
+
+/* ----------------------------------------------------------------
  * views.c: the columns of a live twin row (twin_entries(), live_twins)
  * ----------------------------------------------------------------
  */
@@ -472,6 +485,7 @@ extern void dt_view_row_values(const DtLiveRow *row, const bool *needed,
  */
 extern void dt_install_utility_hook(void);
 extern bool dt_model_owner_exists(Oid owner);
+extern int32 dt_next_event_depth(void);
 
 /* worker.c */
 extern PGDLLEXPORT void digitaltwin_worker_main(Datum main_arg);

@@ -297,18 +297,19 @@ digitaltwin_alters_row_type(PG_FUNCTION_ARGS)
  */
 
 /*
- * digitaltwin._event_depth(): default of digitaltwin.events.depth.  Writers
- * may insert only (model, twin_id, payload), so the default is the only way
- * a depth is set.
+ * The depth of an event sent now: 0 outside a model, the depth of the event
+ * being processed + 1 inside one, an error beyond max_message_depth (which
+ * dead-letters the sending event).  The default of digitaltwin.events.depth
+ * and send() inside a model (messages.c) both ask here.
  */
-Datum
-digitaltwin_event_depth(PG_FUNCTION_ARGS)
+int32
+dt_next_event_depth(void)
 {
 	const DtEvent *ev;
 	int32		depth;
 
 	if (dt_current_event == NULL || dt_current_event->event == NULL)
-		PG_RETURN_INT32(0);
+		return 0;
 	ev = dt_current_event->event;
 	depth = ev->depth + 1;
 	if (depth > dt_max_message_depth)
@@ -319,5 +320,16 @@ digitaltwin_event_depth(PG_FUNCTION_ARGS)
 						   ev->id, ev->depth, dt_max_message_depth),
 				 errhint("A model that sends events to itself (or to models that send back) must end the chain; "
 						 "raise digitaltwin.max_message_depth if longer chains are intended.")));
-	PG_RETURN_INT32(depth);
+	return depth;
+}
+
+/*
+ * digitaltwin._event_depth(): default of digitaltwin.events.depth.  Writers
+ * may insert only (model, twin_id, payload), so the default is the only way
+ * a depth is set.
+ */
+Datum
+digitaltwin_event_depth(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(dt_next_event_depth());
 }

@@ -123,32 +123,32 @@ dt_queue_mark_wake(void)
 
 /*
  * Validation of each new event: the CHECK constraint of digitaltwin.events
- * calls this function, which returns true or raises the error that says
- * what is wrong.  A CHECK constraint, rather than a BEFORE ROW trigger,
- * lets COPY and multi-row INSERT keep inserting in batches (a BEFORE ROW
- * trigger forces them to insert row by row).
+ * calls digitaltwin_event_valid(), which returns true or raises the error
+ * that says what is wrong.  A CHECK constraint, rather than a BEFORE ROW
+ * trigger, lets COPY and multi-row INSERT keep inserting in batches (a
+ * BEFORE ROW trigger forces them to insert row by row).
+ *
+ * dt_event_check() is its body, for send() inside a model too (messages.c),
+ * which checks a message when the model sends it so that a bad one fails
+ * its sending event, as the CHECK of an INSERT did.  model and twin_id are
+ * NULL for SQL NULLs.
  */
-Datum
-digitaltwin_event_valid(PG_FUNCTION_ARGS)
+void
+dt_event_check(const char *model, text *twin_id, Datum payload, bool payload_isnull)
 {
-	char	   *model;
-	text	   *twin_id;
-	Datum		d;
-	Jsonb	   *payload;
+	Jsonb	   *jb;
 
 	dt_require_preload();
-	if (PG_ARGISNULL(0))
+	if (model == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
 				 errmsg("event model must not be null")));
-	model = text_to_cstring(PG_GETARG_TEXT_PP(0));
 
-	if (PG_ARGISNULL(1))
+	if (twin_id == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
 				 errmsg("event twin_id must not be null"),
 				 errdetail("Event for model \"%s\".", model)));
-	twin_id = PG_GETARG_TEXT_PP(1);
 	if (VARSIZE_ANY_EXHDR(twin_id) == 0 ||
 		VARSIZE_ANY_EXHDR(twin_id) > DT_TWIN_ID_MAXLEN)
 		ereport(ERROR,
@@ -156,31 +156,39 @@ digitaltwin_event_valid(PG_FUNCTION_ARGS)
 				 errmsg("event twin_id must be 1 to %d bytes long", DT_TWIN_ID_MAXLEN),
 				 errdetail("The twin_id has %d bytes.", (int) VARSIZE_ANY_EXHDR(twin_id))));
 
-	if (PG_ARGISNULL(2))
+	if (payload_isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
 				 errmsg("event payload must not be null"),
 				 errhint("Send an empty object '{}' for an event without data.")));
-	d = PG_GETARG_DATUM(2);
-	if (toast_raw_datum_size(d) > (Size) dt_max_payload_kb * 1024)
+	if (toast_raw_datum_size(payload) > (Size) dt_max_payload_kb * 1024)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("event payload is too large"),
 				 errdetail("The payload has %zu bytes; digitaltwin.max_payload_size is %d kB.",
-						   toast_raw_datum_size(d), dt_max_payload_kb)));
-	payload = DatumGetJsonbP(d);
-	if (!JB_ROOT_IS_OBJECT(payload) || JB_ROOT_IS_SCALAR(payload))
+						   toast_raw_datum_size(payload), dt_max_payload_kb)));
+	jb = DatumGetJsonbP(payload);
+	if (!JB_ROOT_IS_OBJECT(jb) || JB_ROOT_IS_SCALAR(jb))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("event payload must be a JSON object"),
 				 errdetail("The payload is %s.",
-						   JB_ROOT_IS_SCALAR(payload) ? "a scalar" : "an array")));
+						   JB_ROOT_IS_SCALAR(jb) ? "a scalar" : "an array")));
 
 	if (!dt_model_name_known(model))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", model),
 				 errhint("Create it with digitaltwin.create_model().")));
+}
+
+Datum
+digitaltwin_event_valid(PG_FUNCTION_ARGS)
+{
+	dt_event_check(PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0)),
+				   PG_ARGISNULL(1) ? NULL : PG_GETARG_TEXT_PP(1),
+				   PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2),
+				   PG_ARGISNULL(2));
 	PG_RETURN_BOOL(true);
 }
 

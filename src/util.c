@@ -28,9 +28,10 @@ bool		dt_preloaded = false;
 DtCurrentEvent *dt_current_event = NULL;
 
 /*
- * Events sent from inside a model (messages), counted by the default of
- * events.sender_model, rolled back or not: the worker only needs to know
- * whether a batch may have sent any (wait_idle).
+ * Events sent from inside a model (messages), counted by send() when it
+ * stages one (messages.c) and by the default of events.sender_model (an
+ * INSERT), rolled back or not: the worker only needs to know whether a
+ * batch may have sent any (wait_idle).
  */
 uint64		dt_messages_sent = 0;
 

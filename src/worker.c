@@ -464,6 +464,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 	int			alert_mark = dt_alerts_mark();
 	int			timer_mark = dt_timers_undo_mark();
 	int			outbox_mark = dt_outbox_mark();
+	int			message_mark = dt_messages_mark();
 	volatile int current = -1;
 	int			failed = -1;
 	int			i;
@@ -509,6 +510,7 @@ dt_run_segment(DtEvent *events, int start, int end)
 		dt_alerts_undo_to(alert_mark);
 		dt_timers_undo_to(timer_mark);
 		dt_outbox_undo_to(outbox_mark);
+		dt_messages_undo_to(message_mark);
 		failed = current;
 		dt_record_failure(&events[failed], edata);
 		FreeErrorData(edata);
@@ -788,6 +790,7 @@ dt_worker_check_extension(void)
 		dt_alerts_forget_plans();
 		dt_timers_forget_plans();
 		dt_outbox_forget_plans();
+		dt_messages_forget_plans();
 		need_rebuild = true;
 		known_extension = ext;
 		dt_models_refresh(true);
@@ -952,6 +955,7 @@ dt_worker_run_batch(void)
 		dt_stage_begin(batch_cxt, my_partition);
 		dt_alerts_begin(batch_cxt);
 		dt_outbox_begin(batch_cxt);
+		dt_messages_begin(batch_cxt);
 		messages_before = dt_messages_sent;
 		dt_apply_events(batch, nbatch);
 
@@ -973,6 +977,7 @@ dt_worker_run_batch(void)
 		}
 		nalerts = dt_alerts_flush();
 		(void) dt_outbox_flush();
+		(void) dt_messages_flush();
 		dt_stage_prepare_publish();
 		/* a model's LISTEN would take effect at commit: cancel it */
 		Async_UnlistenAll();
