@@ -76,22 +76,11 @@ typedef struct DtStagedMessage
 	DtEvent    *sender;
 } DtStagedMessage;
 
-/* where a subtransaction of a model began, to undo what it sent */
-typedef struct DtSubxactMark
-{
-	SubTransactionId subid;
-	int			mark;
-} DtSubxactMark;
-
 static MemoryContext messages_cxt = NULL;	/* NULL: no batch staging */
 static DtStagedMessage *messages = NULL;
 static int	nmessages = 0;
 static int	messages_size = 0;
 static Size staged_bytes = 0;
-static DtSubxactMark *subxacts = NULL;
-static int	nsubxacts = 0;
-static int	subxacts_size = 0;
-static bool subxact_callback_registered = false;
 
 /* looked up once per batch */
 static Oid	events_relid = InvalidOid;
@@ -101,43 +90,6 @@ static Oid	checked_user = InvalidOid;	/* may send: privileges checked */
 static SPIPlanPtr send_plan = NULL; /* the caller's INSERT (any backend) */
 static SPIPlanPtr flush_plan = NULL;	/* the worker's */
 
-/*
- * Subtransactions of a model: one that aborts takes the messages sent in it
- * with it.  They nest, so the marks are a stack, and what was sent since a
- * mark is the tail of the array.
- */
-static void
-dt_messages_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
-							 SubTransactionId parentSubid, void *arg)
-{
-	if (messages_cxt == NULL)
-		return;
-	switch (event)
-	{
-		case SUBXACT_EVENT_START_SUB:
-			if (nsubxacts == subxacts_size)
-			{
-				subxacts_size *= 2;
-				subxacts = repalloc(subxacts, sizeof(DtSubxactMark) * subxacts_size);
-			}
-			subxacts[nsubxacts].subid = mySubid;
-			subxacts[nsubxacts].mark = nmessages;
-			nsubxacts++;
-			break;
-		case SUBXACT_EVENT_COMMIT_SUB:
-		case SUBXACT_EVENT_ABORT_SUB:
-			if (nsubxacts > 0 && subxacts[nsubxacts - 1].subid == mySubid)
-			{
-				nsubxacts--;
-				if (event == SUBXACT_EVENT_ABORT_SUB)
-					dt_messages_undo_to(subxacts[nsubxacts].mark);
-			}
-			break;
-		default:
-			break;
-	}
-}
-
 /* The batch's memory is going away (end of batch, or a failed batch). */
 static void
 dt_messages_reset_callback(void *arg)
@@ -145,8 +97,6 @@ dt_messages_reset_callback(void *arg)
 	messages_cxt = NULL;
 	messages = NULL;
 	nmessages = 0;
-	subxacts = NULL;
-	nsubxacts = 0;
 }
 
 void
@@ -154,18 +104,10 @@ dt_messages_begin(MemoryContext cxt)
 {
 	MemoryContextCallback *cb;
 
-	if (!subxact_callback_registered)
-	{
-		RegisterSubXactCallback(dt_messages_subxact_callback, NULL);
-		subxact_callback_registered = true;
-	}
 	messages_size = 64;
 	messages = MemoryContextAlloc(cxt, sizeof(DtStagedMessage) * messages_size);
 	nmessages = 0;
 	staged_bytes = 0;
-	subxacts_size = 16;
-	subxacts = MemoryContextAlloc(cxt, sizeof(DtSubxactMark) * subxacts_size);
-	nsubxacts = 0;
 	cb = MemoryContextAlloc(cxt, sizeof(MemoryContextCallback));
 	cb->func = dt_messages_reset_callback;
 	cb->arg = NULL;
@@ -471,7 +413,7 @@ dt_messages_flush(void)
 	Size		bytes = 0;
 	int			i;
 
-	Assert(messages_cxt != NULL && nsubxacts == 0);
+	Assert(messages_cxt != NULL);
 	for (i = 0; i < nmessages; i++)
 	{
 		Size		size = VARSIZE(messages[i].payload) + VARSIZE(messages[i].twin_id);

@@ -260,7 +260,8 @@ dt_check_state(DtModel *model, Datum state)
 }
 
 /*
- * What a model stages besides its state (alerts, outbox commands, timers)
+ * What a model stages besides its state (alerts, outbox commands, timers,
+ * messages)
  * lives in the worker's memory, not in the database: a subtransaction the
  * model rolls back itself (a plpgsql EXCEPTION block) must take back what
  * was staged inside it, as it takes back the model's own INSERTs.  The
@@ -274,6 +275,7 @@ typedef struct DtSubMark
 	int			alerts;
 	int			outbox;
 	int			timers;
+	int			messages;
 } DtSubMark;
 
 static DtSubMark *submarks = NULL;	/* in TopMemoryContext, grown on start */
@@ -303,6 +305,7 @@ dt_worker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 			m->alerts = dt_alerts_mark();
 			m->outbox = dt_outbox_mark();
 			m->timers = dt_timers_undo_mark();
+			m->messages = dt_messages_mark();
 			break;
 		case SUBXACT_EVENT_COMMIT_SUB:
 		case SUBXACT_EVENT_ABORT_SUB:
@@ -317,6 +320,7 @@ dt_worker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 				dt_alerts_undo_to(m->alerts);
 				dt_outbox_undo_to(m->outbox);
 				dt_timers_undo_to(m->timers);
+				dt_messages_undo_to(m->messages);
 			}
 			break;
 		default:
