@@ -10,6 +10,7 @@ OBJS = \
 	src/guc.o \
 	src/shmem.o \
 	src/model.o \
+	src/protect.o \
 	src/queue.o \
 	src/stage.o \
 	src/alerts.o \
@@ -20,7 +21,6 @@ OBJS = \
 	src/views.o \
 	src/live_fdw.o \
 	src/worker.o \
-	src/protect.o \
 	src/digitaltwin.o
 
 EXTENSION = digitaltwin

@@ -9,6 +9,7 @@
  *	  guc.c		 configuration parameters
  *	  shmem.c	 shared memory: worker slots, the twin hash (DSA + dshash)
  *	  model.c	 model registry, caches of models, calling model functions
+ *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
  *	  stage.c	 worker-local staging of twin states within a batch
  *	  alerts.c	 alert(), staged alerts, dead letters
@@ -18,7 +19,6 @@
  *	  timers.c	 durable timers: set_timer(), cancel_timer(), firing
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
- *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  worker.c	 background worker loop and batch transaction
  *	  digitaltwin.c  module load: parameters, shared memory hooks, workers
  *
