@@ -22,24 +22,11 @@ UPDATE healthcare_settings SET silence_s = 1, summary_s = 0.5;
 RESET client_min_messages;
 SELECT digitaltwin.wait_idle('60s');
 
--- Waiting for a timer is waiting for time to pass: poll (there is nothing
--- to wait on).  Done when no timer is pending: every wearable that went
+-- Waiting for timers is waiting for time to pass: poll (wait_for, from
+-- setup.sql).  Done when no timer is pending: every wearable that went
 -- silent has had its silence alert (which stops its summaries), and the
 -- discharged patients' timers are cancelled.
-CREATE FUNCTION hc_wait_for(cond text, timeout interval DEFAULT '60s')
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-    deadline timestamptz := clock_timestamp() + timeout;
-BEGIN
-    LOOP
-        EXECUTE 'SELECT ' || cond INTO ok;
-        IF ok THEN RETURN true; END IF;
-        IF clock_timestamp() > deadline THEN RETURN false; END IF;
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-END $$;
-SELECT hc_wait_for($$NOT EXISTS (SELECT 1 FROM digitaltwin.timers WHERE model = 'healthcare')$$);
+SELECT wait_for($$NOT EXISTS (SELECT 1 FROM digitaltwin.timers WHERE model = 'healthcare')$$);
 SELECT digitaltwin.wait_idle('60s');
 
 -- The reference, from healthcare_readings and patients alone.  Each

@@ -29,3 +29,19 @@ SET digitaltwin.nonexistent = 1;
 
 -- the workers of this instance serve this database
 SELECT current_database() = current_setting('digitaltwin.database') AS served;
+
+-- Waiting for a timer is waiting for time to pass: the tests poll a
+-- condition with this, as PostgreSQL's TAP tests use poll_query_until.
+CREATE FUNCTION wait_for(cond text, timeout interval DEFAULT '60s')
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    ok boolean;
+    deadline timestamptz := clock_timestamp() + timeout;
+BEGIN
+    LOOP
+        EXECUTE 'SELECT ' || cond INTO ok;
+        IF ok THEN RETURN true; END IF;
+        IF clock_timestamp() > deadline THEN RETURN false; END IF;
+        PERFORM pg_sleep(0.02);
+    END LOOP;
+END $$;

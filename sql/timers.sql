@@ -7,22 +7,6 @@ CREATE TABLE tm_seen (twin_id text, info digitaltwin.event_info, event jsonb,
                       cancelled boolean);
 GRANT INSERT ON tm_seen TO PUBLIC;
 
--- Waiting for a timer is waiting for time to pass: poll the condition,
--- as PostgreSQL's own TAP tests poll_query_until.
-CREATE FUNCTION tm_wait_for(cond text, timeout interval DEFAULT '30s')
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE
-    ok boolean;
-    deadline timestamptz := clock_timestamp() + timeout;
-BEGIN
-    LOOP
-        EXECUTE 'SELECT ' || cond INTO ok;
-        IF ok THEN RETURN true; END IF;
-        IF clock_timestamp() > deadline THEN RETURN false; END IF;
-        PERFORM pg_sleep(0.02);
-    END LOOP;
-END $$;
-
 -- {"arm": name, "after": interval, "every": interval, "payload": {...}},
 -- {"cancel": name}, {"end": true}, {"fail": true} (after arming)
 CREATE FUNCTION tm_model(twin_id text, state jsonb, event jsonb) RETURNS jsonb
@@ -62,7 +46,7 @@ SELECT digitaltwin.send('tm', 'a', '{"arm": "soon", "after": "0.2s", "payload": 
 SELECT digitaltwin.wait_idle('60s');
 SELECT model, twin_id, name, due_at > now() - interval '1s' AS due_soon, every, payload
 FROM digitaltwin.timers;
-SELECT tm_wait_for($$(SELECT count(*) = 1 FROM tm_seen WHERE (info).kind = 'timer')$$);
+SELECT wait_for($$(SELECT count(*) = 1 FROM tm_seen WHERE (info).kind = 'timer')$$);
 SELECT twin_id, (info).kind, (info).timer, (info).model, event,
        (info).event_time = (info).enqueued_at AS time_is_due_time,
        (info).id > 0 AS has_id, (info).sender_model
@@ -110,14 +94,14 @@ SELECT cancelled FROM tm_seen WHERE twin_id = 'b' AND event->>'cancel' = 'other'
 -- a recurring timer fires until cancelled; a timer that fails is
 -- dead-lettered and consumed all the same
 SELECT digitaltwin.send('tm', 'd', '{"arm": "tick", "after": "0.1s", "every": "0.1s"}') > 0 AS sent;
-SELECT tm_wait_for($$(SELECT count(*) >= 3 FROM tm_seen WHERE twin_id = 'd' AND (info).timer = 'tick')$$);
+SELECT wait_for($$(SELECT count(*) >= 3 FROM tm_seen WHERE twin_id = 'd' AND (info).timer = 'tick')$$);
 SELECT every FROM digitaltwin.timers WHERE twin_id = 'd';
 SELECT digitaltwin.send('tm', 'd', '{"cancel": "tick"}') > 0 AS sent;
 SELECT digitaltwin.wait_idle('60s');
 CREATE TEMP TABLE tm_ticks AS
 SELECT count(*) AS n FROM tm_seen WHERE twin_id = 'd' AND (info).timer = 'tick';
 SELECT digitaltwin.send('tm', 'd', '{"arm": "sentinel", "after": "0.3s", "payload": {"fail": true}}') > 0 AS sent;
-SELECT tm_wait_for($$(SELECT count(*) = 1 FROM digitaltwin.dead_letters WHERE twin_id = 'd')$$);
+SELECT wait_for($$(SELECT count(*) = 1 FROM digitaltwin.dead_letters WHERE twin_id = 'd')$$);
 SELECT (SELECT count(*) FROM tm_seen WHERE twin_id = 'd' AND (info).timer = 'tick') = n
        AS no_tick_after_cancel FROM tm_ticks;
 SELECT twin_id, payload, sqlstate, error FROM digitaltwin.dead_letters WHERE twin_id = 'd';

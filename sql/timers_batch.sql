@@ -6,17 +6,6 @@
 --
 CREATE TABLE rb_seen (twin_id text, kind text, timer text);
 GRANT INSERT ON rb_seen TO PUBLIC;
-CREATE FUNCTION rb_wait_for(cond text, timeout interval DEFAULT '20s')
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE ok boolean; deadline timestamptz := clock_timestamp() + timeout;
-BEGIN
-    LOOP
-        EXECUTE 'SELECT ' || cond INTO ok;
-        IF ok THEN RETURN true; END IF;
-        IF clock_timestamp() > deadline THEN RETURN false; END IF;
-        PERFORM pg_sleep(0.02);
-    END LOOP;
-END $$;
 CREATE FUNCTION rb_model(twin_id text, state jsonb, event jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -41,7 +30,7 @@ SELECT digitaltwin.send('rb', 'a', '{"arm": "x", "after": "2s"}') > 0 AS sent;
 SELECT digitaltwin.wait_idle('20s');
 -- hold the worker past the due time
 SELECT digitaltwin.send('rb', :'slow', '{"sleep": 4}') > 0 AS sent;
-SELECT rb_wait_for($$(SELECT count(*) = 1 FROM pg_stat_activity
+SELECT wait_for($$(SELECT count(*) = 1 FROM pg_stat_activity
                       WHERE backend_type = 'digitaltwin worker' AND wait_event = 'PgSleep')$$);
 -- queued before the due time, consumed with the fire
 BEGIN;
@@ -49,7 +38,7 @@ SELECT now() < (SELECT due_at FROM digitaltwin.timers WHERE twin_id = 'a') AS be
 SELECT digitaltwin.send('rb', 'a', '{"end": true}') > 0 AS sent;
 SELECT digitaltwin.send('rb', 'a', '{}') > 0 AS sent;
 COMMIT;
-SELECT rb_wait_for($$(SELECT count(*) = 0 FROM digitaltwin.events)$$);
+SELECT wait_for($$(SELECT count(*) = 0 FROM digitaltwin.events)$$);
 SELECT pg_sleep(0.5);
 SELECT digitaltwin.wait_idle('20s');
 -- expected: no fire; 'a' was created again with one event; no timer left
@@ -61,10 +50,10 @@ SELECT count(*) AS timers FROM digitaltwin.timers;
 SELECT digitaltwin.send('rb', 'b', '{"arm": "y", "after": "2s"}') > 0 AS sent;
 SELECT digitaltwin.wait_idle('20s');
 SELECT digitaltwin.send('rb', :'slow', '{"sleep": 4}') > 0 AS sent;
-SELECT rb_wait_for($$(SELECT count(*) = 1 FROM pg_stat_activity
+SELECT wait_for($$(SELECT count(*) = 1 FROM pg_stat_activity
                       WHERE backend_type = 'digitaltwin worker' AND wait_event = 'PgSleep')$$);
 SELECT digitaltwin.send('rb', 'b', '{"arm": "y", "after": "1 hour"}') > 0 AS sent;
-SELECT rb_wait_for($$(SELECT count(*) = 0 FROM digitaltwin.events)$$);
+SELECT wait_for($$(SELECT count(*) = 0 FROM digitaltwin.events)$$);
 SELECT pg_sleep(0.5);
 SELECT digitaltwin.wait_idle('20s');
 SELECT count(*) AS fires_of_b FROM rb_seen WHERE kind = 'timer' AND twin_id = 'b';
@@ -72,4 +61,3 @@ SELECT name, due_at > now() + interval '50 minutes' AS re_armed FROM digitaltwin
 SELECT digitaltwin.drop_model('rb');
 DROP TABLE rb_seen;
 DROP FUNCTION rb_model(text, jsonb, jsonb);
-DROP FUNCTION rb_wait_for(text, interval);

@@ -10,18 +10,6 @@
 --
 CREATE TABLE rc_seen (twin_id text, kind text, hop int);
 GRANT INSERT ON rc_seen TO PUBLIC;
-CREATE FUNCTION rc_wait_for(cond text, timeout interval DEFAULT '30s')
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE ok boolean; deadline timestamptz := clock_timestamp() + timeout;
-BEGIN
-    LOOP
-        EXECUTE 'SELECT ' || cond INTO ok;
-        IF ok THEN RETURN true; END IF;
-        IF clock_timestamp() > deadline THEN RETURN false; END IF;
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-END $$;
-
 -- event/timer -> send a message to itself; message -> arm a timer due now
 CREATE FUNCTION rc_chain(twin_id text, state jsonb, event jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -45,7 +33,7 @@ SELECT digitaltwin.send('rc_chain', 'c', '{}') > 0 AS sent;
 -- wait_idle() may return while the chain waits in a timer (pending timers
 -- are not waited for); wait for the chain to end either way
 SELECT digitaltwin.wait_idle('30s') AS idle;
-SELECT rc_wait_for($$(SELECT max(hop) = 60 FROM rc_seen)
+SELECT wait_for($$(SELECT max(hop) = 60 FROM rc_seen)
                    OR (SELECT count(*) > 0 FROM digitaltwin.dead_letters WHERE model = 'rc_chain')$$)
        AS chain_ended;
 -- expected (contract): cut at max_message_depth, with a dead letter
@@ -84,4 +72,3 @@ DELETE FROM digitaltwin.dead_letters;
 DROP TABLE rc_seen, rc_side;
 DROP FUNCTION rc_chain(text, jsonb, jsonb);
 DROP FUNCTION rc_try(text, jsonb, jsonb);
-DROP FUNCTION rc_wait_for(text, interval);

@@ -6,17 +6,6 @@
 --
 CREATE TABLE rv_seen (twin_id text, kind text, at timestamptz DEFAULT clock_timestamp());
 GRANT INSERT ON rv_seen TO PUBLIC;
-CREATE FUNCTION rv_wait_for(cond text, timeout interval DEFAULT '20s')
-RETURNS boolean LANGUAGE plpgsql AS $$
-DECLARE ok boolean; deadline timestamptz := clock_timestamp() + timeout;
-BEGIN
-    LOOP
-        EXECUTE 'SELECT ' || cond INTO ok;
-        IF ok THEN RETURN true; END IF;
-        IF clock_timestamp() > deadline THEN RETURN false; END IF;
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-END $$;
 CREATE FUNCTION rv_model(twin_id text, state jsonb, event jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -52,4 +41,3 @@ SELECT digitaltwin.wait_idle('20s');
 DELETE FROM digitaltwin.dead_letters;
 DROP TABLE rv_seen;
 DROP FUNCTION rv_model(text, jsonb, jsonb);
-DROP FUNCTION rv_wait_for(text, interval);
