@@ -432,6 +432,8 @@ extern void dt_outbox_begin(MemoryContext cxt);
 extern int	dt_outbox_mark(void);
 extern void dt_outbox_undo_to(int mark);
 extern int	dt_outbox_flush(void);
+extern void dt_outbox_announce(void);
+extern void dt_outbox_abandon(void);
 extern void dt_outbox_forget_plans(void);
 
 /* ----------------------------------------------------------------

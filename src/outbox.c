@@ -6,11 +6,12 @@
  * digitaltwin.send_to_source(payload) only records the command in
  * worker-local memory, with the event being processed (model, twin, event
  * id).  The worker inserts all commands of a batch into digitaltwin.outbox
- * with one statement in the batch's transaction and queues one
- * NOTIFY digitaltwin_outbox per row, whose payload is the row's id (so that
- * PostgreSQL, which merges identical notifications of a transaction, never
- * merges two commands).  Both take effect at commit: a command exists
- * exactly when the event that sent it was consumed.  Commands of an event
+ with one statement in the batch's transaction, and after the commit
+ * announces each with NOTIFY digitaltwin_outbox, whose payload is the row's
+ * id (so that PostgreSQL, which merges identical notifications of a
+ * transaction, never merges two commands; see dt_outbox_announce for why
+ * after the commit).  A command exists exactly when the event that sent it
+ * was consumed.  Commands of an event
  * whose model later fails are forgotten with the undo of its run
  * (dt_outbox_undo_to), as alerts are.
  *
@@ -34,6 +35,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/async.h"
@@ -42,6 +44,7 @@
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 
 #include "dt_internal.h"
 
@@ -63,10 +66,16 @@ static int	commands_size = 0;
 
 static SPIPlanPtr insert_plan = NULL;
 
+/* ids of the rows the last batch inserted, to announce after its commit */
+static int64 *announce = NULL;
+static int	nannounce = 0;
+static int	announce_size = 0;
+
 void
 dt_outbox_begin(MemoryContext cxt)
 {
 	outbox_cxt = cxt;
+	nannounce = 0;			/* a failed batch's rows were never committed */
 	commands_size = 16;
 	commands = MemoryContextAlloc(cxt, sizeof(DtStagedCommand) * commands_size);
 	ncommands = 0;
@@ -183,16 +192,20 @@ dt_outbox_insert(int start, int end)
 	if (ret != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
 
-	/* one notification per row, its id as payload: never merged */
+	/* announced after the commit (dt_outbox_announce) */
 	for (r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
-		int64		id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-													 SPI_tuptable->tupdesc, 1, &isnull));
-		char		buf[32];
 
-		snprintf(buf, sizeof(buf), INT64_FORMAT, id);
-		Async_Notify(DT_OUTBOX_CHANNEL, buf);
+		if (nannounce == announce_size)
+		{
+			announce_size = Max(announce_size * 2, 1024);
+			announce = announce == NULL ?
+				MemoryContextAlloc(TopMemoryContext, sizeof(int64) * announce_size) :
+				repalloc(announce, sizeof(int64) * announce_size);
+		}
+		announce[nannounce++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+															SPI_tuptable->tupdesc, 1, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -203,6 +216,45 @@ dt_outbox_insert(int start, int end)
  * statement takes at most DT_FLUSH_BYTES of payloads, so that its arrays
  * stay under the 1 GB a value can have.
  */
+/*
+ * After the batch's commit: one NOTIFY digitaltwin_outbox per row it
+ * inserted, in a transaction of their own.  A transaction that notifies
+ * takes a lock that serialises every notifying commit of the database
+ * until its commit is over; in the batch's own transaction that lock was
+ * held through the batch's WAL flush, so the workers' commits waited for
+ * each other (and the gateway for both).  This transaction writes nothing
+ * but its commit record, which is not waited for: the lock is held for
+ * microseconds.  A worker that dies between the two commits leaves its
+ * rows unannounced; notifications are hints, and gateways also take
+ * without one (README, take_outbox).  A NOTIFY queue that is full fails
+ * only this transaction, never the batch.
+ */
+void
+dt_outbox_announce(void)
+{
+	int			i;
+
+	if (nannounce == 0)
+		return;
+	StartTransactionCommand();
+	for (i = 0; i < nannounce; i++)
+	{
+		char		buf[32];
+
+		snprintf(buf, sizeof(buf), INT64_FORMAT, announce[i]);
+		Async_Notify(DT_OUTBOX_CHANNEL, buf);
+	}
+	nannounce = 0;
+	CommitTransactionCommand();
+}
+
+/* The batch failed: its rows were never committed. */
+void
+dt_outbox_abandon(void)
+{
+	nannounce = 0;
+}
+
 int
 dt_outbox_flush(void)
 {

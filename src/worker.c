@@ -997,6 +997,7 @@ dt_worker_run_batch(void)
 		dt_stage_publish(my_slot);
 	dt_timers_publish();
 	phase = DT_PHASE_IDLE;
+	dt_outbox_announce();
 
 	if (nbatch > 0)
 		dt_worker_update_stats(nbatch, ndead, nalerts);
@@ -1108,6 +1109,7 @@ dt_worker_recover(void)
 	dt_current_event = NULL;
 	dt_stage_abandon();
 	dt_timers_abandon();
+	dt_outbox_abandon();
 	/*
 	 * After a failure around the commit we cannot know what part of shared
 	 * memory is current; after any other, reloading also repairs whatever
