@@ -146,7 +146,7 @@ digitaltwin_send_to_source_sql(PG_FUNCTION_ARGS)
  * ----------------------------------------------------------------
  */
 
-/* Insert commands [start, end) with one statement and queue their NOTIFYs. */
+/* Insert commands [start, end) with one statement; keep their ids. */
 static void
 dt_outbox_insert(int start, int end)
 {
@@ -211,7 +211,7 @@ dt_outbox_insert(int start, int end)
 }
 
 /*
- * Insert the batch's commands and queue their notifications.  Runs inside
+ * Insert the batch's commands (announced after the commit).  Runs inside
  * SPI in the batch's transaction.  Returns the number of commands.  A
  * statement takes at most DT_FLUSH_BYTES of payloads, so that its arrays
  * stay under the 1 GB a value can have.
