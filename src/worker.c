@@ -261,13 +261,13 @@ dt_check_state(DtModel *model, Datum state)
 
 /*
  * What a model stages besides its state (alerts, outbox commands, timers,
- * messages)
- * lives in the worker's memory, not in the database: a subtransaction the
- * model rolls back itself (a plpgsql EXCEPTION block) must take back what
- * was staged inside it, as it takes back the model's own INSERTs.  The
- * marks of each subtransaction a model opens are kept here, and an abort
- * rewinds the staging to them.  (The runs' own subtransactions are opened
- * outside model calls and are not tracked: their undo is dt_run_segment's.)
+ * messages) lives in the worker's memory, not in the database: a
+ * subtransaction the model rolls back itself (a plpgsql EXCEPTION block)
+ * must take back what was staged inside it, as it takes back the model's
+ * own INSERTs.  The marks of each subtransaction a model opens are kept
+ * here, and an abort rewinds the staging to them.  (The runs' own
+ * subtransactions are opened outside model calls and are not tracked:
+ * their undo is dt_run_segment's.)
  */
 typedef struct DtSubMark
 {
