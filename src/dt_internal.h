@@ -87,8 +87,11 @@ struct DtCurrentEvent;
 extern struct DtCurrentEvent *dt_require_model_call(const char *function,
 													const char *detail,
 													const char *hint);
+extern bool dt_table_exists(const char *relname);
 extern void dt_require_table(const char *relname, const char *version,
 							 const char *function);
+extern int	dt_timestamp_plus_interval(TimestampTz t, const Interval *iv,
+									   TimestampTz *result);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
 typedef void (*dt_row_fn) (HeapTuple tuple, TupleDesc desc, void *arg);
 extern void dt_spi_cursor_each(Portal portal, dt_row_fn fn, void *arg);

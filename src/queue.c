@@ -719,7 +719,7 @@ dt_queue_maintain(void)
 		dt_queue_apply_retention("alerts", "raised_at", dt_alert_retention_s);
 		dt_queue_apply_retention("dead_letters", "failed_at", dt_dead_letter_retention_s);
 		/* version 1.6; an untaken row (taken_at NULL) is never deleted */
-		if (OidIsValid(get_relname_relid("outbox", get_namespace_oid("digitaltwin", false))))
+		if (dt_table_exists("outbox"))
 			dt_queue_apply_retention("outbox", "taken_at", dt_outbox_retention_s);
 	}
 
@@ -766,28 +766,19 @@ dt_events_last_id(void)
 /*
  * now + timeout, where a deadline beyond the range of timestamps ('1000000
  * years') is no deadline (DT_NOEND, never reached) and one before it is a
- * deadline already passed, instead of "timestamp out of range".  Adding an
- * interval is calendar arithmetic, but it lands within a few days of the
- * interval's length taken as 30.44-day months and 24-hour days, so that
- * estimate decides when it is far from the limits; otherwise the exact sum
- * cannot overflow.
+ * deadline already passed, instead of "timestamp out of range".
  */
 static TimestampTz
 dt_wait_deadline(const Interval *timeout, TimestampTz now)
 {
-	const double margin = 30.0 * USECS_PER_DAY;
-	double		approx;
+	TimestampTz deadline;
+	int			where = dt_timestamp_plus_interval(now, timeout, &deadline);
 
-	approx = (double) now + (double) timeout->time +
-		(double) timeout->day * USECS_PER_DAY +
-		(double) timeout->month * (DAYS_PER_YEAR / MONTHS_PER_YEAR) * USECS_PER_DAY;
-	if (approx > (double) END_TIMESTAMP - margin)
+	if (where > 0)
 		return DT_NOEND;
-	if (approx < (double) MIN_TIMESTAMP + margin)
+	if (where < 0)
 		return now;
-	return DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-												   TimestampTzGetDatum(now),
-												   IntervalPGetDatum(timeout)));
+	return deadline;
 }
 
 /*

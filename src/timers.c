@@ -337,13 +337,6 @@ dt_index_load_row(HeapTuple tup, TupleDesc desc, void *arg)
 	MemoryContextReset(tmp);
 }
 
-static bool
-dt_timer_table_exists(void)
-{
-	return OidIsValid(get_relname_relid("timer_state",
-										get_namespace_oid("digitaltwin", false)));
-}
-
 /*
  * Load the partition's pending timers from timer_state.  Inside the
  * worker's transaction, SPI connected.
@@ -357,7 +350,7 @@ dt_timers_load(int partition, int partitions)
 
 	dt_index_reset();
 	/* an older version of the extension, not updated yet: no timers */
-	table_exists = dt_timer_table_exists();
+	table_exists = dt_table_exists("timer_state");
 	if (!table_exists)
 	{
 		index_valid = true;
@@ -382,7 +375,7 @@ bool
 dt_timers_loaded(void)
 {
 	/* ALTER EXTENSION ... UPDATE brought the table */
-	if (index_valid && !table_exists && dt_timer_table_exists())
+	if (index_valid && !table_exists && dt_table_exists("timer_state"))
 		index_valid = false;
 	return index_valid;
 }
@@ -592,31 +585,6 @@ dt_interval_sign(const Interval *iv)
 											 IntervalPGetDatum(&zero)));
 }
 
-/*
- * t + iv, or false when the sum would leave the range of timestamps.
- * Adding an interval is calendar arithmetic, but lands within a few days
- * of the interval taken as 30.44-day months and 24-hour days: that
- * estimate decides near the limits, so that nothing a worker computes
- * outside a model call (the next period of a recurring timer) can fail.
- */
-static bool
-dt_timestamp_plus(TimestampTz t, const Interval *iv, TimestampTz *result)
-{
-	const double margin = 30.0 * USECS_PER_DAY;
-	double		approx;
-
-	approx = (double) t + (double) iv->time +
-		(double) iv->day * USECS_PER_DAY +
-		(double) iv->month * (DAYS_PER_YEAR / MONTHS_PER_YEAR) * USECS_PER_DAY;
-	if (approx > (double) END_TIMESTAMP - margin ||
-		approx < (double) MIN_TIMESTAMP + margin)
-		return false;
-	*result = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
-													  TimestampTzGetDatum(t),
-													  IntervalPGetDatum(iv)));
-	return true;
-}
-
 void
 digitaltwin_set_timer(const char *name, const Interval *after,
 					  Jsonb *payload, const Interval *every)
@@ -650,8 +618,8 @@ digitaltwin_set_timer(const char *name, const Interval *after,
 				 errmsg("timer payload is too large"),
 				 errdetail("A timer's payload may have digitaltwin.max_payload_size (%d kB).",
 						   dt_max_payload_kb)));
-	if (!dt_timestamp_plus(GetCurrentTimestamp(), after, &due_at) ||
-		(every != NULL && !dt_timestamp_plus(due_at, every, &next)))
+	if (dt_timestamp_plus_interval(GetCurrentTimestamp(), after, &due_at) != 0 ||
+		(every != NULL && dt_timestamp_plus_interval(due_at, every, &next) != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timer due time out of range"),
@@ -823,7 +791,7 @@ dt_timer_advance(DtTimerOp *op, TimestampTz now)
 			next = next + ((now - next) / step + 1) * step;
 			continue;
 		}
-		if (!dt_timestamp_plus(next, &op->every, &after))
+		if (dt_timestamp_plus_interval(next, &op->every, &after) != 0)
 			break;
 		next = (after > next) ? after : next + step;
 	}

@@ -16,7 +16,9 @@
 #include "catalog/pg_class.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
+#include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 #include "utils/syscache.h"
 
 #include "dt_internal.h"
@@ -64,6 +66,16 @@ dt_require_model_call(const char *function, const char *detail, const char *hint
 }
 
 /*
+ * Whether the extension's schema has this table: an installation not yet
+ * updated (ALTER EXTENSION UPDATE) lacks the tables of later versions.
+ */
+bool
+dt_table_exists(const char *relname)
+{
+	return OidIsValid(get_relname_relid(relname, get_namespace_oid("digitaltwin", false)));
+}
+
+/*
  * A C model built against a newer digitaltwin.h may call a function whose
  * table a later version of the extension brings: until ALTER EXTENSION
  * UPDATE, a clear error (which dead-letters the event), not a failed batch.
@@ -71,11 +83,39 @@ dt_require_model_call(const char *function, const char *detail, const char *hint
 void
 dt_require_table(const char *relname, const char *version, const char *function)
 {
-	if (!OidIsValid(get_relname_relid(relname, get_namespace_oid("digitaltwin", false))))
+	if (!dt_table_exists(relname))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("%s needs version %s of extension \"digitaltwin\"", function, version),
 				 errhint("Run ALTER EXTENSION digitaltwin UPDATE.")));
+}
+
+/*
+ * t + iv without "timestamp out of range": 0 with *result set, or >0 (<0)
+ * when the sum would lie beyond the end (before the start) of the range of
+ * timestamps.  Adding an interval is calendar arithmetic, but it lands
+ * within a few days of the interval's length taken as 30.44-day months and
+ * 24-hour days, so that estimate decides near the limits (30 days of
+ * margin); elsewhere the exact sum cannot overflow.  For a deadline of
+ * wait_idle() and the due times of timers, which nothing may fail on.
+ */
+int
+dt_timestamp_plus_interval(TimestampTz t, const Interval *iv, TimestampTz *result)
+{
+	const double margin = 30.0 * USECS_PER_DAY;
+	double		approx;
+
+	approx = (double) t + (double) iv->time +
+		(double) iv->day * USECS_PER_DAY +
+		(double) iv->month * (DAYS_PER_YEAR / MONTHS_PER_YEAR) * USECS_PER_DAY;
+	if (approx > (double) END_TIMESTAMP - margin)
+		return 1;
+	if (approx < (double) MIN_TIMESTAMP + margin)
+		return -1;
+	*result = DatumGetTimestampTz(DirectFunctionCall2(timestamptz_pl_interval,
+													  TimestampTzGetDatum(t),
+													  IntervalPGetDatum(iv)));
+	return 0;
 }
 
 /*
