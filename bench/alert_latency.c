@@ -22,50 +22,7 @@
 
 #include "libpq-fe.h"
 
-static double
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-static int
-cmp_double(const void *a, const void *b)
-{
-	double		x = *(const double *) a;
-	double		y = *(const double *) b;
-
-	return (x > y) - (x < y);
-}
-
-static PGconn *
-connect_or_die(const char *conninfo)
-{
-	PGconn	   *conn = PQconnectdb(conninfo);
-
-	if (PQstatus(conn) != CONNECTION_OK)
-	{
-		fprintf(stderr, "connection failed: %s", PQerrorMessage(conn));
-		exit(1);
-	}
-	return conn;
-}
-
-static void
-exec_or_die(PGconn *conn, const char *sql)
-{
-	PGresult   *res = PQexec(conn, sql);
-
-	if (PQresultStatus(res) != PGRES_COMMAND_OK &&
-		PQresultStatus(res) != PGRES_TUPLES_OK)
-	{
-		fprintf(stderr, "%s: %s", sql, PQerrorMessage(conn));
-		exit(1);
-	}
-	PQclear(res);
-}
+#include "latency.h"
 
 /*
  * Wait up to timeout_ms for the notification of a probe alert (other
@@ -135,7 +92,7 @@ main(int argc, char **argv)
 
 	listener = connect_or_die(conninfo);
 	sender = connect_or_die(conninfo);
-	exec_or_die(listener, "LISTEN digitaltwin_alerts");
+	PQclear(exec_or_die(listener, "LISTEN digitaltwin_alerts"));
 	snprintf(sql, sizeof(sql),
 			 "INSERT INTO digitaltwin.events (model, twin_id, payload) "
 			 "VALUES ('%s', 'latency-probe', '{\"bpm\": 250}')", model);
@@ -146,7 +103,7 @@ main(int argc, char **argv)
 		double		committed;
 		double		arrived;
 
-		exec_or_die(sender, sql);
+		PQclear(exec_or_die(sender, sql));
 		committed = now_ms();
 		arrived = wait_notify(listener, 5000);
 		if (arrived < 0)

@@ -33,65 +33,7 @@
 
 #include "libpq-fe.h"
 
-static double
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
-}
-
-static void
-sleep_until(double t)
-{
-	double		left = t - now_ms();
-
-	if (left > 0)
-	{
-		struct timespec ts;
-
-		ts.tv_sec = (time_t) (left / 1000);
-		ts.tv_nsec = (long) ((left - ts.tv_sec * 1000) * 1e6);
-		nanosleep(&ts, NULL);
-	}
-}
-
-static int
-cmp_double(const void *a, const void *b)
-{
-	double		x = *(const double *) a;
-	double		y = *(const double *) b;
-
-	return (x > y) - (x < y);
-}
-
-static PGconn *
-connect_or_die(const char *conninfo)
-{
-	PGconn	   *conn = PQconnectdb(conninfo);
-
-	if (PQstatus(conn) != CONNECTION_OK)
-	{
-		fprintf(stderr, "connection failed: %s", PQerrorMessage(conn));
-		exit(1);
-	}
-	return conn;
-}
-
-static PGresult *
-exec_or_die(PGconn *conn, const char *sql)
-{
-	PGresult   *res = PQexec(conn, sql);
-
-	if (PQresultStatus(res) != PGRES_COMMAND_OK &&
-		PQresultStatus(res) != PGRES_TUPLES_OK)
-	{
-		fprintf(stderr, "%s: %s", sql, PQerrorMessage(conn));
-		exit(1);
-	}
-	return res;
-}
+#include "latency.h"
 
 /* sender k of n: events k, k + n, k + 2n, ... */
 static void
