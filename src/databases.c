@@ -29,6 +29,7 @@
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
 #include "pgstat.h"
+#include "storage/ipc.h"
 #include "storage/latch.h"
 #include "utils/timestamp.h"
 
@@ -473,6 +474,23 @@ dt_launcher_rescan(void)
  * ----------------------------------------------------------------
  */
 
+/*
+ * A committing change of twin_state is announced twice: 'reload_pending'
+ * goes up before the commit becomes visible and down after, when
+ * 'reload_generation' moves.  A worker reads both after taking the
+ * snapshot of its batch (worker.c): no change pending and the generation
+ * it knows mean that its snapshot holds no change it has not loaded.
+ */
+static DtDatabase *reload_db = NULL;	/* where this backend marked one pending */
+
+static void
+dt_reload_unmark(int code, Datum arg)
+{
+	if (reload_db != NULL)
+		pg_atomic_fetch_sub_u32(&reload_db->reload_pending, 1);
+	reload_db = NULL;
+}
+
 static void
 dt_reload_xact_callback(XactEvent event, void *arg)
 {
@@ -481,22 +499,24 @@ dt_reload_xact_callback(XactEvent event, void *arg)
 
 	switch (event)
 	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-			if (!reload_at_commit)
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+			if (!reload_at_commit || reload_db != NULL)
 				break;
-			reload_at_commit = false;
-
-			/*
-			 * The commit is visible to every snapshot taken from now on, and
-			 * a worker reads the generation before it takes the snapshot of
-			 * its next batch: if it sees the new generation, its reload sees
-			 * the rows.
-			 */
 			db = dt_database_current();
 			if (db == NULL)
 				break;
+			pg_atomic_fetch_add_u32(&db->reload_pending, 1);
+			reload_db = db;
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			reload_at_commit = false;
+			if (reload_db == NULL)
+				break;
+			db = reload_db;
 			pg_atomic_fetch_add_u64(&db->reload_generation, 1);
+			dt_reload_unmark(0, 0);
 			for (i = 0; i < dt_shared->nworkers; i++)
 			{
 				Latch	   *latch = db->slots[i].latch;
@@ -508,6 +528,7 @@ dt_reload_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			reload_at_commit = false;
+			dt_reload_unmark(0, 0);
 			break;
 		default:
 			break;
@@ -537,6 +558,8 @@ digitaltwin_durable_state_changed(PG_FUNCTION_ARGS)
 	if (!reload_callback_registered)
 	{
 		RegisterXactCallback(dt_reload_xact_callback, NULL);
+		/* a backend that exits between the two announcements */
+		before_shmem_exit(dt_reload_unmark, (Datum) 0);
 		reload_callback_registered = true;
 	}
 	reload_at_commit = true;

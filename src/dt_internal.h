@@ -233,7 +233,8 @@ typedef struct DtDatabase
 	TransactionId creating_xid; /* the transaction of the last such request */
 	int			holds;			/* DROP/ALTER/CREATE DATABASE needing it alone */
 	TransactionId dropping_xid; /* the last DROP EXTENSION's transaction */
-	pg_atomic_uint64 reload_generation; /* twin_state changed by others */
+	pg_atomic_uint64 reload_generation; /* twin_state changed by others ... */
+	pg_atomic_uint32 reload_pending;	/* ... or such a change is committing */
 	/* its store: see shmem.c */
 	dshash_table_handle twins_handle;
 	dshash_table_handle counts_handle;	/* twins per model and partition */

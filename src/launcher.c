@@ -81,7 +81,13 @@ typedef struct DtDbRow
 static DtLaunched *launched = NULL;
 static DtDbRow *db_rows = NULL;
 static int	ndb_rows = 0;
-static Oid *probed = NULL;		/* databases probed by this launcher */
+typedef struct DtProbed
+{
+	Oid			dboid;
+	TimestampTz at;
+} DtProbed;
+
+static DtProbed *probed = NULL; /* databases probed by this launcher */
 static int	nprobed = 0;
 static int	probed_size = 0;
 
@@ -278,7 +284,7 @@ dt_was_probed(Oid dboid)
 
 	for (i = 0; i < nprobed; i++)
 	{
-		if (probed[i] == dboid)
+		if (probed[i].dboid == dboid)
 			return true;
 	}
 	return false;
@@ -291,12 +297,19 @@ dt_remember_probed(Oid dboid)
 	{
 		probed_size = Max(16, probed_size * 2);
 		probed = probed == NULL ?
-			MemoryContextAlloc(TopMemoryContext, sizeof(Oid) * probed_size) :
-			repalloc(probed, sizeof(Oid) * probed_size);
+			MemoryContextAlloc(TopMemoryContext, sizeof(DtProbed) * probed_size) :
+			repalloc(probed, sizeof(DtProbed) * probed_size);
 	}
-	probed[nprobed++] = dboid;
+	probed[nprobed].dboid = dboid;
+	probed[nprobed].at = GetCurrentTimestamp();
+	nprobed++;
 }
 
+/*
+ * Probe a database again at its next look (a backend found it without an
+ * entry), but not more than once a second: a session inserting into an
+ * unserved queue in a loop must not fork a probe per statement.
+ */
 static void
 dt_forget_probed(Oid dboid)
 {
@@ -304,8 +317,12 @@ dt_forget_probed(Oid dboid)
 
 	for (i = 0; i < nprobed; i++)
 	{
-		if (probed[i] == dboid)
+		if (probed[i].dboid == dboid &&
+			TimestampDifferenceExceeds(probed[i].at, GetCurrentTimestamp(), 1000))
+		{
 			probed[i] = probed[--nprobed];
+			break;
+		}
 	}
 }
 

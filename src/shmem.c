@@ -156,6 +156,7 @@ dt_database_init(DtDatabase *db, dsa_area *area)
 
 	memset(db, 0, dt_shared->database_size);
 	pg_atomic_init_u64(&db->reload_generation, 0);
+	pg_atomic_init_u32(&db->reload_pending, 0);
 	pg_atomic_init_u64(&db->queue_generation, DT_GENERATION_UNKNOWN);
 	ConditionVariableInit(&db->progress_cv);
 	LWLockInitialize(&db->counts_lock, dt_shared->tranche_id);

@@ -84,6 +84,7 @@ static bool need_rebuild = true;
 static Oid	known_extension = InvalidOid;
 static int	backoff_ms = 0;
 static uint64 seen_reload_generation = 0;
+static bool retry_soon = false;	/* the batch deferred itself: run another soon */
 
 /* the extension is not there yet: the transaction creating it runs */
 static TransactionId wait_for_creator = InvalidTransactionId;
@@ -881,6 +882,33 @@ dt_merge_timers(DtEvent *events, int nevents, DtEvent *timers, int ntimers)
 	return all;
 }
 
+/*
+ * Whether this batch must wait: another transaction changed twin_state
+ * (a restore, a repair), and this batch's snapshot may see the change
+ * without the twins in shared memory having it.  Read after the snapshot
+ * was taken (databases.c): a change still committing makes the worker try
+ * again shortly; one committed since the last look makes it reload, in
+ * the next batch, whose snapshot is taken after the commit.
+ */
+static bool
+dt_worker_reload_deferred(void)
+{
+	uint64		generation;
+
+	if (pg_atomic_read_u32(&dt_db->reload_pending) > 0)
+	{
+		retry_soon = true;
+		return true;
+	}
+	generation = pg_atomic_read_u64(&dt_db->reload_generation);
+	if (generation == seen_reload_generation)
+		return false;
+	seen_reload_generation = generation;
+	need_rebuild = true;
+	retry_soon = true;
+	return true;
+}
+
 static int
 dt_worker_run_batch(void)
 {
@@ -894,24 +922,19 @@ dt_worker_run_batch(void)
 	int			nalerts = 0;
 	int			limit;
 	int			i;
-	uint64		reload_generation;
-
-	/*
-	 * Before the snapshot: a change of twin_state by another transaction
-	 * (a restore) bumps the generation after its commit, so if we see the
-	 * new generation our snapshot sees the change (databases.c).
-	 */
-	reload_generation = pg_atomic_read_u64(&dt_db->reload_generation);
-	if (reload_generation != seen_reload_generation)
-	{
-		seen_reload_generation = reload_generation;
-		need_rebuild = true;
-	}
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
+
+	if (dt_worker_reload_deferred())
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		return 0;
+	}
 
 	if (!dt_worker_check_extension())
 	{
@@ -1305,6 +1328,12 @@ digitaltwin_worker_main(Datum main_arg)
 			dt_queue_maintain();
 		if (n >= dt_batch_size)
 			continue;
+		if (retry_soon)
+		{
+			retry_soon = false;
+			dt_worker_sleep(10);
+			continue;
+		}
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 dt_worker_wait_ms(), PG_WAIT_EXTENSION);

@@ -75,11 +75,26 @@ like($out, qr/^0$/m, 'no alert row for a rolled-back event');
 
 $node->stop;
 
-# Without shared_preload_libraries: a clear error with a hint.
+# Without shared_preload_libraries: a clear error with a hint.  CREATE
+# EXTENSION refuses (no launcher would serve the database) ...
 my $plain = PostgreSQL::Test::Cluster->new('not_preloaded');
 $plain->init;
 $plain->start;
+($ret, $out, $err) = $plain->psql('postgres', 'CREATE EXTENSION digitaltwin');
+isnt($ret, 0, 'CREATE EXTENSION fails without the preloaded library');
+like($err, qr/digitaltwin must be loaded via shared_preload_libraries/, 'error says why');
+is($plain->safe_psql('postgres', q{SELECT count(*) FROM pg_extension WHERE extname = 'digitaltwin'}),
+	'0', 'and leaves no extension behind');
+
+# ... and an extension created while it was preloaded says the same once
+# the library is no longer.
+$plain->stop;
+$plain->append_conf('postgresql.conf', "shared_preload_libraries = 'digitaltwin'\n");
+$plain->start;
 $plain->safe_psql('postgres', 'CREATE EXTENSION digitaltwin');
+$plain->stop;
+$plain->append_conf('postgresql.conf', "shared_preload_libraries = ''\n");
+$plain->start;
 ($ret, $out, $err) = $plain->psql('postgres',
 	q{SELECT digitaltwin.send('m', 't', '{}')});
 isnt($ret, 0, 'send fails without the preloaded library');
