@@ -135,6 +135,8 @@ dt_require_served_config(void)
 		dt_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
 				  "digitaltwin.workers is 0.",
 				  "Set digitaltwin.workers and restart the server.");
+	if (dt_databases == NULL || dt_databases[0] == '\0')
+		return;					/* every database: no catalog lookup per statement */
 	dbname = get_database_name(MyDatabaseId);
 	if (dbname != NULL && !dt_database_listed(dbname))
 	{
