@@ -68,7 +68,6 @@ listen_addresses = ''
 unix_socket_directories = '$DT_DIR'
 port = 5432
 shared_preload_libraries = 'digitaltwin'
-digitaltwin.database = 'postgres'
 # the demo and the benchmark create their models as the bootstrap superuser
 digitaltwin.allow_superuser_models = on
 $2

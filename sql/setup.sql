@@ -27,8 +27,9 @@ SET digitaltwin.max_payload_size = '2GB';
 SET digitaltwin.workers = 3;
 SET digitaltwin.nonexistent = 1;
 
--- the workers of this instance serve this database
-SELECT current_database() = current_setting('digitaltwin.database') AS served;
+-- the launcher serves this database: CREATE EXTENSION waited for its workers
+SELECT database = current_database() AS here, status
+FROM digitaltwin.stats WHERE worker IS NULL;
 
 -- Waiting for a timer is waiting for time to pass: the tests poll a
 -- condition with this, as PostgreSQL's TAP tests use poll_query_until.
@@ -39,9 +40,16 @@ DECLARE
     deadline timestamptz := clock_timestamp() + timeout;
 BEGIN
     LOOP
+        -- pg_stat_activity would otherwise stay as first read in this transaction
+        PERFORM pg_stat_clear_snapshot();
         EXECUTE 'SELECT ' || cond INTO ok;
         IF ok THEN RETURN true; END IF;
         IF clock_timestamp() > deadline THEN RETURN false; END IF;
         PERFORM pg_sleep(0.02);
     END LOOP;
 END $$;
+
+-- its workers, one per partition (digitaltwin.workers), connected to it
+SELECT wait_for($$(SELECT count(*) FROM pg_stat_activity
+                   WHERE backend_type = 'digitaltwin worker'
+                     AND datname = current_database()) = 2$$) AS workers_run;

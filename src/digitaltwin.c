@@ -1,10 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * digitaltwin.c
- *	  Module load: parameters, shared memory hooks, background workers.
+ *	  Module load: parameters, shared memory hooks, the launcher.
  *
- * digitaltwin must be in shared_preload_libraries: its workers and its twin
- * hash live from postmaster start.  Loaded any other way, the SQL functions
+ * digitaltwin must be in shared_preload_libraries: its launcher and its twin
+ * hashes live from postmaster start.  Loaded any other way, the SQL functions
  * refuse to run (dt_require_preload) rather than half-work.
  *
  *-------------------------------------------------------------------------
@@ -56,6 +56,6 @@ _PG_init(void)
 	/* DROP ROLE of a model's owner, REASSIGN OWNED (protect.c) */
 	dt_install_utility_hook();
 
-	dt_register_workers();
+	dt_register_launcher();
 	dt_preloaded = true;
 }

@@ -7,7 +7,8 @@
  * above it in this list, and util.c none):
  *	  util.c	 helpers: preload check, kept plans, the trusted scope
  *	  guc.c		 configuration parameters
- *	  shmem.c	 shared memory: worker slots, the twin hash (DSA + dshash)
+ *	  shmem.c	 shared memory: database entries, worker slots, twin hashes
+ *	  databases.c which databases are served: entries, refusals, holds
  *	  model.c	 model registry, caches of models, calling model functions
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
@@ -20,7 +21,8 @@
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
  *	  worker.c	 background worker loop and batch transaction
- *	  digitaltwin.c  module load: parameters, shared memory hooks, workers
+ *	  launcher.c the launcher: workers of every database that has the extension
+ *	  digitaltwin.c  module load: parameters, shared memory hooks, launcher
  *
  * Copyright (c) 2026, digitaltwin developers
  *
@@ -58,8 +60,9 @@
 #define DT_FLUSH_BYTES (64 * 1024 * 1024)
 
 /* guc.c */
-extern char *dt_database;
+extern char *dt_databases;
 extern int	dt_workers;
+extern int	dt_max_databases;
 extern int	dt_max_memory_mb;
 extern int	dt_batch_size;
 extern int	dt_poll_interval_ms;
@@ -75,12 +78,14 @@ extern bool dt_allow_superuser_models;
 extern int	dt_max_message_depth;
 extern int	dt_outbox_retention_s;
 extern void dt_define_gucs(void);
+extern bool dt_database_listed(const char *dbname);
 
 /* ----------------------------------------------------------------
  * util.c
  * ----------------------------------------------------------------
  */
 extern bool dt_preloaded;
+extern bool dt_is_worker;		/* this process is a digitaltwin worker */
 extern void dt_require_preload(void);
 extern void dt_forbid_in_model(const char *function);
 struct DtCurrentEvent;
@@ -170,6 +175,7 @@ typedef struct DtWorkerSlot
 {
 	slock_t		mutex;			/* protects the non-atomic fields */
 	pid_t		pid;
+	bool		extension_gone; /* it exited: the extension was dropped */
 	Latch	   *latch;
 	Oid			store_extension;	/* extension whose twins the partition holds */
 	uint64		load_epoch;		/* bumped when a rebuild starts purging the
@@ -196,24 +202,74 @@ typedef struct DtWorkerSlot
 	pg_atomic_uint64 batches;
 } DtWorkerSlot;
 
+/*
+ * A database's part of shared memory: its workers' slots and its twins.
+ * Entries are assigned to databases by the launcher (launcher.c) and the
+ * backends that ask for one (databases.c); a database's backends and
+ * workers only ever touch their own entry, so no database sees another's
+ * twins.  The fields before 'twins_handle' change only under
+ * DtShared.lock; 'incarnation' changes at each assignment, so that a
+ * backend can tell that the entry it remembered was given to another
+ * database (or to its own again, after DROP and CREATE EXTENSION).
+ */
+typedef enum DtDbState
+{
+	DT_DB_FREE = 0,				/* not assigned */
+	DT_DB_STARTING,				/* assigned; the launcher is starting its workers */
+	DT_DB_SERVED,				/* its workers run (or are being restarted) */
+	DT_DB_REFUSED				/* has the extension but is not served: 'reason' */
+} DtDbState;
+
+typedef struct DtDatabase
+{
+	Oid			dboid;
+	uint32		incarnation;
+	DtDbState	state;
+	char		name[NAMEDATALEN];
+	int			refusal_code;	/* SQLSTATE of the refusal (DT_DB_REFUSED) */
+	char		reason[256];
+	uint64		serve_requests; /* CREATE EXTENSION asked the launcher to serve it */
+	uint64		serve_answered; /* ... up to this request */
+	TransactionId creating_xid; /* the transaction of the last such request */
+	int			holds;			/* DROP/ALTER/CREATE DATABASE needing it alone */
+	TransactionId dropping_xid; /* the last DROP EXTENSION's transaction */
+	pg_atomic_uint64 reload_generation; /* twin_state changed by others */
+	/* its store: see shmem.c */
+	dshash_table_handle twins_handle;
+	dshash_table_handle counts_handle;	/* twins per model and partition */
+	LWLock		counts_lock;	/* makes a limit check and its increment one step */
+	ConditionVariable progress_cv;	/* broadcast after each batch */
+	pg_atomic_uint64 queue_generation;	/* DT_GENERATION_UNKNOWN: read the table */
+	DtWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} DtDatabase;
+
 typedef struct DtShared
 {
 	int			tranche_id;		/* for DSA and dshash partition locks */
-	int			nworkers;
-	dshash_table_handle twins_handle;
-	ConditionVariable progress_cv;	/* broadcast after each batch */
-	pg_atomic_uint64 queue_generation;	/* DT_GENERATION_UNKNOWN: read the table */
-	dshash_table_handle counts_handle;	/* twins per model and partition */
-	LWLock		counts_lock;	/* makes a limit check and its increment one step */
-	DtWorkerSlot slots[DT_MAX_WORKERS];
-	/* the in-place DSA area follows */
+	int			nworkers;		/* per database */
+	int			ndatabases;
+	Size		database_size;	/* of one DtDatabase with its slots */
+	LWLock		lock;			/* assignment and state of the databases */
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	ConditionVariable launcher_cv;	/* broadcast when a database's state changed */
+	bool		scanned;		/* the launcher has looked at every database */
+	uint64		rescan_requests;	/* CREATE DATABASE asked for a look */
+	uint64		rescans_done;	/* ... up to this request */
+	Oid			reprobe_dboid;	/* probe this database again in that look */
+	Oid			probe_dboid;	/* the database being probed ... */
+	int			probe_result;	/* ... 1: has the extension, 2: has not */
+	/* the DtDatabase entries follow, then the in-place DSA area */
 } DtShared;
 
 extern DtShared *dt_shared;
+extern DtDatabase *dt_db;		/* this process's database, or NULL */
 
 extern void dt_shmem_request(void);
 extern void dt_shmem_startup(void);
+extern DtDatabase *dt_database_entry(int index);
 extern void dt_attach_store(void);
+extern void dt_store_purge_database(void);
 extern dshash_table *dt_twins;
 extern dsa_area *dt_area;
 
@@ -254,6 +310,21 @@ extern void dt_store_release(DtTwinEntry *entry);
 /* copy a twin's state image out of shared memory; false if absent */
 extern bool dt_store_fetch(const DtTwinKey *key, MemoryContext cxt,
 						   char **image, Size *len, int64 *event_count);
+
+/* ----------------------------------------------------------------
+ * databases.c: the database entry of this process, and the launcher's
+ * answers (launcher.c)
+ * ----------------------------------------------------------------
+ */
+extern void dt_database_set(DtDatabase *db);
+extern DtDatabase *dt_database_current(void);
+extern void dt_require_served(void);
+extern DtDatabase *dt_database_wait_served(TimestampTz deadline);
+extern void dt_database_hold(Oid dboid);
+extern void dt_database_mark_dropping(void);
+extern Oid	dt_database_needed_alone(Node *parsetree);
+extern void dt_launcher_wake(void);
+extern void dt_launcher_rescan(void);
 
 /* ----------------------------------------------------------------
  * model.c
@@ -494,6 +565,10 @@ extern int32 dt_next_event_depth(void);
 
 /* worker.c */
 extern PGDLLEXPORT void digitaltwin_worker_main(Datum main_arg);
-extern void dt_register_workers(void);
+
+/* launcher.c */
+extern PGDLLEXPORT void digitaltwin_launcher_main(Datum main_arg);
+extern PGDLLEXPORT void digitaltwin_probe_main(Datum main_arg);
+extern void dt_register_launcher(void);
 
 #endif							/* DT_INTERNAL_H */

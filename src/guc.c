@@ -12,11 +12,60 @@
 #include "postgres.h"
 
 #include "utils/guc.h"
+#include "utils/varlena.h"
 
 #include "dt_internal.h"
 
-char	   *dt_database = NULL;
+/* digitaltwin.databases must parse as a list of names */
+static bool
+dt_check_databases(char **newval, void **extra, GucSource source)
+{
+	char	   *raw = pstrdup(*newval);
+	List	   *names;
+	bool		ok;
+
+	ok = SplitIdentifierString(raw, ',', &names);
+	if (!ok)
+		GUC_check_errdetail("List syntax is invalid.");
+	list_free(names);
+	pfree(raw);
+	return ok;
+}
+
+/*
+ * Whether digitaltwin.databases lets a database be served: an empty list
+ * means every database.  Names compare as SplitIdentifierString leaves
+ * them (unquoted names folded to lower case, as in SQL).
+ */
+bool
+dt_database_listed(const char *dbname)
+{
+	char	   *raw;
+	List	   *names;
+	ListCell   *lc;
+	bool		listed = false;
+
+	if (dt_databases == NULL || dt_databases[0] == '\0')
+		return true;
+	raw = pstrdup(dt_databases);
+	if (!SplitIdentifierString(raw, ',', &names))
+		return false;
+	foreach(lc, names)
+	{
+		if (strcmp((const char *) lfirst(lc), dbname) == 0)
+		{
+			listed = true;
+			break;
+		}
+	}
+	list_free(names);
+	pfree(raw);
+	return listed;
+}
+
+char	   *dt_databases = NULL;
 int			dt_workers = 2;
+int			dt_max_databases = 8;
 int			dt_max_memory_mb = 256;
 int			dt_batch_size = 50000;
 int			dt_poll_interval_ms = 1000;
@@ -35,20 +84,31 @@ int			dt_outbox_retention_s = 7 * 24 * 3600;
 void
 dt_define_gucs(void)
 {
-	DefineCustomStringVariable("digitaltwin.database",
-							   "Database whose events the digitaltwin workers process.",
-							   NULL,
-							   &dt_database,
-							   "postgres",
-							   PGC_POSTMASTER,
-							   0,
-							   NULL, NULL, NULL);
+	DefineCustomStringVariable("digitaltwin.databases",
+							   "Databases whose events the digitaltwin workers may process; empty for all.",
+							   "A comma-separated list of database names.  In a database not listed, CREATE EXTENSION digitaltwin "
+							   "and inserts into its queue fail; workers serving a database removed from the list stop at reload.",
+							   &dt_databases,
+							   "",
+							   PGC_SIGHUP,
+							   GUC_LIST_INPUT,
+							   dt_check_databases, NULL, NULL);
 
 	DefineCustomIntVariable("digitaltwin.workers",
-							"Number of digitaltwin background workers.",
-							"Twins are partitioned among the workers by a hash of the twin id.",
+							"Number of digitaltwin background workers of each database.",
+							"Twins are partitioned among a database's workers by a hash of the twin id; 0 serves no database.",
 							&dt_workers,
 							2, 0, DT_MAX_WORKERS,
+							PGC_POSTMASTER,
+							0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.max_databases",
+							"Most databases digitaltwin serves at once.",
+							"Each database that has the extension takes one entry of shared memory, served or not; "
+							"the background workers it needs (digitaltwin.workers each) count against max_worker_processes.",
+							&dt_max_databases,
+							8, 1, 256,
 							PGC_POSTMASTER,
 							0,
 							NULL, NULL, NULL);

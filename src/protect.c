@@ -203,6 +203,23 @@ dt_extension_here(void)
 		OidIsValid(get_namespace_oid("digitaltwin", true));
 }
 
+/* DROP EXTENSION ... digitaltwin ... */
+static bool
+dt_drops_extension(Node *parsetree)
+{
+	DropStmt   *stmt = (DropStmt *) parsetree;
+	ListCell   *lc;
+
+	if (!IsA(parsetree, DropStmt) || stmt->removeType != OBJECT_EXTENSION)
+		return false;
+	foreach(lc, stmt->objects)
+	{
+		if (strcmp(strVal(lfirst(lc)), "digitaltwin") == 0)
+			return true;
+	}
+	return false;
+}
+
 static void
 dt_process_utility(PlannedStmt *pstmt, const char *queryString,
 				   bool readOnlyTree, ProcessUtilityContext context,
@@ -217,6 +234,10 @@ dt_process_utility(PlannedStmt *pstmt, const char *queryString,
 	else if (IsA(parsetree, ReassignOwnedStmt) && dt_extension_here())
 		reassign = true;
 
+	/* commands that need a database without its workers (databases.c) */
+	if (OidIsValid(dt_database_needed_alone(parsetree)))
+		dt_database_hold(dt_database_needed_alone(parsetree));
+
 	if (prev_process_utility)
 		prev_process_utility(pstmt, queryString, readOnlyTree, context,
 							 params, queryEnv, dest, qc);
@@ -226,6 +247,8 @@ dt_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 	if (reassign)
 		dt_reassign_models((ReassignOwnedStmt *) parsetree);
+	if (dt_drops_extension(parsetree))
+		dt_database_mark_dropping();
 }
 
 void

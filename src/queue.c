@@ -78,13 +78,15 @@ static int	truncate_backoff_ms = 0;
 static void
 dt_queue_xact_callback(XactEvent event, void *arg)
 {
+	DtDatabase *db;
 	int			i;
 
 	switch (event)
 	{
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
-			if (wake_at_commit && dt_shared != NULL)
+			if (wake_at_commit && dt_shared != NULL &&
+				(db = dt_database_current()) != NULL)
 			{
 				/*
 				 * No lock: a stale pointer is the latch of a worker that just
@@ -93,7 +95,7 @@ dt_queue_xact_callback(XactEvent event, void *arg)
 				 */
 				for (i = 0; i < dt_shared->nworkers; i++)
 				{
-					Latch	   *latch = dt_shared->slots[i].latch;
+					Latch	   *latch = db->slots[i].latch;
 
 					if (latch != NULL)
 						SetLatch(latch);
@@ -194,7 +196,8 @@ digitaltwin_event_valid(PG_FUNCTION_ARGS)
 
 /*
  * AFTER INSERT statement trigger on digitaltwin.events: the workers are
- * woken when the transaction commits.
+ * woken when the transaction commits.  In a database that no worker will
+ * serve, the statement fails instead: never a silent queue.
  */
 Datum
 digitaltwin_events_inserted(PG_FUNCTION_ARGS)
@@ -206,6 +209,7 @@ digitaltwin_events_inserted(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
 		elog(ERROR, "digitaltwin_events_inserted: must be fired AFTER ... FOR EACH STATEMENT");
 	dt_require_preload();
+	dt_require_served();
 	dt_queue_mark_wake();
 	return PointerGetDatum(NULL);
 }
@@ -227,12 +231,15 @@ digitaltwin_partition_of(PG_FUNCTION_ARGS)
 /*
  * Default of digitaltwin.events.part: the partition new events go to.
  * Called for every inserted row, so it reads shared memory; after a restart
- * the first caller loads the generation from queue_state.
+ * the first caller loads the generation from queue_state.  A database
+ * without an entry (not served yet) has no worker to rotate the queue: its
+ * generation is the one in the table.
  */
 static uint64
 dt_queue_generation(void)
 {
-	uint64		g = pg_atomic_read_u64(&dt_shared->queue_generation);
+	DtDatabase *db = dt_database_current();
+	uint64		g = db ? pg_atomic_read_u64(&db->queue_generation) : DT_GENERATION_UNKNOWN;
 
 	if (g == DT_GENERATION_UNKNOWN)
 	{
@@ -254,7 +261,8 @@ dt_queue_generation(void)
 		 * Only replace "unknown": the coordinator may have published a newer
 		 * generation meanwhile.  Either value is safe (see the header).
 		 */
-		if (!pg_atomic_compare_exchange_u64(&dt_shared->queue_generation,
+		if (db != NULL &&
+			!pg_atomic_compare_exchange_u64(&db->queue_generation,
 											&expected, g))
 			g = expected;
 	}
@@ -272,7 +280,7 @@ digitaltwin_queue_partition(PG_FUNCTION_ARGS)
 void
 dt_queue_forget_generation(void)
 {
-	pg_atomic_write_u64(&dt_shared->queue_generation, DT_GENERATION_UNKNOWN);
+	pg_atomic_write_u64(&dt_db->queue_generation, DT_GENERATION_UNKNOWN);
 }
 
 /* ----------------------------------------------------------------
@@ -730,7 +738,7 @@ dt_queue_maintain(void)
 
 	/* only a committed rotation may be seen by inserters */
 	if (rotated)
-		pg_atomic_write_u64(&dt_shared->queue_generation, generation);
+		pg_atomic_write_u64(&dt_db->queue_generation, generation);
 }
 
 /* ----------------------------------------------------------------
@@ -797,7 +805,7 @@ dt_wait_deadline(const Interval *timeout, TimestampTz now)
  * began has not counted them yet when the round begins.
  */
 static bool
-dt_wait_round(TimestampTz deadline, bool *messages)
+dt_wait_round(DtDatabase *db, TimestampTz deadline, bool *messages)
 {
 	uint64		fetches[DT_MAX_WORKERS];
 	uint64		message_batches[DT_MAX_WORKERS];
@@ -807,7 +815,7 @@ dt_wait_round(TimestampTz deadline, bool *messages)
 	*messages = false;
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{
-		DtWorkerSlot *slot = &dt_shared->slots[i];
+		DtWorkerSlot *slot = &db->slots[i];
 
 		SpinLockAcquire(&slot->mutex);
 		fetches[i] = slot->fetches;
@@ -817,7 +825,7 @@ dt_wait_round(TimestampTz deadline, bool *messages)
 	last_id = dt_events_last_id();
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{
-		Latch	   *latch = dt_shared->slots[i].latch;
+		Latch	   *latch = db->slots[i].latch;
 
 		if (latch != NULL)
 			SetLatch(latch);
@@ -825,7 +833,7 @@ dt_wait_round(TimestampTz deadline, bool *messages)
 
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{
-		DtWorkerSlot *slot = &dt_shared->slots[i];
+		DtWorkerSlot *slot = &db->slots[i];
 
 		for (;;)
 		{
@@ -839,14 +847,14 @@ dt_wait_round(TimestampTz deadline, bool *messages)
 				break;
 			if (GetCurrentTimestamp() >= deadline)
 				return false;
-			ConditionVariableTimedSleep(&dt_shared->progress_cv, 100, PG_WAIT_EXTENSION);
+			ConditionVariableTimedSleep(&db->progress_cv, 100, PG_WAIT_EXTENSION);
 			/* without a deadline, a cancel or statement_timeout ends it */
 			CHECK_FOR_INTERRUPTS();
 		}
 	}
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{
-		DtWorkerSlot *slot = &dt_shared->slots[i];
+		DtWorkerSlot *slot = &db->slots[i];
 
 		SpinLockAcquire(&slot->mutex);
 		if (slot->message_batches != message_batches[i])
@@ -860,6 +868,7 @@ Datum
 digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 {
 	Interval   *timeout = PG_GETARG_INTERVAL_P(0);
+	DtDatabase *db;
 	TimestampTz deadline;
 	bool		done = false;
 	int			round;
@@ -885,6 +894,11 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 
 	deadline = dt_wait_deadline(timeout, GetCurrentTimestamp());
 
+	/* just after CREATE EXTENSION or server start: the launcher is starting the workers */
+	db = dt_database_wait_served(deadline);
+	if (db == NULL)
+		PG_RETURN_BOOL(false);
+
 	/*
 	 * Events committed before the call are consumed after one round; the
 	 * messages they caused were committed by then, and the next round
@@ -893,12 +907,12 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 	 * and chains are at most max_message_depth long, so under a steady
 	 * stream of other messages the wait still ends after that many rounds.
 	 */
-	ConditionVariablePrepareToSleep(&dt_shared->progress_cv);
+	ConditionVariablePrepareToSleep(&db->progress_cv);
 	for (round = 0; round <= dt_max_message_depth + 1; round++)
 	{
 		bool		messages;
 
-		if (!dt_wait_round(deadline, &messages))
+		if (!dt_wait_round(db, deadline, &messages))
 			goto out;
 		if (!messages)
 			break;

@@ -3,10 +3,14 @@
  * shmem.c
  *	  Shared memory of digitaltwin: worker slots and the twin hash.
  *
- * Twins live in a dshash table inside a DSA area that is created in place in
+ * Twins live in dshash tables inside a DSA area that is created in place in
  * the main shared memory segment at postmaster start (as PG15's shared
  * memory statistics do), so it is reset by a crash-restart together with
  * everything else; dsa_set_size_limit() bounds it by digitaltwin.max_memory.
+ * Each database entry (DtDatabase, digitaltwin.max_databases of them) has
+ * its own pair of tables, created with the area: the databases share the
+ * memory, never a table, so a twin is found only through its database's
+ * entry.  A process works with one entry at a time, dt_db.
  *
  * Locking rules:
  *	- A twin entry is written only by the worker that owns its partition, and
@@ -35,13 +39,19 @@
 
 #include "dt_internal.h"
 
-/* DSA area placed in the main segment; further memory comes from DSM. */
-#define DT_INPLACE_DSA_SIZE (1024 * 1024)
+/*
+ * DSA area placed in the main segment, room for every database's empty
+ * tables (a few kB each) and more; further memory comes from DSM.
+ */
+#define DT_INPLACE_DSA_SIZE \
+	((Size) 1024 * 1024 + (Size) dt_max_databases * 32 * 1024)
 
 DtShared   *dt_shared = NULL;
+DtDatabase *dt_db = NULL;
 dsa_area   *dt_area = NULL;
 dshash_table *dt_twins = NULL;
 static dshash_table *dt_counts = NULL;
+static DtDatabase *attached_db = NULL;	/* whose tables dt_twins, dt_counts are */
 
 /*
  * Twins per model, counted per worker partition: each worker counts its own
@@ -92,21 +102,84 @@ static const dshash_parameters dt_twin_params = {
 	 2 * sizeof(dsa_pointer) + TYPEALIGN(8, (id_len)))
 
 static Size
+dt_database_size(void)
+{
+	return MAXALIGN(add_size(offsetof(DtDatabase, slots),
+							 mul_size(sizeof(DtWorkerSlot), Max(dt_workers, 1))));
+}
+
+static Size
+dt_databases_offset(void)
+{
+	return MAXALIGN(sizeof(DtShared));
+}
+
+static Size
+dt_inplace_offset(void)
+{
+	return add_size(dt_databases_offset(),
+					mul_size(dt_database_size(), dt_max_databases));
+}
+
+static Size
 dt_shmem_size(void)
 {
-	return add_size(MAXALIGN(sizeof(DtShared)), DT_INPLACE_DSA_SIZE);
+	return add_size(dt_inplace_offset(), DT_INPLACE_DSA_SIZE);
 }
 
 static void *
 dt_inplace_area(void)
 {
-	return (char *) dt_shared + MAXALIGN(sizeof(DtShared));
+	return (char *) dt_shared + dt_inplace_offset();
+}
+
+DtDatabase *
+dt_database_entry(int index)
+{
+	Assert(index >= 0 && index < dt_shared->ndatabases);
+	return (DtDatabase *) ((char *) dt_shared + dt_databases_offset() +
+						   index * dt_shared->database_size);
 }
 
 void
 dt_shmem_request(void)
 {
 	RequestAddinShmemSpace(dt_shmem_size());
+}
+
+static void
+dt_database_init(DtDatabase *db, dsa_area *area)
+{
+	dshash_parameters params;
+	dshash_table *table;
+	int			i;
+
+	memset(db, 0, dt_shared->database_size);
+	pg_atomic_init_u64(&db->reload_generation, 0);
+	pg_atomic_init_u64(&db->queue_generation, DT_GENERATION_UNKNOWN);
+	ConditionVariableInit(&db->progress_cv);
+	LWLockInitialize(&db->counts_lock, dt_shared->tranche_id);
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		DtWorkerSlot *slot = &db->slots[i];
+
+		SpinLockInit(&slot->mutex);
+		pg_atomic_init_u64(&slot->events_processed, 0);
+		pg_atomic_init_u64(&slot->dead_letters, 0);
+		pg_atomic_init_u64(&slot->alerts, 0);
+		pg_atomic_init_u64(&slot->batches, 0);
+	}
+
+	params = dt_twin_params;
+	params.tranche_id = dt_shared->tranche_id;
+	table = dshash_create(area, &params, NULL);
+	db->twins_handle = dshash_get_hash_table_handle(table);
+	dshash_detach(table);
+	params = dt_count_params;
+	params.tranche_id = dt_shared->tranche_id;
+	table = dshash_create(area, &params, NULL);
+	db->counts_handle = dshash_get_hash_table_handle(table);
+	dshash_detach(table);
 }
 
 void
@@ -118,48 +191,30 @@ dt_shmem_startup(void)
 	dt_shared = ShmemInitStruct("digitaltwin", dt_shmem_size(), &found);
 	if (!found)
 	{
-		dshash_parameters params = dt_twin_params;
 		dsa_area   *area;
-		dshash_table *twins;
-		dshash_table *counts;
 		int			i;
 
 		memset(dt_shared, 0, sizeof(DtShared));
 		dt_shared->tranche_id = LWLockNewTrancheId();
 		dt_shared->nworkers = dt_workers;
-		ConditionVariableInit(&dt_shared->progress_cv);
-		pg_atomic_init_u64(&dt_shared->queue_generation, DT_GENERATION_UNKNOWN);
-		for (i = 0; i < DT_MAX_WORKERS; i++)
-		{
-			DtWorkerSlot *slot = &dt_shared->slots[i];
-
-			SpinLockInit(&slot->mutex);
-			pg_atomic_init_u64(&slot->events_processed, 0);
-			pg_atomic_init_u64(&slot->dead_letters, 0);
-			pg_atomic_init_u64(&slot->alerts, 0);
-			pg_atomic_init_u64(&slot->batches, 0);
-		}
+		dt_shared->ndatabases = dt_max_databases;
+		dt_shared->database_size = dt_database_size();
+		LWLockInitialize(&dt_shared->lock, dt_shared->tranche_id);
+		ConditionVariableInit(&dt_shared->launcher_cv);
 
 		/*
 		 * The postmaster must not create DSM segments, so the initial hash
-		 * has to fit in the in-place part: keep the limit at that size while
-		 * creating it, then raise it to the configured maximum.
+		 * tables have to fit in the in-place part: keep the limit at that
+		 * size while creating them, then raise it to the configured
+		 * maximum.
 		 */
 		area = dsa_create_in_place(dt_inplace_area(), DT_INPLACE_DSA_SIZE,
 								   dt_shared->tranche_id, NULL);
 		dsa_pin(area);
 		dsa_set_size_limit(area, DT_INPLACE_DSA_SIZE);
-		params.tranche_id = dt_shared->tranche_id;
-		twins = dshash_create(area, &params, NULL);
-		dt_shared->twins_handle = dshash_get_hash_table_handle(twins);
-		params = dt_count_params;
-		params.tranche_id = dt_shared->tranche_id;
-		counts = dshash_create(area, &params, NULL);
-		dt_shared->counts_handle = dshash_get_hash_table_handle(counts);
-		LWLockInitialize(&dt_shared->counts_lock, dt_shared->tranche_id);
+		for (i = 0; i < dt_shared->ndatabases; i++)
+			dt_database_init(dt_database_entry(i), area);
 		dsa_set_size_limit(area, (size_t) dt_max_memory_mb * 1024 * 1024);
-		dshash_detach(counts);
-		dshash_detach(twins);
 		dsa_detach(area);
 	}
 	LWLockRelease(AddinShmemInitLock);
@@ -168,27 +223,40 @@ dt_shmem_startup(void)
 }
 
 /*
- * Attach this backend to the twin hash, once.
+ * Attach this process to the twin tables of its database, dt_db: the area
+ * once, the tables again whenever dt_db is another entry.
  */
 void
 dt_attach_store(void)
 {
-	dshash_parameters params = dt_twin_params;
+	dshash_parameters params;
 	MemoryContext old;
 
 	dt_require_preload();
-	if (dt_twins != NULL)
+	Assert(dt_db != NULL);
+	if (dt_twins != NULL && attached_db == dt_db)
 		return;
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
-	LWLockRegisterTranche(dt_shared->tranche_id, "digitaltwin");
-	dt_area = dsa_attach_in_place(dt_inplace_area(), NULL);
-	dsa_pin_mapping(dt_area);
+	if (dt_area == NULL)
+	{
+		LWLockRegisterTranche(dt_shared->tranche_id, "digitaltwin");
+		dt_area = dsa_attach_in_place(dt_inplace_area(), NULL);
+		dsa_pin_mapping(dt_area);
+	}
+	if (dt_twins != NULL)
+	{
+		dshash_detach(dt_twins);
+		dshash_detach(dt_counts);
+		dt_twins = dt_counts = NULL;
+	}
+	params = dt_twin_params;
 	params.tranche_id = dt_shared->tranche_id;
-	dt_twins = dshash_attach(dt_area, &params, dt_shared->twins_handle, NULL);
+	dt_twins = dshash_attach(dt_area, &params, dt_db->twins_handle, NULL);
 	params = dt_count_params;
 	params.tranche_id = dt_shared->tranche_id;
-	dt_counts = dshash_attach(dt_area, &params, dt_shared->counts_handle, NULL);
+	dt_counts = dshash_attach(dt_area, &params, dt_db->counts_handle, NULL);
+	attached_db = dt_db;
 	MemoryContextSwitchTo(old);
 }
 
@@ -351,7 +419,7 @@ dt_store_purge_partition(int partition, int partitions)
 {
 	dshash_seq_status status;
 	DtTwinEntry *entry;
-	DtWorkerSlot *slot = &dt_shared->slots[partition];
+	DtWorkerSlot *slot = &dt_db->slots[partition];
 
 	dshash_seq_init(&status, dt_twins, true);
 	while ((entry = dshash_seq_next(&status)) != NULL)
@@ -367,6 +435,48 @@ dt_store_purge_partition(int partition, int partitions)
 	slot->twins = 0;
 	slot->memory_bytes = 0;
 	SpinLockRelease(&slot->mutex);
+}
+
+/*
+ * Forget every twin of dt_db and its counts: the launcher does this when
+ * the database is no longer served (extension or database dropped), so
+ * that its memory goes back to the other databases at once.  No worker of
+ * the database runs.
+ */
+void
+dt_store_purge_database(void)
+{
+	dshash_seq_status status;
+	DtTwinEntry *entry;
+	DtCountEntry *count;
+	int			i;
+
+	dshash_seq_init(&status, dt_twins, true);
+	while ((entry = dshash_seq_next(&status)) != NULL)
+	{
+		dt_entry_free(entry);
+		dshash_delete_current(&status);
+	}
+	dshash_seq_term(&status);
+
+	LWLockAcquire(&dt_db->counts_lock, LW_EXCLUSIVE);
+	dshash_seq_init(&status, dt_counts, true);
+	while ((count = dshash_seq_next(&status)) != NULL)
+		dshash_delete_current(&status);
+	dshash_seq_term(&status);
+	LWLockRelease(&dt_db->counts_lock);
+
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		DtWorkerSlot *slot = &dt_db->slots[i];
+
+		SpinLockAcquire(&slot->mutex);
+		slot->twins = 0;
+		slot->memory_bytes = 0;
+		slot->store_extension = InvalidOid;
+		slot->load_epoch++;
+		SpinLockRelease(&slot->mutex);
+	}
 }
 
 /*
@@ -396,7 +506,7 @@ dt_store_purge_models(int partition, int partitions,
 		dshash_delete_current(&status);
 	}
 	dshash_seq_term(&status);
-	dt_slot_account(&dt_shared->slots[partition], -twins, -bytes);
+	dt_slot_account(&dt_db->slots[partition], -twins, -bytes);
 }
 
 /*
@@ -657,28 +767,28 @@ dt_twin_count_reserve(int32 model_id, int partition, int partitions, int64 limit
 	int64		total = 0;
 	int			p;
 
-	LWLockAcquire(&dt_shared->counts_lock, LW_EXCLUSIVE);
+	LWLockAcquire(&dt_db->counts_lock, LW_EXCLUSIVE);
 	if (limit > 0)
 	{
 		for (p = 0; p < partitions; p++)
 			total += dt_twin_count_get(model_id, p);
 		if (total >= limit)
 		{
-			LWLockRelease(&dt_shared->counts_lock);
+			LWLockRelease(&dt_db->counts_lock);
 			return false;
 		}
 	}
 	dt_twin_count_add_locked(model_id, partition, 1);
-	LWLockRelease(&dt_shared->counts_lock);
+	LWLockRelease(&dt_db->counts_lock);
 	return true;
 }
 
 void
 dt_twin_count_add(int32 model_id, int partition, int64 delta)
 {
-	LWLockAcquire(&dt_shared->counts_lock, LW_EXCLUSIVE);
+	LWLockAcquire(&dt_db->counts_lock, LW_EXCLUSIVE);
 	dt_twin_count_add_locked(model_id, partition, delta);
-	LWLockRelease(&dt_shared->counts_lock);
+	LWLockRelease(&dt_db->counts_lock);
 }
 
 /*
@@ -691,7 +801,7 @@ dt_twin_count_forget(int partition, bool (*is_live) (int32 model_id))
 	dshash_seq_status status;
 	DtCountEntry *entry;
 
-	LWLockAcquire(&dt_shared->counts_lock, LW_EXCLUSIVE);
+	LWLockAcquire(&dt_db->counts_lock, LW_EXCLUSIVE);
 	dshash_seq_init(&status, dt_counts, true);
 	while ((entry = dshash_seq_next(&status)) != NULL)
 	{
@@ -700,5 +810,5 @@ dt_twin_count_forget(int partition, bool (*is_live) (int32 model_id))
 			dshash_delete_current(&status);
 	}
 	dshash_seq_term(&status);
-	LWLockRelease(&dt_shared->counts_lock);
+	LWLockRelease(&dt_db->counts_lock);
 }

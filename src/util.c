@@ -25,6 +25,7 @@
 
 /* set by _PG_init when loaded through shared_preload_libraries */
 bool		dt_preloaded = false;
+bool		dt_is_worker = false;
 
 /* the event a worker's model call is processing, else NULL */
 DtCurrentEvent *dt_current_event = NULL;

@@ -63,6 +63,7 @@
 
 PG_FUNCTION_INFO_V1(digitaltwin_twin_entries);
 PG_FUNCTION_INFO_V1(digitaltwin_worker_stats);
+PG_FUNCTION_INFO_V1(digitaltwin_database_stats);
 
 /* passes over shared memory before every partition is read from twin_state */
 #define DT_LIVE_MAX_PASSES 3
@@ -165,6 +166,8 @@ typedef struct DtLiveCollect
 	DtLiveConversion *conversions;
 	int64		nconversions;
 	int64		conversions_size;
+	DtDatabase *db;				/* this database's entry, NULL if none */
+	uint32		incarnation;	/* ... when the copy started */
 	int			nparts;
 	int			passes;
 	/* partitions a former pass saw reloading: read from twin_state */
@@ -320,18 +323,21 @@ dt_live_add_durables(DtLiveCollect *c, int partition)
 	dt_trusted_leave(&scope);
 }
 
-/* Twins in shared memory, from the workers' slots. */
+/* Twins of this database in shared memory, from its workers' slots. */
 int64
 dt_view_twin_count(void)
 {
+	DtDatabase *db = dt_database_current();
 	int64		twins = 0;
 	int			i;
 
+	if (db == NULL)
+		return 0;
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{
-		SpinLockAcquire(&dt_shared->slots[i].mutex);
-		twins += dt_shared->slots[i].twins;
-		SpinLockRelease(&dt_shared->slots[i].mutex);
+		SpinLockAcquire(&db->slots[i].mutex);
+		twins += db->slots[i].twins;
+		SpinLockRelease(&db->slots[i].mutex);
 	}
 	return twins;
 }
@@ -343,9 +349,14 @@ dt_live_start(DtLiveCollect *c, DtLiveRows *out, const bool *needed,
 {
 	dt_require_preload();
 	(void) dt_models_relid();	/* clear error if not installed */
-	dt_attach_store();
 
 	memset(c, 0, sizeof(*c));
+	c->db = dt_database_current();
+	if (c->db != NULL)
+	{
+		c->incarnation = c->db->incarnation;
+		dt_attach_store();
+	}
 	c->extension = dt_extension_oid();
 	c->recovery = RecoveryInProgress();
 	c->out = out;
@@ -386,12 +397,27 @@ dt_live_begin_pass(DtLiveCollect *c)
 	while ((m = hash_seq_search(&status)) != NULL)
 		m->first_conversion = m->last_conversion = -1;
 
+	/*
+	 * No entry, or the entry went to another database since the copy
+	 * started: nothing comes from shared memory (a purge bumps every load
+	 * epoch, so a pass that copied another database's twins is not held).
+	 */
+	if (c->db != NULL &&
+		(dt_database_current() != c->db || c->db->incarnation != c->incarnation))
+		c->db = NULL;
 	c->all_current = true;
 	c->any_current = false;
 	for (i = 0; i < c->nparts; i++)
 	{
-		DtWorkerSlot *slot = &dt_shared->slots[i];
+		DtWorkerSlot *slot;
 
+		if (c->db == NULL)
+		{
+			c->current[i] = false;
+			c->all_current = false;
+			continue;
+		}
+		slot = &c->db->slots[i];
 		SpinLockAcquire(&slot->mutex);
 		c->current[i] = (slot->store_extension == c->extension);
 		c->epoch[i] = slot->load_epoch;
@@ -416,11 +442,12 @@ dt_live_pass_held(DtLiveCollect *c, int partition)
 
 	for (i = 0; i < c->nparts; i++)
 	{
-		DtWorkerSlot *slot = &dt_shared->slots[i];
+		DtWorkerSlot *slot;
 		uint64		epoch;
 
 		if (!c->current[i] || (partition >= 0 && i != partition))
 			continue;
+		slot = &c->db->slots[i];
 		SpinLockAcquire(&slot->mutex);
 		epoch = slot->load_epoch;
 		SpinLockRelease(&slot->mutex);
@@ -713,12 +740,15 @@ digitaltwin_worker_stats(PG_FUNCTION_ARGS)
 	TimestampTz now = GetCurrentTimestamp();
 	int			i;
 
+	DtDatabase *db;
+
 	dt_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
+	db = dt_database_current();
 
-	for (i = 0; i < dt_shared->nworkers; i++)
+	for (i = 0; db != NULL && i < dt_shared->nworkers; i++)
 	{
-		DtWorkerSlot *slot = &dt_shared->slots[i];
+		DtWorkerSlot *slot = &db->slots[i];
 		Datum		values[11];
 		bool		nulls[11];
 		pid_t		pid;
@@ -758,6 +788,92 @@ digitaltwin_worker_stats(PG_FUNCTION_ARGS)
 		nulls[9] = (last_batch_at == 0);
 		values[10] = CStringGetTextDatum(last_error);
 		nulls[10] = (last_error[0] == '\0');
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* What digitaltwin.stats says of a database's state. */
+static char *
+dt_database_status(const DtDatabase *db)
+{
+	switch (db->state)
+	{
+		case DT_DB_STARTING:
+			return pstrdup("starting");
+		case DT_DB_SERVED:
+			return pstrdup(db->holds > 0 ? "held" : "served");
+		case DT_DB_REFUSED:
+			return psprintf("not served: %s", db->reason);
+		case DT_DB_FREE:
+			break;
+	}
+	return pstrdup("free");
+}
+
+/*
+ * database_stats(): every database that has an entry (served, starting or
+ * refused), with its share of the shared memory.  Names and states come
+ * from shared memory, so a reader in any database sees all of them, as
+ * pg_database shows every database to everyone.
+ */
+Datum
+digitaltwin_database_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	dt_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+
+	for (i = 0; i < dt_shared->ndatabases; i++)
+	{
+		DtDatabase *db = dt_database_entry(i);
+		Datum		values[8];
+		bool		nulls[8];
+		NameData	name;
+		char	   *status;
+		int			running = 0;
+		int64		twins = 0;
+		int64		bytes = 0;
+		int64		processed = 0;
+		int64		dead = 0;
+		int64		alerts = 0;
+		int			p;
+
+		LWLockAcquire(&dt_shared->lock, LW_SHARED);
+		if (db->state == DT_DB_FREE)
+		{
+			LWLockRelease(&dt_shared->lock);
+			continue;
+		}
+		namestrcpy(&name, db->name);
+		status = dt_database_status(db);
+		LWLockRelease(&dt_shared->lock);
+
+		for (p = 0; p < dt_shared->nworkers; p++)
+		{
+			DtWorkerSlot *slot = &db->slots[p];
+
+			SpinLockAcquire(&slot->mutex);
+			running += (slot->pid != 0);
+			twins += slot->twins;
+			bytes += slot->memory_bytes;
+			SpinLockRelease(&slot->mutex);
+			processed += pg_atomic_read_u64(&slot->events_processed);
+			dead += pg_atomic_read_u64(&slot->dead_letters);
+			alerts += pg_atomic_read_u64(&slot->alerts);
+		}
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = NameGetDatum(&name);
+		values[1] = CStringGetTextDatum(status);
+		values[2] = Int32GetDatum(running);
+		values[3] = Int64GetDatum(processed);
+		values[4] = Int64GetDatum(dead);
+		values[5] = Int64GetDatum(alerts);
+		values[6] = Int64GetDatum(twins);
+		values[7] = Int64GetDatum(bytes);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

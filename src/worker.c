@@ -56,6 +56,7 @@
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
 #include "storage/proc.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -82,6 +83,12 @@ static volatile DtBatchPhase phase = DT_PHASE_IDLE;
 static bool need_rebuild = true;
 static Oid	known_extension = InvalidOid;
 static int	backoff_ms = 0;
+static uint64 seen_reload_generation = 0;
+
+/* the extension is not there yet: the transaction creating it runs */
+static TransactionId wait_for_creator = InvalidTransactionId;
+/* the extension is gone: the worker exits, the launcher frees its entry */
+static bool extension_gone = false;
 
 /* the events of the batch being processed (for dt_worker_recover) */
 static int	batch_nevents = 0;
@@ -124,29 +131,6 @@ static int	careful_limit = 0;
 
 static void dt_worker_sleep(long ms);
 
-void
-dt_register_workers(void)
-{
-	BackgroundWorker worker;
-	int			i;
-
-	for (i = 0; i < dt_workers; i++)
-	{
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
-			BGWORKER_BACKEND_DATABASE_CONNECTION;
-		/* never on a standby: workers write; they start at promotion */
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = 2;
-		snprintf(worker.bgw_library_name, BGW_MAXLEN, "digitaltwin");
-		snprintf(worker.bgw_function_name, BGW_MAXLEN, "digitaltwin_worker_main");
-		snprintf(worker.bgw_name, BGW_MAXLEN, "digitaltwin worker %d", i);
-		snprintf(worker.bgw_type, BGW_MAXLEN, "digitaltwin worker");
-		worker.bgw_main_arg = Int32GetDatum(i);
-		RegisterBackgroundWorker(&worker);
-	}
-}
-
 /*
  * Start a batch.  The fetch counter is advanced before the fetch takes its
  * snapshot, so a wait_idle() that read the counter knows that any later
@@ -179,7 +163,7 @@ dt_worker_end_batch(bool published, int64 through, bool sent_messages)
 			my_slot->message_batches++;
 		SpinLockRelease(&my_slot->mutex);
 	}
-	ConditionVariableBroadcast(&dt_shared->progress_cv);
+	ConditionVariableBroadcast(&dt_db->progress_cv);
 }
 
 /*
@@ -228,7 +212,7 @@ dt_worker_exit(int code, Datum arg)
 	if (stopped != 0)
 		dt_slot_remember_stopped(stopped);
 	SpinLockRelease(&my_slot->mutex);
-	ConditionVariableBroadcast(&dt_shared->progress_cv);
+	ConditionVariableBroadcast(&dt_db->progress_cv);
 }
 
 /* ----------------------------------------------------------------
@@ -774,10 +758,20 @@ dt_worker_check_extension(void)
 
 	if (!OidIsValid(ext))
 	{
-		/* dropped: its event ids will start over */
-		if (OidIsValid(known_extension))
-			dt_worker_forget_doomed_events();
-		known_extension = InvalidOid;
+		TransactionId creator;
+
+		/*
+		 * Not created yet (CREATE EXTENSION started this worker and has not
+		 * committed): wait for it.  Otherwise it was dropped, or the
+		 * creation rolled back: the worker's job is over.
+		 */
+		LWLockAcquire(&dt_shared->lock, LW_SHARED);
+		creator = dt_db->creating_xid;
+		LWLockRelease(&dt_shared->lock);
+		if (TransactionIdIsValid(creator) && TransactionIdIsInProgress(creator))
+			wait_for_creator = creator;
+		else
+			extension_gone = true;
 		return false;
 	}
 	if (ext != known_extension)
@@ -900,6 +894,19 @@ dt_worker_run_batch(void)
 	int			nalerts = 0;
 	int			limit;
 	int			i;
+	uint64		reload_generation;
+
+	/*
+	 * Before the snapshot: a change of twin_state by another transaction
+	 * (a restore) bumps the generation after its commit, so if we see the
+	 * new generation our snapshot sees the change (databases.c).
+	 */
+	reload_generation = pg_atomic_read_u64(&dt_db->reload_generation);
+	if (reload_generation != seen_reload_generation)
+	{
+		seen_reload_generation = reload_generation;
+		need_rebuild = true;
+	}
 
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
@@ -1151,19 +1158,88 @@ dt_worker_recover(void)
 	dt_worker_sleep(backoff_ms);
 }
 
+/*
+ * Wait for the transaction creating the extension to end (the extension
+ * is then there, or will never be): a lock wait, which a shutdown
+ * interrupts.
+ */
+static void
+dt_worker_wait_for_creator(void)
+{
+	TransactionId xid = wait_for_creator;
+
+	wait_for_creator = InvalidTransactionId;
+	pgstat_report_activity(STATE_RUNNING, "digitaltwin: waiting for CREATE EXTENSION to commit");
+	StartTransactionCommand();
+	XactLockTableWait(xid, NULL, NULL, XLTW_None);
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+/*
+ * Take worker slot 'partition' of database entry 'index', as the launcher
+ * asked (bgw_extra names the database and the entry's incarnation): false
+ * if the entry has been given to another database since, or another worker
+ * holds the slot (started by an earlier launcher).
+ */
+static bool
+dt_worker_claim_slot(int index, int partition, Oid dboid, uint32 incarnation)
+{
+	DtDatabase *db;
+	bool		claimed = false;
+
+	if (index < 0 || index >= dt_shared->ndatabases ||
+		partition < 0 || partition >= dt_shared->nworkers)
+		return false;
+	db = dt_database_entry(index);
+	LWLockAcquire(&dt_shared->lock, LW_SHARED);
+	if (db->state != DT_DB_FREE && db->dboid == dboid &&
+		db->incarnation == incarnation)
+	{
+		DtWorkerSlot *slot = &db->slots[partition];
+
+		SpinLockAcquire(&slot->mutex);
+		if (slot->pid == 0)
+		{
+			slot->pid = MyProcPid;
+			slot->latch = MyLatch;
+			claimed = true;
+		}
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(&dt_shared->lock);
+	if (claimed)
+	{
+		dt_database_set(db);
+		my_slot = &db->slots[partition];
+	}
+	return claimed;
+}
+
 void
 digitaltwin_worker_main(Datum main_arg)
 {
 	sigjmp_buf	local_sigjmp_buf;
 	int64		stopped[DT_MAX_STOPPED];
+	struct
+	{
+		Oid			dboid;
+		uint32		incarnation;
+	}			extra;
 	int			i;
 
-	my_partition = DatumGetInt32(main_arg);
+	my_partition = DatumGetInt32(main_arg) % DT_MAX_WORKERS;
+	memcpy(&extra, MyBgworkerEntry->bgw_extra, sizeof(extra));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
+	dt_is_worker = true;
 
-	BackgroundWorkerInitializeConnection(dt_database, NULL, 0);
+	/* by OID: the database may be renamed while it is served */
+	BackgroundWorkerInitializeConnectionByOid(extra.dboid, InvalidOid, 0);
+	if (!dt_worker_claim_slot(DatumGetInt32(main_arg) / DT_MAX_WORKERS,
+							  my_partition, extra.dboid, extra.incarnation))
+		proc_exit(0);
 
 	/*
 	 * The worker's own statements run as the bootstrap superuser: they must
@@ -1174,10 +1250,7 @@ digitaltwin_worker_main(Datum main_arg)
 	SetConfigOption("search_path", DT_TRUSTED_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
 	dt_model_timeouts_init();
 
-	my_slot = &dt_shared->slots[my_partition];
 	SpinLockAcquire(&my_slot->mutex);
-	my_slot->pid = MyProcPid;
-	my_slot->latch = MyLatch;
 	/* a predecessor may have died between committing messages and counting them */
 	my_slot->message_batches++;
 	my_slot->window_start = 0;
@@ -1220,6 +1293,13 @@ digitaltwin_worker_main(Datum main_arg)
 		}
 
 		n = dt_worker_run_batch();
+		if (extension_gone)
+			break;
+		if (TransactionIdIsValid(wait_for_creator))
+		{
+			dt_worker_wait_for_creator();
+			continue;
+		}
 		dt_worker_note_batch(n);
 		if (my_partition == 0)
 			dt_queue_maintain();
@@ -1231,4 +1311,13 @@ digitaltwin_worker_main(Datum main_arg)
 		ResetLatch(MyLatch);
 		dt_worker_spread_small_batches();
 	}
+
+	ereport(LOG,
+			(errmsg("digitaltwin worker %d exits: the extension is gone from its database",
+					my_partition)));
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->extension_gone = true;
+	SpinLockRelease(&my_slot->mutex);
+	dt_launcher_wake();
+	proc_exit(0);
 }
