@@ -1,11 +1,18 @@
 # A logical backup restores everything: pg_dump of a database using the
-# extension, restored with pg_restore into a database of another instance,
-# brings back the same models (functions, init, owner), the same twins
-# (jsonb, composite and bytea states), alerts, dead letters and queued
-# events, in an order that the queue's CHECK constraint accepts (also with
-# pg_restore -j); the restored instance serves the same twins, processes the
-# queued events once its workers serve the database, and new events get
-# fresh ids.
+# extension, restored with pg_restore -1 into a database of another instance
+# whose workers run (they serve it from its CREATE EXTENSION on), brings back
+# the same models (functions, init, owner), the same twins (jsonb, composite
+# and bytea states), alerts, dead letters and queued events, in an order
+# that the queue's CHECK constraint accepts (also with pg_restore -j of all
+# but the extension's data, then pg_restore -1 of that data); the restored
+# instance serves the same twins, processes the queued events exactly as
+# the dumped one does (nothing lost, nothing applied twice), and new events
+# get fresh ids.
+#
+# To hold events in the queue, every model calls app.reading(), which takes
+# a shared advisory lock: while the test holds that lock in a session of
+# the database, the workers wait in their batch and the events stay queued
+# (digitaltwin.model_timeout = 0: no cancel, no dead letter).
 use strict;
 use warnings;
 
@@ -21,6 +28,7 @@ use Test::More;
 
 my $node_a = DtTest::new_node('a', q{
 digitaltwin.queue_rotation = '1s'
+digitaltwin.model_timeout = 0
 });
 $node_a->start;
 $node_a->safe_psql('postgres', q{
@@ -47,6 +55,8 @@ AS $$
 DECLARE
     v int := (event->>'v')::int;
 BEGIN
+    -- the gate: the test holds this lock to keep events queued
+    PERFORM pg_advisory_xact_lock_shared(4242);
     IF v < 0 THEN
         RAISE EXCEPTION 'negative reading %', v;
     END IF;
@@ -123,13 +133,31 @@ SELECT (SELECT count(*) > 0 FROM digitaltwin.alerts) AND
        (SELECT count(*) = 0 FROM digitaltwin.events)}),
 	't', 'A has alerts and dead letters, and an empty queue');
 
-# Events that stay queued: A restarted without workers, events put in each
+# Hold the gate of database $db: its workers wait in their next batch.
+sub close_gate
+{
+	my ($node, $db) = @_;
+	my $gate = $node->background_psql($db);
+	$gate->query_safe('SELECT pg_advisory_lock(4242)');
+	return $gate;
+}
+
+# Wait until a worker of $db waits at the gate.
+sub gate_reached
+{
+	my ($node, $db) = @_;
+	return $node->poll_query_until('postgres', qq{
+SELECT count(*) > 0 FROM pg_stat_activity
+WHERE backend_type = 'digitaltwin worker' AND datname = '$db'
+  AND wait_event_type = 'Lock' AND wait_event = 'advisory'});
+}
+
+# Events that stay queued: A's workers held at the gate, events put in each
 # of the three queue partitions, new twins among them (t9, t10: their init
-# runs on the restored node).
-$node_a->stop;
-$node_a->append_conf('postgresql.conf', "digitaltwin.workers = 0\n");
-$node_a->start;
+# runs when the workers go on, on A and on the restored node).
+my $gate_a = close_gate($node_a, 'postgres');
 $node_a->safe_psql('postgres', send_sql(90, 10, 53, 'i % 3'));
+ok(gate_reached($node_a, 'postgres'), 'A\'s workers wait at the gate');
 is( $node_a->safe_psql('postgres', q{
 SELECT string_agg(part || ':' || n, ',' ORDER BY part)
 FROM (SELECT part, count(*) AS n FROM digitaltwin.events GROUP BY part) p}),
@@ -189,14 +217,44 @@ SELECT (SELECT last_value FROM digitaltwin.models_id_seq) || '/' ||
 );
 my %on_a = map { $_ => $node_a->safe_psql('postgres', $q{$_}) } keys %q;
 my $tally_a = $node_a->safe_psql('postgres', q{SELECT 'app.tally'::regtype::oid});
+
+# What A holds once it has processed the queued events: the restored
+# databases must end up the same (without the times of processing, and the
+# composite states, whose bytes hold the type's OID, compared as text).
+my %after = (
+	twins => q{
+SELECT model, twin_id, state::text, event_count FROM digitaltwin.twins
+ORDER BY model, twin_id},
+	durable => q{
+SELECT m.name, s.twin_id, s.event_count,
+       CASE WHEN m.state_type = 'app.tally'::regtype THEN NULL ELSE s.state END
+FROM digitaltwin.twin_state s JOIN digitaltwin.models m ON m.id = s.model_id
+ORDER BY 1, 2},
+	alerts => q{
+SELECT model, twin_id, severity, message, details::text, event_id
+FROM digitaltwin.alerts ORDER BY event_id, id},
+	dead_letters => q{
+SELECT event_id, model, twin_id, payload::text, error, sqlstate, enqueued_at
+FROM digitaltwin.dead_letters ORDER BY event_id},
+	timers => q{
+SELECT model, twin_id, name, every, payload::text FROM digitaltwin.timers
+ORDER BY model, twin_id, name},
+	queued => q{SELECT count(*) FROM digitaltwin.events},
+);
+$gate_a->query_safe('SELECT pg_advisory_unlock(4242)');
+$gate_a->quit;
+is($node_a->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}), 't',
+	'A processed the queued events once the gate opened');
+my %after_a = map { $_ => $node_a->safe_psql('postgres', $after{$_}) } keys %after;
+cmp_ok(scalar(split /\n/, $after_a{twins}), '>', scalar(split /\n/, $on_a{twins}),
+	'the queued events made new twins on A');
 $node_a->stop;
 
-# --- node B: roles first, then the restore into a database its workers do
-# not serve (no workers yet) ------------------------------------------------
+# --- node B: roles first, then the restore into databases its workers serve
+# (held at the gate until every restored table has been compared) ----------
 
 my $node_b = DtTest::new_node('b', q{
-digitaltwin.database = 'restored'
-digitaltwin.workers = 0
+digitaltwin.model_timeout = 0
 });
 $node_b->start;
 # the bootstrap superuser exists already: its CREATE ROLE fails, harmlessly
@@ -212,6 +270,8 @@ DO $$ BEGIN
 END $$;
 });
 $node_b->safe_psql('postgres', 'CREATE DATABASE restored');
+$node_b->safe_psql('postgres', 'CREATE DATABASE restored_parallel');
+my %gate_b = map { $_ => close_gate($node_b, $_) } qw(restored restored_parallel);
 # pg_restore succeeds (its errors are shown if not)
 sub restore_ok
 {
@@ -226,7 +286,8 @@ sub restore_ok
 	ok($ok, $what) or diag($err);
 	return;
 }
-restore_ok($node_b, 'restored', [], 'pg_restore into a database of another instance');
+restore_ok($node_b, 'restored', ['-1'],
+	'pg_restore -1 into a database of another instance, its workers running');
 
 # pg_restore -j loads tables' data in parallel, in any order: everything but
 # the extension's data in parallel, then that data in the archive's order.
@@ -234,14 +295,20 @@ my @main = grep { !/ (TABLE DATA|SEQUENCE SET) digitaltwin / } split /\n/, $toc;
 my @ext = grep { / (TABLE DATA|SEQUENCE SET) digitaltwin / } split /\n/, $toc;
 PostgreSQL::Test::Utils::append_to_file("$dir/main.list", join("\n", @main) . "\n");
 PostgreSQL::Test::Utils::append_to_file("$dir/ext.list", join("\n", @ext) . "\n");
-$node_b->safe_psql('postgres', 'CREATE DATABASE restored_parallel');
 restore_ok($node_b, 'restored_parallel', [ '-j', '2', '-L', "$dir/main.list" ],
 	'pg_restore -j 2 of all but the extension\'s data');
-restore_ok($node_b, 'restored_parallel', [ '-L', "$dir/ext.list" ],
-	'then pg_restore of the extension\'s data, in order');
+restore_ok($node_b, 'restored_parallel', [ '-1', '-L', "$dir/ext.list" ],
+	'then pg_restore -1 of the extension\'s data, in order');
 isnt($node_b->safe_psql('restored', q{SELECT 'app.tally'::regtype::oid}), $tally_a,
 	'the composite state type has another OID after the restore');
 
+# B's workers serve both databases and wait at their gates with the
+# restored events: nothing has been processed yet.
+foreach my $db (qw(restored restored_parallel))
+{
+	ok(DtTest::wait_workers($node_b, $db, 2), "$db: B's workers serve it");
+	ok(gate_reached($node_b, $db), "$db: B's workers took the restored events");
+}
 foreach my $what (sort keys %q)
 {
 	is($node_b->safe_psql('restored', $q{$what}), $on_a{$what}, "restored: same $what as A");
@@ -252,12 +319,20 @@ foreach my $what (sort keys %q)
 		"restored in parallel: same $what as A");
 }
 
-# --- B's workers serve the restored database ---------------------------------
+# --- B processes the restored queue ---------------------------------------------
 
-$node_b->append_conf('postgresql.conf', "digitaltwin.workers = 2\n");
-$node_b->restart;
-is($node_b->safe_psql('restored', q{SELECT digitaltwin.wait_idle('60s')}), 't',
-	'B processed the restored queue');
+foreach my $db (qw(restored restored_parallel))
+{
+	$gate_b{$db}->query_safe('SELECT pg_advisory_unlock(4242)');
+	$gate_b{$db}->quit;
+	is($node_b->safe_psql($db, q{SELECT digitaltwin.wait_idle('60s')}), 't',
+		"$db: B processed the restored queue");
+	foreach my $what (sort keys %after)
+	{
+		is($node_b->safe_psql($db, $after{$what}), $after_a{$what},
+			"$db: after processing the queued events, the same $what as A");
+	}
+}
 
 # new events after the restore: fresh ids
 my ($last_event_id) = $on_a{sequences} =~ m{/(\d+)$};
@@ -315,9 +390,7 @@ SELECT (SELECT count(*) FROM digitaltwin.dead_letters) || '/' ||
 # and after a restart the twins load again from the durable state
 my $twins = $node_b->safe_psql('restored', $q{twins});
 $node_b->restart;
-$node_b->poll_query_until('restored', q{
-SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'digitaltwin worker'})
-  or die 'workers did not start';
+DtTest::wait_workers($node_b, 'restored', 2) or die 'workers did not start';
 is($node_b->safe_psql('restored', q{SELECT digitaltwin.wait_idle('60s')}), 't', 'B idle after a restart');
 is($node_b->safe_psql('restored', $q{twins}), $twins, 'the same twins after a restart');
 

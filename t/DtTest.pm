@@ -16,7 +16,8 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
-# A node with the extension preloaded; extra lines of configuration (which
+# A node with the extension preloaded (its launcher serves every database
+# that has the extension, digitaltwin.workers workers each); extra lines of configuration (which
 # override the defaults here) and arguments of init() may be given.
 sub new_node
 {
@@ -25,7 +26,6 @@ sub new_node
 	$node->init(%init);
 	$node->append_conf('postgresql.conf', qq{
 shared_preload_libraries = 'digitaltwin'
-digitaltwin.database = 'postgres'
 digitaltwin.workers = 2
 digitaltwin.poll_interval = '100ms'
 digitaltwin.batch_size = 200
@@ -35,11 +35,12 @@ digitaltwin.allow_superuser_models = on
 }
 
 # The accumulating model: count and sum of "v" per twin, an alert for every
-# v divisible by 10.
+# v divisible by 10; created with the extension and table "sent" in
+# database $db (default postgres).
 sub create_model
 {
-	my ($node) = @_;
-	$node->safe_psql('postgres', q{
+	my ($node, $db) = @_;
+	$node->safe_psql($db // 'postgres', q{
 CREATE EXTENSION digitaltwin;
 CREATE TABLE sent (id bigserial PRIMARY KEY, twin text NOT NULL, v int NOT NULL);
 CREATE FUNCTION acc(twin_id text, state jsonb, event jsonb) RETURNS jsonb
@@ -88,16 +89,17 @@ sub pgbench_script
 }
 
 # Start pgbench streaming the script of pgbench_script() with $clients
-# clients for $seconds; returns the IPC::Run handle.  Clients of a crashing
-# server fail, which the tests expect.
+# clients for $seconds into database $db (default postgres); returns the
+# IPC::Run handle.  Clients of a crashing server fail, which the tests
+# expect.
 sub start_pgbench
 {
-	my ($node, $script, $clients, $seconds) = @_;
+	my ($node, $script, $clients, $seconds, $db) = @_;
 	my ($out, $err) = ('', '');
 	return IPC::Run::start(
 		[
 			'pgbench', '-n', '-c', $clients, '-T', $seconds, '-f', $script,
-			'-h', $node->host, '-p', $node->port, 'postgres'
+			'-h', $node->host, '-p', $node->port, $db // 'postgres'
 		],
 		'>', \$out, '2>', \$err);
 }
@@ -130,19 +132,21 @@ sub start_copy_stream
 		'>', \$out, '2>', \$err);
 }
 
-# Check that the live twins, the durable state and the alerts equal the
-# effect of applying each committed event exactly once.
+# Check that the live twins, the durable state and the alerts of database
+# $db (default postgres) equal the effect of applying each committed event
+# of its "sent" exactly once.
 sub check_exactly_once
 {
-	my ($node, $what) = @_;
+	my ($node, $what, $db) = @_;
+	$db //= 'postgres';
 
-	is($node->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('120s')}),
+	is($node->safe_psql($db, q{SELECT digitaltwin.wait_idle('120s')}),
 		't', "$what: all committed events processed");
 
-	my $sent = $node->safe_psql('postgres', 'SELECT count(*) FROM sent');
+	my $sent = $node->safe_psql($db, 'SELECT count(*) FROM sent');
 	cmp_ok($sent, '>', 0, "$what: some events were committed");
 
-	is( $node->safe_psql('postgres', q{
+	is( $node->safe_psql($db, q{
 SELECT count(*)
 FROM (SELECT twin, count(*) AS n, sum(v) AS s FROM sent GROUP BY twin) e
 FULL JOIN (SELECT twin_id, (state->>'n')::bigint AS n, (state->>'sum')::bigint AS s
@@ -150,7 +154,7 @@ FULL JOIN (SELECT twin_id, (state->>'n')::bigint AS n, (state->>'sum')::bigint A
 WHERE e.n IS DISTINCT FROM t.n OR e.s IS DISTINCT FROM t.s}),
 		'0', "$what: every live twin equals its committed events applied once");
 
-	is( $node->safe_psql('postgres', q{
+	is( $node->safe_psql($db, q{
 SELECT count(*)
 FROM (SELECT twin, count(*) AS n FROM sent GROUP BY twin) e
 FULL JOIN (SELECT s.twin_id, s.event_count AS n FROM digitaltwin.twin_state s
@@ -159,14 +163,14 @@ FULL JOIN (SELECT s.twin_id, s.event_count AS n FROM digitaltwin.twin_state s
 WHERE e.n IS DISTINCT FROM d.n}),
 		'0', "$what: the durable state agrees");
 
-	is( $node->safe_psql('postgres', q{
+	is( $node->safe_psql($db, q{
 SELECT (SELECT count(*) FROM digitaltwin.alerts WHERE model = 'acc') || '/' ||
        (SELECT count(DISTINCT event_id) FROM digitaltwin.alerts WHERE model = 'acc') || '/' ||
        (SELECT count(*) FROM sent WHERE v % 10 = 0)}),
-		join('/', ($node->safe_psql('postgres', 'SELECT count(*) FROM sent WHERE v % 10 = 0')) x 3),
+		join('/', ($node->safe_psql($db, 'SELECT count(*) FROM sent WHERE v % 10 = 0')) x 3),
 		"$what: one alert per qualifying event, none twice");
 
-	is($node->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.dead_letters'),
+	is($node->safe_psql($db, 'SELECT count(*) FROM digitaltwin.dead_letters'),
 		'0', "$what: no dead letters");
 	return;
 }
@@ -189,13 +193,25 @@ sub kill9_and_wait
 	return 0;
 }
 
-# PIDs of the digitaltwin workers, sorted.
+# PIDs of the digitaltwin workers of database $db (default postgres),
+# sorted.
 sub worker_pids
 {
-	my ($node) = @_;
-	return $node->safe_psql('postgres', q{
+	my ($node, $db) = @_;
+	$db //= 'postgres';
+	return $node->safe_psql('postgres', qq{
 SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity
-WHERE backend_type = 'digitaltwin worker'});
+WHERE backend_type = 'digitaltwin worker' AND datname = '$db'});
+}
+
+# Wait until exactly $n digitaltwin workers run in database $db (0: until
+# none does); true if that happened in time.  Polls from database postgres.
+sub wait_workers
+{
+	my ($node, $db, $n) = @_;
+	return $node->poll_query_until('postgres', qq{
+SELECT count(*) = $n FROM pg_stat_activity
+WHERE backend_type = 'digitaltwin worker' AND datname = '$db'});
 }
 
 1;
