@@ -74,6 +74,41 @@ INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('db_count', 'd2
 SELECT digitaltwin.wait_idle('60s');
 SELECT twin_id, state FROM digitaltwin.twins WHERE model = 'db_count' ORDER BY 1;
 
+-- a transaction that wrote twin_state cannot be prepared: COMMIT PREPARED
+-- would not tell the workers to reload
+BEGIN;
+UPDATE digitaltwin.twin_state SET event_count = event_count WHERE false;
+PREPARE TRANSACTION 'dt_reload';
+
+-- DROP/ALTER DATABASE need the database without its workers, and hold
+-- them off until the transaction ends; but only for who may run them
+CREATE ROLE db_nobody LOGIN;
+BEGIN;
+SAVEPOINT s;
+SET LOCAL ROLE db_nobody;
+ALTER DATABASE contrib_regression RENAME TO elsewhere;
+ROLLBACK TO s;
+SELECT status FROM digitaltwin.stats WHERE worker IS NULL AND database = current_database();
+SAVEPOINT s;
+SET LOCAL ROLE db_nobody;
+DROP DATABASE contrib_regression;
+ROLLBACK TO s;
+SELECT status FROM digitaltwin.stats WHERE worker IS NULL AND database = current_database();
+COMMIT;
+-- the owner's command that fails in a savepoint gives the workers back at
+-- the rollback to it (the open database cannot be renamed)
+BEGIN;
+SAVEPOINT s;
+ALTER DATABASE contrib_regression RENAME TO elsewhere;
+ROLLBACK TO s;
+SELECT wait_for($$(SELECT status FROM digitaltwin.stats
+                   WHERE worker IS NULL AND database = current_database()) = 'served'$$);
+SELECT wait_for($$(SELECT count(*) FROM pg_stat_activity
+                   WHERE backend_type = 'digitaltwin worker'
+                     AND datname = current_database()) = 2$$) AS workers_back;
+COMMIT;
+DROP ROLE db_nobody;
+
 -- the trigger function is not for calling
 SELECT try('SELECT digitaltwin.durable_state_changed()');
 

@@ -93,9 +93,9 @@ COMMENT ON VIEW digitaltwin.stats IS
 
 --------------------------------------------------------------------------
 -- twin_state and timer_state are written by the workers; when anyone else
--- inserts or updates rows (pg_restore loading them into a served database,
--- a superuser's repair), the workers reload their twins and timers once
--- that transaction commits.
+-- writes them (pg_restore loading them into a served database, a
+-- superuser's repair, the cascade of drop_model()), the workers reload
+-- their twins and timers once that transaction commits.
 --------------------------------------------------------------------------
 
 CREATE FUNCTION digitaltwin.durable_state_changed()
@@ -109,11 +109,11 @@ COMMENT ON FUNCTION digitaltwin.durable_state_changed() IS
 REVOKE ALL ON FUNCTION digitaltwin.durable_state_changed() FROM PUBLIC;
 
 CREATE TRIGGER durable_state_changed
-    AFTER INSERT OR UPDATE ON digitaltwin.twin_state
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON digitaltwin.twin_state
     FOR EACH STATEMENT EXECUTE FUNCTION digitaltwin.durable_state_changed();
 
 CREATE TRIGGER durable_state_changed
-    AFTER INSERT OR UPDATE ON digitaltwin.timer_state
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON digitaltwin.timer_state
     FOR EACH STATEMENT EXECUTE FUNCTION digitaltwin.durable_state_changed();
 
 -- Last: serve this database (CREATE EXTENSION, ALTER EXTENSION UPDATE).

@@ -22,7 +22,9 @@
  */
 #include "postgres.h"
 
+#include "access/htup_details.h"
 #include "access/xact.h"
+#include "catalog/pg_database.h"
 #include "commands/dbcommands.h"
 #include "commands/defrem.h"
 #include "commands/trigger.h"
@@ -31,6 +33,8 @@
 #include "pgstat.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "utils/acl.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "dt_internal.h"
@@ -189,6 +193,26 @@ dt_require_served(void)
 }
 
 /*
+ * The status digitaltwin.stats shows for this database when it has no
+ * entry: why it is not served, or that the launcher has not looked yet.
+ */
+char *
+dt_database_status_without_entry(void)
+{
+	char	   *dbname;
+
+	if (dt_workers == 0)
+		return pstrdup("not served: digitaltwin.workers is 0");
+	dbname = get_database_name(MyDatabaseId);
+	if (dbname != NULL && !dt_database_listed(dbname))
+		return pstrdup("not served: digitaltwin.databases does not list it");
+	if (dt_shared->scanned)
+		return psprintf("not served: more databases than digitaltwin.max_databases (%d) have the extension",
+						dt_max_databases);
+	return pstrdup("starting");
+}
+
+/*
  * Wait until this database is served, or the deadline (wait_idle()).
  * Returns its entry, or NULL at the deadline; fails if it is refused.
  */
@@ -307,8 +331,11 @@ dt_database_request_service(void)
 	if (db->state != DT_DB_SERVED)
 		db->state = DT_DB_STARTING;
 	strlcpy(db->name, dbname ? dbname : "", sizeof(db->name));
-	db->creating_xid = GetTopTransactionId();
+	/* the subtransaction's: CREATE EXTENSION may be rolled back to a savepoint */
+	db->creating_xid = GetCurrentTransactionId();
+	db->creation_aborted = false;
 	db->dropping_xid = InvalidTransactionId;
+	db->extension_dropped = false;
 	w.db = db;
 	w.request = ++db->serve_requests;
 	LWLockRelease(&dt_shared->lock);
@@ -341,9 +368,13 @@ digitaltwin_serve_database(PG_FUNCTION_ARGS)
  * ----------------------------------------------------------------
  */
 
-/* Databases this transaction holds, released when it ends. */
+/*
+ * Databases this transaction holds, released when it ends, or when the
+ * subtransaction that took the hold is rolled back (the command failed).
+ */
 #define DT_MAX_HOLDS 4
 static Oid	held[DT_MAX_HOLDS];
+static SubTransactionId held_by[DT_MAX_HOLDS];
 static int	nheld = 0;
 static bool hold_callback_registered = false;
 
@@ -384,6 +415,27 @@ dt_hold_xact_callback(XactEvent event, void *arg)
 	}
 }
 
+static void
+dt_hold_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+						 SubTransactionId parentSubid, void *arg)
+{
+	int			i;
+
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (i = 0; i < nheld; i++)
+		{
+			if (held_by[i] == mySubid)
+				held_by[i] = parentSubid;
+		}
+	}
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		while (nheld > 0 && held_by[nheld - 1] == mySubid)
+			dt_database_release(held[--nheld]);
+	}
+}
+
 static bool
 dt_workers_gone(void *arg)
 {
@@ -420,6 +472,7 @@ dt_database_hold(Oid dboid)
 	if (!hold_callback_registered)
 	{
 		RegisterXactCallback(dt_hold_xact_callback, NULL);
+		RegisterSubXactCallback(dt_hold_subxact_callback, NULL);
 		hold_callback_registered = true;
 	}
 	LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
@@ -427,6 +480,7 @@ dt_database_hold(Oid dboid)
 	if (db != NULL)
 	{
 		db->holds++;
+		held_by[nheld] = GetCurrentSubTransactionId();
 		held[nheld++] = dboid;
 	}
 	LWLockRelease(&dt_shared->lock);
@@ -527,6 +581,13 @@ dt_reload_xact_callback(XactEvent event, void *arg)
 					SetLatch(latch);
 			}
 			break;
+		case XACT_EVENT_PRE_PREPARE:
+			if (reload_at_commit)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that wrote digitaltwin.twin_state or digitaltwin.timer_state"),
+						 errdetail("The workers reload what another transaction wrote there when it commits; COMMIT PREPARED would not tell them.")));
+			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
 			reload_at_commit = false;
@@ -538,7 +599,8 @@ dt_reload_xact_callback(XactEvent event, void *arg)
 }
 
 /*
- * AFTER INSERT OR UPDATE statement trigger on twin_state and timer_state.
+ * AFTER INSERT, UPDATE, DELETE or TRUNCATE statement trigger on twin_state
+ * and timer_state.
  * The workers write them in every batch (and ignore their own writes);
  * anyone else (pg_restore loading the extension's data into a served
  * database, a superuser's repair) makes the database's workers reload
@@ -582,27 +644,56 @@ dt_database_mark_dropping(void)
 		return;
 	LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
 	if (db->dboid == MyDatabaseId && db->state != DT_DB_FREE)
-		db->dropping_xid = GetTopTransactionId();
+		db->dropping_xid = GetCurrentTransactionId();	/* not its savepoint's parent */
 	LWLockRelease(&dt_shared->lock);
+}
+
+/*
+ * Whether the current user may copy database 'dboid' (CREATE DATABASE ...
+ * TEMPLATE): CREATEDB, and the template is marked as one or owned by them.
+ */
+static bool
+dt_may_copy_database(Oid dboid)
+{
+	HeapTuple	tup;
+	bool		is_template;
+
+	if (!have_createdb_privilege())
+		return false;
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(dboid));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	is_template = ((Form_pg_database) GETSTRUCT(tup))->datistemplate;
+	ReleaseSysCache(tup);
+	return is_template || pg_database_ownercheck(dboid, GetUserId());
 }
 
 /*
  * The database a utility command needs without other sessions connected
  * (so without its workers), or InvalidOid: DROP DATABASE, ALTER DATABASE
  * ... RENAME or SET TABLESPACE, and CREATE DATABASE from a template (by
- * default template1, which may have the extension too).
+ * default template1, which may have the extension too).  Only when the
+ * current user may run the command on it: holding a database's workers off
+ * is not for whoever types the command (the command checks its rights only
+ * later, and the hold lasts until the end of the transaction).
  */
 Oid
 dt_database_needed_alone(Node *parsetree)
 {
 	const char *name = NULL;
+	bool		copy = false;
+	bool		rename = false;
 	ListCell   *lc;
+	Oid			dboid;
 
 	if (IsA(parsetree, DropdbStmt))
 		name = ((DropdbStmt *) parsetree)->dbname;
 	else if (IsA(parsetree, RenameStmt) &&
 			 ((RenameStmt *) parsetree)->renameType == OBJECT_DATABASE)
+	{
 		name = ((RenameStmt *) parsetree)->subname;
+		rename = true;
+	}
 	else if (IsA(parsetree, AlterDatabaseStmt))
 	{
 		AlterDatabaseStmt *stmt = (AlterDatabaseStmt *) parsetree;
@@ -616,6 +707,7 @@ dt_database_needed_alone(Node *parsetree)
 	else if (IsA(parsetree, CreatedbStmt))
 	{
 		name = "template1";
+		copy = true;
 		foreach(lc, ((CreatedbStmt *) parsetree)->options)
 		{
 			DefElem    *opt = lfirst(lc);
@@ -624,5 +716,14 @@ dt_database_needed_alone(Node *parsetree)
 				name = defGetString(opt);
 		}
 	}
-	return name != NULL ? get_database_oid(name, true) : InvalidOid;
+	if (name == NULL)
+		return InvalidOid;
+	dboid = get_database_oid(name, true);
+	if (!OidIsValid(dboid))
+		return InvalidOid;
+	if (copy ? !dt_may_copy_database(dboid) :
+		(!pg_database_ownercheck(dboid, GetUserId()) ||
+		 (rename && !have_createdb_privilege())))
+		return InvalidOid;
+	return dboid;
 }

@@ -196,6 +196,7 @@ typedef struct DtWorkerSlot
 	char		last_error[256];
 	/* events whose model ignored the timeout, until dead-lettered */
 	int64		stopped_events[DT_MAX_STOPPED];
+	Oid			stopped_extension;	/* the extension they were queued in */
 	pg_atomic_uint64 events_processed;
 	pg_atomic_uint64 dead_letters;
 	pg_atomic_uint64 alerts;
@@ -233,6 +234,8 @@ typedef struct DtDatabase
 	TransactionId creating_xid; /* the transaction of the last such request */
 	int			holds;			/* DROP/ALTER/CREATE DATABASE needing it alone */
 	TransactionId dropping_xid; /* the last DROP EXTENSION's transaction */
+	bool		extension_dropped;	/* ... which committed */
+	bool		creation_aborted;	/* creating_xid rolled back */
 	pg_atomic_uint64 reload_generation; /* twin_state changed by others ... */
 	pg_atomic_uint32 reload_pending;	/* ... or such a change is committing */
 	/* its store: see shmem.c */
@@ -320,6 +323,7 @@ extern bool dt_store_fetch(const DtTwinKey *key, MemoryContext cxt,
 extern void dt_database_set(DtDatabase *db);
 extern DtDatabase *dt_database_current(void);
 extern void dt_require_served(void);
+extern char *dt_database_status_without_entry(void);
 extern DtDatabase *dt_database_wait_served(TimestampTz deadline);
 extern void dt_database_hold(Oid dboid);
 extern void dt_database_mark_dropping(void);

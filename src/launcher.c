@@ -68,6 +68,7 @@ typedef struct DtLaunched
 	TimestampTz restart_at[DT_MAX_WORKERS];
 	TimestampTz retry_at;		/* of a refused database */
 	bool		logged_served;
+	bool		releasing;		/* the extension is gone: stopping, then freeing */
 } DtLaunched;
 
 /* One row of pg_database. */
@@ -151,17 +152,24 @@ dt_start_dynamic(const char *function, const char *name, const char *type,
 
 /*
  * Whether a database has the extension: a probe worker connects to it and
- * says so in shared memory.  -1 if no worker could be started (try again
- * later), 0 if the probe could not tell (it could not connect: the
- * database is being dropped).
+ * says so in shared memory.  One probe at a time, never waited for: a
+ * probe can block for as long as another session holds a lock on its
+ * database (an ALTER DATABASE left open), and the launcher serves every
+ * other database meanwhile.  A probe that takes longer than
+ * DT_PROBE_TIMEOUT_MS is terminated and its database tried again later.
  */
-static int
-dt_probe(const DtDbRow *row)
+#define DT_PROBE_TIMEOUT_MS 5000
+
+static BackgroundWorkerHandle *probe_handle = NULL;
+static DtDbRow probe_row;
+static TimestampTz probe_started;
+
+/* Start probing a database; false if no worker could be started. */
+static bool
+dt_probe_start(const DtDbRow *row)
 {
 	DtWorkerExtra extra = {row->oid, 0};
-	BackgroundWorkerHandle *handle;
 	char		name[BGW_MAXLEN];
-	int			result;
 
 	LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
 	dt_shared->probe_dboid = row->oid;
@@ -169,13 +177,33 @@ dt_probe(const DtDbRow *row)
 	LWLockRelease(&dt_shared->lock);
 
 	snprintf(name, sizeof(name), "digitaltwin probe of database %u", row->oid);
-	handle = dt_start_dynamic("digitaltwin_probe_main", name, "digitaltwin probe",
-							  (Datum) 0, &extra);
-	if (handle == NULL)
-		return -1;
-	(void) WaitForBackgroundWorkerShutdown(handle);
-	pfree(handle);
+	probe_handle = dt_start_dynamic("digitaltwin_probe_main", name, "digitaltwin probe",
+									(Datum) 0, &extra);
+	probe_row = *row;
+	probe_started = GetCurrentTimestamp();
+	return probe_handle != NULL;
+}
 
+/*
+ * The probe's answer once it has exited: 1 the database has the extension,
+ * 2 it has not, 0 the probe could not tell (it could not connect: the
+ * database was being dropped; or it was too slow), -1 still running.
+ */
+static int
+dt_probe_finish(void)
+{
+	pid_t		pid;
+	int			result;
+
+	if (GetBackgroundWorkerPid(probe_handle, &pid) != BGWH_STOPPED)
+	{
+		if (TimestampDifferenceExceeds(probe_started, GetCurrentTimestamp(),
+									   DT_PROBE_TIMEOUT_MS))
+			TerminateBackgroundWorker(probe_handle);
+		return -1;
+	}
+	pfree(probe_handle);
+	probe_handle = NULL;
 	LWLockAcquire(&dt_shared->lock, LW_SHARED);
 	result = dt_shared->probe_result;
 	LWLockRelease(&dt_shared->lock);
@@ -306,19 +334,20 @@ dt_remember_probed(Oid dboid)
 }
 
 /*
- * Probe a database again at its next look (a backend found it without an
- * entry), but not more than once a second: a session inserting into an
- * unserved queue in a loop must not fork a probe per statement.
+ * Probe a database again at its next look: at once ('now'), or when a
+ * backend found it without an entry, but then not more than once a second:
+ * a session inserting into an unserved queue in a loop must not fork a
+ * probe per statement.
  */
 static void
-dt_forget_probed(Oid dboid)
+dt_forget_probed(Oid dboid, bool now)
 {
 	int			i;
 
 	for (i = 0; i < nprobed; i++)
 	{
 		if (probed[i].dboid == dboid &&
-			TimestampDifferenceExceeds(probed[i].at, GetCurrentTimestamp(), 1000))
+			(now || TimestampDifferenceExceeds(probed[i].at, GetCurrentTimestamp(), 1000)))
 		{
 			probed[i] = probed[--nprobed];
 			break;
@@ -357,44 +386,71 @@ dt_assign_entry(const DtDbRow *row)
 		db->holds = 0;
 		db->serve_requests = db->serve_answered = 0;
 		db->creating_xid = InvalidTransactionId;
+		db->creation_aborted = false;
 		db->dropping_xid = InvalidTransactionId;
+		db->extension_dropped = false;
 	}
 	LWLockRelease(&dt_shared->lock);
 	return db != NULL;
 }
 
 /*
- * Probe the databases not seen yet.  A database that has an entry needs
- * no probe: CREATE EXTENSION gave it one.
+ * Databases that have the extension but found no free entry: probed again
+ * whenever an entry is freed.
+ */
+static Oid	lacking[64];
+static int	nlacking = 0;
+
+/*
+ * Probe the databases not seen yet, one per call of this (the main loop
+ * calls it at least once a second, and at once when a probe exits).  A
+ * database that has an entry needs no probe: CREATE EXTENSION gave it one.
  */
 static void
 dt_probe_new_databases(void)
 {
 	int			i;
 
+	if (probe_handle != NULL)
+	{
+		int			result = dt_probe_finish();
+
+		if (result < 0)
+			return;				/* still running */
+		if (result == 0)
+			return;				/* not probed: tried again at a later look */
+		dt_remember_probed(probe_row.oid);
+		if (result == 1 && !dt_assign_entry(&probe_row))
+		{
+			ereport(WARNING,
+					(errmsg("digitaltwin: database \"%s\" is not served: more databases than digitaltwin.max_databases (%d) have the extension",
+							NameStr(probe_row.name), dt_max_databases),
+					 errhint("Raise digitaltwin.max_databases and restart the server.")));
+			if (nlacking < lengthof(lacking))
+				lacking[nlacking++] = probe_row.oid;
+		}
+	}
+
 	for (i = 0; i < ndb_rows; i++)
 	{
 		const DtDbRow *row = &db_rows[i];
-		int			result;
 
 		if (!row->allowconn || dt_was_probed(row->oid))
 			continue;
-		CHECK_FOR_INTERRUPTS();
-		result = dt_probe(row);
-		if (result < 0)
-		{
+		if (!dt_probe_start(row))
 			ereport(LOG,
 					(errmsg("digitaltwin: no background worker slot to look for the extension in database \"%s\"; trying again later",
 							NameStr(row->name))));
-			return;
-		}
-		dt_remember_probed(row->oid);
-		if (result == 1 && !dt_assign_entry(row))
-			ereport(WARNING,
-					(errmsg("digitaltwin: database \"%s\" is not served: more databases than digitaltwin.max_databases (%d) have the extension",
-							NameStr(row->name), dt_max_databases),
-					 errhint("Raise digitaltwin.max_databases and restart the server.")));
+		return;
 	}
+}
+
+/* An entry was freed: the databases that lacked one are probed again. */
+static void
+dt_reprobe_lacking(void)
+{
+	while (nlacking > 0)
+		dt_forget_probed(lacking[--nlacking], true);
 }
 
 /* ----------------------------------------------------------------
@@ -498,6 +554,7 @@ static void
 dt_release_entry(int index, const char *why)
 {
 	DtDatabase *db = dt_database_entry(index);
+	Oid			dboid;
 	int			p;
 
 	if (!dt_stop_workers(index))
@@ -538,11 +595,21 @@ dt_release_entry(int index, const char *why)
 	}
 	pg_atomic_write_u64(&db->queue_generation, DT_GENERATION_UNKNOWN);
 	db->state = DT_DB_FREE;
+	dboid = db->dboid;
 	db->dboid = InvalidOid;
 	db->name[0] = '\0';
 	LWLockRelease(&dt_shared->lock);
 	launched[index].logged_served = false;
+	launched[index].releasing = false;
 	ConditionVariableBroadcast(&dt_shared->launcher_cv);
+
+	/*
+	 * Look into the database again: the extension may be back already (an
+	 * older version's script does not ask to be served).  And the entry
+	 * may go to a database that lacked one.
+	 */
+	dt_forget_probed(dboid, true);
+	dt_reprobe_lacking();
 }
 
 /*
@@ -564,6 +631,22 @@ dt_xact_outcome(TransactionId *xid)
 }
 
 /*
+ * Settle the transactions an entry remembers as soon as they end, whatever
+ * the entry's state: a DROP EXTENSION that committed, a CREATE EXTENSION
+ * that rolled back.
+ */
+static void
+dt_settle_xacts(DtDatabase *db)
+{
+	LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
+	if (dt_xact_outcome(&db->dropping_xid) == 1)
+		db->extension_dropped = true;
+	if (dt_xact_outcome(&db->creating_xid) == 0)
+		db->creation_aborted = true;
+	LWLockRelease(&dt_shared->lock);
+}
+
+/*
  * Whether the extension is gone from an entry's database: a DROP
  * EXTENSION committed, the CREATE EXTENSION that was refused rolled back,
  * or a worker found it gone.
@@ -575,10 +658,9 @@ dt_extension_dropped(int index)
 	bool		gone;
 	int			p;
 
-	LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
-	gone = dt_xact_outcome(&db->dropping_xid) == 1;
-	if (db->state == DT_DB_REFUSED && dt_xact_outcome(&db->creating_xid) == 0)
-		gone = true;
+	LWLockAcquire(&dt_shared->lock, LW_SHARED);
+	gone = db->extension_dropped ||
+		(db->state == DT_DB_REFUSED && db->creation_aborted);
 	LWLockRelease(&dt_shared->lock);
 
 	for (p = 0; p < dt_shared->nworkers; p++)
@@ -616,6 +698,7 @@ dt_tend_entry(int index)
 		l->incarnation = db->incarnation;
 	}
 
+	dt_settle_xacts(db);
 	row = dt_db_row(db->dboid);
 	if (row == NULL)
 	{
@@ -628,8 +711,12 @@ dt_tend_entry(int index)
 	holds = db->holds;
 	LWLockRelease(&dt_shared->lock);
 
-	if (!pending && dt_extension_dropped(index))
+	/* a release takes passes (the workers must exit first): finish it */
+	if (pending)
+		l->releasing = false;
+	else if (l->releasing || dt_extension_dropped(index))
 	{
+		l->releasing = true;
 		dt_release_entry(index, "the extension was dropped");
 		return;
 	}
@@ -726,19 +813,24 @@ digitaltwin_launcher_main(Datum main_arg)
 
 		LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
 		rescan = dt_shared->rescan_requests;
-		dt_forget_probed(dt_shared->reprobe_dboid);
+		dt_forget_probed(dt_shared->reprobe_dboid, false);
 		dt_shared->reprobe_dboid = InvalidOid;
 		LWLockRelease(&dt_shared->lock);
 
 		dt_read_databases();
-		dt_probe_new_databases();
 		for (i = 0; i < dt_shared->ndatabases; i++)
 			dt_tend_entry(i);
+		/* after the entries: one freed just now lets a waiting database in */
+		dt_probe_new_databases();
 
-		LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
-		dt_shared->scanned = true;
-		dt_shared->rescans_done = rescan;
-		LWLockRelease(&dt_shared->lock);
+		/* a look is done once no probe is left to run */
+		if (probe_handle == NULL)
+		{
+			LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
+			dt_shared->scanned = true;
+			dt_shared->rescans_done = rescan;
+			LWLockRelease(&dt_shared->lock);
+		}
 		ConditionVariableBroadcast(&dt_shared->launcher_cv);
 
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,

@@ -46,6 +46,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
@@ -821,6 +822,7 @@ Datum
 digitaltwin_database_stats(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	bool		mine = false;
 	int			i;
 
 	dt_require_preload();
@@ -849,6 +851,7 @@ digitaltwin_database_stats(PG_FUNCTION_ARGS)
 		}
 		namestrcpy(&name, db->name);
 		status = dt_database_status(db);
+		mine |= (db->dboid == MyDatabaseId);
 		LWLockRelease(&dt_shared->lock);
 
 		for (p = 0; p < dt_shared->nworkers; p++)
@@ -874,6 +877,24 @@ digitaltwin_database_stats(PG_FUNCTION_ARGS)
 		values[5] = Int64GetDatum(alerts);
 		values[6] = Int64GetDatum(twins);
 		values[7] = Int64GetDatum(bytes);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+
+	/* this database without an entry: say why */
+	if (!mine)
+	{
+		Datum		values[8];
+		bool		nulls[8];
+		NameData	name;
+		char	   *dbname = get_database_name(MyDatabaseId);
+
+		memset(nulls, 0, sizeof(nulls));
+		namestrcpy(&name, dbname ? dbname : "");
+		values[0] = NameGetDatum(&name);
+		values[1] = CStringGetTextDatum(dt_database_status_without_entry());
+		values[2] = Int32GetDatum(0);
+		for (i = 3; i < 8; i++)
+			values[i] = Int64GetDatum(0);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;

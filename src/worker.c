@@ -85,6 +85,7 @@ static Oid	known_extension = InvalidOid;
 static int	backoff_ms = 0;
 static uint64 seen_reload_generation = 0;
 static bool retry_soon = false;	/* the batch deferred itself: run another soon */
+static Oid	stopped_extension = InvalidOid; /* of the slot's stopped events at start */
 
 /* the extension is not there yet: the transaction creating it runs */
 static TransactionId wait_for_creator = InvalidTransactionId;
@@ -211,7 +212,10 @@ dt_worker_exit(int code, Datum arg)
 	my_slot->pid = 0;
 	my_slot->latch = NULL;
 	if (stopped != 0)
+	{
 		dt_slot_remember_stopped(stopped);
+		my_slot->stopped_extension = known_extension;
+	}
 	SpinLockRelease(&my_slot->mutex);
 	ConditionVariableBroadcast(&dt_db->progress_cv);
 }
@@ -770,7 +774,20 @@ dt_worker_check_extension(void)
 		creator = dt_db->creating_xid;
 		LWLockRelease(&dt_shared->lock);
 		if (TransactionIdIsValid(creator) && TransactionIdIsInProgress(creator))
+		{
 			wait_for_creator = creator;
+			return false;
+		}
+
+		/*
+		 * The creator may have committed between our look at the catalog
+		 * and its end: look again with a fresh catalog snapshot before
+		 * deciding the extension is gone (this batch's snapshot is older:
+		 * the next batch does the work).
+		 */
+		InvalidateCatalogSnapshot();
+		if (OidIsValid(dt_extension_oid()))
+			retry_soon = true;
 		else
 			extension_gone = true;
 		return false;
@@ -780,11 +797,13 @@ dt_worker_check_extension(void)
 		/*
 		 * created, or dropped and created again: forget everything (the
 		 * doomed events too, after a re-creation: event ids start over;
-		 * not at the first check, which would forget the events stopped by
-		 * the previous incarnation)
+		 * at the first check, only if the events stopped by the previous
+		 * incarnation were of another extension)
 		 */
-		if (OidIsValid(known_extension))
+		if (OidIsValid(known_extension) ||
+			(OidIsValid(stopped_extension) && stopped_extension != ext))
 			dt_worker_forget_doomed_events();
+		stopped_extension = InvalidOid;
 		dt_stage_forget_plans();
 		dt_alerts_forget_plans();
 		dt_timers_forget_plans();
@@ -900,6 +919,8 @@ dt_worker_reload_deferred(void)
 		retry_soon = true;
 		return true;
 	}
+	/* the generation moves before 'pending' comes down: read in that order */
+	pg_read_barrier();
 	generation = pg_atomic_read_u64(&dt_db->reload_generation);
 	if (generation == seen_reload_generation)
 		return false;
@@ -1280,6 +1301,7 @@ digitaltwin_worker_main(Datum main_arg)
 	my_slot->window_events = 0;
 	my_slot->events_per_second = 0;
 	memcpy(stopped, my_slot->stopped_events, sizeof(stopped));
+	stopped_extension = my_slot->stopped_extension;
 	SpinLockRelease(&my_slot->mutex);
 	for (i = 0; i < DT_MAX_STOPPED; i++)
 	{
