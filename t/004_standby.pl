@@ -1,5 +1,6 @@
-# Hot standby and promotion: on a standby the workers stay idle and the live
-# view answers from the replicated durable state, to a role that is only a
+# Hot standby and promotion: on a standby the launcher and the workers stay
+# idle and the live view answers from the replicated durable state, in each
+# database, to a role that is only a
 # member of digitaltwin_reader as to a superuser (the view reads twin_state
 # as the extension's owner, the reader has no rights on it); after a
 # failover under load, the promoted node's workers rebuild and continue,
@@ -25,6 +26,12 @@ GRANT digitaltwin_reader TO analyst;
 $primary->safe_psql('postgres', DtTest::send_sql(2000, 100));
 is($primary->safe_psql('postgres', q{SELECT digitaltwin.wait_idle('60s')}), 't',
 	'primary processed the first events');
+# a second database with the extension, served by the same launcher
+$primary->safe_psql('postgres', 'CREATE DATABASE other');
+DtTest::create_model($primary, 'other');
+$primary->safe_psql('other', DtTest::send_sql(300, 20));
+is($primary->safe_psql('other', q{SELECT digitaltwin.wait_idle('60s')}), 't',
+	'primary processed the events of the second database');
 
 $primary->backup('backup');
 my $standby = PostgreSQL::Test::Cluster->new('standby');
@@ -45,6 +52,11 @@ SELECT string_agg(twin_id || '=' || state::text || '#' || event_count, ',' ORDER
 FROM digitaltwin.twins};
 is($standby->safe_psql('postgres', $view), $primary->safe_psql('postgres', $view),
 	'the standby shows the same twins as the primary');
+is($standby->safe_psql('other', $view), $primary->safe_psql('other', $view),
+	'... in the second database too');
+is($standby->safe_psql('postgres', q{
+SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'digitaltwin%'}),
+	'0', 'no launcher, no worker, no probe on the standby');
 # a lookup by twin id reads the replicated state too
 my $some = $primary->safe_psql('postgres', q{SELECT min(twin_id) FROM digitaltwin.twin_state});
 my $one = qq{SELECT state::text || '#' || event_count FROM digitaltwin.twins WHERE twin_id = '$some'};
@@ -86,11 +98,18 @@ $stream->finish;
 
 $standby->promote;
 $standby->poll_query_until('postgres', q{
-SELECT count(*) = 2 FROM pg_stat_activity WHERE backend_type = 'digitaltwin worker'})
+SELECT count(*) = 2 FROM pg_stat_activity
+WHERE backend_type = 'digitaltwin worker' AND datname = 'postgres'})
   or die 'workers did not start after promotion';
 cmp_ok($standby->safe_psql('postgres', 'SELECT count(*) FROM sent'), '>=', $before,
 	'the promoted node has the events replicated before the stream');
 DtTest::check_exactly_once($standby, 'after promotion');
+# the second database is served again too, its twins as replicated
+$standby->poll_query_until('other', q{
+SELECT count(*) = 2 FROM pg_stat_activity
+WHERE backend_type = 'digitaltwin worker' AND datname = 'other'})
+  or die 'workers of the second database did not start after promotion';
+DtTest::check_exactly_once($standby, 'after promotion, second database', 'other');
 
 # and it keeps going
 $standby->safe_psql('postgres', DtTest::send_sql(500, 150));
@@ -116,7 +135,7 @@ DO $$
 BEGIN
     FOR i IN 1..40 LOOP
         PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
-        WHERE backend_type = 'digitaltwin worker';
+        WHERE backend_type = 'digitaltwin worker' AND datname = 'postgres';
         PERFORM pg_sleep(0.25);
     END LOOP;
 END $$}
