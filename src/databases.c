@@ -129,6 +129,24 @@ dt_refusal_hint(int sqlerrcode)
 	return "Add the database to digitaltwin.databases and reload the configuration.";
 }
 
+/* Fail if the launcher refused this database's entry, with its reason. */
+static void
+dt_raise_if_refused(DtDatabase *db)
+{
+	int			code = 0;
+	char		reason[sizeof(db->reason)];
+
+	LWLockAcquire(&dt_shared->lock, LW_SHARED);
+	if (db->state == DT_DB_REFUSED)
+	{
+		code = db->refusal_code;
+		strlcpy(reason, db->reason, sizeof(reason));
+	}
+	LWLockRelease(&dt_shared->lock);
+	if (code != 0)
+		dt_refuse(code, reason, dt_refusal_hint(code));
+}
+
 /* The refusals that the configuration decides alone. */
 static void
 dt_require_served_config(void)
@@ -161,8 +179,6 @@ void
 dt_require_served(void)
 {
 	DtDatabase *db;
-	int			code = 0;
-	char		reason[sizeof(db->reason)];
 
 	dt_require_served_config();
 	db = dt_database_current();
@@ -181,15 +197,7 @@ dt_require_served(void)
 					  "Raise digitaltwin.max_databases and restart the server.");
 		return;
 	}
-	LWLockAcquire(&dt_shared->lock, LW_SHARED);
-	if (db->state == DT_DB_REFUSED)
-	{
-		code = db->refusal_code;
-		strlcpy(reason, db->reason, sizeof(reason));
-	}
-	LWLockRelease(&dt_shared->lock);
-	if (code != 0)
-		dt_refuse(code, reason, dt_refusal_hint(code));
+	dt_raise_if_refused(db);
 }
 
 /*
@@ -298,8 +306,6 @@ dt_database_request_service(void)
 	DtDatabase *db;
 	DtServeWait w;
 	char	   *dbname = get_database_name(MyDatabaseId);
-	int			code = 0;
-	char		reason[sizeof(db->reason)];
 	int			i;
 
 	dt_require_served_config();
@@ -342,15 +348,7 @@ dt_database_request_service(void)
 
 	dt_launcher_wait(dt_serve_answered, &w, "start the workers");
 
-	LWLockAcquire(&dt_shared->lock, LW_SHARED);
-	if (db->state == DT_DB_REFUSED)
-	{
-		code = db->refusal_code;
-		strlcpy(reason, db->reason, sizeof(reason));
-	}
-	LWLockRelease(&dt_shared->lock);
-	if (code != 0)
-		dt_refuse(code, reason, dt_refusal_hint(code));
+	dt_raise_if_refused(db);
 }
 
 Datum
