@@ -63,6 +63,7 @@
 extern char *dt_databases;
 extern int	dt_workers;
 extern int	dt_max_databases;
+extern int	dt_max_memory_per_database_mb;
 extern int	dt_max_memory_mb;
 extern int	dt_batch_size;
 extern int	dt_poll_interval_ms;
@@ -291,6 +292,8 @@ extern void dt_store_purge_models(int partition, int partitions,
 								  bool (*is_live) (int32 model_id));
 
 /* one batch's publication (see stage.c) */
+extern void dt_store_quota_begin(void);
+extern void dt_store_quota_check(Size len);
 extern dsa_pointer dt_store_alloc_image(const char *image, Size len);
 extern bool dt_store_reserve_entry(const DtTwinKey *key);
 extern void dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,

@@ -66,6 +66,7 @@ dt_database_listed(const char *dbname)
 char	   *dt_databases = NULL;
 int			dt_workers = 2;
 int			dt_max_databases = 8;
+int			dt_max_memory_per_database_mb = 0;
 int			dt_max_memory_mb = 256;
 int			dt_batch_size = 50000;
 int			dt_poll_interval_ms = 1000;
@@ -119,6 +120,16 @@ dt_define_gucs(void)
 							&dt_max_memory_mb,
 							256, 1, INT_MAX / 2,
 							PGC_POSTMASTER,
+							GUC_UNIT_MB,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.max_memory_per_database",
+							"Shared memory one database's twins may use; 0 means up to digitaltwin.max_memory.",
+							"A database past it has the events that need more memory dead-lettered, as when digitaltwin.max_memory is full, "
+							"while the other databases go on.",
+							&dt_max_memory_per_database_mb,
+							0, 0, INT_MAX / 2,
+							PGC_SIGHUP,
 							GUC_UNIT_MB,
 							NULL, NULL, NULL);
 

@@ -526,6 +526,48 @@ dt_store_out_of_memory(void)
 			 errhint("Increase digitaltwin.max_memory, or end twins by returning NULL from the model.")));
 }
 
+/*
+ * digitaltwin.max_memory_per_database: the twins of one database may not
+ * take more, so that a database filling its share leaves the others
+ * theirs.  Checked as a batch prepares its new images: the memory its
+ * database's workers account for (published twins), plus what the batch
+ * has prepared so far, plus the next image.  (Old images are freed only
+ * after publication: until then both are in memory.)
+ */
+static Size quota_batch_bytes = 0;
+
+void
+dt_store_quota_begin(void)
+{
+	quota_batch_bytes = 0;
+}
+
+void
+dt_store_quota_check(Size len)
+{
+	int64		quota = (int64) dt_max_memory_per_database_mb * 1024 * 1024;
+	int64		used = 0;
+	int			i;
+
+	if (quota == 0)
+		return;
+	for (i = 0; i < dt_shared->nworkers; i++)
+	{
+		SpinLockAcquire(&dt_db->slots[i].mutex);
+		used += dt_db->slots[i].memory_bytes;
+		SpinLockRelease(&dt_db->slots[i].mutex);
+	}
+	if (used + (int64) (quota_batch_bytes + len) > quota)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("digitaltwin shared memory for the twins of database \"%s\" is exhausted",
+						dt_db->name),
+				 errdetail("digitaltwin.max_memory_per_database is %d MB; events that need more are dead-lettered.",
+						   dt_max_memory_per_database_mb),
+				 errhint("Increase digitaltwin.max_memory_per_database, or end twins by returning NULL from the model.")));
+	quota_batch_bytes += len;
+}
+
 dsa_pointer
 dt_store_alloc_image(const char *image, Size len)
 {

@@ -737,6 +737,7 @@ dt_stage_prepare_publish(void)
 	HASH_SEQ_STATUS status;
 	DtStagedTwin *twin;
 
+	dt_store_quota_begin();
 	hash_seq_init(&status, staged);
 	while ((twin = hash_seq_search(&status)) != NULL)
 	{
@@ -749,6 +750,7 @@ dt_stage_prepare_publish(void)
 			twin->overwrite = true;
 			continue;
 		}
+		dt_store_quota_check(twin->new_len);
 		twin->new_image = dt_store_alloc_image(twin->image, twin->new_len);
 		twin->inserted_entry = dt_store_reserve_entry(&twin->key);
 	}

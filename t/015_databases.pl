@@ -262,6 +262,53 @@ ok(DtTest::wait_workers($node, 'db2r', 2), 'db2r is served again after the reset
 $node->safe_psql('db2r', DtTest::send_sql(200, 50));
 DtTest::check_exactly_once($node, 'db2r served again', 'db2r');
 
+# --- one database filling its share of the shared memory ------------------------
+
+# digitaltwin.max_memory_per_database = 1MB: a model with 20 kB states fills
+# db5's share; the events of db5 that need more are dead-lettered with a
+# clear error, and db1 creates twins as large all the same.
+my $big_model = q{
+CREATE FUNCTION big(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jsonb_build_object('pad', repeat('x', 20000)) $$;
+SELECT digitaltwin.create_model('big', 'big(text,jsonb,jsonb)');
+};
+$node->safe_psql($_, $big_model) foreach qw(db1 db5);
+$node->append_conf('postgresql.conf', "digitaltwin.max_memory_per_database = '1MB'\n");
+$node->reload;
+# the workers take the reload at their next batch: send until it shows
+my $filled = 0;
+foreach my $round (1 .. 20)
+{
+	$node->safe_psql('db5', qq{
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'big', 'b$round-' || i, '{}' FROM generate_series(1, 100) i});
+	$node->safe_psql('db5', q{SELECT digitaltwin.wait_idle('60s')});
+	$filled = $node->safe_psql('db5', q{
+SELECT count(*) FROM digitaltwin.dead_letters
+WHERE model = 'big' AND sqlstate = '53200'
+  AND error LIKE '%shared memory for the twins of database "db5" is exhausted%'});
+	last if $filled > 0;
+}
+cmp_ok($filled, '>', 0, 'db5 past its share: its events that need more memory are dead-lettered');
+cmp_ok($node->safe_psql('db5', q{
+SELECT memory_bytes FROM digitaltwin.stats WHERE worker IS NULL AND database = 'db5'}),
+	'<=', 1024 * 1024 + 200 * 1024, 'db5 stays within its share (plus at most a batch)');
+$node->safe_psql('db1', q{
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'big', 'b' || i, '{}' FROM generate_series(1, 20) i});
+is($node->safe_psql('db1', q{SELECT digitaltwin.wait_idle('60s')}), 't', 'db1 processed its big twins');
+is($node->safe_psql('db1', q{
+SELECT (SELECT count(*) FROM digitaltwin.twins WHERE model = 'big') || '/' ||
+       (SELECT count(*) FROM digitaltwin.dead_letters WHERE model = 'big')}),
+	'20/0', 'db1, within its own share, is not affected by db5');
+$node->append_conf('postgresql.conf', "digitaltwin.max_memory_per_database = 0\n");
+$node->reload;
+$node->safe_psql($_, q{
+SELECT digitaltwin.drop_model('big');
+DROP FUNCTION big(text, jsonb, jsonb);
+DELETE FROM digitaltwin.dead_letters WHERE model = 'big';})
+  foreach qw(db1 db5);
+
 # --- a restart: every database is served again, its twins intact ------------------
 
 my %twins = map { $_ => $node->safe_psql($_, $live_query) } qw(db1 db2r db5);
