@@ -306,10 +306,12 @@ dt_database_request_service(void)
 	DtDatabase *db;
 	DtServeWait w;
 	char	   *dbname = get_database_name(MyDatabaseId);
+	int			attempt = 0;
 	int			i;
 
 	dt_require_served_config();
 
+again:
 	LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
 	db = dt_database_find_locked(MyDatabaseId);
 	if (db == NULL)
@@ -322,6 +324,17 @@ dt_database_request_service(void)
 		if (db == NULL)
 		{
 			LWLockRelease(&dt_shared->lock);
+
+			/*
+			 * An entry may be on its way out (DROP EXTENSION elsewhere just
+			 * committed; its workers are stopping): let the launcher finish
+			 * a few looks before refusing.
+			 */
+			if (attempt++ < 5)
+			{
+				dt_launcher_rescan();
+				goto again;
+			}
 			dt_refuse(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
 					  psprintf("More databases than digitaltwin.max_databases (%d) would have the extension.",
 							   dt_max_databases),

@@ -394,4 +394,27 @@ $small->safe_psql($served, DtTest::send_sql(100, 10));
 DtTest::check_exactly_once($small, "small node: $served served", $served);
 $small->stop;
 
+# --- more databases than digitaltwin.max_databases ---------------------------------
+
+my $one = DtTest::new_node('one', q{
+digitaltwin.max_databases = 1
+});
+$one->start;
+DtTest::create_model($one, 'postgres');
+$one->safe_psql('postgres', 'CREATE DATABASE b');
+($ret, $err) = run_verbose('b', 'CREATE EXTENSION digitaltwin', $one);
+isnt($ret, 0, 'CREATE EXTENSION beyond digitaltwin.max_databases fails');
+like($err, qr/ERROR:  53400: .*\n.*max_databases/, 'with 53400, saying why');
+like($err, qr/HINT: .*digitaltwin\.max_databases/, 'and a hint naming digitaltwin.max_databases');
+# the entry is freed by DROP EXTENSION: then b can have it
+$one->safe_psql('postgres', 'DROP EXTENSION digitaltwin CASCADE');
+$one->poll_query_until('postgres', q{
+SELECT count(*) = 0 FROM pg_stat_activity WHERE backend_type = 'digitaltwin worker'})
+  or die 'the workers of postgres did not stop after DROP EXTENSION';
+DtTest::create_model($one, 'b');
+ok(DtTest::wait_workers($one, 'b', 2), 'once the entry is free, b is served');
+$one->safe_psql('b', DtTest::send_sql(100, 10));
+DtTest::check_exactly_once($one, 'one entry: b served', 'b');
+$one->stop;
+
 done_testing();
