@@ -5,8 +5,9 @@
  *
  * digitaltwin.alert() only records the alert in worker-local memory.  The
  * worker inserts all alerts of a batch with one statement in the batch's
- * transaction and queues one NOTIFY per alert; both take effect at commit,
- * so an alert exists exactly when the event that raised it was consumed.
+ * transaction, so an alert exists exactly when the event that raised it
+ * was consumed, and sends one NOTIFY per alert right after that commit
+ * (dt_alerts_announce; dt_announce_send in util.c says why not before).
  * Alerts of an event whose model later fails are forgotten with the undo of
  * its run (dt_alerts_undo_to).
  *
@@ -15,7 +16,6 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
@@ -63,10 +63,14 @@ static int	alerts_size = 0;
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr dead_letter_plan = NULL;
 
+/* the notifications of the alerts the last batch inserted */
+static DtAnnouncements announce;
+
 void
 dt_alerts_begin(MemoryContext cxt)
 {
 	alerts_cxt = cxt;
+	dt_announce_forget(&announce);	/* a failed batch's alerts were never committed */
 	alerts_size = 64;
 	alerts = MemoryContextAlloc(cxt, sizeof(DtStagedAlert) * alerts_size);
 	nalerts = 0;
@@ -224,11 +228,11 @@ dt_notify_alert(int64 id, const char *model, const char *twin_id,
 	/* bounded by construction (see the top of the file) */
 	if (buf.len > DT_NOTIFY_PAYLOAD_MAX)
 		elog(ERROR, "digitaltwin: alert notification of %d bytes", buf.len);
-	Async_Notify(DT_NOTIFY_CHANNEL, buf.data);
+	dt_announce_add(&announce, buf.data);
 	pfree(buf.data);
 }
 
-/* Insert alerts [start, end) with one statement and queue their NOTIFYs. */
+/* Insert alerts [start, end) with one statement; their NOTIFYs follow the commit. */
 static void
 dt_alerts_insert(int start, int end)
 {
@@ -298,7 +302,7 @@ dt_alerts_insert(int start, int end)
 }
 
 /*
- * Insert the batch's alerts and queue their notifications.  Runs inside SPI
+ * Insert the batch's alerts and prepare their notifications.  Runs inside SPI
  * in the batch's transaction.  Returns the number of alerts.  A statement
  * takes at most DT_FLUSH_BYTES of messages and details: its arrays must
  * stay under the 1 GB a value can have, whatever the batch holds.
@@ -359,6 +363,20 @@ dt_dead_letter(DtEvent *event)
 	ret = SPI_execute_plan(dead_letter_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+}
+
+/* After the batch's commit: one NOTIFY digitaltwin_alerts per alert. */
+void
+dt_alerts_announce(void)
+{
+	dt_announce_send(&announce, DT_NOTIFY_CHANNEL);
+}
+
+/* After a failed batch: nothing to announce. */
+void
+dt_alerts_abandon(void)
+{
+	dt_announce_forget(&announce);
 }
 
 void

@@ -100,6 +100,19 @@ extern int	dt_timestamp_plus_interval(TimestampTz t, const Interval *iv,
 									   TimestampTz *result);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
 typedef void (*dt_row_fn) (HeapTuple tuple, TupleDesc desc, void *arg);
+
+/* notifications a batch sends after its commit (alerts, outbox) */
+typedef struct DtAnnouncements
+{
+	MemoryContext cxt;
+	char	  **payloads;
+	int			n;
+	int			size;
+} DtAnnouncements;
+
+extern void dt_announce_add(DtAnnouncements *a, const char *payload);
+extern void dt_announce_send(DtAnnouncements *a, const char *channel);
+extern void dt_announce_forget(DtAnnouncements *a);
 extern void dt_spi_cursor_each(Portal portal, dt_row_fn fn, void *arg);
 
 /* the search_path of every statement the extension runs with other rights */
@@ -478,6 +491,8 @@ extern void dt_alerts_begin(MemoryContext cxt);
 extern int	dt_alerts_mark(void);
 extern void dt_alerts_undo_to(int mark);
 extern int	dt_alerts_flush(void);
+extern void dt_alerts_announce(void);
+extern void dt_alerts_abandon(void);
 extern void dt_dead_letter(DtEvent *event);
 extern void dt_alerts_forget_plans(void);
 

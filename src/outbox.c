@@ -38,7 +38,6 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "commands/async.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -67,15 +66,13 @@ static int	commands_size = 0;
 static SPIPlanPtr insert_plan = NULL;
 
 /* ids of the rows the last batch inserted, to announce after its commit */
-static int64 *announce = NULL;
-static int	nannounce = 0;
-static int	announce_size = 0;
+static DtAnnouncements announce;
 
 void
 dt_outbox_begin(MemoryContext cxt)
 {
 	outbox_cxt = cxt;
-	nannounce = 0;			/* a failed batch's rows were never committed */
+	dt_announce_forget(&announce);	/* a failed batch's rows were never committed */
 	commands_size = 16;
 	commands = MemoryContextAlloc(cxt, sizeof(DtStagedCommand) * commands_size);
 	ncommands = 0;
@@ -196,16 +193,12 @@ dt_outbox_insert(int start, int end)
 	for (r = 0; r < SPI_processed; r++)
 	{
 		bool		isnull;
+		char		buf[32];
 
-		if (nannounce == announce_size)
-		{
-			announce_size = Max(announce_size * 2, 1024);
-			announce = announce == NULL ?
-				MemoryContextAlloc(TopMemoryContext, sizeof(int64) * announce_size) :
-				repalloc(announce, sizeof(int64) * announce_size);
-		}
-		announce[nannounce++] = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
-															SPI_tuptable->tupdesc, 1, &isnull));
+		snprintf(buf, sizeof(buf), INT64_FORMAT,
+				 DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[r],
+											 SPI_tuptable->tupdesc, 1, &isnull)));
+		dt_announce_add(&announce, buf);
 	}
 	SPI_freetuptable(SPI_tuptable);
 }
@@ -218,41 +211,19 @@ dt_outbox_insert(int start, int end)
  */
 /*
  * After the batch's commit: one NOTIFY digitaltwin_outbox per row it
- * inserted, in a transaction of their own.  A transaction that notifies
- * takes a lock that serialises every notifying commit of the database
- * until its commit is over; in the batch's own transaction that lock was
- * held through the batch's WAL flush, so the workers' commits waited for
- * each other (and the gateway for both).  This transaction writes nothing
- * but its commit record, which is not waited for: the lock is held for
- * microseconds.  A worker that dies between the two commits leaves its
- * rows unannounced; notifications are hints, and gateways also take
- * without one (README, take_outbox).  A NOTIFY queue that is full fails
- * only this transaction, never the batch.
+ * inserted (dt_announce_send says why not in the batch).  Gateways also
+ * take without a notification (README, take_outbox).
  */
 void
 dt_outbox_announce(void)
 {
-	int			i;
-
-	if (nannounce == 0)
-		return;
-	StartTransactionCommand();
-	for (i = 0; i < nannounce; i++)
-	{
-		char		buf[32];
-
-		snprintf(buf, sizeof(buf), INT64_FORMAT, announce[i]);
-		Async_Notify(DT_OUTBOX_CHANNEL, buf);
-	}
-	nannounce = 0;
-	CommitTransactionCommand();
+	dt_announce_send(&announce, DT_OUTBOX_CHANNEL);
 }
 
-/* The batch failed: its rows were never committed. */
 void
 dt_outbox_abandon(void)
 {
-	nannounce = 0;
+	dt_announce_forget(&announce);
 }
 
 int

@@ -12,12 +12,15 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
+#include "commands/async.h"
 #include "miscadmin.h"
 #include "utils/guc.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 #include "utils/syscache.h"
 
@@ -279,4 +282,80 @@ dt_trusted_leave(DtTrustedScope *scope)
 	SPI_finish();
 	SetUserIdAndSecContext(scope->save_userid, scope->save_sec_context);
 	AtEOXact_GUC(false, scope->guc_level);
+}
+
+/* ----------------------------------------------------------------
+ * Notifications sent after a batch's commit (alerts, outbox)
+ * ----------------------------------------------------------------
+ */
+
+void
+dt_announce_add(DtAnnouncements *a, const char *payload)
+{
+	if (a->cxt == NULL)
+		a->cxt = AllocSetContextCreate(TopMemoryContext, "digitaltwin announcements",
+									   ALLOCSET_SMALL_SIZES);
+	if (a->n == a->size)
+	{
+		a->size = Max(a->size * 2, 64);
+		a->payloads = a->payloads == NULL ?
+			MemoryContextAlloc(a->cxt, sizeof(char *) * a->size) :
+			repalloc(a->payloads, sizeof(char *) * a->size);
+	}
+	a->payloads[a->n++] = MemoryContextStrdup(a->cxt, payload);
+}
+
+void
+dt_announce_forget(DtAnnouncements *a)
+{
+	if (a->cxt != NULL)
+		MemoryContextReset(a->cxt);
+	a->payloads = NULL;
+	a->n = a->size = 0;
+}
+
+/*
+ * After the batch's commit: send its notifications, in a transaction of
+ * their own.  A transaction that notifies takes a lock that serialises
+ * every notifying commit of the database until its commit is over; in the
+ * batch's own transaction that lock was held through the batch's WAL
+ * flush, so the workers' commits waited for each other (and the listeners
+ * for both).  This transaction has no xid, hence no WAL flush to wait for:
+ * the lock is held for microseconds.  Its failure (a NOTIFY queue that a
+ * stuck listener has filled) loses these notifications with a WARNING,
+ * never the batch, which has committed, and never sends one twice.  A
+ * worker that dies between the two commits sends none: notifications are
+ * hints; the rows are in their tables (README).
+ */
+void
+dt_announce_send(DtAnnouncements *a, const char *channel)
+{
+	MemoryContext old = CurrentMemoryContext;
+	int			i;
+
+	if (a->n == 0)
+		return;
+	PG_TRY();
+	{
+		StartTransactionCommand();
+		for (i = 0; i < a->n; i++)
+			Async_Notify(channel, a->payloads[i]);
+		CommitTransactionCommand();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(old);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		ereport(WARNING,
+				(errmsg("digitaltwin: %d notifications on channel \"%s\" were not sent: %s",
+						a->n, channel, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(old);
+	dt_announce_forget(a);
 }

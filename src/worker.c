@@ -1048,6 +1048,7 @@ dt_worker_run_batch(void)
 		dt_stage_publish(my_slot);
 	dt_timers_publish();
 	phase = DT_PHASE_IDLE;
+	dt_alerts_announce();
 	dt_outbox_announce();
 
 	if (nbatch > 0)
@@ -1160,6 +1161,7 @@ dt_worker_recover(void)
 	dt_current_event = NULL;
 	dt_stage_abandon();
 	dt_timers_abandon();
+	dt_alerts_abandon();
 	dt_outbox_abandon();
 	/*
 	 * After a failure around the commit we cannot know what part of shared
