@@ -50,7 +50,17 @@ END $$;
 CREATE TRIGGER peer_apply AFTER INSERT ON peer_events
     FOR EACH ROW EXECUTE FUNCTION peer_apply();
 
--- the limit: plain inserts into a table of the same shape
+-- the physical limit: the same columns in a plain heap, no identity, no
+-- index, no constraint (issue 15: every ratio is measured against it)
+CREATE TABLE heap_events (
+    model       text NOT NULL,
+    twin_id     text NOT NULL,
+    payload     jsonb NOT NULL,
+    enqueued_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- the "queue table": plain inserts into a table of the same shape with an
+-- identity primary key, as a queue needs one (the reference before issue 15)
 CREATE TABLE raw_events (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     model       text NOT NULL,

@@ -1,8 +1,10 @@
 #!/bin/bash
 # digitaltwin benchmark: end-to-end events per second (ingested and fully
 # processed, until wait_idle) for the same heart-rate logic, side by side:
-# raw inserts into a plain table (the limit), the trigger peer, and
-# digitaltwin with the plpgsql and the C model; then alert latency, memory
+# plain inserts, the trigger peer, and
+# digitaltwin with the plpgsql and the C model, each against the physical
+# limit (a plain heap of the same columns: no identity, no index) and the
+# queue table (the same with an identity primary key); then alert latency, memory
 # per twin, an aggregate over 1M live twins, and recovery time; then
 # (version 1.6) 1M pending timers (disk, shared and worker memory, reload),
 # the cost of arming a timer at every event, firing rate and lateness, a
@@ -104,6 +106,7 @@ single_script() {
 INSERT INTO $1 (model, twin_id, payload) VALUES ('$2', 'patient-' || :t, jsonb_build_object('bpm', :b));
 EOS
 }
+multi_script heap_events heap; single_script heap_events heap
 multi_script raw_events raw; single_script raw_events raw
 multi_script peer_events peer; single_script peer_events peer
 for m in heart_rate heart_rate_c; do
@@ -111,12 +114,12 @@ for m in heart_rate heart_rate_c; do
 done
 
 reset_all() {
-	dt_psql -c "TRUNCATE raw_events, peer_events, peer_state, peer_alerts" \
+	dt_psql -c "TRUNCATE heap_events, raw_events, peer_events, peer_state, peer_alerts" \
 		-c "TRUNCATE digitaltwin.alerts, digitaltwin.dead_letters" \
 		-c "VACUUM ANALYZE digitaltwin.twin_state" >/dev/null
 }
 
-declare -A RESULT RATIO
+declare -A RESULT RATIO RATIO_HEAP
 record() {		# scenario ingestion events ms [note]
 	local eps=$(($3 * 1000 / ($4 > 0 ? $4 : 1)))
 	RESULT["$1|$2"]=$eps
@@ -167,6 +170,17 @@ timed() {
 	done | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'
 }
 dt_ingest() { ingest "$1" digitaltwin.events "$2" "$DT_DIR/events_$2.tsv"; wait_idle; }
+# the insert alone into digitaltwin.events (the workers run meanwhile, and
+# are waited for after the clock stopped); median of $1 runs, in ms
+timed_ingest_only() {
+	local n=$1 how=$2 m=$3 i t0 t1
+	for i in $(seq "$n"); do
+		reset_all
+		t0=$(now_ms); ingest "$how" digitaltwin.events "$m" "$DT_DIR/events_$m.tsv" >/dev/null; t1=$(now_ms)
+		wait_idle
+		echo $((t1 - t0))
+	done | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'
+}
 
 # Single-row runs take tens of seconds each, long enough for this kind of
 # machine to drift by more than the differences measured: the targets take
@@ -180,8 +194,8 @@ set_batch_delay() {
 }
 single_rounds() {
 	local r target t0 t1 order
-	local -A times=() ratios=()
-	local targets="raw peer heart_rate heart_rate_c heart_rate_c_delay"
+	local -A times=() ratios=() hratios=()
+	local targets="heap raw peer heart_rate heart_rate_c heart_rate_c_delay"
 	SINGLE_EVENTS=$((EVENTS / SINGLE_ROUNDS))
 	for r in $(seq "$SINGLE_ROUNDS"); do
 		order=$targets
@@ -192,6 +206,7 @@ single_rounds() {
 			[ "$target" = heart_rate_c_delay ] && set_batch_delay "$SINGLE_DELAY"
 			t0=$(now_ms)
 			case $target in
+			heap) ingest single heap_events heap ;;
 			raw) ingest single raw_events raw ;;
 			peer) ingest single peer_events peer ;;
 			heart_rate_c_delay) dt_ingest single heart_rate_c ;;
@@ -204,11 +219,13 @@ single_rounds() {
 		done
 		for target in $targets; do
 			ratios[$target]+="$(awk "BEGIN{printf \"%.3f\", ${round[raw]} / ${round[$target]}}") "
+			hratios[$target]+="$(awk "BEGIN{printf \"%.3f\", ${round[heap]} / ${round[$target]}}") "
 		done
 	done
 	med() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'; }
 	local note="median of $SINGLE_ROUNDS interleaved rounds"
-	record "raw insert (limit)" single "$SINGLE_EVENTS" "$(med "${times[raw]}")" "$note"
+	record "heap insert (limit)" single "$SINGLE_EVENTS" "$(med "${times[heap]}")" "$note"
+	record "raw insert (queue table)" single "$SINGLE_EVENTS" "$(med "${times[raw]}")" "$note"
 	record "trigger peer" single "$SINGLE_EVENTS" "$(med "${times[peer]}")" "$note"
 	record "digitaltwin heart_rate" single "$SINGLE_EVENTS" "$(med "${times[heart_rate]}")" "$note"
 	record "digitaltwin heart_rate_c" single "$SINGLE_EVENTS" "$(med "${times[heart_rate_c]}")" "$note"
@@ -216,7 +233,8 @@ single_rounds() {
 		"$(med "${times[heart_rate_c_delay]}")" "$note; digitaltwin.batch_delay = $SINGLE_DELAY"
 	for target in $targets; do
 		RATIO[$target]=$(med "${ratios[$target]}")
-		echo "    $target / raw, per round: ${ratios[$target]}"
+		RATIO_HEAP[$target]=$(med "${hratios[$target]}")
+		echo "    $target / raw, per round: ${ratios[$target]}; / heap: ${hratios[$target]}"
 	done
 }
 
@@ -227,8 +245,12 @@ for how in $HOWS; do
 	fi
 	runs=$REPEAT
 	note="median of $runs"
-	record "raw insert (limit)" "$how" "$EVENTS" \
+	record "heap insert (limit)" "$how" "$EVENTS" \
+		"$(timed "$runs" ingest "$how" heap_events heap "$DT_DIR/events_heart_rate.tsv")" "$note"
+	record "raw insert (queue table)" "$how" "$EVENTS" \
 		"$(timed "$runs" ingest "$how" raw_events raw "$DT_DIR/events_heart_rate.tsv")" "$note"
+	[ "$how" = copy ] && record "digitaltwin.events, ingest only" "$how" "$EVENTS" \
+		"$(timed_ingest_only "$runs" "$how" heart_rate_c)" "$note; the COPY alone, C model's events"
 	record "trigger peer" "$how" "$EVENTS" \
 		"$(timed "$runs" ingest "$how" peer_events peer "$DT_DIR/events_heart_rate.tsv")" "$note"
 	for m in heart_rate heart_rate_c; do
@@ -697,11 +719,21 @@ r() {
 		echo "n/a"
 	fi
 }
-echo "  plpgsql model COPY / trigger peer COPY:      $(r 'digitaltwin heart_rate|copy' 'trigger peer|copy')  (target >= 3)"
-echo "  C model COPY / raw COPY:                      $(r 'digitaltwin heart_rate_c|copy' 'raw insert (limit)|copy')  (target >= 0.5)"
+echo "  against the heap (the physical limit; issue 15):"
+echo "    COPY into digitaltwin.events alone / heap COPY:   $(r 'digitaltwin.events, ingest only|copy' 'heap insert (limit)|copy')  (target >= 0.90)"
+echo "    COPY end to end, C model / heap COPY:             $(r 'digitaltwin heart_rate_c|copy' 'heap insert (limit)|copy')  (target >= 0.50)"
+echo "    COPY, plpgsql model / trigger peer:               $(r 'digitaltwin heart_rate|copy' 'trigger peer|copy')  (target >= 5)"
+echo "    multi-row INSERT, C model / heap multi-row:       $(r 'digitaltwin heart_rate_c|multi' 'heap insert (limit)|multi')  (target >= 0.75)"
+if [ -n "${RATIO_HEAP[heap]:-}" ]; then
+echo "    single-row INSERT, C model / heap single-row:     ${RATIO_HEAP[heart_rate_c]}  (target >= 0.90; medians of the per-round ratios)"
+fi
+echo "  against the queue table (raw: identity primary key):"
+echo "    heap COPY / queue table COPY:                     $(r 'heap insert (limit)|copy' 'raw insert (queue table)|copy')"
+echo "    C model COPY / queue table COPY:                  $(r 'digitaltwin heart_rate_c|copy' 'raw insert (queue table)|copy')"
+echo "    C model multi-row / queue table multi-row:        $(r 'digitaltwin heart_rate_c|multi' 'raw insert (queue table)|multi')"
 if [ -n "${RATIO[raw]:-}" ]; then
-echo "  single-row / raw single-row, medians of the per-round ratios (target >= 0.9):"
-echo "    C model ${RATIO[heart_rate_c]}, plpgsql model ${RATIO[heart_rate]}," \
+echo "    single-row / queue table single-row, medians of the per-round ratios:"
+echo "      C model ${RATIO[heart_rate_c]}, plpgsql model ${RATIO[heart_rate]}," \
 	"C model with batch_delay $SINGLE_DELAY ${RATIO[heart_rate_c_delay]}, trigger peer ${RATIO[peer]}"
 fi
 echo "CSV: $CSV"
