@@ -327,8 +327,8 @@ dt_psql -At -c "SELECT 1" >/dev/null
 until [ "$(dt_psql -At -c "SELECT sum(twins) FROM digitaltwin.stats WHERE worker IS NOT NULL")" -ge "$BIG_TWINS" ]; do
 	sleep 0.2
 done
-recovery=$(grep -o 'loaded [0-9]* twins in [0-9.]* ms' "$DT_DIR/server.log" | tail -n "$WORKERS" |
-	awk '{ if ($5 > m) m = $5; n += $2 } END { printf "%d twins in %.0f ms", n, m }')
+recovery=$(grep -o 'loaded [0-9]* twins and [0-9]* timers in [0-9.]* ms' "$DT_DIR/server.log" | tail -n "$WORKERS" |
+	awk '{ if ($8 > m) m = $8; n += $2 } END { printf "%d twins in %.0f ms", n, m }')
 echo "  recovery: $recovery (workers load in parallel)"
 echo "recovery,restart,$BIG_TWINS,,,$recovery" >>"$CSV"
 mem=$(dt_psql -At -c "SELECT round(memory_bytes::numeric / twins, 1) || ' bytes per twin, state ' ||
