@@ -66,7 +66,8 @@ extern PGDLLEXPORT int64 digitaltwin_current_event_id(void);
 
 /*
  * The event's kind, "event" (sent by an application), "message" (sent by
- * a model) or "timer" (since 1.6), and its event time (digitaltwin.events.event_time: the
+ * a model), "timer" (since 1.6) or "retry" (a dead letter queued again by
+ * digitaltwin.retry_dead_letters(), since 1.7), and its event time (digitaltwin.events.event_time: the
  * application's clock, or the insert time; a message has the time of the
  * event that sent it).  Since version 1.5; NULL and DT_NOBEGIN outside a
  * model call.  digitaltwin.current_event() gives the same in SQL.

@@ -116,5 +116,78 @@ CREATE TRIGGER durable_state_changed
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON digitaltwin.timer_state
     FOR EACH STATEMENT EXECUTE FUNCTION digitaltwin.durable_state_changed();
 
+--------------------------------------------------------------------------
+-- Dead letters you can act on (issue 16, first part): the whole error
+-- (detail, hint, the context's function and line), the event's time and
+-- its original id are kept; retry_dead_letters() queues them again, in
+-- their original order, and the model can tell a retried event
+-- (current_event().kind = 'retry', .retry_of = its original id).
+--------------------------------------------------------------------------
+
+ALTER TABLE digitaltwin.dead_letters
+    ADD COLUMN event_time  timestamptz,
+    ADD COLUMN detail      text,
+    ADD COLUMN hint        text,
+    ADD COLUMN context     text,
+    ADD COLUMN original_id bigint;
+
+COMMENT ON COLUMN digitaltwin.dead_letters.event_id IS 'Id the event had in the queue.';
+COMMENT ON COLUMN digitaltwin.dead_letters.error IS 'The error''s message.';
+COMMENT ON COLUMN digitaltwin.dead_letters.sqlstate IS 'The error''s SQLSTATE.';
+COMMENT ON COLUMN digitaltwin.dead_letters.event_time IS 'The event''s time (digitaltwin.events.event_time); NULL for dead letters of versions before 1.7.';
+COMMENT ON COLUMN digitaltwin.dead_letters.detail IS 'The error''s DETAIL, if any.';
+COMMENT ON COLUMN digitaltwin.dead_letters.hint IS 'The error''s HINT, if any.';
+COMMENT ON COLUMN digitaltwin.dead_letters.context IS 'The error''s CONTEXT: where in the model it happened (function and line).';
+COMMENT ON COLUMN digitaltwin.dead_letters.original_id IS 'Id of the event when it was first queued, for an event queued again by retry_dead_letters(); NULL otherwise (then event_id is the original).';
+
+-- a retried event: its original id (the column default is NULL)
+ALTER TABLE digitaltwin.events ADD COLUMN retry_of bigint;
+
+COMMENT ON COLUMN digitaltwin.events.retry_of IS 'For an event queued again by digitaltwin.retry_dead_letters(): the id it had when first queued.';
+
+ALTER TYPE digitaltwin.event_info ADD ATTRIBUTE retry_of bigint;
+
+COMMENT ON TYPE digitaltwin.event_info IS
+'The event a model processes, as digitaltwin.current_event() returns it: kind is ''event'', ''message'', ''timer'' or ''retry'' (retry_of: its original id).';
+
+CREATE FUNCTION digitaltwin.retry_dead_letters(model text DEFAULT NULL, event_ids bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql
+VOLATILE
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    n bigint;
+BEGIN
+    -- Oldest first: identity values follow the ORDER BY of an INSERT ...
+    -- SELECT, so the retried events keep their original order.  Dead
+    -- letters of a model that no longer exists stay where they are.
+    WITH d AS (
+        DELETE FROM digitaltwin.dead_letters l
+        WHERE (retry_dead_letters.model IS NULL
+               OR l.model OPERATOR(pg_catalog.=) retry_dead_letters.model)
+          AND (retry_dead_letters.event_ids IS NULL
+               OR l.event_id OPERATOR(pg_catalog.=) ANY (retry_dead_letters.event_ids))
+          AND EXISTS (SELECT FROM digitaltwin.models m
+                      WHERE m.name OPERATOR(pg_catalog.=) l.model)
+        RETURNING l.*)
+    INSERT INTO digitaltwin.events (model, twin_id, payload, event_time, retry_of)
+    SELECT d.model, d.twin_id, d.payload, coalesce(d.event_time, d.enqueued_at),
+           coalesce(d.original_id, d.event_id)
+    FROM d
+    ORDER BY coalesce(d.original_id, d.event_id);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END
+$$;
+
+COMMENT ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) IS
+'Queues dead letters again (of one model, or all with model NULL; those whose event_id is in event_ids, or all), oldest first, keeping their event time; the model sees them with current_event().kind = ''retry'' and retry_of = the original id.  Returns how many.  For digitaltwin_admin.';
+
+REVOKE ALL ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) TO digitaltwin_admin;
+
 -- Last: serve this database (CREATE EXTENSION, ALTER EXTENSION UPDATE).
 SELECT digitaltwin.serve_database();

@@ -94,7 +94,8 @@ SELECT (SELECT sum(events_processed) FROM digitaltwin.stats WHERE worker IS NOT 
        (SELECT sum(twins) FROM digitaltwin.stats WHERE worker IS NOT NULL) = twins
            AS twins_add_up,
        twins = (SELECT count(*) FROM digitaltwin.twin_state) AS twins_counted,
-       dead_letters = (SELECT count(*) FROM digitaltwin.dead_letters) AS dead_counted,
+       dead_letters = (SELECT count(*) FROM digitaltwin.dead_letters) +
+                      (SELECT sum(n) FROM dead_letters_retried) AS dead_counted,
        alerts = (SELECT count(*) FROM digitaltwin.alerts) AS alerts_counted,
        memory_bytes > 0 AS uses_memory,
        queue_depth, oldest_event_age

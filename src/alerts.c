@@ -21,6 +21,8 @@
 #include "mb/pg_wchar.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/numeric.h"
@@ -62,6 +64,7 @@ static int	alerts_size = 0;
 
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr dead_letter_plan = NULL;
+static bool dead_letter_full = false;	/* the table of version 1.7 */
 
 /* the notifications of the alerts the last batch inserted */
 static DtAnnouncements announce;
@@ -335,24 +338,79 @@ dt_alerts_flush(void)
 }
 
 /*
+ * One line in the log per dead letter, at most DT_DEAD_LETTER_LOG_RATE a
+ * second per worker; the rest are counted and the count logged once the
+ * second is over.
+ */
+#define DT_DEAD_LETTER_LOG_RATE 10
+
+static TimestampTz log_window = 0;
+static int	logged_in_window = 0;
+static int64 not_logged = 0;
+
+static void
+dt_log_dead_letter(const DtEvent *event)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (TimestampDifferenceExceeds(log_window, now, 1000))
+	{
+		if (not_logged > 0)
+			ereport(LOG,
+					(errmsg("digitaltwin: " INT64_FORMAT " more dead letters were not logged (at most %d a second)",
+							not_logged, DT_DEAD_LETTER_LOG_RATE)));
+		log_window = now;
+		logged_in_window = 0;
+		not_logged = 0;
+	}
+	if (logged_in_window >= DT_DEAD_LETTER_LOG_RATE)
+	{
+		not_logged++;
+		return;
+	}
+	logged_in_window++;
+	ereport(LOG,
+			(errmsg("digitaltwin: event " INT64_FORMAT " of model \"%s\" for twin \"%s\" dead-lettered: %s (SQLSTATE %s)",
+					event->id, event->model, event->twin_id,
+					event->error ? event->error : "unknown error", event->sqlstate),
+			 event->error_context ? errcontext_msg("%s", event->error_context) : 0));
+}
+
+/*
  * Record an event that could not be applied.  Runs inside SPI in the batch's
- * transaction, which also deletes the event from the queue.
+ * transaction, which also deletes the event from the queue.  Since version
+ * 1.7 the dead letter keeps the rest of the error, the event's time and its
+ * original id; with the table of an older version, what it has room for.
  */
 void
 dt_dead_letter(DtEvent *event)
 {
-	Oid			types[7] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
-	TIMESTAMPTZOID};
-	Datum		args[7];
+	Oid			types[12] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
+	Datum		args[12];
+	char		nulls[12];
+	int			nargs;
 	int			ret;
+	int			i;
 
 	if (dead_letter_plan == NULL)
 	{
-		dead_letter_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.dead_letters "
-											   "(event_id, model, twin_id, payload, error, sqlstate, enqueued_at) "
-											   "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-											   7, types);
+		Oid			relid = dt_extension_relid("dead_letters");
+
+		dead_letter_full = get_attnum(relid, "original_id") != InvalidAttrNumber;
+		dead_letter_plan = dead_letter_full ?
+			dt_spi_prepare_kept("INSERT INTO digitaltwin.dead_letters "
+								"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at, "
+								" event_time, detail, hint, context, original_id) "
+								"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+								12, types) :
+			dt_spi_prepare_kept("INSERT INTO digitaltwin.dead_letters "
+								"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at) "
+								"VALUES ($1, $2, $3, $4, $5, $6, $7)",
+								7, types);
 	}
+	nargs = dead_letter_full ? 12 : 7;
+	memset(nulls, ' ', sizeof(nulls));
 	args[0] = Int64GetDatum(event->id);
 	args[1] = CStringGetTextDatum(event->model);
 	args[2] = CStringGetTextDatum(event->twin_id);
@@ -360,9 +418,21 @@ dt_dead_letter(DtEvent *event)
 	args[4] = CStringGetTextDatum(event->error ? event->error : "unknown error");
 	args[5] = CStringGetTextDatum(event->sqlstate);
 	args[6] = TimestampTzGetDatum(event->enqueued_at);
-	ret = SPI_execute_plan(dead_letter_plan, args, NULL, false, 0);
+	args[7] = TimestampTzGetDatum(event->event_time);
+	args[8] = event->error_detail ? CStringGetTextDatum(event->error_detail) : (Datum) 0;
+	args[9] = event->error_hint ? CStringGetTextDatum(event->error_hint) : (Datum) 0;
+	args[10] = event->error_context ? CStringGetTextDatum(event->error_context) : (Datum) 0;
+	args[11] = Int64GetDatum(event->retry_of);
+	nulls[8] = event->error_detail ? ' ' : 'n';
+	nulls[9] = event->error_hint ? ' ' : 'n';
+	nulls[10] = event->error_context ? ' ' : 'n';
+	nulls[11] = event->retry_of != 0 ? ' ' : 'n';
+	for (i = nargs; i < 12; i++)
+		nulls[i] = ' ';
+	ret = SPI_execute_plan(dead_letter_plan, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+	dt_log_dead_letter(event);
 }
 
 /* After the batch's commit: one NOTIFY digitaltwin_alerts per alert. */

@@ -46,7 +46,8 @@ PG_FUNCTION_INFO_V1(digitaltwin_sender_twin);
 #define DT_INFO_SENDER_MODEL 6
 #define DT_INFO_SENDER_TWIN	7
 #define DT_INFO_TIMER		8
-#define DT_INFO_NCOLS		9
+#define DT_INFO_RETRY_OF	9	/* version 1.7 */
+#define DT_INFO_NCOLS		10
 
 /* 'message' for an event a model sent, else 'event' */
 const char *
@@ -56,6 +57,8 @@ digitaltwin_current_event_kind(void)
 		return NULL;
 	if (dt_current_event->event->timer != NULL)
 		return "timer";
+	if (dt_current_event->event->retry_of != 0)
+		return "retry";
 	return dt_current_event->event->sender_model != NULL ? "message" : "event";
 }
 
@@ -75,8 +78,9 @@ digitaltwin_current_event(PG_FUNCTION_ARGS)
 	Datum		values[DT_INFO_NCOLS];
 	bool		nulls[DT_INFO_NCOLS];
 
+	/* the type has one attribute less before version 1.7 */
 	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE ||
-		desc->natts != DT_INFO_NCOLS)
+		(desc->natts != DT_INFO_NCOLS && desc->natts != DT_INFO_RETRY_OF))
 		elog(ERROR, "digitaltwin: digitaltwin.current_event() must return digitaltwin.event_info");
 	desc = BlessTupleDesc(desc);
 
@@ -93,6 +97,8 @@ digitaltwin_current_event(PG_FUNCTION_ARGS)
 	nulls[DT_INFO_SENDER_TWIN] = (ev->sender_twin == NULL);
 	values[DT_INFO_TIMER] = ev->timer ? CStringGetTextDatum(ev->timer) : (Datum) 0;
 	nulls[DT_INFO_TIMER] = (ev->timer == NULL);
+	values[DT_INFO_RETRY_OF] = Int64GetDatum(ev->retry_of);
+	nulls[DT_INFO_RETRY_OF] = (ev->retry_of == 0);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
 

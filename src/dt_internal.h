@@ -411,8 +411,13 @@ typedef struct DtEvent
 	char	   *timer;			/* a timer's fire: the timer's name */
 	int32		timer_model_id; /* ... its model */
 	TimestampTz timer_due;		/* ... and due time (relid is invalid) */
+	int64		retry_of;		/* queued again by retry_dead_letters(): its
+								 * original id (0: not a retry) */
 	bool		dead;
 	char	   *error;
+	char	   *error_detail;	/* of a dead event: the rest of its error */
+	char	   *error_hint;
+	char	   *error_context;
 	char		sqlstate[6];
 } DtEvent;
 

@@ -311,13 +311,14 @@ typedef struct DtFetchSource
 #define DT_EVENT_ATT_EVENT_TIME		8	/* version 1.5 */
 #define DT_EVENT_ATT_SENDER_MODEL	9
 #define DT_EVENT_ATT_SENDER_TWIN	10
+#define DT_EVENT_ATT_RETRY_OF		11	/* version 1.7 */
 
 /*
  * The attribute numbers above hold for every partition; make sure, and
  * return how many of them exist.  The partitions were created with their
  * parent and never had a column dropped, and a column added to the parent
- * (depth in version 1.4, event_time and the sender in 1.5) is added to each
- * partition in the same position.  Until the extension is updated, the
+ * (depth in version 1.4, event_time and the sender in 1.5, retry_of in 1.7)
+ * is added to each partition in the same position.  Until the extension is updated, the
  * newer columns do not exist: every event then counts as sent by an
  * application (depth 0, no sender) at its enqueue time.
  */
@@ -325,17 +326,19 @@ static int
 dt_fetch_check_columns(Relation rel)
 {
 	static const char *const names[] = {"id", "model", "twin_id", "payload",
-		"enqueued_at", "part", "depth", "event_time", "sender_model", "sender_twin"};
+		"enqueued_at", "part", "depth", "event_time", "sender_model", "sender_twin",
+	"retry_of"};
 	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
-	StaticAssertStmt(lengthof(names) == DT_EVENT_ATT_SENDER_TWIN,
+	StaticAssertStmt(lengthof(names) == DT_EVENT_ATT_RETRY_OF,
 					 "one name per attribute number");
 	for (i = 0; i < lengthof(names); i++)
 	{
 		/* the columns of an older version of the extension only */
 		if (desc->natts == i &&
-			(i + 1 == DT_EVENT_ATT_DEPTH || i + 1 == DT_EVENT_ATT_EVENT_TIME))
+			(i + 1 == DT_EVENT_ATT_DEPTH || i + 1 == DT_EVENT_ATT_EVENT_TIME ||
+			 i + 1 == DT_EVENT_ATT_RETRY_OF))
 			return i;
 		if (desc->natts <= i ||
 			TupleDescAttr(desc, i)->attisdropped ||
@@ -412,6 +415,12 @@ dt_fetch_take(DtFetchSource *src, DtEvent *ev)
 		ev->sender_model = isnull ? NULL : TextDatumGetCString(d);
 		d = slot_getattr(src->slot, DT_EVENT_ATT_SENDER_TWIN, &isnull);
 		ev->sender_twin = isnull ? NULL : TextDatumGetCString(d);
+	}
+	if (src->natts >= DT_EVENT_ATT_RETRY_OF)
+	{
+		d = slot_getattr(src->slot, DT_EVENT_ATT_RETRY_OF, &isnull);
+		if (!isnull)
+			ev->retry_of = DatumGetInt64(d);
 	}
 }
 

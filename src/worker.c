@@ -440,7 +440,16 @@ dt_record_failure(DtEvent *ev, ErrorData *edata)
 					 psprintf("model \"%s\" ran longer than digitaltwin.model_timeout (%d ms)",
 							  ev->model, dt_model_timeout_ms));
 	else
+	{
 		dt_mark_dead(ev, edata->sqlerrcode, edata->message);
+		/* what a dead letter keeps of the error besides its message */
+		if (edata->detail)
+			ev->error_detail = MemoryContextStrdup(batch_cxt, edata->detail);
+		if (edata->hint)
+			ev->error_hint = MemoryContextStrdup(batch_cxt, edata->hint);
+		if (edata->context)
+			ev->error_context = MemoryContextStrdup(batch_cxt, edata->context);
+	}
 }
 
 /*
