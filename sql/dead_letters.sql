@@ -101,6 +101,23 @@ INSERT INTO dead_letters_retried SELECT n FROM r RETURNING n AS retried;
 SELECT digitaltwin.wait_idle('30s');
 SELECT original_id IS NOT NULL AND original_id < event_id AS keeps_original_id
 FROM digitaltwin.dead_letters WHERE twin_id = 'p2';
+-- not from a model (its events are the batch's messages: send())
+CREATE FUNCTION retrier(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM digitaltwin.retry_dead_letters();
+    RETURN event;
+END $$;
+SELECT digitaltwin.create_model('retrier', 'retrier(text,jsonb,jsonb)');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('retrier', 'r', '{}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT error, sqlstate FROM digitaltwin.dead_letters WHERE model = 'retrier';
+SELECT count(*) AS picky_still_dead FROM digitaltwin.dead_letters WHERE model = 'picky';
+SELECT digitaltwin.drop_model('retrier');
+DROP FUNCTION retrier(text, jsonb, jsonb);
+WITH r AS (SELECT count(*) AS n FROM digitaltwin.dead_letters WHERE model = 'retrier')
+INSERT INTO dead_letters_retried SELECT n FROM r;
+DELETE FROM digitaltwin.dead_letters WHERE model = 'retrier';
 SELECT digitaltwin.drop_model('picky');
 DROP FUNCTION picky(text, jsonb, jsonb);
 DROP TABLE picky_gate;

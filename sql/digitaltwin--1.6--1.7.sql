@@ -160,7 +160,18 @@ AS $$
 #variable_conflict use_column
 DECLARE
     n bigint;
+    in_model boolean := true;
 BEGIN
+    -- not from a model: its events must be the batch's messages (send())
+    BEGIN
+        PERFORM digitaltwin.current_event();
+    EXCEPTION WHEN object_not_in_prerequisite_state THEN
+        in_model := false;
+    END;
+    IF in_model THEN
+        RAISE EXCEPTION 'digitaltwin.retry_dead_letters() cannot be called by a model'
+            USING ERRCODE = '0A000';
+    END IF;
     -- Oldest first: identity values follow the ORDER BY of an INSERT ...
     -- SELECT, so the retried events keep their original order.  Dead
     -- letters of a model that no longer exists stay where they are.
