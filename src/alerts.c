@@ -393,6 +393,13 @@ dt_dead_letter(DtEvent *event)
 	int			ret;
 	int			i;
 
+	/* the table of 1.6 until ALTER EXTENSION UPDATE, then 1.7's (rare: look) */
+	if (dead_letter_plan != NULL && !dead_letter_full &&
+		get_attnum(dt_extension_relid("dead_letters"), "original_id") != InvalidAttrNumber)
+	{
+		SPI_freeplan(dead_letter_plan);
+		dead_letter_plan = NULL;
+	}
 	if (dead_letter_plan == NULL)
 	{
 		Oid			relid = dt_extension_relid("dead_letters");
