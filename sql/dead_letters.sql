@@ -121,6 +121,30 @@ DELETE FROM digitaltwin.dead_letters WHERE model = 'retrier';
 SELECT digitaltwin.drop_model('picky');
 DROP FUNCTION picky(text, jsonb, jsonb);
 DROP TABLE picky_gate;
+-- its dead letter stays, even when another model gets the name: that
+-- model's owner must not receive the dropped model's events
+CREATE FUNCTION other_picky(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS 'SELECT event';
+SELECT digitaltwin.create_model('picky', 'other_picky(text,jsonb,jsonb)');
+SELECT digitaltwin.retry_dead_letters('picky') AS retried_into_another_model;
+SELECT count(*) AS still_dead FROM digitaltwin.dead_letters WHERE model = 'picky';
+SELECT digitaltwin.drop_model('picky');
+DROP FUNCTION other_picky(text, jsonb, jsonb);
+
+-- a dead letter keeps at most 8 kB of each part of an error, and says so
+CREATE FUNCTION loud(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '%', repeat('m', 20000) USING DETAIL = repeat('d', 20000);
+END $$;
+SELECT digitaltwin.create_model('loud', 'loud(text,jsonb,jsonb)');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('loud', 'l', '{}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT length(error) AS error_length, right(error, 25) AS error_end,
+       length(detail) AS detail_length, right(detail, 25) AS detail_end
+FROM digitaltwin.dead_letters WHERE model = 'loud';
+SELECT digitaltwin.drop_model('loud');
+DROP FUNCTION loud(text, jsonb, jsonb);
 
 -- a model that runs too long is stopped (digitaltwin.model_timeout = 2s
 -- in this instance) and its event dead-lettered; later events go on

@@ -129,7 +129,8 @@ ALTER TABLE digitaltwin.dead_letters
     ADD COLUMN detail      text,
     ADD COLUMN hint        text,
     ADD COLUMN context     text,
-    ADD COLUMN original_id bigint;
+    ADD COLUMN original_id bigint,
+    ADD COLUMN model_id    integer;
 
 COMMENT ON COLUMN digitaltwin.dead_letters.event_id IS 'Id the event had in the queue.';
 COMMENT ON COLUMN digitaltwin.dead_letters.error IS 'The error''s message.';
@@ -138,6 +139,7 @@ COMMENT ON COLUMN digitaltwin.dead_letters.event_time IS 'The event''s time (dig
 COMMENT ON COLUMN digitaltwin.dead_letters.detail IS 'The error''s DETAIL, if any.';
 COMMENT ON COLUMN digitaltwin.dead_letters.hint IS 'The error''s HINT, if any.';
 COMMENT ON COLUMN digitaltwin.dead_letters.context IS 'The error''s CONTEXT: where in the model it happened (function and line).';
+COMMENT ON COLUMN digitaltwin.dead_letters.model_id IS 'Id of the model (digitaltwin.models.id) the event was of, NULL if it no longer existed: a model created later under the same name is another model.';
 COMMENT ON COLUMN digitaltwin.dead_letters.original_id IS 'Id of the event when it was first queued, for an event queued again by retry_dead_letters(); NULL otherwise (then event_id is the original).';
 
 -- a retried event: its original id (the column default is NULL)
@@ -174,15 +176,23 @@ BEGIN
     END IF;
     -- Oldest first: identity values follow the ORDER BY of an INSERT ...
     -- SELECT, so the retried events keep their original order.  Dead
-    -- letters of a model that no longer exists stay where they are.
+    -- letters of a model that no longer exists stay where they are, even
+    -- when another model has its name now (its owner must not get them).
     WITH d AS (
         DELETE FROM digitaltwin.dead_letters l
         WHERE (retry_dead_letters.model IS NULL
                OR l.model OPERATOR(pg_catalog.=) retry_dead_letters.model)
           AND (retry_dead_letters.event_ids IS NULL
-               OR l.event_id OPERATOR(pg_catalog.=) ANY (retry_dead_letters.event_ids))
+               OR l.event_id OPERATOR(pg_catalog.=) ANY (retry_dead_letters.event_ids)
+               OR l.original_id OPERATOR(pg_catalog.=) ANY (retry_dead_letters.event_ids))
+          -- of the model that has the name now: by id, or for a dead letter
+          -- of an older version (no model_id), one written after the model
+          -- was created
           AND EXISTS (SELECT FROM digitaltwin.models m
-                      WHERE m.name OPERATOR(pg_catalog.=) l.model)
+                      WHERE m.name OPERATOR(pg_catalog.=) l.model
+                        AND (m.id OPERATOR(pg_catalog.=) l.model_id
+                             OR (l.model_id IS NULL
+                                 AND l.failed_at OPERATOR(pg_catalog.>=) m.created_at)))
         RETURNING l.*)
     INSERT INTO digitaltwin.events (model, twin_id, payload, event_time, retry_of)
     SELECT d.model, d.twin_id, d.payload, coalesce(d.event_time, d.enqueued_at),
@@ -195,7 +205,7 @@ END
 $$;
 
 COMMENT ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) IS
-'Queues dead letters again (of one model, or all with model NULL; those whose event_id is in event_ids, or all), oldest first, keeping their event time; the model sees them with current_event().kind = ''retry'' and retry_of = the original id.  Returns how many.  For digitaltwin_admin.';
+'Queues dead letters again (of one model, or all with model NULL; those whose event_id or original_id is in event_ids, or all), oldest first, keeping their event time; the model sees them with current_event().kind = ''retry'' and retry_of = the original id.  Returns how many.  For digitaltwin_admin.';
 
 REVOKE ALL ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) TO digitaltwin_admin;

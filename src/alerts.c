@@ -339,8 +339,9 @@ dt_alerts_flush(void)
 
 /*
  * One line in the log per dead letter, at most DT_DEAD_LETTER_LOG_RATE a
- * second per worker; the rest are counted and the count logged once the
- * second is over.
+ * second per worker; the rest are counted and the count logged with the
+ * next dead letter after the second is over.  Called after the batch's
+ * commit (a batch that rolls back has no dead letters to tell of).
  */
 #define DT_DEAD_LETTER_LOG_RATE 10
 
@@ -348,7 +349,7 @@ static TimestampTz log_window = 0;
 static int	logged_in_window = 0;
 static int64 not_logged = 0;
 
-static void
+void
 dt_log_dead_letter(const DtEvent *event)
 {
 	TimestampTz now = GetCurrentTimestamp();
@@ -385,10 +386,11 @@ dt_log_dead_letter(const DtEvent *event)
 void
 dt_dead_letter(DtEvent *event)
 {
-	Oid			types[12] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, INT8OID};
-	Datum		args[12];
-	char		nulls[12];
+	Oid			types[13] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID};
+	Datum		args[13];
+	char		nulls[13];
+	DtModel    *model;
 	int			nargs;
 	int			ret;
 	int			i;
@@ -408,15 +410,15 @@ dt_dead_letter(DtEvent *event)
 		dead_letter_plan = dead_letter_full ?
 			dt_spi_prepare_kept("INSERT INTO digitaltwin.dead_letters "
 								"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at, "
-								" event_time, detail, hint, context, original_id) "
-								"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-								12, types) :
+								" event_time, detail, hint, context, original_id, model_id) "
+								"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+								13, types) :
 			dt_spi_prepare_kept("INSERT INTO digitaltwin.dead_letters "
 								"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at) "
 								"VALUES ($1, $2, $3, $4, $5, $6, $7)",
 								7, types);
 	}
-	nargs = dead_letter_full ? 12 : 7;
+	nargs = dead_letter_full ? 13 : 7;
 	memset(nulls, ' ', sizeof(nulls));
 	args[0] = Int64GetDatum(event->id);
 	args[1] = CStringGetTextDatum(event->model);
@@ -434,12 +436,15 @@ dt_dead_letter(DtEvent *event)
 	nulls[9] = event->error_hint ? ' ' : 'n';
 	nulls[10] = event->error_context ? ' ' : 'n';
 	nulls[11] = event->retry_of != 0 ? ' ' : 'n';
-	for (i = nargs; i < 12; i++)
+	/* which model it was of: another model may get the name later */
+	model = dt_model_lookup(event->model);
+	args[12] = Int32GetDatum(model ? model->id : 0);
+	nulls[12] = model ? ' ' : 'n';
+	for (i = nargs; i < 13; i++)
 		nulls[i] = ' ';
 	ret = SPI_execute_plan(dead_letter_plan, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
-	dt_log_dead_letter(event);
 }
 
 /* After the batch's commit: one NOTIFY digitaltwin_alerts per alert. */

@@ -74,6 +74,20 @@ dt_database_find_locked(Oid dboid)
 	return NULL;
 }
 
+/* Entries no database has. */
+static int
+dt_free_entries(void)
+{
+	int			n = 0;
+	int			i;
+
+	LWLockAcquire(&dt_shared->lock, LW_SHARED);
+	for (i = 0; i < dt_shared->ndatabases; i++)
+		n += (dt_database_entry(i)->state == DT_DB_FREE);
+	LWLockRelease(&dt_shared->lock);
+	return n;
+}
+
 /* Make 'db' this process's database entry (a worker's, from its start). */
 void
 dt_database_set(DtDatabase *db)
@@ -106,6 +120,8 @@ dt_database_current(void)
  * Refusals: never a silent queue
  * ----------------------------------------------------------------
  */
+
+static void dt_refuse(int sqlerrcode, const char *detail, const char *hint) pg_attribute_noreturn();
 
 static void
 dt_refuse(int sqlerrcode, const char *detail, const char *hint)
@@ -190,12 +206,16 @@ dt_require_served(void)
 	}
 	if (db == NULL)
 	{
-		if (dt_shared->scanned)
+		if (!dt_shared->scanned)
+			return;
+		if (dt_free_entries() == 0)
 			dt_refuse(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
 					  psprintf("More databases than digitaltwin.max_databases (%d) have the extension.",
 							   dt_max_databases),
 					  "Raise digitaltwin.max_databases and restart the server.");
-		return;
+		dt_refuse(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+				  "The launcher has not found the extension in this database yet.",
+				  "Try again in a second; if it goes on, the server log says why (a probe needs a free background worker slot).");
 	}
 	dt_raise_if_refused(db);
 }
@@ -214,7 +234,7 @@ dt_database_status_without_entry(void)
 	dbname = get_database_name(MyDatabaseId);
 	if (dbname != NULL && !dt_database_listed(dbname))
 		return pstrdup("not served: digitaltwin.databases does not list it");
-	if (dt_shared->scanned)
+	if (dt_shared->scanned && dt_free_entries() == 0)
 		return psprintf("not served: more databases than digitaltwin.max_databases (%d) have the extension",
 						dt_max_databases);
 	return pstrdup("starting");

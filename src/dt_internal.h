@@ -306,7 +306,8 @@ extern void dt_store_purge_models(int partition, int partitions,
 
 /* one batch's publication (see stage.c) */
 extern void dt_store_quota_begin(void);
-extern void dt_store_quota_check(Size len);
+extern void dt_store_quota_check(int64 growth);
+extern Size dt_store_twin_overhead(int id_len);
 extern dsa_pointer dt_store_alloc_image(const char *image, Size len);
 extern bool dt_store_reserve_entry(const DtTwinKey *key);
 extern void dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
@@ -499,6 +500,7 @@ extern int	dt_alerts_flush(void);
 extern void dt_alerts_announce(void);
 extern void dt_alerts_abandon(void);
 extern void dt_dead_letter(DtEvent *event);
+extern void dt_log_dead_letter(const DtEvent *event);
 extern void dt_alerts_forget_plans(void);
 
 /* ----------------------------------------------------------------

@@ -531,10 +531,12 @@ dt_store_out_of_memory(void)
  * take more, so that a database filling its share leaves the others
  * theirs.  Checked as a batch prepares its new images: the memory its
  * database's workers account for (published twins), plus what the batch
- * has prepared so far, plus the next image.  (Old images are freed only
- * after publication: until then both are in memory.)
+ * has grown so far, plus the next twin's growth (a new twin: its state and
+ * overhead; a changed one: what its state grew).  Each worker checks its
+ * own batch, so the database can go past the limit by what its workers'
+ * batches in flight add.
  */
-static Size quota_batch_bytes = 0;
+static int64 quota_batch_bytes = 0;
 
 void
 dt_store_quota_begin(void)
@@ -542,14 +544,21 @@ dt_store_quota_begin(void)
 	quota_batch_bytes = 0;
 }
 
+/* What a twin costs in shared memory besides its state. */
+Size
+dt_store_twin_overhead(int id_len)
+{
+	return DT_TWIN_OVERHEAD(id_len);
+}
+
 void
-dt_store_quota_check(Size len)
+dt_store_quota_check(int64 growth)
 {
 	int64		quota = (int64) dt_max_memory_per_database_mb * 1024 * 1024;
 	int64		used = 0;
 	int			i;
 
-	if (quota == 0)
+	if (quota == 0 || growth <= 0)
 		return;
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{
@@ -557,7 +566,7 @@ dt_store_quota_check(Size len)
 		used += dt_db->slots[i].memory_bytes;
 		SpinLockRelease(&dt_db->slots[i].mutex);
 	}
-	if (used + (int64) (quota_batch_bytes + len) > quota)
+	if (used + quota_batch_bytes + growth > quota)
 		ereport(ERROR,
 				(errcode(ERRCODE_OUT_OF_MEMORY),
 				 errmsg("digitaltwin shared memory for the twins of database \"%s\" is exhausted",
@@ -565,7 +574,7 @@ dt_store_quota_check(Size len)
 				 errdetail("digitaltwin.max_memory_per_database is %d MB; events that need more are dead-lettered.",
 						   dt_max_memory_per_database_mb),
 				 errhint("Increase digitaltwin.max_memory_per_database, or end twins by returning NULL from the model.")));
-	quota_batch_bytes += len;
+	quota_batch_bytes += growth;
 }
 
 dsa_pointer

@@ -750,7 +750,9 @@ dt_stage_prepare_publish(void)
 			twin->overwrite = true;
 			continue;
 		}
-		dt_store_quota_check(twin->new_len);
+		dt_store_quota_check(twin->durable ?
+							 (int64) twin->new_len - (int64) twin->shared_len :
+							 (int64) (twin->new_len + dt_store_twin_overhead(strlen(twin->key.twin_id))));
 		twin->new_image = dt_store_alloc_image(twin->image, twin->new_len);
 		twin->inserted_entry = dt_store_reserve_entry(&twin->key);
 	}

@@ -49,6 +49,7 @@
 #include "commands/async.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -423,12 +424,32 @@ dt_apply_event(DtEvent *ev)
 	MemoryContextReset(event_cxt);
 }
 
+/*
+ * A part of an error, as a dead letter keeps it: a model's error may carry
+ * a message or detail of any size, and the dead letter (one row, written
+ * in the batch) must not fail the batch for it.  Longer parts are cut, and
+ * say so.
+ */
+#define DT_ERROR_PART_MAX 8192
+
+static char *
+dt_error_part(const char *part)
+{
+	int			len = strlen(part);
+
+	if (len <= DT_ERROR_PART_MAX)
+		return MemoryContextStrdup(batch_cxt, part);
+	len = pg_mbcliplen(part, len, DT_ERROR_PART_MAX);
+	return MemoryContextStrdup(batch_cxt,
+							   psprintf("%.*s... (cut at %d bytes)", len, part, DT_ERROR_PART_MAX));
+}
+
 static void
 dt_mark_dead(DtEvent *ev, int sqlerrcode, const char *message)
 {
 	ev->dead = true;
 	strlcpy(ev->sqlstate, unpack_sql_state(sqlerrcode), sizeof(ev->sqlstate));
-	ev->error = MemoryContextStrdup(batch_cxt, message ? message : "unknown error");
+	ev->error = dt_error_part(message ? message : "unknown error");
 }
 
 static void
@@ -444,11 +465,11 @@ dt_record_failure(DtEvent *ev, ErrorData *edata)
 		dt_mark_dead(ev, edata->sqlerrcode, edata->message);
 		/* what a dead letter keeps of the error besides its message */
 		if (edata->detail)
-			ev->error_detail = MemoryContextStrdup(batch_cxt, edata->detail);
+			ev->error_detail = dt_error_part(edata->detail);
 		if (edata->hint)
-			ev->error_hint = MemoryContextStrdup(batch_cxt, edata->hint);
+			ev->error_hint = dt_error_part(edata->hint);
 		if (edata->context)
-			ev->error_context = MemoryContextStrdup(batch_cxt, edata->context);
+			ev->error_context = dt_error_part(edata->context);
 	}
 }
 
@@ -1059,6 +1080,12 @@ dt_worker_run_batch(void)
 	phase = DT_PHASE_IDLE;
 	dt_alerts_announce();
 	dt_outbox_announce();
+	/* only dead letters that exist: those of a committed batch */
+	for (i = 0; i < nbatch; i++)
+	{
+		if (batch[i].dead)
+			dt_log_dead_letter(&batch[i]);
+	}
 
 	if (nbatch > 0)
 		dt_worker_update_stats(nbatch, ndead, nalerts);
