@@ -748,6 +748,20 @@ dt_tend_entry(int index)
 		{
 			char		reason[200];
 
+			/*
+			 * A served database whose worker needs a restart waits for a
+			 * slot (parallel query may hold them for a moment) rather than
+			 * losing its other workers; its queue stays open, the log and
+			 * the worker's missing pid in digitaltwin.stats tell.
+			 */
+			if (db->state == DT_DB_SERVED && !pending)
+			{
+				ereport(WARNING,
+						(errmsg("digitaltwin: no free background worker slot to restart worker %d of database \"%s\"; trying again in %d ms",
+								p, db->name, DT_RESTART_DELAY_MS)));
+				l->restart_at[p] = TimestampTzPlusMilliseconds(now, DT_RESTART_DELAY_MS);
+				continue;
+			}
 			(void) dt_stop_workers(index);
 			snprintf(reason, sizeof(reason),
 					 "no free background worker slot for its %d workers (max_worker_processes is %d)",
