@@ -10,6 +10,7 @@ OBJS = \
 	src/guc.o \
 	src/shmem.o \
 	src/databases.o \
+	src/reload.o \
 	src/model.o \
 	src/protect.o \
 	src/queue.o \

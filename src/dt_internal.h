@@ -9,6 +9,7 @@
  *	  guc.c		 configuration parameters
  *	  shmem.c	 shared memory: database entries, worker slots, twin hashes
  *	  databases.c which databases are served: entries, refusals, holds
+ *	  reload.c	 twin_state written by others: the workers reload
  *	  model.c	 model registry, caches of models, calling model functions
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
