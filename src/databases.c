@@ -149,6 +149,9 @@ dt_raise_if_refused(DtDatabase *db)
 	int			code = 0;
 	char		reason[sizeof(db->reason)];
 
+	/* every INSERT statement passes here: no lock unless it looks refused */
+	if (db->state != DT_DB_REFUSED)
+		return;
 	LWLockAcquire(&dt_shared->lock, LW_SHARED);
 	if (db->state == DT_DB_REFUSED)
 	{
