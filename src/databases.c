@@ -71,6 +71,43 @@ dt_database_find_locked(Oid dboid)
 	return NULL;
 }
 
+/*
+ * The entry of database 'dboid', or a free one given to it now (a new
+ * incarnation, STARTING, everything of its last database forgotten); NULL
+ * if it has none and none is free.  DtShared.lock is held exclusively.
+ * The launcher (a database found by a probe) and CREATE EXTENSION both
+ * take entries here.
+ */
+DtDatabase *
+dt_database_take_locked(Oid dboid, const char *name)
+{
+	DtDatabase *db = dt_database_find_locked(dboid);
+	int			i;
+
+	if (db != NULL)
+		return db;
+	for (i = 0; i < dt_shared->ndatabases && db == NULL; i++)
+	{
+		if (dt_database_entry(i)->state == DT_DB_FREE)
+			db = dt_database_entry(i);
+	}
+	if (db == NULL)
+		return NULL;
+	db->dboid = dboid;
+	db->incarnation++;
+	db->state = DT_DB_STARTING;
+	strlcpy(db->name, name ? name : "", sizeof(db->name));
+	db->reason[0] = '\0';
+	db->refusal_code = 0;
+	db->holds = 0;
+	db->serve_requests = db->serve_answered = 0;
+	db->creating_xid = InvalidTransactionId;
+	db->creation_aborted = false;
+	db->dropping_xid = InvalidTransactionId;
+	db->extension_dropped = false;
+	return db;
+}
+
 /* Entries no database has. */
 static int
 dt_free_entries(void)
@@ -327,45 +364,30 @@ dt_database_request_service(void)
 	DtServeWait w;
 	char	   *dbname = get_database_name(MyDatabaseId);
 	int			attempt = 0;
-	int			i;
 
 	dt_require_served_config();
 
 again:
 	LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
-	db = dt_database_find_locked(MyDatabaseId);
+	db = dt_database_take_locked(MyDatabaseId, dbname);
 	if (db == NULL)
 	{
-		for (i = 0; i < dt_shared->ndatabases && db == NULL; i++)
-		{
-			if (dt_database_entry(i)->state == DT_DB_FREE)
-				db = dt_database_entry(i);
-		}
-		if (db == NULL)
-		{
-			LWLockRelease(&dt_shared->lock);
+		LWLockRelease(&dt_shared->lock);
 
-			/*
-			 * An entry may be on its way out (DROP EXTENSION elsewhere just
-			 * committed; its workers are stopping): let the launcher finish
-			 * a few looks before refusing.
-			 */
-			if (attempt++ < 5)
-			{
-				dt_launcher_rescan();
-				goto again;
-			}
-			dt_refuse(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
-					  psprintf("More databases than digitaltwin.max_databases (%d) would have the extension.",
-							   dt_max_databases),
-					  "Raise digitaltwin.max_databases and restart the server, or drop the extension from a database that does not need it.");
+		/*
+		 * An entry may be on its way out (DROP EXTENSION elsewhere just
+		 * committed; its workers are stopping): let the launcher finish a
+		 * few looks before refusing.
+		 */
+		if (attempt++ < 5)
+		{
+			dt_launcher_rescan();
+			goto again;
 		}
-		db->dboid = MyDatabaseId;
-		db->incarnation++;
-		db->holds = 0;
-		db->serve_requests = db->serve_answered = 0;
-		db->reason[0] = '\0';
-		db->refusal_code = 0;
+		dt_refuse(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED,
+				  psprintf("More databases than digitaltwin.max_databases (%d) would have the extension.",
+						   dt_max_databases),
+				  "Raise digitaltwin.max_databases and restart the server, or drop the extension from a database that does not need it.");
 	}
 	if (db->state != DT_DB_SERVED)
 		db->state = DT_DB_STARTING;

@@ -339,6 +339,7 @@ extern bool dt_store_fetch(const DtTwinKey *key, MemoryContext cxt,
  * ----------------------------------------------------------------
  */
 extern void dt_database_set(DtDatabase *db);
+extern DtDatabase *dt_database_take_locked(Oid dboid, const char *name);
 extern DtDatabase *dt_database_current(void);
 extern void dt_require_served(void);
 extern char *dt_database_status_without_entry(void);

@@ -359,37 +359,10 @@ dt_forget_probed(Oid dboid, bool now)
 static bool
 dt_assign_entry(const DtDbRow *row)
 {
-	DtDatabase *db = NULL;
-	int			i;
+	DtDatabase *db;
 
 	LWLockAcquire(&dt_shared->lock, LW_EXCLUSIVE);
-	for (i = 0; i < dt_shared->ndatabases; i++)
-	{
-		DtDatabase *e = dt_database_entry(i);
-
-		if (e->state != DT_DB_FREE && e->dboid == row->oid)
-		{
-			LWLockRelease(&dt_shared->lock);
-			return true;		/* CREATE EXTENSION was faster */
-		}
-		if (e->state == DT_DB_FREE && db == NULL)
-			db = e;
-	}
-	if (db != NULL)
-	{
-		db->dboid = row->oid;
-		db->incarnation++;
-		db->state = DT_DB_STARTING;
-		strlcpy(db->name, NameStr(row->name), sizeof(db->name));
-		db->reason[0] = '\0';
-		db->refusal_code = 0;
-		db->holds = 0;
-		db->serve_requests = db->serve_answered = 0;
-		db->creating_xid = InvalidTransactionId;
-		db->creation_aborted = false;
-		db->dropping_xid = InvalidTransactionId;
-		db->extension_dropped = false;
-	}
+	db = dt_database_take_locked(row->oid, NameStr(row->name));
 	LWLockRelease(&dt_shared->lock);
 	return db != NULL;
 }
