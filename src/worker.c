@@ -935,7 +935,7 @@ dt_merge_timers(DtEvent *events, int nevents, DtEvent *timers, int ntimers)
  * Whether this batch must wait: another transaction changed twin_state
  * (a restore, a repair), and this batch's snapshot may see the change
  * without the twins in shared memory having it.  Read after the snapshot
- * was taken (databases.c): a change still committing makes the worker try
+ * was taken (reload.c): a change still committing makes the worker try
  * again shortly; one committed since the last look makes it reload, in
  * the next batch, whose snapshot is taken after the commit.
  */
