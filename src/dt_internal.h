@@ -289,6 +289,7 @@ extern void dt_shmem_startup(void);
 extern DtDatabase *dt_database_entry(int index);
 extern void dt_attach_store(void);
 extern void dt_store_purge_database(void);
+extern void dt_slot_clear(DtWorkerSlot *slot);
 extern dshash_table *dt_twins;
 extern dsa_area *dt_area;
 

@@ -547,25 +547,7 @@ dt_release_entry(int index, const char *why)
 	ereport(LOG,
 			(errmsg("digitaltwin: database \"%s\" is no longer served: %s", db->name, why)));
 	for (p = 0; p < dt_shared->nworkers; p++)
-	{
-		DtWorkerSlot *slot = &db->slots[p];
-
-		SpinLockAcquire(&slot->mutex);
-		slot->extension_gone = false;
-		memset(slot->stopped_events, 0, sizeof(slot->stopped_events));
-		slot->fetches = slot->covered_fetch = slot->message_batches = 0;
-		slot->covered_through = 0;
-		slot->last_batch_at = 0;
-		slot->window_start = 0;
-		slot->window_events = 0;
-		slot->events_per_second = 0;
-		slot->last_error[0] = '\0';
-		SpinLockRelease(&slot->mutex);
-		pg_atomic_write_u64(&slot->events_processed, 0);
-		pg_atomic_write_u64(&slot->dead_letters, 0);
-		pg_atomic_write_u64(&slot->alerts, 0);
-		pg_atomic_write_u64(&slot->batches, 0);
-	}
+		dt_slot_clear(&db->slots[p]);
 	pg_atomic_write_u64(&db->queue_generation, DT_GENERATION_UNKNOWN);
 	db->state = DT_DB_FREE;
 	dboid = db->dboid;

@@ -481,6 +481,32 @@ dt_store_purge_database(void)
 }
 
 /*
+ * Forget what a worker slot says of its last database (its entry is being
+ * freed, its worker is gone, its twins purged), so that the next database
+ * given the entry starts from zero.
+ */
+void
+dt_slot_clear(DtWorkerSlot *slot)
+{
+	SpinLockAcquire(&slot->mutex);
+	slot->extension_gone = false;
+	memset(slot->stopped_events, 0, sizeof(slot->stopped_events));
+	slot->stopped_extension = InvalidOid;
+	slot->fetches = slot->covered_fetch = slot->message_batches = 0;
+	slot->covered_through = 0;
+	slot->last_batch_at = 0;
+	slot->window_start = 0;
+	slot->window_events = 0;
+	slot->events_per_second = 0;
+	slot->last_error[0] = '\0';
+	SpinLockRelease(&slot->mutex);
+	pg_atomic_write_u64(&slot->events_processed, 0);
+	pg_atomic_write_u64(&slot->dead_letters, 0);
+	pg_atomic_write_u64(&slot->alerts, 0);
+	pg_atomic_write_u64(&slot->batches, 0);
+}
+
+/*
  * Forget the twins of models that no longer exist (drop_model).
  */
 void
