@@ -12,6 +12,7 @@ OBJS = \
 	src/databases.o \
 	src/reload.o \
 	src/model.o \
+	src/lifecycle.o \
 	src/protect.o \
 	src/queue.o \
 	src/stage.o \
@@ -30,7 +31,8 @@ EXTENSION = digitaltwin
 DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql \
 	sql/digitaltwin--1.1--1.2.sql sql/digitaltwin--1.2--1.3.sql \
 	sql/digitaltwin--1.3--1.4.sql sql/digitaltwin--1.4--1.5.sql \
-	sql/digitaltwin--1.5--1.6.sql sql/digitaltwin--1.6--1.7.sql
+	sql/digitaltwin--1.5--1.6.sql sql/digitaltwin--1.6--1.7.sql \
+	sql/digitaltwin--1.7--1.8.sql
 HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
@@ -39,7 +41,7 @@ PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 # example_<name>, that loads the example's model.sql and generate.sql and
 # checks its alerts against an independent query (see examples/README.md).
 EXAMPLES = example_card_fraud example_healthcare
-REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox $(EXAMPLES) drop
+REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle $(EXAMPLES) drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders outbox_gateways
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

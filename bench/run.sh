@@ -413,7 +413,7 @@ wait_processed() { dt_psql -At -c "SELECT bench_wait_processed($1)"; }
 if part timers; then
 echo "== timers: $TIMER_TWINS pending timers, arming cost, firing rate and lateness"
 # the big part's million twins would blur the reload times
-dt_psql -c "SELECT digitaltwin.drop_model(name) FROM digitaltwin.models WHERE name = 'gauge'" >/dev/null
+dt_psql -c "SELECT digitaltwin.drop_model(name, force => true) FROM digitaltwin.models WHERE name = 'gauge'" >/dev/null
 cat >"$DT_DIR/timer_models.sql" <<'EOS'
 -- hold: {"after": interval} arms a timer; the state never changes, so
 -- that what arming adds to memory is the timers alone
@@ -540,7 +540,7 @@ summary "disk per pending timer" "$disk_per B" "-" "-"
 summary "shared memory per pending timer" "$shm_per B (stats memory $shm_a -> $shm_b)" "0 by design" "$(met "$shm_b == $shm_a")"
 summary "worker local memory per pending timer" "$ctx_per B (RssAnon $rss_per B)" "-" "-"
 summary "reload of $n_loaded timers at restart" "+$((reload_b - reload_a)) ms ($reload_a -> $reload_b)" "-" "-"
-dt_psql -c "SELECT digitaltwin.drop_model('hold')" >/dev/null
+dt_psql -c "SELECT digitaltwin.drop_model('hold', force => true)" >/dev/null
 
 # 2. arming cost: the plpgsql heart-rate model with and without a timer
 # re-armed at every event, COPY end to end, taking turns
@@ -562,7 +562,7 @@ record "heart_rate + set_timer" "copy" "$EVENTS" "$(median <"$DT_DIR/arm_timer")
 arm_ratio=$(median <"$DT_DIR/arm_ratio")
 echo "    with timer / without, per round: $(tr '\n' ' ' <"$DT_DIR/arm_ratio")"
 summary "arming cost: plpgsql model + set_timer, COPY" "$(awk "BEGIN{printf \"%.0f%% slower (ratio %.2f)\", (1 - $arm_ratio) * 100, $arm_ratio}")" "<= 20% slower" "$(met "$arm_ratio >= 0.8")"
-dt_psql -c "SELECT digitaltwin.drop_model('heart_rate_timer')" >/dev/null
+dt_psql -c "SELECT digitaltwin.drop_model('heart_rate_timer', force => true)" >/dev/null
 
 # 3. firing: FIRE_TIMERS timers due at the same moment (one per twin),
 # then LATE_RATE due per second for LATE_SECONDS
@@ -615,7 +615,7 @@ late_p99=$(awk '{ print $3 }' "$DT_DIR/late" | median)
 late_max=$(awk '{ print $4 }' "$DT_DIR/late" | median)
 echo "timer lateness,$LATE_RATE due/s,$late_n,,,median of $REPEAT: p50 $late_p50 ms p99 $late_p99 ms max $late_max ms" >>"$CSV"
 summary "lateness at $LATE_RATE due/s (due -> model call)" "p50 $late_p50 ms, p99 $late_p99 ms, max $late_max ms" "p99 <= 50 ms" "$(met "$late_p99 <= 50")"
-dt_psql -c "SELECT digitaltwin.drop_model('fire')" >/dev/null
+dt_psql -c "SELECT digitaltwin.drop_model('fire', force => true)" >/dev/null
 
 fi
 
@@ -672,7 +672,7 @@ record "car -> region (two hops)" "copy" "$EVENTS" "$(median <"$DT_DIR/hop2")" "
 hop_ratio=$(median <"$DT_DIR/hop_ratio")
 echo "    two hops / one hop, per round: $(tr '\n' ' ' <"$DT_DIR/hop_ratio")"
 summary "two-hop chain (car -> region) / one hop" "$hop_ratio" ">= 0.5" "$(met "$hop_ratio >= 0.5")"
-for m in car car_solo region; do dt_psql -c "SELECT digitaltwin.drop_model('$m')" >/dev/null; done
+for m in car car_solo region; do dt_psql -c "SELECT digitaltwin.drop_model('$m', force => true)" >/dev/null; done
 
 fi
 
@@ -701,7 +701,7 @@ ob_max=$(awk '{ print $3 }' "$DT_DIR/outbox" | median)
 echo "outbox latency,$OUTBOX_RATE commands/s,$OUTBOX_COUNT,,,median of $REPEAT: p50 $ob_p50 ms p99 $ob_p99 ms max $ob_max ms (commit acknowledged -> take_outbox returned it)" >>"$CSV"
 summary "outbox at $OUTBOX_RATE/s: commit -> gateway has it" "p50 $ob_p50 ms, p99 $ob_p99 ms, max $ob_max ms" "p99 <= 10 ms" "$(met "$ob_p99 <= 10")"
 wait_idle
-dt_psql -c "SELECT digitaltwin.drop_model('cmd')" >/dev/null
+dt_psql -c "SELECT digitaltwin.drop_model('cmd', force => true)" >/dev/null
 
 fi
 

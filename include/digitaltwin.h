@@ -29,7 +29,7 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-#define DIGITALTWIN_VERSION_NUM 10700
+#define DIGITALTWIN_VERSION_NUM 10800
 
 /* Longest twin id accepted, in bytes. */
 #define DT_TWIN_ID_MAXLEN 63

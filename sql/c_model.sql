@@ -87,7 +87,7 @@ SELECT count(*) AS pending FROM digitaltwin.timers WHERE model = 'heart_rate_c';
 \set SHOW_CONTEXT never
 DROP EXTENSION digitaltwin_heart_rate;
 \set SHOW_CONTEXT errors
-SELECT digitaltwin.drop_model('heart_rate_c');
+SELECT digitaltwin.drop_model('heart_rate_c', force => true);
 DROP EXTENSION digitaltwin_heart_rate;
-SELECT digitaltwin.drop_model('heart_rate');
+SELECT digitaltwin.drop_model('heart_rate', force => true);
 RESET search_path;

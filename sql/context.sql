@@ -169,10 +169,10 @@ END $$;
 ALTER SYSTEM RESET digitaltwin.poll_interval;
 ALTER SYSTEM RESET digitaltwin.model_timeout;
 SELECT pg_reload_conf();
-SELECT digitaltwin.drop_model('ctx_fanout');
+SELECT digitaltwin.drop_model('ctx_fanout', force => true);
 DROP FUNCTION ctx_fanout(text, jsonb, jsonb);
-SELECT digitaltwin.drop_model('ctx_sender');
-SELECT digitaltwin.drop_model('ctx_noinsert');
+SELECT digitaltwin.drop_model('ctx_sender', force => true);
+SELECT digitaltwin.drop_model('ctx_noinsert', force => true);
 DROP TABLE ctx_sent;
 DROP FUNCTION ctx_sender(text, jsonb, jsonb);
 REVOKE ALL ON SCHEMA digitaltwin FROM dt_ctx_noinsert;
@@ -180,8 +180,8 @@ REVOKE ALL ON FUNCTION digitaltwin.create_model(text, regprocedure, regprocedure
                        digitaltwin.send(text, text, jsonb, timestamptz) FROM dt_ctx_noinsert;
 DROP ROLE dt_ctx_noinsert;
 
-SELECT digitaltwin.drop_model('ctx_watch');
-SELECT digitaltwin.drop_model('ctx_relay');
+SELECT digitaltwin.drop_model('ctx_watch', force => true);
+SELECT digitaltwin.drop_model('ctx_relay', force => true);
 DROP TABLE ctx_seen;
 DROP FUNCTION ctx_watch(text, jsonb, jsonb), ctx_relay(text, jsonb, jsonb);
 DROP ROLE dt_ctx_writer;

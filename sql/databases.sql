@@ -112,6 +112,6 @@ DROP ROLE db_nobody;
 -- the trigger function is not for calling
 SELECT try('SELECT digitaltwin.durable_state_changed()');
 
-SELECT digitaltwin.drop_model('db_count');
+SELECT digitaltwin.drop_model('db_count', force => true);
 DROP FUNCTION db_count(text, jsonb, jsonb);
 DROP FUNCTION try(text);

@@ -113,12 +113,12 @@ INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('retrier', 'r',
 SELECT digitaltwin.wait_idle('30s');
 SELECT error, sqlstate FROM digitaltwin.dead_letters WHERE model = 'retrier';
 SELECT count(*) AS picky_still_dead FROM digitaltwin.dead_letters WHERE model = 'picky';
-SELECT digitaltwin.drop_model('retrier');
+SELECT digitaltwin.drop_model('retrier', force => true);
 DROP FUNCTION retrier(text, jsonb, jsonb);
 WITH r AS (SELECT count(*) AS n FROM digitaltwin.dead_letters WHERE model = 'retrier')
 INSERT INTO dead_letters_retried SELECT n FROM r;
 DELETE FROM digitaltwin.dead_letters WHERE model = 'retrier';
-SELECT digitaltwin.drop_model('picky');
+SELECT digitaltwin.drop_model('picky', force => true);
 DROP FUNCTION picky(text, jsonb, jsonb);
 DROP TABLE picky_gate;
 -- its dead letter stays, even when another model gets the name: that
@@ -128,7 +128,7 @@ LANGUAGE sql AS 'SELECT event';
 SELECT digitaltwin.create_model('picky', 'other_picky(text,jsonb,jsonb)');
 SELECT digitaltwin.retry_dead_letters('picky') AS retried_into_another_model;
 SELECT count(*) AS still_dead FROM digitaltwin.dead_letters WHERE model = 'picky';
-SELECT digitaltwin.drop_model('picky');
+SELECT digitaltwin.drop_model('picky', force => true);
 DROP FUNCTION other_picky(text, jsonb, jsonb);
 
 -- a dead letter keeps at most 8 kB of each part of an error, and says so
@@ -143,7 +143,7 @@ SELECT digitaltwin.wait_idle('30s');
 SELECT length(error) AS error_length, right(error, 25) AS error_end,
        length(detail) AS detail_length, right(detail, 25) AS detail_end
 FROM digitaltwin.dead_letters WHERE model = 'loud';
-SELECT digitaltwin.drop_model('loud');
+SELECT digitaltwin.drop_model('loud', force => true);
 DROP FUNCTION loud(text, jsonb, jsonb);
 
 -- a model that runs too long is stopped (digitaltwin.model_timeout = 2s
@@ -180,7 +180,7 @@ SELECT error, sqlstate FROM digitaltwin.dead_letters WHERE model = 'peek';
 BEGIN;
 INSERT INTO digitaltwin.events (model, twin_id, payload)
 VALUES ('fragile', 'late', '{"v": 1}');
-SELECT digitaltwin.drop_model('fragile');
+SELECT digitaltwin.drop_model('fragile', force => true);
 COMMIT;
 SELECT digitaltwin.wait_idle('30s');
 SELECT twin_id, error, sqlstate FROM digitaltwin.dead_letters WHERE twin_id = 'late';

@@ -1,7 +1,7 @@
 --
 -- Dropping models and the extension
 --
-SELECT digitaltwin.drop_model('remember');
+SELECT digitaltwin.drop_model('remember', force => true);
 -- its twins leave the live view and the durable state at once
 SELECT count(*) FROM digitaltwin.twins WHERE model = 'remember';
 SELECT count(*) FROM digitaltwin.twin_state s
@@ -57,8 +57,8 @@ SELECT digitaltwin.send('doomed', 'd', '{}') IS NOT NULL AS sent;
 SELECT digitaltwin.wait_idle('30s');
 SELECT error, sqlstate FROM digitaltwin.dead_letters WHERE model = 'doomed';
 -- once the models are dropped, so can their objects be
-SELECT digitaltwin.drop_model('doomed');
-SELECT digitaltwin.drop_model('typed');
+SELECT digitaltwin.drop_model('doomed', force => true);
+SELECT digitaltwin.drop_model('typed', force => true);
 DROP SCHEMA doomed_models CASCADE;
 DROP ROLE dt_dropper;
 

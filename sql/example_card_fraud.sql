@@ -117,7 +117,7 @@ FROM digitaltwin.twins
 WHERE model = 'card_fraud' AND twin_id IN ('card-late-burst', 'card-too-late', 'card-late-jump')
 ORDER BY twin_id;
 
-SELECT digitaltwin.drop_model('card_fraud');
+SELECT digitaltwin.drop_model('card_fraud', force => true);
 RESET search_path;
 SET client_min_messages = warning;
 DROP SCHEMA card_fraud_example CASCADE;

@@ -132,7 +132,7 @@ SELECT rule, severity, message, details - 'last_reading' - 'reading' AS details
 FROM model_alerts WHERE patient = 'hc-01' AND rule <> 'summary'
 ORDER BY reading, rule;
 
-SELECT digitaltwin.drop_model('healthcare');
+SELECT digitaltwin.drop_model('healthcare', force => true);
 RESET search_path;
 SET client_min_messages = warning;
 DROP SCHEMA healthcare_example CASCADE;

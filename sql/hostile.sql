@@ -34,7 +34,7 @@ BEGIN
     ELSIF event ? 'wait' THEN
         PERFORM digitaltwin.wait_idle('1s');
     ELSIF event ? 'drop' THEN
-        PERFORM digitaltwin.drop_model('hostile');
+        PERFORM digitaltwin.drop_model('hostile', force => true);
     ELSIF event ? 'create' THEN
         PERFORM digitaltwin.create_model('hostile2', 'hostile(text,jsonb,jsonb)');
     ELSIF event ? 'temp' THEN
@@ -140,6 +140,6 @@ SELECT pg_reload_conf();
 SELECT (SELECT sum(event_count) FROM digitaltwin.twins WHERE model = 'hostile') AS applied,
        (SELECT count(*) FROM digitaltwin.dead_letters WHERE model = 'hostile') AS dead;
 
-SELECT digitaltwin.drop_model('hostile');
+SELECT digitaltwin.drop_model('hostile', force => true);
 DROP FUNCTION hostile(text, jsonb, jsonb);
 DROP TABLE hostile_log;

@@ -46,7 +46,7 @@ SELECT digitaltwin.create_model('x', 'strict_counter(text,jsonb,jsonb)');
 -- a STRICT process function is fine with an init function
 SELECT digitaltwin.create_model('strict_ok', 'strict_counter(text,jsonb,jsonb)',
                                 'counter_init(text)');
-SELECT digitaltwin.drop_model('strict_ok');
+SELECT digitaltwin.drop_model('strict_ok', force => true);
 
 -- init functions
 CREATE FUNCTION init_wrong_args(int) RETURNS jsonb LANGUAGE sql AS 'SELECT NULL::jsonb';
@@ -71,18 +71,18 @@ CREATE ROLE dt_modeler;
 GRANT USAGE ON SCHEMA digitaltwin TO dt_modeler;
 GRANT CREATE ON SCHEMA public TO dt_modeler;
 GRANT EXECUTE ON FUNCTION digitaltwin.create_model(text, regprocedure, regprocedure),
-                          digitaltwin.drop_model(text) TO dt_modeler;
+                          digitaltwin.drop_model(text, boolean) TO dt_modeler;
 CREATE FUNCTION private_model(text, jsonb, jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT $2';
 REVOKE EXECUTE ON FUNCTION private_model(text, jsonb, jsonb) FROM PUBLIC;
 SET ROLE dt_modeler;
 SELECT digitaltwin.create_model('x', 'private_model(text,jsonb,jsonb)');
 -- and only the owner of a model may drop it
-SELECT digitaltwin.drop_model('counter');
+SELECT digitaltwin.drop_model('counter', force => true);
 -- a model of its own, it may register and drop
 CREATE FUNCTION modeler_fn(text, jsonb, jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT $3';
 SELECT digitaltwin.create_model('modelers', 'modeler_fn(text,jsonb,jsonb)');
 SELECT name, owner FROM digitaltwin.models WHERE name = 'modelers';
-SELECT digitaltwin.drop_model('modelers');
+SELECT digitaltwin.drop_model('modelers', force => true);
 RESET ROLE;
 -- a role without EXECUTE on create_model cannot call it at all
 CREATE ROLE dt_nobody;
@@ -92,7 +92,7 @@ SELECT digitaltwin.create_model('x', 'counter(text,jsonb,jsonb)');
 RESET ROLE;
 
 -- drop_model errors
-SELECT digitaltwin.drop_model('no_such_model');
+SELECT digitaltwin.drop_model('no_such_model', force => true);
 SELECT digitaltwin.drop_model(NULL);
 
 -- nothing half-registered by the failures above

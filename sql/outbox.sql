@@ -301,8 +301,8 @@ SELECT pg_reload_conf();
 --
 -- Clean up
 --
-SELECT digitaltwin.drop_model('ob_car');
-SELECT digitaltwin.drop_model('ob_gate');
+SELECT digitaltwin.drop_model('ob_car', force => true);
+SELECT digitaltwin.drop_model('ob_gate', force => true);
 DELETE FROM digitaltwin.outbox;
 DELETE FROM digitaltwin.dead_letters WHERE model LIKE 'ob\_%';
 DROP OWNED BY dt_ob_gw;     -- ob_evil, and what it planted in pg_temp

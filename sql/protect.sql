@@ -146,7 +146,7 @@ RESET ROLE;
 \set VERBOSITY default
 DROP ROLE dt_prot_bare;
 \set VERBOSITY terse
-SELECT digitaltwin.drop_model('prot_bare');
+SELECT digitaltwin.drop_model('prot_bare', force => true);
 DROP ROLE dt_prot_bare;
 DROP FUNCTION prot_bare_step(text, jsonb, jsonb);
 DROP ROLE dt_prot_nobody;
@@ -209,7 +209,7 @@ SELECT digitaltwin.create_model(E'c1\u0085', 'prot.step_tally(text,prot.tally,js
 -- printable names, spaces inside and non-ASCII letters included, are fine
 SELECT digitaltwin.create_model('prot tally ü', 'prot.step_tally(text,prot.tally,jsonb)');
 SELECT name FROM digitaltwin.models WHERE name LIKE 'prot%' ORDER BY name;
-SELECT digitaltwin.drop_model('prot tally ü');
+SELECT digitaltwin.drop_model('prot tally ü', force => true);
 
 --
 -- Chain depth: a column writers cannot set, 0 for what they send
@@ -265,9 +265,9 @@ SELECT digitaltwin.wait_idle('60s');
 SELECT error, sqlstate FROM digitaltwin.dead_letters WHERE model = 'prot_slow';
 
 -- clean up
-SELECT digitaltwin.drop_model('prot_slow');
-SELECT digitaltwin.drop_model('prot_vitals');
-SELECT digitaltwin.drop_model('prot_tally');
+SELECT digitaltwin.drop_model('prot_slow', force => true);
+SELECT digitaltwin.drop_model('prot_vitals', force => true);
+SELECT digitaltwin.drop_model('prot_tally', force => true);
 DELETE FROM digitaltwin.dead_letters WHERE model LIKE 'prot\_%';
 DROP SCHEMA prot, prot2, planted CASCADE;
 DROP ROLE dt_prot_heir, dt_prot_stranger, dt_prot_writer, dt_prot_super;

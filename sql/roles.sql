@@ -55,7 +55,7 @@ SELECT * FROM digitaltwin.twin_state;
 SELECT * FROM digitaltwin.dead_letters;
 -- and cannot register or drop models
 SELECT digitaltwin.create_model('mine', 'tally(text,jsonb,jsonb)');
-SELECT digitaltwin.drop_model('tally');
+SELECT digitaltwin.drop_model('tally', force => true);
 RESET ROLE;
 
 -- a reader reads twins, alerts and statistics ...
@@ -71,7 +71,7 @@ COPY digitaltwin.events (model, twin_id, payload) FROM STDIN;
 tally	t9	{}
 \.
 SELECT * FROM digitaltwin.dead_letters;
-SELECT digitaltwin.drop_model('tally');
+SELECT digitaltwin.drop_model('tally', force => true);
 RESET ROLE;
 
 -- PUBLIC, without any of the roles, can do none of it
@@ -87,7 +87,7 @@ RESET ROLE;
 -- every event the writer sent was applied; another admin may drop any model
 SELECT count(*) AS dead FROM digitaltwin.dead_letters WHERE model = 'tally';
 SET ROLE dt_ops2;
-SELECT digitaltwin.drop_model('tally');
+SELECT digitaltwin.drop_model('tally', force => true);
 RESET ROLE;
 
 --

@@ -111,7 +111,7 @@ SELECT count(*) AS timers_of_d FROM digitaltwin.timers WHERE twin_id = 'd';
 SELECT digitaltwin.send('tm', 'e', '{"arm": "long", "after": "1 day"}') > 0 AS sent;
 SELECT digitaltwin.wait_idle('60s');
 SELECT count(*) AS before_drop FROM digitaltwin.timers;
-SELECT digitaltwin.drop_model('tm');
+SELECT digitaltwin.drop_model('tm', force => true);
 SELECT count(*) AS after_drop FROM digitaltwin.timers;
 
 -- who may read the timers: readers, not writers; nobody writes them

@@ -58,6 +58,6 @@ SELECT pg_sleep(0.5);
 SELECT digitaltwin.wait_idle('20s');
 SELECT count(*) AS fires_of_b FROM rb_seen WHERE kind = 'timer' AND twin_id = 'b';
 SELECT name, due_at > now() + interval '50 minutes' AS re_armed FROM digitaltwin.timers;
-SELECT digitaltwin.drop_model('rb');
+SELECT digitaltwin.drop_model('rb', force => true);
 DROP TABLE rb_seen;
 DROP FUNCTION rb_model(text, jsonb, jsonb);

@@ -39,7 +39,7 @@ SELECT wait_for($$(SELECT max(hop) = 60 FROM rc_seen)
 -- expected (contract): cut at max_message_depth, with a dead letter
 SELECT max(hop) <= 2 * 16 + 1 AS chain_cut FROM rc_seen;
 SELECT count(*) > 0 AS dead_lettered FROM digitaltwin.dead_letters WHERE model = 'rc_chain';
-SELECT digitaltwin.drop_model('rc_chain');
+SELECT digitaltwin.drop_model('rc_chain', force => true);
 
 -- 2. rolled back by the model, kept by the extension
 CREATE TABLE rc_side (twin_id text);
@@ -66,7 +66,7 @@ SELECT (SELECT count(*) FROM rc_side) AS rows_inserted,
        (SELECT count(*) FROM digitaltwin.twins WHERE model = 'rc_try' AND twin_id = 'other') AS messages,
        (SELECT count(*) FROM digitaltwin.timers WHERE model = 'rc_try') AS timers_armed,
        (SELECT count(*) FROM digitaltwin.outbox WHERE model = 'rc_try') AS commands_sent;
-SELECT digitaltwin.drop_model('rc_try');
+SELECT digitaltwin.drop_model('rc_try', force => true);
 DELETE FROM digitaltwin.outbox;
 DELETE FROM digitaltwin.dead_letters;
 DROP TABLE rc_seen, rc_side;

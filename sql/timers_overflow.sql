@@ -36,7 +36,7 @@ SELECT count(*) BETWEEN 0 AND 1 AS at_most_one_dead_letter FROM digitaltwin.dead
 SELECT count(*) AS workers_in_error FROM digitaltwin.stats WHERE last_error <> '';
 SELECT count(*) AS events_stuck FROM digitaltwin.events;
 -- clean up: dropping the model frees the partition
-SELECT digitaltwin.drop_model('rv');
+SELECT digitaltwin.drop_model('rv', force => true);
 SELECT digitaltwin.wait_idle('20s');
 DELETE FROM digitaltwin.dead_letters;
 DROP TABLE rv_seen;

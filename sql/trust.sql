@@ -167,7 +167,7 @@ SET client_min_messages = warning;
 SET ROLE dt_trust_a;
 SET search_path = trust_evil, pg_catalog;
 SELECT trust_t.try($$SELECT digitaltwin.create_model('trust_m2', 'trust_t.tally(text,jsonb,jsonb)')$$) AS created;
-SELECT trust_t.try($$SELECT digitaltwin.drop_model('trust_m2')$$) AS dropped;
+SELECT trust_t.try($$SELECT digitaltwin.drop_model('trust_m2', force => true)$$) AS dropped;
 RESET search_path;
 RESET ROLE;
 
@@ -224,7 +224,7 @@ CREATE CAST (pg_temp.regprocedure AS pg_catalog.regprocedure)
 CREATE CAST (pg_temp.regtype AS pg_catalog.regtype)
     WITH FUNCTION pg_temp.back_regtype(pg_temp.regtype) AS ASSIGNMENT;
 SELECT trust_t.try($$SELECT digitaltwin.create_model('trust_m3', 'trust_t.tally(text,jsonb,jsonb)')$$) AS created;
-SELECT trust_t.try($$SELECT digitaltwin.drop_model('trust_m3')$$) AS dropped;
+SELECT trust_t.try($$SELECT digitaltwin.drop_model('trust_m3', force => true)$$) AS dropped;
 RESET ROLE;
 SELECT what, count(*) > 0 AS called FROM pg_temp.trust_calls
 WHERE who <> 'dt_trust_t' GROUP BY what ORDER BY what;
@@ -243,7 +243,7 @@ SELECT trust_t.try($$SELECT digitaltwin.create_model('trust_tempfn', 'trust_t.ta
                                                       'pg_temp.tinit(text)')$$) AS temp_init;
 RESET ROLE;
 SELECT count(*) AS temp_models FROM digitaltwin.models WHERE name = 'trust_tempfn';
-DO $$ BEGIN PERFORM digitaltwin.drop_model('trust_tempfn') FROM digitaltwin.models
+DO $$ BEGIN PERFORM digitaltwin.drop_model('trust_tempfn', force => true) FROM digitaltwin.models
            WHERE name = 'trust_tempfn'; END $$;
 
 --
@@ -579,12 +579,12 @@ SELECT digitaltwin.wait_idle('60s');
 SELECT twin_id, state FROM digitaltwin.twins WHERE model = 'trust_mood';
 SELECT who, sec_restricted FROM trust_m.cast_calls GROUP BY 1, 2;
 SELECT rolsuper FROM pg_roles WHERE rolname = 'dt_trust_m';
-SELECT digitaltwin.drop_model('trust_mood');
+SELECT digitaltwin.drop_model('trust_mood', force => true);
 
 --
 -- Clean up
 --
-SELECT digitaltwin.drop_model(name) FROM digitaltwin.models
+SELECT digitaltwin.drop_model(name, force => true) FROM digitaltwin.models
 WHERE name IN ('trust_m1', 'trust_meddle', 'trust_probe', 'trust_shout', 'trust_strict', 'trust_init')
 ORDER BY name;
 DELETE FROM digitaltwin.dead_letters WHERE model LIKE 'trust%';

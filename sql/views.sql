@@ -144,6 +144,6 @@ BEGIN;
 SELECT count(*) FILTER (WHERE state IS NULL) AS null_states FROM digitaltwin.twins;
 SELECT 1 AS still_usable;
 COMMIT;
-SELECT digitaltwin.drop_model('doc');
+SELECT digitaltwin.drop_model('doc', force => true);
 DROP FUNCTION doc_model(text, dt_doc_state, jsonb);
 DROP TYPE dt_doc_state;

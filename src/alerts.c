@@ -64,7 +64,7 @@ static int	alerts_size = 0;
 
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr dead_letter_plan = NULL;
-static bool dead_letter_full = false;	/* the table of version 1.7 */
+static int	dead_letter_plan_level = 0; /* see dt_dead_letter_level() */
 
 /* the notifications of the alerts the last batch inserted */
 static DtAnnouncements announce;
@@ -240,9 +240,9 @@ static void
 dt_alerts_insert(int start, int end)
 {
 	int			n = end - start;
-	Datum	   *cols[6];
+	Datum	   *cols[7];
 	bool	   *details_nulls;
-	Datum		args[6];
+	Datum		args[7];
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
 	int			ret;
@@ -251,18 +251,25 @@ dt_alerts_insert(int start, int end)
 
 	if (insert_plan == NULL)
 	{
-		Oid			types[6] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-		TEXTARRAYOID, JSONBARRAYOID, INT8ARRAYOID};
+		Oid			types[7] = {TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+		TEXTARRAYOID, JSONBARRAYOID, INT8ARRAYOID, INT4ARRAYOID};
 
-		insert_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.alerts "
+		/* the version of the model, from version 1.8 on */
+		insert_plan = dt_spi_prepare_kept(get_attnum(dt_extension_relid("alerts"), "model_version") != InvalidAttrNumber ?
+										  "INSERT INTO digitaltwin.alerts "
+										  "(model, twin_id, severity, message, details, event_id, model_version) "
+										  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+										  "pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), pg_catalog.unnest($7)) "
+										  "RETURNING id, model, twin_id, severity, message, event_id" :
+										  "INSERT INTO digitaltwin.alerts "
 										  "(model, twin_id, severity, message, details, event_id) "
 										  "SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
 										  "pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6)) "
 										  "RETURNING id, model, twin_id, severity, message, event_id",
-										  6, types);
+										  7, types);
 	}
 
-	for (i = 0; i < 6; i++)
+	for (i = 0; i < 7; i++)
 		cols[i] = palloc(sizeof(Datum) * n);
 	details_nulls = palloc(sizeof(bool) * n);
 	for (i = 0; i < n; i++)
@@ -276,6 +283,7 @@ dt_alerts_insert(int start, int end)
 		cols[4][i] = PointerGetDatum(a->details);
 		details_nulls[i] = (a->details == NULL);
 		cols[5][i] = Int64GetDatum(a->event->id);
+		cols[6][i] = Int32GetDatum(a->model->version);
 	}
 	for (i = 0; i < 4; i++)
 		args[i] = PointerGetDatum(construct_array(cols[i], n, TEXTOID, -1, false, TYPALIGN_INT));
@@ -283,6 +291,7 @@ dt_alerts_insert(int start, int end)
 												 JSONBOID, -1, false, TYPALIGN_INT));
 	args[5] = PointerGetDatum(construct_array(cols[5], n, INT8OID, 8,
 											  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[6] = PointerGetDatum(construct_array(cols[6], n, INT4OID, 4, true, TYPALIGN_INT));
 
 	ret = SPI_execute_plan(insert_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT_RETURNING)
@@ -377,6 +386,19 @@ dt_log_dead_letter(const DtEvent *event)
 			 event->error_context ? errcontext_msg("%s", event->error_context) : 0));
 }
 
+/* The columns of digitaltwin.dead_letters: 0 = 1.6's, 1 = 1.7's, 2 = 1.8's. */
+static int
+dt_dead_letter_level(void)
+{
+	Oid			relid = dt_extension_relid("dead_letters");
+
+	if (get_attnum(relid, "model_version") != InvalidAttrNumber)
+		return 2;
+	if (get_attnum(relid, "original_id") != InvalidAttrNumber)
+		return 1;
+	return 0;
+}
+
 /*
  * Record an event that could not be applied.  Runs inside SPI in the batch's
  * transaction, which also deletes the event from the queue.  Since version
@@ -386,39 +408,46 @@ dt_log_dead_letter(const DtEvent *event)
 void
 dt_dead_letter(DtEvent *event)
 {
-	Oid			types[13] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID};
-	Datum		args[13];
-	char		nulls[13];
+	Oid			types[14] = {INT8OID, TEXTOID, TEXTOID, JSONBOID, TEXTOID, TEXTOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, INT8OID, INT4OID,
+	INT4OID};
+	Datum		args[14];
+	char		nulls[14];
 	DtModel    *model;
-	int			nargs;
+	int			level;
 	int			ret;
-	int			i;
 
-	/* the table of 1.6 until ALTER EXTENSION UPDATE, then 1.7's (rare: look) */
-	if (dead_letter_plan != NULL && !dead_letter_full &&
-		get_attnum(dt_extension_relid("dead_letters"), "original_id") != InvalidAttrNumber)
+	/*
+	 * The table of an older version until ALTER EXTENSION UPDATE, then the
+	 * newer one's (rare: look)
+	 */
+	level = dt_dead_letter_level();
+	if (dead_letter_plan != NULL && level != dead_letter_plan_level)
 	{
 		SPI_freeplan(dead_letter_plan);
 		dead_letter_plan = NULL;
 	}
 	if (dead_letter_plan == NULL)
 	{
-		Oid			relid = dt_extension_relid("dead_letters");
+		static const char *const columns[] = {
+			/* 1.6 */
+			"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at) "
+			"VALUES ($1, $2, $3, $4, $5, $6, $7)",
+			/* 1.7 */
+			"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at, "
+			" event_time, detail, hint, context, original_id, model_id) "
+			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+			/* 1.8 */
+			"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at, "
+			" event_time, detail, hint, context, original_id, model_id, model_version) "
+			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+		};
 
-		dead_letter_full = get_attnum(relid, "original_id") != InvalidAttrNumber;
-		dead_letter_plan = dead_letter_full ?
-			dt_spi_prepare_kept("INSERT INTO digitaltwin.dead_letters "
-								"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at, "
-								" event_time, detail, hint, context, original_id, model_id) "
-								"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
-								13, types) :
-			dt_spi_prepare_kept("INSERT INTO digitaltwin.dead_letters "
-								"(event_id, model, twin_id, payload, error, sqlstate, enqueued_at) "
-								"VALUES ($1, $2, $3, $4, $5, $6, $7)",
-								7, types);
+		dead_letter_plan = dt_spi_prepare_kept(psprintf("INSERT INTO digitaltwin.dead_letters %s",
+														columns[level]),
+											   14, types);
+		dead_letter_plan_level = level;
 	}
-	nargs = dead_letter_full ? 13 : 7;
 	memset(nulls, ' ', sizeof(nulls));
 	args[0] = Int64GetDatum(event->id);
 	args[1] = CStringGetTextDatum(event->model);
@@ -436,12 +465,12 @@ dt_dead_letter(DtEvent *event)
 	nulls[9] = event->error_hint ? ' ' : 'n';
 	nulls[10] = event->error_context ? ' ' : 'n';
 	nulls[11] = event->retry_of != 0 ? ' ' : 'n';
-	/* which model it was of: another model may get the name later */
+	/* which model, and version, it was of: another model may get the name later */
 	model = dt_model_lookup(event->model);
 	args[12] = Int32GetDatum(model ? model->id : 0);
 	nulls[12] = model ? ' ' : 'n';
-	for (i = nargs; i < 13; i++)
-		nulls[i] = ' ';
+	args[13] = Int32GetDatum(model ? model->version : 0);
+	nulls[13] = model ? ' ' : 'n';
 	ret = SPI_execute_plan(dead_letter_plan, args, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));

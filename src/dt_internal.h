@@ -182,6 +182,8 @@ typedef struct DtTwinEntry
 	dsa_pointer state;
 	uint32		state_len;
 	bool		pending;		/* inserted by an uncommitted batch */
+	uint16		state_version;	/* its model's state_version, modulo 2^16,
+								 * when the image was made (lifecycle.c) */
 	int64		event_count;
 	TimestampTz updated_at;
 } DtTwinEntry;
@@ -300,7 +302,7 @@ extern int	dt_partition_of(const char *twin_id, int len, int partitions);
 /* loading and purging one worker's twins (worker start) */
 extern void dt_store_purge_partition(int partition, int partitions);
 extern void dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
-							   const char *image, Size len,
+							   const char *image, Size len, uint16 state_version,
 							   int64 event_count, TimestampTz updated_at,
 							   DtWorkerSlot *slot);
 extern void dt_store_purge_models(int partition, int partitions,
@@ -313,10 +315,11 @@ extern Size dt_store_twin_overhead(int id_len);
 extern dsa_pointer dt_store_alloc_image(const char *image, Size len);
 extern bool dt_store_reserve_entry(const DtTwinKey *key);
 extern void dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
-							 int64 event_count, TimestampTz updated_at,
-							 DtWorkerSlot *slot);
+							 uint16 state_version, int64 event_count,
+							 TimestampTz updated_at, DtWorkerSlot *slot);
 extern void dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
-							   int64 event_count, TimestampTz updated_at);
+							   uint16 state_version, int64 event_count,
+							   TimestampTz updated_at);
 extern void dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot);
 extern void dt_store_unreserve(const DtTwinKey *key);
 
@@ -370,6 +373,9 @@ typedef struct DtModel
 	Oid			owner;
 	char	   *search_path;	/* pinned while its functions run */
 	bool		broken;			/* a function is gone */
+	int32		version;		/* digitaltwin.models.version (1.8) */
+	int32		state_version;	/* ... and state_version: tags its images */
+	bool		paused;			/* its events are held (lifecycle.c) */
 	FmgrInfo	process_fn;
 	FmgrInfo	init_fn;
 } DtModel;
@@ -379,6 +385,14 @@ extern Oid	dt_extension_relid(const char *relname);
 extern Oid	dt_models_relid(void);
 extern void dt_register_cache_callbacks(void);
 extern bool dt_model_name_known(const char *name);	/* insert-side check */
+extern bool dt_models_have_versions(void);
+extern int	dt_models_paused;
+extern Oid	dt_check_process(Oid fn, bool *strict);
+extern void dt_check_init(Oid fn, Oid state_type);
+extern void dt_check_migrate(Oid fn, Oid old_type, Oid new_type);
+extern bool dt_is_admin(Oid roleid);
+extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
+								 const char *action);
 
 /* worker-side model cache */
 extern bool dt_models_refresh(bool force);
@@ -475,12 +489,21 @@ extern void dt_stage_abandon(void);
 extern Size dt_state_image_size(Datum value, int16 typlen, bool typbyval);
 extern void dt_state_image_write(char *dst, Datum value, int16 typlen, bool typbyval);
 extern Datum dt_state_image_read(const char *src, Size len, int16 typlen, bool typbyval);
+extern void dt_check_state(DtModel *model, Datum state);
+extern bytea *dt_state_to_bytea(Datum value, int16 typlen, bool typbyval);
 
 typedef void (*dt_durable_fn) (void *arg, int32 model_id,
 							   const char *twin_id, int idlen,
 							   const char *image, Size len,
 							   int64 event_count, TimestampTz updated_at);
 extern void dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg);
+
+/* ----------------------------------------------------------------
+ * lifecycle.c: versions, pause (the workers' side)
+ * ----------------------------------------------------------------
+ */
+extern int	dt_hold_paused_events(struct DtEvent *events, int nevents);
+extern void dt_hold_forget_plans(void);
 
 /* ----------------------------------------------------------------
  * alerts.c
@@ -519,6 +542,7 @@ extern void dt_timers_invalidate(void);
 extern TimestampTz dt_timers_next_due(void);
 extern int64 dt_timers_pending(void);
 extern void dt_timers_purge_models(bool (*is_live) (int32 model_id));
+extern void dt_timers_unpark(void);
 extern void dt_timers_begin(MemoryContext cxt);
 extern int	dt_timers_undo_mark(void);
 extern void dt_timers_undo_to(int mark);

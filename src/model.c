@@ -58,6 +58,9 @@ static DtModel *last_by_id = NULL;	/* of dt_model_lookup_id, in model_cache */
 static MemoryContext model_cache_cxt = NULL;
 static bool models_stale = true;
 
+/* how many models of the cache are paused: the workers look for none else */
+int			dt_models_paused = 0;
+
 typedef struct KnownName
 {
 	char		name[NAMEDATALEN];
@@ -250,7 +253,7 @@ dt_type_is_temporary(Oid type)
  * Validate process(twin_id text, state S, event jsonb) RETURNS S and return
  * S.
  */
-static Oid
+Oid
 dt_check_process(Oid fn, bool *strict)
 {
 	HeapTuple	tup = dt_lookup_proc(fn, "process");
@@ -283,7 +286,7 @@ dt_check_process(Oid fn, bool *strict)
 	return state_type;
 }
 
-static void
+void
 dt_check_init(Oid fn, Oid state_type)
 {
 	HeapTuple	tup = dt_lookup_proc(fn, "init");
@@ -299,6 +302,30 @@ dt_check_init(Oid fn, Oid state_type)
 						format_procedure(fn)),
 				 errdetail("The init function must be declared as (twin_id text) RETURNS %s, the state type of the process function.",
 						   format_type_be(state_type))));
+	ReleaseSysCache(tup);
+}
+
+/*
+ * Validate migrate(twin_id text, old_state OLD) RETURNS NEW, for
+ * alter_model().
+ */
+void
+dt_check_migrate(Oid fn, Oid old_type, Oid new_type)
+{
+	HeapTuple	tup = dt_lookup_proc(fn, "migrate");
+	Form_pg_proc proc = (Form_pg_proc) GETSTRUCT(tup);
+
+	dt_check_proc_common(proc, fn, "migrate");
+	if (proc->pronargs != 2 ||
+		proc->proargtypes.values[0] != TEXTOID ||
+		proc->proargtypes.values[1] != old_type ||
+		proc->prorettype != new_type)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("migrate function %s has the wrong signature",
+						format_procedure(fn)),
+				 errdetail("The migrate function must be declared as (twin_id text, old_state %s) RETURNS %s: from the state type of the current version to that of the new one.",
+						   format_type_be(old_type), format_type_be(new_type))));
 	ReleaseSysCache(tup);
 }
 
@@ -379,7 +406,7 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("model \"%s\" already exists", name),
-				 errhint("Drop it first with digitaltwin.drop_model().")));
+				 errhint("Change its functions with digitaltwin.alter_model(), which keeps its twins.")));
 
 	values[0] = CStringGetTextDatum(name);
 	values[1] = ObjectIdGetDatum(process);
@@ -401,6 +428,17 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 								6, argtypes, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	/* version 1.8: its first version */
+	if (dt_table_exists("model_versions"))
+	{
+		ret = SPI_execute_with_args("INSERT INTO digitaltwin.model_versions "
+									"(model_id, model, version, process, init, state_type, search_path, created_by) "
+									"SELECT m.id, m.name, 1, m.process, m.init, m.state_type, m.search_path, m.owner "
+									"FROM digitaltwin.models m WHERE m.name OPERATOR(pg_catalog.=) $1",
+									1, argtypes, values, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	}
 	dt_trusted_leave(&scope);
 
 	CacheInvalidateRelcacheByRelid(dt_models_relid());
@@ -408,12 +446,62 @@ digitaltwin_create_model(PG_FUNCTION_ARGS)
 }
 
 /* A member of digitaltwin_admin (the role exists from version 1.1 on). */
-static bool
+bool
 dt_is_admin(Oid roleid)
 {
 	Oid			admin = get_role_oid("digitaltwin_admin", true);
 
 	return OidIsValid(admin) && has_privs_of_role(roleid, admin);
+}
+
+/* Who may change or drop a model: its owner and digitaltwin_admin. */
+void
+dt_check_model_owner(const char *name, Oid caller, Oid owner, const char *action)
+{
+	if (!has_privs_of_role(caller, owner) && !dt_is_admin(caller))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("must be owner of model \"%s\"", name),
+				 errhint("Members of digitaltwin_admin may %s any model.", action)));
+}
+
+/*
+ * A model that still has twins (or, from version 1.8, held events) is
+ * dropped only with force => true: dropping forgets them for good, and
+ * alter_model() is the way to change a model and keep them.
+ */
+static void
+dt_drop_model_check_force(const char *name, Datum id)
+{
+	Oid			argtype = INT4OID;
+	int			ret;
+	bool		isnull;
+	int64		twins;
+	int64		held = 0;
+
+	ret = SPI_execute_with_args("SELECT count(*) FROM digitaltwin.twin_state "
+								"WHERE model_id OPERATOR(pg_catalog.=) $1",
+								1, &argtype, &id, NULL, true, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	twins = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (dt_table_exists("held_events"))
+	{
+		ret = SPI_execute_with_args("SELECT count(*) FROM digitaltwin.held_events "
+									"WHERE model_id OPERATOR(pg_catalog.=) $1",
+									1, &argtype, &id, NULL, true, 0);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
+	if (twins > 0 || held > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("model \"%s\" has " INT64_FORMAT " twins and " INT64_FORMAT " held events",
+						name, twins, held),
+				 errdetail("Dropping the model forgets its twins, their timers and its held events for good."),
+				 errhint("To change the model and keep its twins, use digitaltwin.alter_model(); to drop it anyway, digitaltwin.drop_model(%s, force => true).",
+						 quote_literal_cstr(name))));
 }
 
 Datum
@@ -424,8 +512,11 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	Oid			argtype = TEXTOID;
 	bool		isnull;
 	Oid			owner;
+	Datum		id;
 	int			ret;
 	Oid			caller = GetUserId();
+	/* version 1.7's drop_model(text) forces, as it always did */
+	bool		force = PG_NARGS() < 2 || (!PG_ARGISNULL(1) && PG_GETARG_BOOL(1));
 	DtTrustedScope scope;
 
 	dt_require_preload();
@@ -438,7 +529,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	arg = CStringGetTextDatum(name);
 
 	dt_trusted_enter(&scope);
-	ret = SPI_execute_with_args("SELECT owner::pg_catalog.oid FROM digitaltwin.models "
+	ret = SPI_execute_with_args("SELECT owner::pg_catalog.oid, id FROM digitaltwin.models "
 								"WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 								1, &argtype, &arg, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
@@ -449,11 +540,10 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 				 errmsg("model \"%s\" does not exist", name)));
 	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
-	if (!has_privs_of_role(caller, owner) && !dt_is_admin(caller))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of model \"%s\"", name),
-				 errhint("Members of digitaltwin_admin may drop any model.")));
+	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
+	dt_check_model_owner(name, caller, owner, "drop");
+	if (!force)
+		dt_drop_model_check_force(name, id);
 
 	/* twin_state rows go with it (ON DELETE CASCADE) */
 	ret = SPI_execute_with_args("DELETE FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1",
@@ -542,6 +632,13 @@ dt_model_resolve(DtModel *m)
 	m->is_jsonb = (m->state_type == JSONBOID);
 }
 
+/* digitaltwin.models has the columns of version 1.8 (versions, pause) */
+bool
+dt_models_have_versions(void)
+{
+	return get_attnum(dt_models_relid(), "state_version") != InvalidAttrNumber;
+}
+
 /*
  * Reload the model cache if a model or a model function changed.  Runs in
  * the worker's transaction, inside SPI.
@@ -571,6 +668,7 @@ dt_models_refresh(bool force)
 	MemoryContextReset(model_cache_cxt);
 	model_cache = NULL;
 	last_by_id = NULL;
+	dt_models_paused = 0;
 
 	ctl.keysize = NAMEDATALEN;
 	ctl.entrysize = sizeof(DtModel);
@@ -578,8 +676,15 @@ dt_models_refresh(bool force)
 	model_cache = hash_create("digitaltwin models", 16, &ctl,
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
 
-	ret = SPI_execute("SELECT id, name, process::pg_catalog.oid, init::pg_catalog.oid, "
-					  "state_type::pg_catalog.oid, owner::pg_catalog.oid, search_path "
+	/* version 1.8: versions and pause */
+	ret = SPI_execute(dt_models_have_versions() ?
+					  "SELECT id, name, process::pg_catalog.oid, init::pg_catalog.oid, "
+					  "state_type::pg_catalog.oid, owner::pg_catalog.oid, search_path, "
+					  "version, state_version, paused "
+					  "FROM digitaltwin.models" :
+					  "SELECT id, name, process::pg_catalog.oid, init::pg_catalog.oid, "
+					  "state_type::pg_catalog.oid, owner::pg_catalog.oid, search_path, "
+					  "1, 1, false "
 					  "FROM digitaltwin.models", false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
@@ -602,6 +707,11 @@ dt_models_refresh(bool force)
 		m->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 6, &isnull));
 		m->search_path = MemoryContextStrdup(model_cache_cxt,
 											 TextDatumGetCString(SPI_getbinval(tup, desc, 7, &isnull)));
+		m->version = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
+		m->state_version = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
+		m->paused = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
+		if (m->paused)
+			dt_models_paused++;
 		strlcpy(m->name, name, NAMEDATALEN);
 		dt_model_resolve(m);
 	}

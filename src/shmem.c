@@ -621,7 +621,7 @@ dt_store_alloc_image(const char *image, Size len)
  */
 void
 dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
-				   const char *image, Size len,
+				   const char *image, Size len, uint16 state_version,
 				   int64 event_count, TimestampTz updated_at,
 				   DtWorkerSlot *slot)
 {
@@ -631,7 +631,7 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 	dt_make_key(&key, model_id, twin_id, idlen);
 	dp = dt_store_alloc_image(image, len);
 	(void) dt_store_reserve_entry(&key);
-	dt_store_install(&key, dp, len, event_count, updated_at, slot);
+	dt_store_install(&key, dp, len, state_version, event_count, updated_at, slot);
 }
 
 /*
@@ -697,7 +697,7 @@ dt_store_reserve_entry(const DtTwinKey *key)
  */
 void
 dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
-				   int64 event_count, TimestampTz updated_at)
+				   uint16 state_version, int64 event_count, TimestampTz updated_at)
 {
 	DtSharedKey skey;
 	DtTwinEntry *entry;
@@ -707,6 +707,7 @@ dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
 	if (entry == NULL || entry->state_len != len || !DsaPointerIsValid(entry->state))
 		elog(PANIC, "digitaltwin: twin entry to overwrite vanished or changed size");
 	memcpy(dsa_get_address(dt_area, entry->state), image, len);
+	entry->state_version = state_version;
 	entry->event_count = event_count;
 	entry->updated_at = updated_at;
 	dshash_release_lock(dt_twins, entry);
@@ -718,8 +719,8 @@ dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
  */
 void
 dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
-				 int64 event_count, TimestampTz updated_at,
-				 DtWorkerSlot *slot)
+				 uint16 state_version, int64 event_count,
+				 TimestampTz updated_at, DtWorkerSlot *slot)
 {
 	DtSharedKey skey;
 	DtTwinEntry *entry;
@@ -738,6 +739,7 @@ dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
 	id_len = entry->key.id_len;
 	entry->state = image;
 	entry->state_len = len;
+	entry->state_version = state_version;
 	entry->event_count = event_count;
 	entry->updated_at = updated_at;
 	entry->pending = false;

@@ -20,6 +20,7 @@
  */
 #include "postgres.h"
 
+#include "access/detoast.h"
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
@@ -33,6 +34,7 @@
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
@@ -102,6 +104,53 @@ dt_state_image_read(const char *src, Size len, int16 typlen, bool typbyval)
 		return value;
 	}
 	return PointerGetDatum(src);
+}
+
+/*
+ * A state a model returned, checked before it is staged: bounded in size
+ * (digitaltwin.max_state_size), and for jsonb an object.
+ */
+void
+dt_check_state(DtModel *model, Datum state)
+{
+	if (!model->typbyval && model->typlen == -1 &&
+		toast_raw_datum_size(state) > (Size) dt_max_state_kb * 1024)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" returned a state of %zu bytes",
+						model->name, toast_raw_datum_size(state)),
+				 errdetail("digitaltwin.max_state_size is %d kB.", dt_max_state_kb)));
+	if (model->is_jsonb)
+	{
+		Jsonb	   *j = DatumGetJsonbP(state);
+
+		if (!JB_ROOT_IS_OBJECT(j) || JB_ROOT_IS_SCALAR(j))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("model \"%s\" returned a state that is not a JSON object",
+							model->name),
+					 errhint("Return a jsonb object, or NULL to end the twin.")));
+	}
+}
+
+/*
+ * A state as twin_state stores it (see dt_stage_persisted_value), in the
+ * current memory context: for a varlena type the flat, detoasted value
+ * with its 4-byte header; for other types the bytes of the value.
+ */
+bytea *
+dt_state_to_bytea(Datum value, int16 typlen, bool typbyval)
+{
+	bytea	   *b;
+	Size		len;
+
+	if (!typbyval && typlen == -1)
+		return (bytea *) detoast_attr((struct varlena *) DatumGetPointer(value));
+	len = dt_state_image_size(value, typlen, typbyval);
+	b = palloc(VARHDRSZ + len);
+	SET_VARSIZE(b, VARHDRSZ + len);
+	dt_state_image_write(VARDATA(b), value, typlen, typbyval);
+	return b;
 }
 
 /*
@@ -774,9 +823,11 @@ dt_stage_publish(DtWorkerSlot *slot)
 			continue;
 		if (twin->overwrite)
 			dt_store_overwrite(&twin->key, twin->image, twin->new_len,
+							   (uint16) twin->model->state_version,
 							   twin->event_count, twin->updated_at);
 		else if (DsaPointerIsValid(twin->new_image))
 			dt_store_install(&twin->key, twin->new_image, twin->new_len,
+							 (uint16) twin->model->state_version,
 							 twin->event_count, twin->updated_at, slot);
 		else
 			dt_store_remove(&twin->key, slot);

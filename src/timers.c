@@ -100,6 +100,7 @@ typedef struct DtTimer
 	TimestampTz due_at;
 	pairingheap_node heap_node;
 	bool		in_heap;		/* false while claimed by a batch */
+	bool		parked;			/* due, out of the heap: its model is paused */
 	dlist_node	twin_node;		/* in its twin's list */
 } DtTimer;
 
@@ -157,6 +158,7 @@ static HTAB *index_timers = NULL;
 static HTAB *index_twins = NULL;
 static pairingheap *index_heap = NULL;
 static bool index_valid = false;
+static int64 nparked = 0;		/* timers parked (dt_timers_claim) */
 static bool table_exists = false;	/* timer_state: since version 1.6 */
 
 /* the batch's ops, in batch_cxt */
@@ -254,6 +256,7 @@ dt_index_reset(void)
 	index_heap->ph_compare = dt_timer_heap_compare;
 	index_heap->ph_arg = NULL;
 	index_heap->ph_root = NULL;
+	nparked = 0;
 }
 
 static void
@@ -271,6 +274,7 @@ dt_index_set(const DtTimerKey *key, TimestampTz due_at)
 
 		dt_timer_key_own(&t->key, index_cxt);
 		t->in_heap = false;
+		t->parked = false;
 		tw = hash_search(index_twins, &twin_key, HASH_ENTER, &twin_found);
 		if (!twin_found)
 		{
@@ -281,6 +285,11 @@ dt_index_set(const DtTimerKey *key, TimestampTz due_at)
 	}
 	else if (t->in_heap)
 		pairingheap_remove(index_heap, &t->heap_node);
+	if (t->parked)
+	{
+		t->parked = false;
+		nparked--;
+	}
 	t->due_at = due_at;
 	pairingheap_add(index_heap, &t->heap_node);
 	t->in_heap = true;
@@ -300,6 +309,8 @@ dt_index_remove(const DtTimerKey *key)
 		return;
 	if (t->in_heap)
 		pairingheap_remove(index_heap, &t->heap_node);
+	if (t->parked)
+		nparked--;
 	dlist_delete(&t->twin_node);
 	twin_id = (char *) t->key.twin_id;
 	name = (char *) t->key.name;
@@ -961,10 +972,20 @@ dt_timers_claim(TimestampTz now, int limit, DtEvent **events)
 		DtTimer    *t = pairingheap_container(DtTimer, heap_node,
 											  pairingheap_first(index_heap));
 
+		DtModel    *model;
+
 		if (t->due_at > now)
 			break;
 		(void) pairingheap_remove_first(index_heap);
 		t->in_heap = false;
+		/* a paused model's timers wait, out of the heap, for its resume */
+		model = dt_models_paused > 0 ? dt_model_lookup_id(t->key.model_id) : NULL;
+		if (model != NULL && model->paused)
+		{
+			t->parked = true;
+			nparked++;
+			continue;
+		}
 		due[ndue++] = t;
 	}
 	claimed_any = true;
@@ -1002,6 +1023,36 @@ dt_timers_claim(TimestampTz now, int limit, DtEvent **events)
 	pfree(due);
 	*events = out;
 	return n;
+}
+
+/*
+ * After the model cache was read again: the parked timers of models that
+ * run again go back to the heap (due, so they fire in the next batch).
+ * Those of dropped models are left to dt_timers_purge_models().
+ */
+void
+dt_timers_unpark(void)
+{
+	HASH_SEQ_STATUS status;
+	DtTimer    *t;
+
+	if (!index_valid || nparked == 0)
+		return;
+	hash_seq_init(&status, index_timers);
+	while ((t = hash_seq_search(&status)) != NULL)
+	{
+		DtModel    *model;
+
+		if (!t->parked)
+			continue;
+		model = dt_model_lookup_id(t->key.model_id);
+		if (model == NULL || model->paused)
+			continue;
+		t->parked = false;
+		nparked--;
+		pairingheap_add(index_heap, &t->heap_node);
+		t->in_heap = true;
+	}
 }
 
 /* ----------------------------------------------------------------

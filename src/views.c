@@ -74,6 +74,7 @@ typedef struct DtViewModel
 	int32		id;				/* hash key */
 	char		name[NAMEDATALEN];
 	Oid			state_type;
+	uint16		state_version;	/* images of another one are not of this type */
 	int16		typlen;
 	bool		typbyval;
 	Oid			owner;			/* conversions run as the model's owner */
@@ -107,7 +108,9 @@ dt_view_models(void)
 						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 
 	SPI_connect();
-	ret = SPI_execute("SELECT id, name, state_type, owner, search_path FROM digitaltwin.models",
+	ret = SPI_execute(dt_models_have_versions() ?
+					  "SELECT id, name, state_type, owner, search_path, state_version FROM digitaltwin.models" :
+					  "SELECT id, name, state_type, owner, search_path, 1 FROM digitaltwin.models",
 					  true, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
@@ -126,6 +129,7 @@ dt_view_models(void)
 		m->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
 		m->search_path = MemoryContextStrdup(cxt,
 											 TextDatumGetCString(SPI_getbinval(tup, desc, 5, &isnull)));
+		m->state_version = (uint16) DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 		get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
 		m->first_conversion = m->last_conversion = -1;
 		if (m->state_type != JSONBOID)
@@ -176,6 +180,7 @@ typedef struct DtLiveCollect
 	/* partitions whose twins come from shared memory in this pass */
 	bool		current[DT_MAX_WORKERS];
 	uint64		epoch[DT_MAX_WORKERS];	/* their load epochs at its start */
+	bool		version_moved;	/* this pass met an image of another version */
 	bool		all_current;
 	bool		any_current;
 } DtLiveCollect;
@@ -391,6 +396,7 @@ dt_live_begin_pass(DtLiveCollect *c)
 
 	c->out->nrows = 0;
 	c->nconversions = 0;
+	c->version_moved = false;
 	MemoryContextReset(c->copies);
 	c->arena = NULL;
 	c->arena_left = 0;
@@ -430,6 +436,24 @@ dt_live_begin_pass(DtLiveCollect *c)
 }
 
 /*
+ * An image in shared memory made under another state_version of its model
+ * than the one this snapshot sees (alter_model() migrated the states, and
+ * the worker has not reloaded them yet, or this snapshot is older than the
+ * reload): it may not even be of the type the reader would decode it as.
+ * Its partition is read from twin_state in the next pass, where the
+ * snapshot finds the state of the version it sees.
+ */
+static bool
+dt_live_version_differs(DtLiveCollect *c, DtViewModel *m, DtTwinEntry *entry)
+{
+	if (entry->state_version == m->state_version)
+		return false;
+	c->durable[dt_partition_of(dt_entry_twin_id(entry), entry->key.id_len, c->nparts)] = true;
+	c->version_moved = true;
+	return true;
+}
+
+/*
  * End a pass: true if every partition it copied from shared memory
  * (partition < 0) or the one it did stayed loaded throughout, that is kept
  * its load epoch.  Otherwise the partitions that moved are read from
@@ -438,7 +462,7 @@ dt_live_begin_pass(DtLiveCollect *c)
 static bool
 dt_live_pass_held(DtLiveCollect *c, int partition)
 {
-	bool		held = true;
+	bool		held = !c->version_moved;
 	int			i;
 
 	for (i = 0; i < c->nparts; i++)
@@ -624,6 +648,8 @@ dt_view_collect_twins(DtLiveRows *out, const bool *needed)
 			/* a model dropped after the workers last looked */
 			if (m == NULL)
 				continue;
+			if (needed[DT_TWIN_COL_STATE] && dt_live_version_differs(&c, m, entry))
+				continue;
 			if (!needed[DT_TWIN_COL_TWIN_ID] && !needed[DT_TWIN_COL_STATE])
 			{
 				(void) dt_live_add_row(out, m->id, entry->event_count,
@@ -677,7 +703,8 @@ dt_view_lookup_twin(DtLiveRows *out, const bool *needed, const char *twin_id,
 
 			if (entry == NULL)
 				continue;
-			if (!entry->pending && DsaPointerIsValid(entry->state))
+			if (!entry->pending && DsaPointerIsValid(entry->state) &&
+				!dt_live_version_differs(&c, m, entry))
 				dt_live_add(&c, m, twin_id, idlen,
 							dsa_get_address(dt_area, entry->state),
 							entry->state_len, entry->event_count,

@@ -226,29 +226,6 @@ dt_worker_exit(int code, Datum arg)
  * ----------------------------------------------------------------
  */
 
-static void
-dt_check_state(DtModel *model, Datum state)
-{
-	if (!model->typbyval && model->typlen == -1 &&
-		toast_raw_datum_size(state) > (Size) dt_max_state_kb * 1024)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("model \"%s\" returned a state of %zu bytes",
-						model->name, toast_raw_datum_size(state)),
-				 errdetail("digitaltwin.max_state_size is %d kB.", dt_max_state_kb)));
-	if (model->is_jsonb)
-	{
-		Jsonb	   *j = DatumGetJsonbP(state);
-
-		if (!JB_ROOT_IS_OBJECT(j) || JB_ROOT_IS_SCALAR(j))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("model \"%s\" returned a state that is not a JSON object",
-							model->name),
-					 errhint("Return a jsonb object, or NULL to end the twin.")));
-	}
-}
-
 /*
  * What a model stages besides its state (alerts, outbox commands, timers,
  * messages) lives in the worker's memory, not in the database: a
@@ -684,10 +661,13 @@ dt_worker_load_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
 {
 	DtLoadProgress *progress = arg;
 	DtLoadCount *count;
+	DtModel    *model = dt_model_lookup_id(model_id);
 	bool		found;
 
-	dt_store_load_twin(model_id, twin_id, idlen, image, len, event_count,
-					   updated_at, my_slot);
+	/* the cache was read with the scan's snapshot (dt_worker_rebuild) */
+	dt_store_load_twin(model_id, twin_id, idlen, image, len,
+					   model ? (uint16) model->state_version : 0,
+					   event_count, updated_at, my_slot);
 	count = hash_search(progress->per_model, &model_id, HASH_ENTER, &found);
 	if (!found)
 		count->twins = 0;
@@ -718,6 +698,8 @@ dt_worker_rebuild(void)
 	SpinLockRelease(&my_slot->mutex);
 	dt_store_purge_partition(my_partition, dt_shared->nworkers);
 	dt_twin_count_forget(my_partition, NULL);
+	/* the state versions the images are tagged with: this snapshot's */
+	(void) dt_models_refresh(false);
 
 	ctl.keysize = sizeof(int32);
 	ctl.entrysize = sizeof(DtLoadCount);
@@ -839,6 +821,7 @@ dt_worker_check_extension(void)
 		dt_timers_forget_plans();
 		dt_outbox_forget_plans();
 		dt_messages_forget_plans();
+		dt_hold_forget_plans();
 		need_rebuild = true;
 		known_extension = ext;
 		dt_models_refresh(true);
@@ -969,6 +952,8 @@ dt_worker_run_batch(void)
 	int			ntimers;
 	int			nbatch;
 	int			nevents;
+	int			napply;			/* of them, to apply: not held */
+	int64		last_id;
 	int			ndead = 0;
 	int			nalerts = 0;
 	int			limit;
@@ -978,14 +963,6 @@ dt_worker_run_batch(void)
 	StartTransactionCommand();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
-
-	if (dt_worker_reload_deferred())
-	{
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		return 0;
-	}
 
 	if (!dt_worker_check_extension())
 	{
@@ -999,9 +976,22 @@ dt_worker_run_batch(void)
 	 * The registry first, as DROP EXTENSION locks the extension's tables
 	 * (in the order they were created: models, then the queue): a batch
 	 * that took the queue and then waited for the registry would deadlock
-	 * with it.
+	 * with it.  ROW SHARE, held to the commit, keeps out the switches of
+	 * alter_model(), pause_model() and resume_model() (lifecycle.c); the
+	 * snapshot is taken again once it is held, so that the batch sees a
+	 * switch it waited for whole, and the reload it may call for.
 	 */
-	LockRelationOid(dt_models_relid(), AccessShareLock);
+	LockRelationOid(dt_models_relid(), RowShareLock);
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
+	if (dt_worker_reload_deferred())
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		return 0;
+	}
 	pgstat_report_activity(STATE_RUNNING, "digitaltwin: processing events");
 	if (need_rebuild)
 		dt_worker_rebuild();
@@ -1014,13 +1004,17 @@ dt_worker_run_batch(void)
 
 	limit = careful_limit > 0 ? Min(careful_limit, dt_batch_size) : dt_batch_size;
 	nevents = dt_fetch_events(my_partition, dt_shared->nworkers, limit, &events);
+	last_id = nevents > 0 ? events[nevents - 1].id : 0;
 	/* forget the twins of dropped models as soon as we notice the drop */
 	if (dt_models_cover(events, nevents))
 	{
 		dt_store_purge_models(my_partition, dt_shared->nworkers, dt_model_id_live);
 		dt_twin_count_forget(my_partition, dt_model_id_live);
 		dt_timers_purge_models(dt_model_id_live);
+		dt_timers_unpark();
 	}
+	/* events of paused models are held, and deleted from the queue below */
+	napply = dt_models_paused > 0 ? dt_hold_paused_events(events, nevents) : nevents;
 	dt_timers_begin(batch_cxt);
 
 	/*
@@ -1031,11 +1025,11 @@ dt_worker_run_batch(void)
 	 */
 	ntimers = dt_timers_claim(GetCurrentTimestamp(),
 							  (careful_limit > 0 && nevents > 0) ? 0 : limit, &timers);
-	batch = ntimers > 0 ? dt_merge_timers(events, nevents, timers, ntimers) : events;
-	nbatch = nevents + ntimers;
+	batch = ntimers > 0 ? dt_merge_timers(events, napply, timers, ntimers) : events;
+	nbatch = napply + ntimers;
 	batch_nevents = nbatch;
 	batch_first_id = nbatch > 0 ? batch[0].id : 0;
-	if (nbatch > 0)
+	if (nevents + ntimers > 0)
 	{
 		dt_stage_begin(batch_cxt, my_partition);
 		dt_alerts_begin(batch_cxt);
@@ -1074,7 +1068,7 @@ dt_worker_run_batch(void)
 	CommitTransactionCommand();
 
 	phase = DT_PHASE_PUBLISHING;
-	if (nbatch > 0)
+	if (nevents + ntimers > 0)
 		dt_stage_publish(my_slot);
 	dt_timers_publish();
 	phase = DT_PHASE_IDLE;
@@ -1093,7 +1087,7 @@ dt_worker_run_batch(void)
 		dt_forget_doomed(batch, nbatch);
 	if (careful_limit > 0)
 		careful_limit = careful_limit >= dt_batch_size / 2 ? 0 : careful_limit * 2;
-	dt_worker_end_batch(true, nevents < limit ? PG_INT64_MAX : events[nevents - 1].id,
+	dt_worker_end_batch(true, nevents < limit ? PG_INT64_MAX : last_id,
 						nbatch > 0 && dt_messages_sent != messages_before);
 	batch_nevents = 0;
 	MemoryContextSwitchTo(TopMemoryContext);

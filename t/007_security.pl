@@ -153,7 +153,7 @@ for my $round (1 .. 3)
 	$node->poll_query_until('postgres',
 		qq{SELECT count(*) >= $round * 400 FROM sent_k})
 	  or die 'the sender stalled';
-	$node->safe_psql('postgres', q{SELECT digitaltwin.drop_model('drp')});
+	$node->safe_psql('postgres', q{SELECT digitaltwin.drop_model('drp', force => true)});
 	$node->safe_psql('postgres', q{
 SET ROLE modeler;
 SELECT digitaltwin.create_model('drp', 'logk(text,jsonb,jsonb)');

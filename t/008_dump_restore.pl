@@ -404,7 +404,7 @@ WHERE c.conname IN ('events_0_restore_order', 'events_1_restore_order', 'events_
 $node_b->safe_psql('restored', q{
 BEGIN;
 SELECT digitaltwin.send('bin', 'gone', '{"v": 1}');
-SELECT digitaltwin.drop_model('bin');
+SELECT digitaltwin.drop_model('bin', force => true);
 COMMIT;
 SELECT digitaltwin.wait_idle('60s');
 });

@@ -304,7 +304,7 @@ SELECT (SELECT count(*) FROM digitaltwin.twins WHERE model = 'big') || '/' ||
 $node->append_conf('postgresql.conf', "digitaltwin.max_memory_per_database = 0\n");
 $node->reload;
 $node->safe_psql($_, q{
-SELECT digitaltwin.drop_model('big');
+SELECT digitaltwin.drop_model('big', force => true);
 DROP FUNCTION big(text, jsonb, jsonb);
 DELETE FROM digitaltwin.dead_letters WHERE model = 'big';})
   foreach qw(db1 db5);

@@ -1,0 +1,185 @@
+/* digitaltwin--1.7--1.8.sql */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION digitaltwin UPDATE TO '1.8'" to load this file. \quit
+
+--------------------------------------------------------------------------
+-- Version 1.8: the life of a model (issue 16): versions, alter_model()
+-- with a migration of the states, pause and resume.
+--
+-- A switch (alter_model, pause_model, resume_model) takes digitaltwin.models
+-- in EXCLUSIVE mode.  Every worker batch holds it in ROW SHARE mode from
+-- before its snapshot to its commit, so a switch waits for the batches in
+-- flight and the batches after it see it whole: no event is applied under
+-- a mix of versions, no state is half migrated.  Readers (ACCESS SHARE) are
+-- not held up.
+--------------------------------------------------------------------------
+
+-- [section: versions]
+ALTER TABLE digitaltwin.models
+    ADD COLUMN version       integer NOT NULL DEFAULT 1,
+    ADD COLUMN state_version integer NOT NULL DEFAULT 1,
+    ADD COLUMN paused_at     timestamptz,
+    ADD COLUMN paused        boolean GENERATED ALWAYS AS (paused_at IS NOT NULL) STORED;
+
+COMMENT ON TABLE digitaltwin.models IS
+'Registered twin models: the current version''s process (and optional init) function and state type.  Maintained by create_model(), alter_model(), pause_model(), resume_model() and drop_model(); every version is kept in digitaltwin.model_versions.';
+COMMENT ON COLUMN digitaltwin.models.version IS 'Current version: 1 at create_model(), one more at each alter_model().';
+COMMENT ON COLUMN digitaltwin.models.state_version IS 'Bumped by each alter_model() that migrated the states: tells a twin image of the current encoding from an older one.';
+COMMENT ON COLUMN digitaltwin.models.paused_at IS 'When pause_model() paused the model; NULL while it runs.';
+COMMENT ON COLUMN digitaltwin.models.paused IS 'Paused by pause_model(): its events are held in digitaltwin.held_events until resume_model().';
+
+CREATE TABLE digitaltwin.model_versions (
+    model_id    integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    model       text NOT NULL,
+    version     integer NOT NULL,
+    process     regprocedure NOT NULL,
+    init        regprocedure,
+    migrate     regprocedure,
+    state_type  regtype NOT NULL,
+    search_path text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    created_by  regrole NOT NULL,
+    PRIMARY KEY (model_id, version)
+);
+
+COMMENT ON TABLE digitaltwin.model_versions IS
+'Every version of every model: created by create_model() (version 1) and alter_model(); dropped with the model.';
+COMMENT ON COLUMN digitaltwin.model_versions.model IS 'Name of the model.';
+COMMENT ON COLUMN digitaltwin.model_versions.version IS 'Version number, from 1.';
+COMMENT ON COLUMN digitaltwin.model_versions.process IS 'Process function of this version.';
+COMMENT ON COLUMN digitaltwin.model_versions.init IS 'Init function of this version, if any.';
+COMMENT ON COLUMN digitaltwin.model_versions.migrate IS 'Function that converted the states of the previous version into this one''s, if any.';
+COMMENT ON COLUMN digitaltwin.model_versions.state_type IS 'State type of this version.';
+COMMENT ON COLUMN digitaltwin.model_versions.search_path IS 'search_path its functions run with (that of the role that created the version).';
+COMMENT ON COLUMN digitaltwin.model_versions.created_at IS 'When the version was created.';
+COMMENT ON COLUMN digitaltwin.model_versions.created_by IS 'Role that created the version.';
+
+INSERT INTO digitaltwin.model_versions
+    (model_id, model, version, process, init, state_type, search_path, created_at, created_by)
+SELECT id, name, 1, process, init, state_type, search_path, created_at, owner
+FROM digitaltwin.models;
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.model_versions', '');
+GRANT SELECT ON digitaltwin.model_versions TO PUBLIC;
+
+ALTER TABLE digitaltwin.alerts ADD COLUMN model_version integer;
+COMMENT ON COLUMN digitaltwin.alerts.model_version IS 'Version of the model that raised the alert (NULL before version 1.8).';
+ALTER TABLE digitaltwin.dead_letters ADD COLUMN model_version integer;
+COMMENT ON COLUMN digitaltwin.dead_letters.model_version IS 'Version of the model the event failed with (NULL if the model no longer existed, or before version 1.8).';
+
+CREATE FUNCTION digitaltwin.alter_model(name text, process regprocedure DEFAULT NULL,
+                                        init regprocedure DEFAULT NULL,
+                                        migrate regprocedure DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'digitaltwin_alter_model'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.alter_model(text, regprocedure, regprocedure, regprocedure) IS
+'Switches a model to new functions between two batches, keeping its twins, timers and queued events; migrate(twin_id text, old_state OLD) RETURNS NEW converts every state in the same transaction (required when the state type changes).  Returns the new version.  For the model''s owner and digitaltwin_admin.';
+
+REVOKE ALL ON FUNCTION digitaltwin.alter_model(text, regprocedure, regprocedure, regprocedure) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.alter_model(text, regprocedure, regprocedure, regprocedure) TO digitaltwin_admin;
+
+-- drop_model() gains 'force': a model with twins is not dropped by accident
+DROP FUNCTION digitaltwin.drop_model(text);
+
+CREATE FUNCTION digitaltwin.drop_model(name text, force boolean DEFAULT false)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_drop_model'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.drop_model(text, boolean) IS
+'Drops a model with its versions, twins, timers and held events; a model that has twins or held events is dropped only with force => true.  To change a model and keep its twins, use alter_model().';
+
+REVOKE ALL ON FUNCTION digitaltwin.drop_model(text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.drop_model(text, boolean) TO digitaltwin_admin;
+-- DROP FUNCTION / DROP TYPE of what a model uses: the way out is a new
+-- version now, or a forced drop
+CREATE OR REPLACE FUNCTION digitaltwin.protect_model_objects()
+RETURNS event_trigger
+LANGUAGE plpgsql
+SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    used record;
+BEGIN
+    SELECT d.object_type, d.object_identity, m.name AS model
+    INTO used
+    FROM pg_catalog.pg_event_trigger_dropped_objects() d
+    JOIN digitaltwin.models m
+      ON (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass
+          AND (d.objid OPERATOR(pg_catalog.=) m.process::pg_catalog.oid
+               OR d.objid OPERATOR(pg_catalog.=) m.init::pg_catalog.oid))
+      OR (d.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass
+          AND d.objid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid)
+    ORDER BY m.name
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'cannot drop % % because digitaltwin model "%" uses it',
+                        used.object_type, used.object_identity, used.model
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = pg_catalog.format('Switch the model to other functions first with digitaltwin.alter_model(%L, ...), or drop it with its twins: SELECT digitaltwin.drop_model(%L, force => true);',
+                                           used.model, used.model);
+    END IF;
+END
+$$;
+-- [end section: versions]
+
+-- [section: pause]
+--------------------------------------------------------------------------
+-- Pause.  The workers move the queued events of a paused model to
+-- held_events (in the batch that would have applied them) instead of
+-- calling the model: the queue partitions drain and rotate as for every
+-- other model, and nothing is dead-lettered.  resume_model() puts them
+-- back in the queue under their original ids, so they come before any
+-- later event of the same twin.  Due timers of a paused model wait.
+--------------------------------------------------------------------------
+CREATE TABLE digitaltwin.held_events (
+    id           bigint PRIMARY KEY,
+    model_id     integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    model        text NOT NULL,
+    twin_id      text COLLATE "C" NOT NULL,
+    payload      jsonb,
+    enqueued_at  timestamptz NOT NULL,
+    depth        integer NOT NULL DEFAULT 0,
+    event_time   timestamptz,
+    sender_model text,
+    sender_twin  text,
+    retry_of     bigint,
+    held_at      timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE INDEX held_events_model_idx ON digitaltwin.held_events (model_id, id);
+
+COMMENT ON TABLE digitaltwin.held_events IS
+'Events of paused models (pause_model()), taken out of the queue by the workers and put back, under their original ids, by resume_model().';
+COMMENT ON COLUMN digitaltwin.held_events.id IS 'The event''s id in the queue, which it gets back on resume.';
+COMMENT ON COLUMN digitaltwin.held_events.held_at IS 'When a worker took the event out of the queue.';
+COMMENT ON INDEX digitaltwin.held_events_model_idx IS 'The held events of one model in queue order, for resume_model().';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.held_events', '');
+GRANT SELECT ON digitaltwin.held_events TO digitaltwin_admin;
+
+CREATE FUNCTION digitaltwin.pause_model(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_pause_model'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.pause_model(text) IS
+'Pauses a model once the batches in flight have committed: its events are held (digitaltwin.held_events), its due timers wait, nothing is dead-lettered; other models go on.  For the model''s owner and digitaltwin_admin.';
+
+CREATE FUNCTION digitaltwin.resume_model(name text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'digitaltwin_resume_model'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.resume_model(text) IS
+'Resumes a paused model: its held events go back to the queue in their original order, ahead of its later events, and its timers fire.  Returns how many events were held.  For the model''s owner and digitaltwin_admin.';
+
+REVOKE ALL ON FUNCTION digitaltwin.pause_model(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION digitaltwin.resume_model(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.pause_model(text) TO digitaltwin_admin;
+GRANT EXECUTE ON FUNCTION digitaltwin.resume_model(text) TO digitaltwin_admin;
+-- [end section: pause]

@@ -1,0 +1,665 @@
+/*-------------------------------------------------------------------------
+ *
+ * lifecycle.c
+ *	  The life of a model after create_model(): alter_model() (a new
+ *	  version, with a migration of the states), pause_model() and
+ *	  resume_model(), and the workers' side of a pause (holding events).
+ *
+ * Switching.  A switch takes digitaltwin.models in EXCLUSIVE mode before
+ * it reads the model's row.  Every worker batch takes the same table in
+ * ROW SHARE mode before it looks at the model cache or takes the snapshot
+ * it fetches with, and keeps it to its commit (worker.c).  So a switch
+ * waits for the batches in flight, and no batch starts until the switch
+ * has committed or rolled back: each batch runs wholly under one version,
+ * and a migration converts states that no batch is changing.  Readers take
+ * ACCESS SHARE and are never held up.
+ *
+ * A migration rewrites twin_state in the switching transaction; the
+ * statement trigger of twin_state (reload.c) then has the workers reload
+ * their twins after the commit, before their next batch.  Until they have,
+ * shared memory holds images of the former state type: every image there
+ * is tagged with the state_version of its model (DtTwinEntry), and a
+ * reader whose snapshot sees another state_version reads the twin from
+ * twin_state instead (views.c), where its snapshot finds the state that
+ * goes with the version it sees.
+ *
+ * Pausing.  The workers move the fetched events of a paused model to
+ * digitaltwin.held_events in the batch that fetched them (they are
+ * consumed, so the queue drains and rotates as usual), and park its due
+ * timers (timers.c).  resume_model() puts the held events back into the
+ * queue under their original ids: the workers read the queue in id order,
+ * so they come before every later event of their twins.  Because the
+ * switch waits for the batches in flight, no batch can be holding events
+ * while resume_model() moves them back.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_collation.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "storage/lmgr.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/regproc.h"
+
+#include "dt_internal.h"
+
+PG_FUNCTION_INFO_V1(digitaltwin_alter_model);
+PG_FUNCTION_INFO_V1(digitaltwin_pause_model);
+PG_FUNCTION_INFO_V1(digitaltwin_resume_model);
+
+/* migrated states are written by this many at a time */
+#define DT_MIGRATE_CHUNK 1000
+
+/* The model's row, as a switch reads it (locked). */
+typedef struct DtModelRow
+{
+	int32		id;
+	Oid			process;
+	Oid			init;
+	Oid			state_type;
+	Oid			owner;
+	int32		version;
+	bool		paused;
+} DtModelRow;
+
+/*
+ * Lock out the workers' batches (see the file header), then read and lock
+ * the model's row.  Runs inside a trusted scope (SPI connected).
+ */
+static void
+dt_switch_begin(const char *name, Oid caller, const char *action, DtModelRow *row)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	Oid			argtype = TEXTOID;
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+	Datum		d;
+	int			ret;
+
+	LockRelationOid(dt_models_relid(), ExclusiveLock);
+	ret = SPI_execute_with_args("SELECT id, process::pg_catalog.oid, init::pg_catalog.oid, "
+								"state_type::pg_catalog.oid, owner::pg_catalog.oid, version, paused "
+								"FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+								1, &argtype, &arg, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", name)));
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	row->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	row->process = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
+	d = SPI_getbinval(tup, desc, 3, &isnull);
+	row->init = isnull ? InvalidOid : DatumGetObjectId(d);
+	row->state_type = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
+	row->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
+	row->version = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
+	row->paused = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	dt_check_model_owner(name, caller, row->owner, action);
+}
+
+/* init and migrate are checked in the trusted scope: the caller's right here */
+static void
+dt_check_caller_may_execute(Oid fn, Oid caller)
+{
+	if (OidIsValid(fn) && pg_proc_aclcheck(fn, caller, ACL_EXECUTE) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, OBJECT_FUNCTION, format_procedure(fn));
+}
+
+static char *
+dt_switch_name_arg(FunctionCallInfo fcinfo, const char *function)
+{
+	dt_require_preload();
+	dt_forbid_in_model(function);
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("model name must not be null")));
+	return text_to_cstring(PG_GETARG_TEXT_PP(0));
+}
+
+/*
+ * The model's functions run as its owner, whoever switches them: the owner
+ * must be allowed to call them (the caller's right was checked with the
+ * signature).
+ */
+static void
+dt_check_owner_may_execute(Oid fn, Oid owner, const char *name, const char *role)
+{
+	if (OidIsValid(fn) && pg_proc_aclcheck(fn, owner, ACL_EXECUTE) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("owner %s of model \"%s\" may not execute %s function %s",
+						GetUserNameFromId(owner, false), name, role, format_procedure(fn)),
+				 errdetail("A model's functions run as the model's owner."),
+				 errhint("GRANT EXECUTE ON FUNCTION %s TO %s.", format_procedure(fn),
+						 quote_identifier(GetUserNameFromId(owner, false)))));
+}
+
+/* ----------------------------------------------------------------
+ * Migration of the states
+ * ----------------------------------------------------------------
+ */
+typedef struct DtMigration
+{
+	const char *model;
+	int32		model_id;
+	Oid			migrate;
+	FmgrInfo	flinfo;
+	Oid			owner;
+	const char *search_path;
+	int16		old_typlen;
+	bool		old_typbyval;
+	DtModel		target;			/* what dt_check_state needs of the new type */
+	MemoryContext row_cxt;		/* one twin's conversion */
+	MemoryContext chunk_cxt;	/* the states waiting to be written */
+	Datum		twin_ids[DT_MIGRATE_CHUNK];
+	Datum		states[DT_MIGRATE_CHUNK];
+	int			n;
+	int64		migrated;
+	const char *twin_id;		/* the twin being converted, for the context */
+} DtMigration;
+
+static void
+dt_migration_context(void *arg)
+{
+	DtMigration *mg = arg;
+
+	if (mg->twin_id != NULL)
+		errcontext("migrating twin \"%s\" of model \"%s\"", mg->twin_id, mg->model);
+}
+
+/* Write the converted states of the chunk into twin_state. */
+static void
+dt_migration_flush(DtMigration *mg)
+{
+	Oid			types[3] = {INT4OID, TEXTARRAYOID, BYTEAARRAYOID};
+	Datum		args[3];
+	int			ret;
+
+	if (mg->n == 0)
+		return;
+	args[0] = Int32GetDatum(mg->model_id);
+	args[1] = PointerGetDatum(construct_array(mg->twin_ids, mg->n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_array(mg->states, mg->n, BYTEAOID, -1, false, TYPALIGN_INT));
+	/* a level of its own: the scan's cursor keeps its results */
+	SPI_connect();
+	ret = SPI_execute_with_args("UPDATE digitaltwin.twin_state s SET state = u.state "
+								"FROM ROWS FROM (pg_catalog.unnest($2), pg_catalog.unnest($3)) AS u(twin_id, state) "
+								"WHERE s.model_id OPERATOR(pg_catalog.=) $1 "
+								"AND s.twin_id OPERATOR(pg_catalog.=) u.twin_id",
+								3, types, args, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed != (uint64) mg->n)
+		elog(ERROR, "digitaltwin: migrated " UINT64_FORMAT " states of %d", SPI_processed, mg->n);
+	SPI_finish();
+	mg->migrated += mg->n;
+	mg->n = 0;
+	MemoryContextReset(mg->chunk_cxt);
+}
+
+/* dt_durable_scan() callback: convert one twin's state. */
+static void
+dt_migrate_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
+				const char *image, Size len, int64 event_count,
+				TimestampTz updated_at)
+{
+	DtMigration *mg = arg;
+	MemoryContext old;
+	char	   *copy;
+	char	   *id;
+	LOCAL_FCINFO(fcinfo, 2);
+	Oid			save_userid;
+	int			save_sec_context;
+	int			guc_level;
+	Datum		result;
+
+	if (model_id != mg->model_id)
+		return;
+	CHECK_FOR_INTERRUPTS();
+	old = MemoryContextSwitchTo(mg->row_cxt);
+	id = pnstrdup(twin_id, idlen);
+	mg->twin_id = id;
+	/* images in the scan are not aligned */
+	copy = palloc(Max(len, sizeof(Datum)));
+	memcpy(copy, image, len);
+
+	InitFunctionCallInfoData(*fcinfo, &mg->flinfo, 2, DEFAULT_COLLATION_OID, NULL, NULL);
+	fcinfo->args[0].value = CStringGetTextDatum(id);
+	fcinfo->args[0].isnull = false;
+	fcinfo->args[1].value = dt_state_image_read(copy, len, mg->old_typlen, mg->old_typbyval);
+	fcinfo->args[1].isnull = false;
+	guc_level = dt_become_model_owner(mg->owner, mg->search_path,
+									  &save_userid, &save_sec_context);
+	result = FunctionCallInvoke(fcinfo);
+	dt_leave_model_owner(save_userid, save_sec_context, guc_level);
+	dt_model_forget_session_state();
+	if (fcinfo->isnull)
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("migrate function %s returned NULL for twin \"%s\" of model \"%s\"",
+						format_procedure(mg->migrate), id, mg->model),
+				 errhint("Return a state for every twin; a twin ends when its process function returns NULL.")));
+	dt_check_state(&mg->target, result);
+
+	MemoryContextSwitchTo(mg->chunk_cxt);
+	mg->twin_ids[mg->n] = CStringGetTextDatum(id);
+	mg->states[mg->n] = PointerGetDatum(dt_state_to_bytea(result, mg->target.typlen,
+														  mg->target.typbyval));
+	mg->n++;
+	MemoryContextSwitchTo(old);
+	mg->twin_id = NULL;
+	MemoryContextReset(mg->row_cxt);
+	if (mg->n == DT_MIGRATE_CHUNK)
+		dt_migration_flush(mg);
+}
+
+/*
+ * Convert every durable state of the model with migrate, as the model's
+ * owner with the new version's search_path.  Any error fails the switch:
+ * all or nothing.  Returns the number of twins converted.
+ */
+static int64
+dt_migrate_states(const char *name, const DtModelRow *row, Oid migrate,
+				  Oid new_type, const char *search_path)
+{
+	DtMigration *mg = palloc0(sizeof(DtMigration));
+	ErrorContextCallback errcb;
+	int64		migrated;
+
+	mg->model = name;
+	mg->model_id = row->id;
+	mg->migrate = migrate;
+	fmgr_info(migrate, &mg->flinfo);
+	mg->owner = row->owner;
+	mg->search_path = search_path;
+	get_typlenbyval(row->state_type, &mg->old_typlen, &mg->old_typbyval);
+	strlcpy(mg->target.name, name, NAMEDATALEN);
+	mg->target.state_type = new_type;
+	get_typlenbyval(new_type, &mg->target.typlen, &mg->target.typbyval);
+	mg->target.is_jsonb = (new_type == JSONBOID);
+	mg->row_cxt = AllocSetContextCreate(CurrentMemoryContext, "digitaltwin migration row",
+										ALLOCSET_DEFAULT_SIZES);
+	mg->chunk_cxt = AllocSetContextCreate(CurrentMemoryContext, "digitaltwin migration chunk",
+										  ALLOCSET_DEFAULT_SIZES);
+
+	errcb.callback = dt_migration_context;
+	errcb.arg = mg;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+	dt_durable_scan(-1, 1, dt_migrate_twin, mg);
+	dt_migration_flush(mg);
+	error_context_stack = errcb.previous;
+
+	migrated = mg->migrated;
+	MemoryContextDelete(mg->row_cxt);
+	MemoryContextDelete(mg->chunk_cxt);
+	pfree(mg);
+	return migrated;
+}
+
+/* ----------------------------------------------------------------
+ * alter_model
+ * ----------------------------------------------------------------
+ */
+Datum
+digitaltwin_alter_model(PG_FUNCTION_ARGS)
+{
+	char	   *name = dt_switch_name_arg(fcinfo, "digitaltwin.alter_model()");
+	Oid			caller = GetUserId();
+	Oid			process = PG_ARGISNULL(1) ? InvalidOid : PG_GETARG_OID(1);
+	Oid			init = PG_ARGISNULL(2) ? InvalidOid : PG_GETARG_OID(2);
+	Oid			migrate = PG_ARGISNULL(3) ? InvalidOid : PG_GETARG_OID(3);
+	char	   *search_path;
+	DtModelRow	row;
+	Oid			new_type = InvalidOid;
+	bool		strict = false;
+	int64		migrated = 0;
+	Oid			argtypes[7] = {INT4OID, REGPROCEDUREOID, REGPROCEDUREOID, REGTYPEOID,
+	TEXTOID, INT4OID, REGPROCEDUREOID};
+	Datum		values[7];
+	char		nulls[7] = {' ', ' ', ' ', ' ', ' ', ' ', ' '};
+	int32		version;
+	bool		isnull;
+	int			ret;
+	DtTrustedScope scope;
+
+	if (!OidIsValid(process) && !OidIsValid(init) && !OidIsValid(migrate))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("alter_model() of model \"%s\" changes nothing", name),
+				 errhint("Give a new process, init or migrate function.")));
+
+	/* as the caller: signatures and the caller's right to execute them */
+	if (OidIsValid(process))
+		new_type = dt_check_process(process, &strict);
+	dt_check_caller_may_execute(init, caller);
+	dt_check_caller_may_execute(migrate, caller);
+	search_path = pstrdup(namespace_search_path);
+
+	dt_trusted_enter(&scope);
+	dt_switch_begin(name, caller, "alter", &row);
+	if (!OidIsValid(process))
+	{
+		process = row.process;
+		new_type = row.state_type;
+		strict = func_strict(process);
+	}
+	if (OidIsValid(init))
+		dt_check_init(init, new_type);
+	else if (OidIsValid(row.init) && new_type == row.state_type)
+		init = row.init;
+	else if (OidIsValid(row.init))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("the init function %s of model \"%s\" returns the former state type %s",
+						format_procedure(row.init), name, format_type_be(row.state_type)),
+				 errhint("Give an init function that returns %s.", format_type_be(new_type))));
+	if (!OidIsValid(init) && strict)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
+				 errmsg("process function %s of a model without init must not be STRICT",
+						format_procedure(process)),
+				 errdetail("A new twin has a NULL state, and a STRICT function is never called with NULL."),
+				 errhint("Declare the function CALLED ON NULL INPUT, or give the model an init function.")));
+	if (OidIsValid(migrate))
+		dt_check_migrate(migrate, row.state_type, new_type);
+	else if (new_type != row.state_type)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATATYPE_MISMATCH),
+				 errmsg("the state type of model \"%s\" would change from %s to %s",
+						name, format_type_be(row.state_type), format_type_be(new_type)),
+				 errdetail("Every twin's state must then be converted in the same transaction."),
+				 errhint("Give a migrate function declared as (twin_id text, old_state %s) RETURNS %s.",
+						 format_type_be(row.state_type), format_type_be(new_type))));
+	dt_check_owner_may_execute(process, row.owner, name, "process");
+	dt_check_owner_may_execute(init, row.owner, name, "init");
+	dt_check_owner_may_execute(migrate, row.owner, name, "migrate");
+
+	if (OidIsValid(migrate))
+		migrated = dt_migrate_states(name, &row, migrate, new_type, search_path);
+
+	values[0] = Int32GetDatum(row.id);
+	values[1] = ObjectIdGetDatum(process);
+	values[2] = ObjectIdGetDatum(init);
+	nulls[2] = OidIsValid(init) ? ' ' : 'n';
+	values[3] = ObjectIdGetDatum(new_type);
+	values[4] = CStringGetTextDatum(search_path);
+	values[5] = Int32GetDatum(OidIsValid(migrate) ? 1 : 0);
+	values[6] = ObjectIdGetDatum(migrate);
+	nulls[6] = OidIsValid(migrate) ? ' ' : 'n';
+	ret = SPI_execute_with_args("UPDATE digitaltwin.models SET process = $2, init = $3, "
+								"state_type = $4, search_path = $5, "
+								"version = version OPERATOR(pg_catalog.+) 1, "
+								"state_version = state_version OPERATOR(pg_catalog.+) $6 "
+								"WHERE id OPERATOR(pg_catalog.=) $1 RETURNING version",
+								6, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+
+	values[5] = ObjectIdGetDatum(caller);
+	argtypes[5] = REGROLEOID;
+	ret = SPI_execute_with_args("INSERT INTO digitaltwin.model_versions "
+								"(model_id, model, version, process, init, state_type, search_path, "
+								" created_by, migrate) "
+								"SELECT m.id, m.name, m.version, $2, $3, $4, $5, $6, $7 "
+								"FROM digitaltwin.models m WHERE m.id OPERATOR(pg_catalog.=) $1",
+								7, argtypes, values, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	dt_trusted_leave(&scope);
+
+	CacheInvalidateRelcacheByRelid(dt_models_relid());
+	if (OidIsValid(migrate))
+		ereport(NOTICE,
+				(errmsg("model \"%s\" is at version %d; " INT64_FORMAT " twins migrated",
+						name, version, migrated),
+				 errdetail("The workers reload their twins once this transaction commits.")));
+	PG_RETURN_INT32(version);
+}
+
+/* ----------------------------------------------------------------
+ * pause_model / resume_model
+ * ----------------------------------------------------------------
+ */
+static void
+dt_set_paused(int32 id, bool paused)
+{
+	Datum		arg = Int32GetDatum(id);
+	Oid			argtype = INT4OID;
+	int			ret;
+
+	ret = SPI_execute_with_args(paused ?
+								"UPDATE digitaltwin.models SET paused_at = pg_catalog.now() "
+								"WHERE id OPERATOR(pg_catalog.=) $1" :
+								"UPDATE digitaltwin.models SET paused_at = NULL "
+								"WHERE id OPERATOR(pg_catalog.=) $1",
+								1, &argtype, &arg, NULL, false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	CacheInvalidateRelcacheByRelid(dt_models_relid());
+}
+
+Datum
+digitaltwin_pause_model(PG_FUNCTION_ARGS)
+{
+	char	   *name = dt_switch_name_arg(fcinfo, "digitaltwin.pause_model()");
+	Oid			caller = GetUserId();
+	DtModelRow	row;
+	DtTrustedScope scope;
+
+	dt_trusted_enter(&scope);
+	dt_switch_begin(name, caller, "pause", &row);
+	if (row.paused)
+		ereport(NOTICE,
+				(errmsg("model \"%s\" is already paused", name)));
+	else
+		dt_set_paused(row.id, true);
+	dt_trusted_leave(&scope);
+	PG_RETURN_VOID();
+}
+
+Datum
+digitaltwin_resume_model(PG_FUNCTION_ARGS)
+{
+	char	   *name = dt_switch_name_arg(fcinfo, "digitaltwin.resume_model()");
+	Oid			caller = GetUserId();
+	DtModelRow	row;
+	Datum		arg;
+	Oid			argtype = INT4OID;
+	int			ret;
+	uint64		resumed = 0;
+	DtTrustedScope scope;
+
+	dt_trusted_enter(&scope);
+	dt_switch_begin(name, caller, "resume", &row);
+	if (!row.paused)
+		ereport(NOTICE,
+				(errmsg("model \"%s\" is not paused", name)));
+	else
+	{
+		/*
+		 * Under their own ids, into the queue partition of the current
+		 * generation (the column default): the queue is read in id order.
+		 */
+		arg = Int32GetDatum(row.id);
+		ret = SPI_execute_with_args("WITH h AS (DELETE FROM digitaltwin.held_events "
+									"           WHERE model_id OPERATOR(pg_catalog.=) $1 RETURNING *) "
+									"INSERT INTO digitaltwin.events "
+									"(id, model, twin_id, payload, enqueued_at, depth, event_time, "
+									" sender_model, sender_twin, retry_of) "
+									"OVERRIDING SYSTEM VALUE "
+									"SELECT id, model, twin_id, payload, enqueued_at, depth, event_time, "
+									"       sender_model, sender_twin, retry_of "
+									"FROM h ORDER BY id",
+									1, &argtype, &arg, NULL, false, 0);
+		if (ret != SPI_OK_INSERT)
+			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+		resumed = SPI_processed;
+		dt_set_paused(row.id, false);
+	}
+	dt_trusted_leave(&scope);
+	PG_RETURN_INT64((int64) resumed);
+}
+
+/* ----------------------------------------------------------------
+ * Workers: holding the events of paused models
+ * ----------------------------------------------------------------
+ */
+static SPIPlanPtr hold_plan = NULL;
+
+void
+dt_hold_forget_plans(void)
+{
+	if (hold_plan)
+		SPI_freeplan(hold_plan);
+	hold_plan = NULL;
+}
+
+static Datum
+dt_text_array(Datum *values, bool *nulls, int n)
+{
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
+											  TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/* Insert the held events into digitaltwin.held_events, in one statement. */
+static void
+dt_hold_insert(DtEvent **held, int n)
+{
+	Datum	   *cols[11];
+	bool	   *nulls[11];
+	Datum		args[11];
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+	int			ret;
+	int			c;
+	int			i;
+
+	if (hold_plan == NULL)
+	{
+		Oid			types[11] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+			JSONBARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
+		TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
+
+		hold_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.held_events "
+										"(id, model_id, model, twin_id, payload, enqueued_at, depth, "
+										" event_time, sender_model, sender_twin, retry_of) "
+										"SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+										"pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5), "
+										"pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8), "
+										"pg_catalog.unnest($9), pg_catalog.unnest($10), pg_catalog.unnest($11))",
+										11, types);
+	}
+	for (c = 0; c < 11; c++)
+	{
+		cols[c] = palloc(sizeof(Datum) * n);
+		nulls[c] = palloc0(sizeof(bool) * n);
+	}
+	for (i = 0; i < n; i++)
+	{
+		DtEvent    *ev = held[i];
+
+		cols[0][i] = Int64GetDatum(ev->id);
+		cols[1][i] = Int32GetDatum(dt_model_lookup(ev->model)->id);
+		cols[2][i] = CStringGetTextDatum(ev->model);
+		cols[3][i] = CStringGetTextDatum(ev->twin_id);
+		cols[4][i] = JsonbPGetDatum(ev->payload);
+		nulls[4][i] = (ev->payload == NULL);
+		cols[5][i] = TimestampTzGetDatum(ev->enqueued_at);
+		cols[6][i] = Int32GetDatum(ev->depth);
+		cols[7][i] = TimestampTzGetDatum(ev->event_time);
+		cols[8][i] = ev->sender_model ? CStringGetTextDatum(ev->sender_model) : (Datum) 0;
+		nulls[8][i] = (ev->sender_model == NULL);
+		cols[9][i] = ev->sender_twin ? CStringGetTextDatum(ev->sender_twin) : (Datum) 0;
+		nulls[9][i] = (ev->sender_twin == NULL);
+		cols[10][i] = Int64GetDatum(ev->retry_of);
+		nulls[10][i] = (ev->retry_of == 0);
+	}
+	args[0] = PointerGetDatum(construct_md_array(cols[0], nulls[0], 1, dims, lbs, INT8OID, 8,
+												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_md_array(cols[1], nulls[1], 1, dims, lbs, INT4OID, 4,
+												 true, TYPALIGN_INT));
+	args[2] = dt_text_array(cols[2], nulls[2], n);
+	args[3] = dt_text_array(cols[3], nulls[3], n);
+	args[4] = PointerGetDatum(construct_md_array(cols[4], nulls[4], 1, dims, lbs, JSONBOID, -1,
+												 false, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_md_array(cols[5], nulls[5], 1, dims, lbs, TIMESTAMPTZOID, 8,
+												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[6] = PointerGetDatum(construct_md_array(cols[6], nulls[6], 1, dims, lbs, INT4OID, 4,
+												 true, TYPALIGN_INT));
+	args[7] = PointerGetDatum(construct_md_array(cols[7], nulls[7], 1, dims, lbs, TIMESTAMPTZOID, 8,
+												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[8] = dt_text_array(cols[8], nulls[8], n);
+	args[9] = dt_text_array(cols[9], nulls[9], n);
+	args[10] = PointerGetDatum(construct_md_array(cols[10], nulls[10], 1, dims, lbs, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	ret = SPI_execute_plan(hold_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * Of a batch's fetched events, move those of paused models to held_events
+ * (they are deleted from the queue with the others) and return how many
+ * are left to apply, compacted in order at the front of the array.  Runs
+ * in the batch's transaction, the model cache covering the events.
+ */
+int
+dt_hold_paused_events(DtEvent *events, int nevents)
+{
+	DtEvent   **held = NULL;
+	int			nheld = 0;
+	int			kept = 0;
+	int			i;
+
+	for (i = 0; i < nevents; i++)
+	{
+		DtModel    *model = dt_model_lookup(events[i].model);
+
+		if (model != NULL && model->paused)
+		{
+			if (held == NULL)
+				held = palloc(sizeof(DtEvent *) * nevents);
+			held[nheld++] = &events[i];
+		}
+	}
+	if (nheld == 0)
+		return nevents;
+	dt_hold_insert(held, nheld);
+	/* keep the order; the held ones stay, in order, behind the others */
+	{
+		DtEvent    *rest = palloc(sizeof(DtEvent) * nheld);
+		int			r = 0;
+
+		for (i = 0; i < nevents; i++)
+		{
+			DtModel    *model = dt_model_lookup(events[i].model);
+
+			if (model != NULL && model->paused)
+				rest[r++] = events[i];
+			else
+				events[kept++] = events[i];
+		}
+		memcpy(&events[kept], rest, sizeof(DtEvent) * nheld);
+	}
+	return kept;
+}
