@@ -15,7 +15,8 @@
 #
 # Parameters (environment): EVENTS (200000), TWINS (10000), WORKERS (2),
 # BATCH (50000), CLIENTS (8), BIG_TWINS (1000000), PARTS (which parts to
-# run, default "throughput deadlocks latency big timers messages outbox"),
+# run, default "throughput deadlocks latency big timers messages outbox
+# history"), HISTORY_TWINS (twins for twins_as_of(), default BIG_TWINS),
 # TIMER_TWINS (1000000 pending timers), FIRE_TIMERS (200000 due at once),
 # FIRE_LEAD (20: seconds between arming and the due time), LATE_RATE (10000
 # due per second) for LATE_SECONDS (10), REGIONS (100), OUTBOX_RATE (1000
@@ -38,7 +39,7 @@ BATCH=${BATCH:-50000}
 CLIENTS=${CLIENTS:-8}
 BIG_TWINS=${BIG_TWINS:-1000000}
 ROWS=100                        # rows per multi-row INSERT
-PARTS=${PARTS:-throughput deadlocks latency big timers messages outbox}
+PARTS=${PARTS:-throughput deadlocks latency big timers messages outbox history}
 HOWS=${HOWS:-copy multi single}
 REPEAT=${REPEAT:-3}
 SINGLE_ROUNDS=${SINGLE_ROUNDS:-5}
@@ -703,6 +704,66 @@ summary "outbox at $OUTBOX_RATE/s: commit -> gateway has it" "p50 $ob_p50 ms, p9
 wait_idle
 dt_psql -c "SELECT digitaltwin.drop_model('cmd', force => true)" >/dev/null
 
+fi
+
+# Version 1.8: what the event log and the state history cost COPY end to
+# end (C model), each against the same run without them, rounds taking
+# turns; then twins_as_of() over HISTORY_TWINS twins.
+if part history; then
+settle
+echo "== event log and history: COPY end to end, C model ($EVENTS events, median of $REPEAT interleaved rounds)"
+hist_mode() {
+	local log=NULL hist=NULL
+	[ "$1" = log ] && log="'1 day'"
+	[ "$1" = history ] && hist="'1 day'"
+	dt_psql -c "SELECT digitaltwin.set_event_log('heart_rate_c', $log)" \
+		-c "SELECT digitaltwin.set_history('heart_rate_c', $hist)" >/dev/null
+}
+declare -A HT=()
+for r in $(seq "$REPEAT"); do
+	for mode in none log history; do
+		reset_all
+		dt_psql -c "TRUNCATE digitaltwin.event_log, digitaltwin.state_history" >/dev/null
+		hist_mode "$mode"
+		t0=$(now_ms); dt_ingest copy heart_rate_c >/dev/null; t1=$(now_ms)
+		HT[$mode]+="$((t1 - t0)) "
+	done
+done
+hist_mode none
+hmed() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'; }
+record "digitaltwin heart_rate_c" copy "$EVENTS" "$(hmed "${HT[none]}")" "median of $REPEAT; no event log, no history"
+record "heart_rate_c + event log" copy "$EVENTS" "$(hmed "${HT[log]}")" "median of $REPEAT; set_event_log"
+record "heart_rate_c + history" copy "$EVENTS" "$(hmed "${HT[history]}")" "median of $REPEAT; set_history"
+log_cost=$(awk "BEGIN{printf \"%.2f\", 1 - $(hmed "${HT[none]}") / $(hmed "${HT[log]}")}")
+hist_cost=$(awk "BEGIN{printf \"%.2f\", 1 - $(hmed "${HT[none]}") / $(hmed "${HT[history]}")}")
+summary "event log: COPY e2e throughput lost" "$log_cost" "<= 0.25" "$(met "$log_cost <= 0.25")"
+summary "history: COPY e2e throughput lost" "$hist_cost" "<= 0.25" "$(met "$hist_cost <= 0.25")"
+
+HISTORY_TWINS=${HISTORY_TWINS:-$BIG_TWINS}
+dt_psql -c "CREATE FUNCTION hgauge(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+            LANGUAGE sql AS \$\$ SELECT jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1,
+                                                        'last', event->'bpm') \$\$;
+            SELECT digitaltwin.create_model('hgauge', 'hgauge(text,jsonb,jsonb)');
+            SELECT digitaltwin.set_history('hgauge', '1 day')" >/dev/null
+for round in 1 2; do
+	dt_psql -c "INSERT INTO digitaltwin.events (model, twin_id, payload)
+	            SELECT 'hgauge', 'device-' || i, jsonb_build_object('bpm', $round * 100 + i % 70)
+	            FROM generate_series(1, $HISTORY_TWINS) i" >/dev/null
+	wait_idle
+	[ "$round" = 1 ] && mid=$(dt_psql -At -c "SELECT clock_timestamp()")
+done
+dt_psql -c "VACUUM ANALYZE digitaltwin.state_history" >/dev/null
+for at in "'$mid'" "clock_timestamp()"; do
+	t0=$(now_ms)
+	n=$(dt_psql -At -c "SELECT count(*) FROM digitaltwin.twins_as_of($at) WHERE model = 'hgauge'")
+	t1=$(now_ms)
+	echo "  twins_as_of($at): $n twins in $((t1 - t0)) ms ($((2 * HISTORY_TWINS)) history rows)"
+	echo "twins_as_of,$at,$n,$(awk "BEGIN{printf \"%.3f\", ($t1 - $t0)/1000}"),,$((2 * HISTORY_TWINS)) history rows" >>"$CSV"
+	[ "$at" = "'$mid'" ] && asof_ms=$((t1 - t0))
+done
+summary "twins_as_of() over $HISTORY_TWINS twins" "$asof_ms ms" "< 2000 ms" "$(met "$asof_ms < 2000")"
+dt_psql -c "SELECT digitaltwin.drop_model('hgauge', force => true)" \
+	-c "SELECT digitaltwin.set_history(name, NULL) FROM digitaltwin.models WHERE history_keep IS NOT NULL" >/dev/null
 fi
 
 if [ ${#SUMMARY[@]} -gt 0 ]; then

@@ -183,3 +183,135 @@ REVOKE ALL ON FUNCTION digitaltwin.resume_model(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION digitaltwin.pause_model(text) TO digitaltwin_admin;
 GRANT EXECUTE ON FUNCTION digitaltwin.resume_model(text) TO digitaltwin_admin;
 -- [end section: pause]
+
+-- [section: event log and history]
+--------------------------------------------------------------------------
+-- Event log and history (opt-in per model).  The workers write them in the
+-- batch's transaction: the events a batch applied to a model with an
+-- event log, and the state each changed twin of a model with history had
+-- at the end of the batch.  Both tables are partitioned by time; worker 0
+-- creates the partitions ahead (digitaltwin.log_partition_interval wide)
+-- and drops whole the partitions older than the longest keep of the
+-- models using the table (src/partitions.c).  A row that finds no
+-- partition (the first moments after set_event_log()) goes to the DEFAULT
+-- partition, so a batch never fails for want of one.
+--------------------------------------------------------------------------
+ALTER TABLE digitaltwin.models
+    ADD COLUMN event_log_keep interval CHECK (event_log_keep > '0'),
+    ADD COLUMN history_keep   interval CHECK (history_keep > '0');
+
+COMMENT ON COLUMN digitaltwin.models.event_log_keep IS 'How long processed events are kept in digitaltwin.event_log (set_event_log()); NULL: not logged.';
+COMMENT ON COLUMN digitaltwin.models.history_keep IS 'How long past states are kept in digitaltwin.state_history (set_history()); NULL: no history.';
+
+CREATE TABLE digitaltwin.event_log (
+    event_id      bigint NOT NULL,
+    model_id      integer NOT NULL,
+    model         text NOT NULL,
+    model_version integer NOT NULL,
+    twin_id       text COLLATE "C" NOT NULL,
+    kind          text NOT NULL,
+    payload       jsonb,
+    event_time    timestamptz NOT NULL,
+    enqueued_at   timestamptz NOT NULL,
+    sender_model  text,
+    sender_twin   text,
+    timer         text,
+    retry_of      bigint,
+    logged_at     timestamptz NOT NULL
+) PARTITION BY RANGE (logged_at);
+
+CREATE TABLE digitaltwin.event_log_default PARTITION OF digitaltwin.event_log DEFAULT;
+
+COMMENT ON TABLE digitaltwin.event_log IS
+'Events the workers applied to models with an event log (set_event_log()), written in the batch that applied them; partitioned by logged_at, old partitions dropped whole.';
+COMMENT ON COLUMN digitaltwin.event_log.event_id IS 'The event''s id in the queue (for a timer, the id it was armed with).';
+COMMENT ON COLUMN digitaltwin.event_log.model_version IS 'Version of the model that applied it.';
+COMMENT ON COLUMN digitaltwin.event_log.kind IS 'event, message, timer or retry, as current_event().kind said.';
+COMMENT ON COLUMN digitaltwin.event_log.logged_at IS 'Start of the batch that applied it (the partition key).';
+COMMENT ON TABLE digitaltwin.event_log_default IS 'Rows of digitaltwin.event_log that no time partition covered yet.';
+
+CREATE TABLE digitaltwin.state_history (
+    model_id    integer NOT NULL,
+    model       text NOT NULL,
+    twin_id     text COLLATE "C" NOT NULL,
+    state       jsonb,
+    event_count bigint NOT NULL,
+    valid_from  timestamptz NOT NULL
+) PARTITION BY RANGE (valid_from);
+
+CREATE INDEX state_history_twin_idx ON digitaltwin.state_history (model_id, twin_id, valid_from);
+CREATE TABLE digitaltwin.state_history_default PARTITION OF digitaltwin.state_history DEFAULT;
+
+COMMENT ON TABLE digitaltwin.state_history IS
+'Past states of the twins of models with history (set_history()): one row per twin changed by a batch, valid from the batch''s start until the twin''s next row; state NULL when the twin ended.  Partitioned by valid_from, old partitions dropped whole (the last state of each twin carried forward).';
+COMMENT ON COLUMN digitaltwin.state_history.state IS 'The state as jsonb (to_jsonb() of a state of another type); NULL: the twin ended.';
+COMMENT ON COLUMN digitaltwin.state_history.valid_from IS 'Start of the batch that produced the state (the partition key).';
+COMMENT ON INDEX digitaltwin.state_history_twin_idx IS 'A twin''s states in time order, for twins_as_of() and twin_history.';
+COMMENT ON TABLE digitaltwin.state_history_default IS 'Rows of digitaltwin.state_history that no time partition covered yet.';
+
+CREATE TABLE digitaltwin.log_partitions (
+    name      text PRIMARY KEY,
+    parent    text NOT NULL CHECK (parent IN ('event_log', 'state_history')),
+    from_time timestamptz NOT NULL,
+    to_time   timestamptz NOT NULL CHECK (to_time > from_time)
+);
+
+COMMENT ON TABLE digitaltwin.log_partitions IS
+'The time partitions of digitaltwin.event_log and digitaltwin.state_history that worker 0 created and will drop.';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.event_log_default', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.state_history_default', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.log_partitions', '');
+
+GRANT SELECT ON digitaltwin.event_log TO digitaltwin_admin;
+GRANT SELECT ON digitaltwin.state_history TO digitaltwin_reader;
+
+CREATE VIEW digitaltwin.twin_history AS
+    SELECT h.model, h.twin_id, h.state, h.event_count, h.valid_from,
+           pg_catalog.lead(h.valid_from) OVER w AS valid_to
+    FROM digitaltwin.state_history h
+    WINDOW w AS (PARTITION BY h.model_id, h.twin_id ORDER BY h.valid_from);
+
+COMMENT ON VIEW digitaltwin.twin_history IS
+'Each twin''s past states with their validity period [valid_from, valid_to), for charts: filter by model and twin_id.';
+GRANT SELECT ON digitaltwin.twin_history TO digitaltwin_reader;
+
+CREATE FUNCTION digitaltwin.twins_as_of(at timestamptz)
+RETURNS TABLE (model text, twin_id text, state jsonb, event_count bigint, updated_at timestamptz)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT h.model, h.twin_id, h.state, h.event_count, h.valid_from
+    FROM (SELECT DISTINCT ON (s.model_id, s.twin_id) s.*
+          FROM digitaltwin.state_history s
+          WHERE s.valid_from OPERATOR(pg_catalog.<=) twins_as_of.at
+          ORDER BY s.model_id, s.twin_id, s.valid_from DESC) h
+    WHERE h.state IS NOT NULL
+$$;
+
+COMMENT ON FUNCTION digitaltwin.twins_as_of(timestamptz) IS
+'The twins of the models with history as they were at a time (within the models'' history_keep), with the columns of digitaltwin.twins; updated_at is when that state was produced.';
+REVOKE ALL ON FUNCTION digitaltwin.twins_as_of(timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.twins_as_of(timestamptz) TO digitaltwin_reader;
+
+CREATE FUNCTION digitaltwin.set_event_log(model text, keep interval)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_set_event_log'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.set_event_log(text, interval) IS
+'Keeps the events the model processes in digitaltwin.event_log for at least keep (NULL: stop logging), from the next batch on.  For the model''s owner and digitaltwin_admin.';
+
+CREATE FUNCTION digitaltwin.set_history(model text, keep interval)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_set_history'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.set_history(text, interval) IS
+'Keeps every committed change of the model''s twins in digitaltwin.state_history for at least keep (NULL: stop); the twins'' current states are recorded at once.  For the model''s owner and digitaltwin_admin.';
+
+REVOKE ALL ON FUNCTION digitaltwin.set_event_log(text, interval) FROM PUBLIC;
+REVOKE ALL ON FUNCTION digitaltwin.set_history(text, interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.set_event_log(text, interval) TO digitaltwin_admin;
+GRANT EXECUTE ON FUNCTION digitaltwin.set_history(text, interval) TO digitaltwin_admin;
+-- [end section: event log and history]

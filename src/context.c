@@ -49,17 +49,23 @@ PG_FUNCTION_INFO_V1(digitaltwin_sender_twin);
 #define DT_INFO_RETRY_OF	9	/* version 1.7 */
 #define DT_INFO_NCOLS		10
 
-/* 'message' for an event a model sent, else 'event' */
+/* 'timer', 'retry', 'message' for an event a model sent, else 'event' */
+const char *
+dt_event_kind(const DtEvent *ev)
+{
+	if (ev->timer != NULL)
+		return "timer";
+	if (ev->retry_of != 0)
+		return "retry";
+	return ev->sender_model != NULL ? "message" : "event";
+}
+
 const char *
 digitaltwin_current_event_kind(void)
 {
 	if (dt_current_event == NULL)
 		return NULL;
-	if (dt_current_event->event->timer != NULL)
-		return "timer";
-	if (dt_current_event->event->retry_of != 0)
-		return "retry";
-	return dt_current_event->event->sender_model != NULL ? "message" : "event";
+	return dt_event_kind(dt_current_event->event);
 }
 
 TimestampTz

@@ -14,11 +14,14 @@
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
  *	  stage.c	 worker-local staging of twin states within a batch
+ *	  lifecycle.c versions (alter_model), pause and resume, logging switches
  *	  alerts.c	 alert(), staged alerts, dead letters
  *	  outbox.c	 send_to_source(), staged commands to the data sources
  *	  messages.c send(): events, and messages between twins staged like alerts
  *	  context.c	 current_event(), and what a model's sends inherit from it
  *	  timers.c	 durable timers: set_timer(), cancel_timer(), firing
+ *	  history.c	 what a batch writes to the event log and the state history
+ *	  partitions.c the time partitions of the event log and history
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
  *	  worker.c	 background worker loop and batch transaction
@@ -73,6 +76,7 @@ extern int	dt_model_timeout_ms;
 extern int	dt_max_payload_kb;
 extern int	dt_max_state_kb;
 extern int	dt_queue_rotation_ms;
+extern int	dt_log_partition_s;
 extern int	dt_alert_retention_s;
 extern int	dt_dead_letter_retention_s;
 extern int	dt_max_twins_per_model;
@@ -376,6 +380,8 @@ typedef struct DtModel
 	int32		version;		/* digitaltwin.models.version (1.8) */
 	int32		state_version;	/* ... and state_version: tags its images */
 	bool		paused;			/* its events are held (lifecycle.c) */
+	bool		log_events;		/* event_log_keep is set (history.c) */
+	bool		keep_history;	/* history_keep is set (history.c) */
 	FmgrInfo	process_fn;
 	FmgrInfo	init_fn;
 } DtModel;
@@ -387,6 +393,7 @@ extern void dt_register_cache_callbacks(void);
 extern bool dt_model_name_known(const char *name);	/* insert-side check */
 extern bool dt_models_have_versions(void);
 extern int	dt_models_paused;
+extern int	dt_models_logging;
 extern Oid	dt_check_process(Oid fn, bool *strict);
 extern void dt_check_init(Oid fn, Oid state_type);
 extern void dt_check_migrate(Oid fn, Oid old_type, Oid new_type);
@@ -485,6 +492,8 @@ extern void dt_stage_prepare_publish(void);
 extern void dt_stage_forget_plans(void);
 extern Datum dt_stage_own_datum(Datum value, int16 typlen, bool typbyval);
 extern void dt_stage_publish(DtWorkerSlot *slot);
+extern void dt_stage_foreach_changed(void (*fn) (DtStagedTwin *twin, void *arg),
+									 void *arg);
 extern void dt_stage_abandon(void);
 extern Size dt_state_image_size(Datum value, int16 typlen, bool typbyval);
 extern void dt_state_image_write(char *dst, Datum value, int16 typlen, bool typbyval);
@@ -517,6 +526,7 @@ struct DtCurrentEvent
 typedef struct DtCurrentEvent DtCurrentEvent;
 
 extern DtCurrentEvent *dt_current_event;	/* defined in util.c */
+extern const char *dt_event_kind(const DtEvent *ev);	/* context.c */
 extern uint64 dt_messages_sent;	/* messages sent by models (util.c) */
 
 extern void dt_alerts_begin(MemoryContext cxt);
@@ -554,6 +564,14 @@ extern void dt_timers_persist(void);
 extern void dt_timers_publish(void);
 extern void dt_timers_abandon(void);
 extern void dt_timers_forget_plans(void);
+
+/* ----------------------------------------------------------------
+ * history.c and partitions.c: event log and state history
+ * ----------------------------------------------------------------
+ */
+extern void dt_history_write(DtEvent *batch, int nbatch);
+extern void dt_history_forget_plans(void);
+extern void dt_log_partitions_maintain(void);
 
 /* ----------------------------------------------------------------
  * outbox.c: commands to the data sources, staged like alerts

@@ -75,6 +75,7 @@ int			dt_model_timeout_ms = 5000;
 int			dt_max_payload_kb = 1024;
 int			dt_max_state_kb = 1024;
 int			dt_queue_rotation_ms = 10000;
+int			dt_log_partition_s = 3600;
 int			dt_alert_retention_s = 7 * 24 * 3600;
 int			dt_dead_letter_retention_s = 30 * 24 * 3600;
 int			dt_max_twins_per_model = 0;
@@ -196,6 +197,15 @@ dt_define_gucs(void)
 							10000, 100, 24 * 3600 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("digitaltwin.log_partition_interval",
+							"Time span of each partition of the event log and of the state history.",
+							"Partitions older than the longest keep of set_event_log() or set_history() are dropped whole: a shorter span frees space sooner, at the cost of more partitions.",
+							&dt_log_partition_s,
+							3600, 1, 31 * 24 * 3600,
+							PGC_SIGHUP,
+							GUC_UNIT_S,
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("digitaltwin.alert_retention",

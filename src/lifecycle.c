@@ -50,12 +50,15 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/timestamp.h"
 
 #include "dt_internal.h"
 
 PG_FUNCTION_INFO_V1(digitaltwin_alter_model);
 PG_FUNCTION_INFO_V1(digitaltwin_pause_model);
 PG_FUNCTION_INFO_V1(digitaltwin_resume_model);
+PG_FUNCTION_INFO_V1(digitaltwin_set_event_log);
+PG_FUNCTION_INFO_V1(digitaltwin_set_history);
 
 /* migrated states are written by this many at a time */
 #define DT_MIGRATE_CHUNK 1000
@@ -662,4 +665,100 @@ dt_hold_paused_events(DtEvent *events, int nevents)
 		memcpy(&events[kept], rest, sizeof(DtEvent) * nheld);
 	}
 	return kept;
+}
+
+/* ----------------------------------------------------------------
+ * set_event_log / set_history
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Set how long the model's events (or states) are kept, as a switch: the
+ * batches after it log, those before it did not.  Returns whether the
+ * model kept none before.
+ */
+static bool
+dt_set_keep(FunctionCallInfo fcinfo, const char *name, Oid caller,
+			const char *function, const char *column, int32 *id_out)
+{
+	Interval   *keep = PG_ARGISNULL(1) ? NULL : PG_GETARG_INTERVAL_P(1);
+	Interval	zero;
+	DtModelRow	row;
+	Oid			types[2] = {INT4OID, INTERVALOID};
+	Datum		args[2];
+	bool		isnull;
+	bool		was_off;
+	int			ret;
+
+	memset(&zero, 0, sizeof(zero));
+	if (keep != NULL &&
+		DatumGetInt32(DirectFunctionCall2(interval_cmp, IntervalPGetDatum(keep),
+										  IntervalPGetDatum(&zero))) <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keep must be a positive interval"),
+				 errhint("NULL stops keeping them.")));
+	dt_require_table("log_partitions", "1.8", function);
+	dt_switch_begin(name, caller, "change", &row);
+	args[0] = Int32GetDatum(row.id);
+	args[1] = keep ? IntervalPGetDatum(keep) : (Datum) 0;
+	ret = SPI_execute_with_args(psprintf("SELECT %s IS NULL FROM digitaltwin.models "
+										 "WHERE id OPERATOR(pg_catalog.=) $1", column),
+								1, types, args, NULL, false, 1);
+	if (ret != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	was_off = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	ret = SPI_execute_with_args(psprintf("UPDATE digitaltwin.models SET %s = $2 "
+										 "WHERE id OPERATOR(pg_catalog.=) $1", column),
+								2, types, args, keep ? NULL : " n", false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	CacheInvalidateRelcacheByRelid(dt_models_relid());
+	*id_out = row.id;
+	return was_off && keep != NULL;
+}
+
+Datum
+digitaltwin_set_event_log(PG_FUNCTION_ARGS)
+{
+	const char *name = dt_switch_name_arg(fcinfo, "digitaltwin.set_event_log()");
+	Oid			caller = GetUserId();
+	int32		id;
+	DtTrustedScope scope;
+
+	dt_trusted_enter(&scope);
+	(void) dt_set_keep(fcinfo, name, caller, "digitaltwin.set_event_log()", "event_log_keep", &id);
+	dt_trusted_leave(&scope);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Starting a history records the twins' current states, valid from now:
+ * twins_as_of() then finds every twin, not only those that change later.
+ */
+Datum
+digitaltwin_set_history(PG_FUNCTION_ARGS)
+{
+	const char *name = dt_switch_name_arg(fcinfo, "digitaltwin.set_history()");
+	Oid			caller = GetUserId();
+	int32		id;
+	Datum		arg;
+	Oid			type = INT4OID;
+	DtTrustedScope scope;
+
+	dt_trusted_enter(&scope);
+	if (dt_set_keep(fcinfo, name, caller, "digitaltwin.set_history()", "history_keep", &id))
+	{
+		arg = Int32GetDatum(id);
+		if (SPI_execute_with_args("INSERT INTO digitaltwin.state_history "
+								  "(model_id, model, twin_id, state, event_count, valid_from) "
+								  "SELECT m.id, m.name, t.twin_id, t.state, t.event_count, pg_catalog.now() "
+								  "FROM digitaltwin.twins t JOIN digitaltwin.models m "
+								  "  ON m.name OPERATOR(pg_catalog.=) t.model "
+								  "WHERE m.id OPERATOR(pg_catalog.=) $1",
+								  1, &type, &arg, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "digitaltwin: cannot record the current states of model \"%s\"", name);
+	}
+	dt_trusted_leave(&scope);
+	PG_RETURN_VOID();
 }

@@ -61,6 +61,9 @@ static bool models_stale = true;
 /* how many models of the cache are paused: the workers look for none else */
 int			dt_models_paused = 0;
 
+/* how many have an event log or a history (history.c) */
+int			dt_models_logging = 0;
+
 typedef struct KnownName
 {
 	char		name[NAMEDATALEN];
@@ -669,6 +672,7 @@ dt_models_refresh(bool force)
 	model_cache = NULL;
 	last_by_id = NULL;
 	dt_models_paused = 0;
+	dt_models_logging = 0;
 
 	ctl.keysize = NAMEDATALEN;
 	ctl.entrysize = sizeof(DtModel);
@@ -680,11 +684,12 @@ dt_models_refresh(bool force)
 	ret = SPI_execute(dt_models_have_versions() ?
 					  "SELECT id, name, process::pg_catalog.oid, init::pg_catalog.oid, "
 					  "state_type::pg_catalog.oid, owner::pg_catalog.oid, search_path, "
-					  "version, state_version, paused "
+					  "version, state_version, paused, "
+					  "event_log_keep IS NOT NULL, history_keep IS NOT NULL "
 					  "FROM digitaltwin.models" :
 					  "SELECT id, name, process::pg_catalog.oid, init::pg_catalog.oid, "
 					  "state_type::pg_catalog.oid, owner::pg_catalog.oid, search_path, "
-					  "1, 1, false "
+					  "1, 1, false, false, false "
 					  "FROM digitaltwin.models", false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
@@ -712,6 +717,10 @@ dt_models_refresh(bool force)
 		m->paused = DatumGetBool(SPI_getbinval(tup, desc, 10, &isnull));
 		if (m->paused)
 			dt_models_paused++;
+		m->log_events = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+		m->keep_history = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
+		if (m->log_events || m->keep_history)
+			dt_models_logging++;
 		strlcpy(m->name, name, NAMEDATALEN);
 		dt_model_resolve(m);
 	}

@@ -776,6 +776,24 @@ dt_stage_persist(void)
 }
 
 /*
+ * Call fn for each twin the batch changed (a new or changed state, or an
+ * ended twin that had one), with its final state.
+ */
+void
+dt_stage_foreach_changed(void (*fn) (DtStagedTwin *twin, void *arg), void *arg)
+{
+	HASH_SEQ_STATUS status;
+	DtStagedTwin *twin;
+
+	hash_seq_init(&status, staged);
+	while ((twin = hash_seq_search(&status)) != NULL)
+	{
+		if (twin->dirty && (twin->has_state || twin->durable))
+			fn(twin, arg);
+	}
+}
+
+/*
  * Before commit: copy each new state into shared memory (not yet visible)
  * and reserve entries for new twins.  May ERROR when memory is exhausted;
  * dt_stage_abandon() then gives everything back.

@@ -822,6 +822,7 @@ dt_worker_check_extension(void)
 		dt_outbox_forget_plans();
 		dt_messages_forget_plans();
 		dt_hold_forget_plans();
+		dt_history_forget_plans();
 		need_rebuild = true;
 		known_extension = ext;
 		dt_models_refresh(true);
@@ -1057,6 +1058,7 @@ dt_worker_run_batch(void)
 		nalerts = dt_alerts_flush();
 		(void) dt_outbox_flush();
 		(void) dt_messages_flush();
+		dt_history_write(batch, nbatch);
 		dt_stage_prepare_publish();
 		/* a model's LISTEN would take effect at commit: cancel it */
 		Async_UnlistenAll();
@@ -1379,7 +1381,10 @@ digitaltwin_worker_main(Datum main_arg)
 		}
 		dt_worker_note_batch(n);
 		if (my_partition == 0)
+		{
 			dt_queue_maintain();
+			dt_log_partitions_maintain();
+		}
 		if (n >= dt_batch_size)
 			continue;
 		if (retry_soon)
