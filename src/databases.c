@@ -237,9 +237,21 @@ dt_require_served(void)
 	db = dt_database_current();
 	if (db == NULL && dt_shared->scanned)
 	{
-		/* a database just copied from a template: the launcher looks now */
-		dt_launcher_rescan();
-		db = dt_database_current();
+		/*
+		 * A database just copied from a template, or given an old version
+		 * of the extension (whose script did not ask to be served): the
+		 * launcher looks now.  It probes a database at most once a second,
+		 * so one dropped and created again within the second may need a
+		 * look or two more (the extension is here: its probe will find it).
+		 */
+		TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), 5000);
+
+		do
+		{
+			dt_launcher_rescan();
+			db = dt_database_current();
+		} while (db == NULL && dt_free_entries() > 0 &&
+				 GetCurrentTimestamp() < deadline);
 	}
 	if (db == NULL)
 	{
