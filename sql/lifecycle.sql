@@ -175,6 +175,53 @@ BEGIN
     RETURN old;
 END $$;
 SELECT digitaltwin.alter_model('gauge', migrate => 'gauge_temp_migrate(text,gauge_state)');
+RESET ROLE;
+-- each twin kept its own state (a migrate returning its argument as it is)
+SELECT twin_id, state FROM digitaltwin.twins WHERE model = 'gauge' ORDER BY twin_id;
+
+-- two switches in one statement: the second converts what the first wrote
+CREATE FUNCTION gauge_jsonb(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS 'SELECT state';
+CREATE FUNCTION gauge_to_jsonb(twin_id text, old gauge_state) RETURNS jsonb
+LANGUAGE plpgsql AS $$ BEGIN RETURN to_jsonb(old) || jsonb_build_object('id', twin_id); END $$;
+CREATE FUNCTION gauge_mark(twin_id text, old jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$ BEGIN RETURN old || jsonb_build_object('marked', old ? 'id'); END $$;
+SELECT digitaltwin.alter_model('gauge', 'gauge_jsonb(text,jsonb,jsonb)', migrate => 'gauge_to_jsonb(text,gauge_state)') AS first,
+       digitaltwin.alter_model('gauge', migrate => 'gauge_mark(text,jsonb)') AS second;
+SELECT twin_id, state FROM digitaltwin.twins WHERE model = 'gauge' ORDER BY twin_id;
+
+-- a switch needs a snapshot taken after its lock: not in REPEATABLE READ
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT digitaltwin.alter_model('gauge', migrate => 'gauge_mark(text,jsonb)');
+ROLLBACK;
+BEGIN ISOLATION LEVEL SERIALIZABLE;
+SELECT digitaltwin.pause_model('gauge');
+ROLLBACK;
+-- the workers wait for its transaction: no wait_idle() in it, no PREPARE
+BEGIN;
+SELECT digitaltwin.pause_model('gauge');
+SELECT digitaltwin.wait_idle('1s');
+ROLLBACK;
+BEGIN;
+SELECT digitaltwin.pause_model('gauge');
+PREPARE TRANSACTION 'switch';
+-- the caller's session keeps its advisory locks and prepared statements
+SELECT pg_advisory_lock(4242);
+PREPARE still_here AS SELECT 1 AS still_here;
+SELECT digitaltwin.alter_model('gauge', migrate => 'gauge_mark(text,jsonb)') > 0 AS altered;
+EXECUTE still_here;
+SELECT count(*) AS advisory_locks FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid();
+SELECT pg_advisory_unlock(4242);
+DEALLOCATE still_here;
+-- a migrate function cannot switch
+CREATE FUNCTION gauge_nested(twin_id text, old jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM digitaltwin.pause_model('gauge');
+    RETURN old;
+END $$;
+SELECT digitaltwin.alter_model('gauge', migrate => 'gauge_nested(text,jsonb)');
+SET ROLE dt_author;
 
 --
 -- drop_model() of a model with twins needs force
@@ -252,6 +299,7 @@ DELETE FROM digitaltwin.alerts WHERE model = 'gauge';
 DROP TABLE migration_seen;
 DROP FUNCTION gauge_v1, gauge_v2, gauge_v3, gauge_v5, gauge_migrate, gauge_bad_migrate,
     gauge_null_migrate, gauge_wrong_migrate, gauge_probe_migrate, gauge_temp_migrate,
+    gauge_jsonb, gauge_to_jsonb, gauge_mark, gauge_nested,
     others_v4, sneaky, pz, other;
 DROP TYPE gauge_state;
 REVOKE CREATE ON SCHEMA public FROM dt_author, dt_other;

@@ -505,7 +505,8 @@ typedef void (*dt_durable_fn) (void *arg, int32 model_id,
 							   const char *twin_id, int idlen,
 							   const char *image, Size len,
 							   int64 event_count, TimestampTz updated_at);
-extern void dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg);
+extern void dt_durable_scan(int partition, int partitions, int32 model_id,
+							dt_durable_fn fn, void *arg);
 
 /* ----------------------------------------------------------------
  * lifecycle.c: versions, pause (the workers' side)
@@ -526,6 +527,7 @@ struct DtCurrentEvent
 typedef struct DtCurrentEvent DtCurrentEvent;
 
 extern DtCurrentEvent *dt_current_event;	/* defined in util.c */
+extern bool dt_migration_running;	/* util.c, set by lifecycle.c */
 extern const char *dt_event_kind(const DtEvent *ev);	/* context.c */
 extern uint64 dt_messages_sent;	/* messages sent by models (util.c) */
 

@@ -36,6 +36,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_collation.h"
 #include "catalog/pg_type.h"
@@ -50,6 +51,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/regproc.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "dt_internal.h"
@@ -73,11 +75,50 @@ typedef struct DtModelRow
 	Oid			owner;
 	int32		version;
 	bool		paused;
+	int32		state_version;
 } DtModelRow;
 
 /*
+ * A switch holds the workers of the database until its transaction ends:
+ * it cannot be prepared (COMMIT PREPARED could come after a restart, the
+ * workers waiting all along).
+ */
+static bool switched_in_xact = false;
+static bool switch_callback_registered = false;
+
+static void
+dt_switch_xact_callback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_PREPARE:
+			if (switched_in_xact)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot PREPARE a transaction that ran alter_model(), pause_model(), resume_model(), set_event_log() or set_history()"),
+						 errdetail("The workers of the database wait for it to end.")));
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			switched_in_xact = false;
+			dt_migration_running = false;
+			break;
+		default:
+			break;
+	}
+}
+
+/*
  * Lock out the workers' batches (see the file header), then read and lock
- * the model's row.  Runs inside a trusted scope (SPI connected).
+ * the model's row.  Runs inside a trusted scope (SPI connected); pushes
+ * the snapshot the switch reads with, which dt_switch_end() pops.
+ *
+ * A transaction-wide snapshot (REPEATABLE READ, SERIALIZABLE) is refused:
+ * taken before the lock, it would miss what the last batches committed
+ * (the states to migrate, the events to hold or resume).
  */
 static void
 dt_switch_begin(const char *name, Oid caller, const char *action, DtModelRow *row)
@@ -90,9 +131,25 @@ dt_switch_begin(const char *name, Oid caller, const char *action, DtModelRow *ro
 	Datum		d;
 	int			ret;
 
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot %s a model in a transaction at isolation level %s",
+						action, XactIsoLevel == XACT_SERIALIZABLE ? "SERIALIZABLE" : "REPEATABLE READ"),
+				 errdetail("The switch must see what the workers committed up to the moment it has their lock."),
+				 errhint("Run it in a READ COMMITTED transaction.")));
+	if (!switch_callback_registered)
+	{
+		RegisterXactCallback(dt_switch_xact_callback, NULL);
+		switch_callback_registered = true;
+	}
 	LockRelationOid(dt_models_relid(), ExclusiveLock);
+	switched_in_xact = true;
+	/* what every batch that ended before the lock committed, and our own */
+	CommandCounterIncrement();
+	PushActiveSnapshot(GetTransactionSnapshot());
 	ret = SPI_execute_with_args("SELECT id, process::pg_catalog.oid, init::pg_catalog.oid, "
-								"state_type::pg_catalog.oid, owner::pg_catalog.oid, version, paused "
+								"state_type::pg_catalog.oid, owner::pg_catalog.oid, version, paused, state_version "
 								"FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 								1, &argtype, &arg, NULL, false, 1);
 	if (ret != SPI_OK_SELECT)
@@ -111,7 +168,14 @@ dt_switch_begin(const char *name, Oid caller, const char *action, DtModelRow *ro
 	row->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 5, &isnull));
 	row->version = DatumGetInt32(SPI_getbinval(tup, desc, 6, &isnull));
 	row->paused = DatumGetBool(SPI_getbinval(tup, desc, 7, &isnull));
+	row->state_version = DatumGetInt32(SPI_getbinval(tup, desc, 8, &isnull));
 	dt_check_model_owner(name, caller, row->owner, action);
+}
+
+static void
+dt_switch_end(void)
+{
+	PopActiveSnapshot();
 }
 
 /* init and migrate are checked in the trusted scope: the caller's right here */
@@ -172,6 +236,7 @@ typedef struct DtMigration
 	Datum		twin_ids[DT_MIGRATE_CHUNK];
 	Datum		states[DT_MIGRATE_CHUNK];
 	int			n;
+	Size		bytes;			/* of the states waiting */
 	int64		migrated;
 	const char *twin_id;		/* the twin being converted, for the context */
 } DtMigration;
@@ -212,6 +277,7 @@ dt_migration_flush(DtMigration *mg)
 	SPI_finish();
 	mg->migrated += mg->n;
 	mg->n = 0;
+	mg->bytes = 0;
 	MemoryContextReset(mg->chunk_cxt);
 }
 
@@ -248,9 +314,11 @@ dt_migrate_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
 	fcinfo->args[1].isnull = false;
 	guc_level = dt_become_model_owner(mg->owner, mg->search_path,
 									  &save_userid, &save_sec_context);
+	/* no switch from inside (reset at the end of the transaction on error) */
+	dt_migration_running = true;
 	result = FunctionCallInvoke(fcinfo);
+	dt_migration_running = false;
 	dt_leave_model_owner(save_userid, save_sec_context, guc_level);
-	dt_model_forget_session_state();
 	if (fcinfo->isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -259,16 +327,37 @@ dt_migrate_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
 				 errhint("Return a state for every twin; a twin ends when its process function returns NULL.")));
 	dt_check_state(&mg->target, result);
 
+	/* copied out of the call's memory, which is reset below */
 	MemoryContextSwitchTo(mg->chunk_cxt);
 	mg->twin_ids[mg->n] = CStringGetTextDatum(id);
 	mg->states[mg->n] = PointerGetDatum(dt_state_to_bytea(result, mg->target.typlen,
 														  mg->target.typbyval));
+	mg->bytes += VARSIZE(DatumGetPointer(mg->states[mg->n]));
 	mg->n++;
 	MemoryContextSwitchTo(old);
 	mg->twin_id = NULL;
 	MemoryContextReset(mg->row_cxt);
-	if (mg->n == DT_MIGRATE_CHUNK)
+	/* arrays well under the 1 GB a value may have */
+	if (mg->n == DT_MIGRATE_CHUNK || mg->bytes >= DT_FLUSH_BYTES)
 		dt_migration_flush(mg);
+}
+
+/* Every twin of the model was converted: none left in the former type. */
+static void
+dt_migration_check_count(int32 model_id, int64 migrated)
+{
+	Datum		arg = Int32GetDatum(model_id);
+	Oid			type = INT4OID;
+	bool		isnull;
+	int64		twins;
+
+	if (SPI_execute_with_args("SELECT count(*) FROM digitaltwin.twin_state "
+							  "WHERE model_id OPERATOR(pg_catalog.=) $1",
+							  1, &type, &arg, NULL, true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "digitaltwin: cannot count the twins migrated");
+	twins = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	if (twins != migrated)
+		elog(ERROR, "digitaltwin: migrated " INT64_FORMAT " of " INT64_FORMAT " twins", migrated, twins);
 }
 
 /*
@@ -304,11 +393,12 @@ dt_migrate_states(const char *name, const DtModelRow *row, Oid migrate,
 	errcb.arg = mg;
 	errcb.previous = error_context_stack;
 	error_context_stack = &errcb;
-	dt_durable_scan(-1, 1, dt_migrate_twin, mg);
+	dt_durable_scan(-1, 1, mg->model_id, dt_migrate_twin, mg);
 	dt_migration_flush(mg);
 	error_context_stack = errcb.previous;
 
 	migrated = mg->migrated;
+	dt_migration_check_count(mg->model_id, migrated);
 	MemoryContextDelete(mg->row_cxt);
 	MemoryContextDelete(mg->chunk_cxt);
 	pfree(mg);
@@ -356,6 +446,24 @@ digitaltwin_alter_model(PG_FUNCTION_ARGS)
 
 	dt_trusted_enter(&scope);
 	dt_switch_begin(name, caller, "alter", &row);
+
+	/*
+	 * New code runs as the owner: only the owner (or a member of its role)
+	 * gives it; digitaltwin_admin may pause, resume and drop any model, but
+	 * not run its code as another role.
+	 */
+	if (!has_privs_of_role(caller, row.owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only the owner of model \"%s\" may change its functions", name),
+				 errdetail("The functions of a model run as its owner, %s.",
+						   GetUserNameFromId(row.owner, false)),
+				 errhint("Members of digitaltwin_admin may pause, resume or drop the model; its owner alters it.")));
+	if (!dt_allow_superuser_models && superuser_arg(row.owner))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("model \"%s\" is owned by a superuser", name),
+				 errhint("Set digitaltwin.allow_superuser_models = on, or recreate the model as an ordinary role.")));
 	if (!OidIsValid(process))
 	{
 		process = row.process;
@@ -393,6 +501,17 @@ digitaltwin_alter_model(PG_FUNCTION_ARGS)
 	dt_check_owner_may_execute(init, row.owner, name, "init");
 	dt_check_owner_may_execute(migrate, row.owner, name, "migrate");
 
+	/*
+	 * The images in shared memory carry the state version in 16 bits
+	 * (DtTwinEntry): it must never come round to a value a reader could
+	 * still hold.
+	 */
+	if (OidIsValid(migrate) && row.state_version >= PG_UINT16_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("model \"%s\" has been migrated %d times, the most a model can be",
+						name, row.state_version - 1),
+				 errhint("Create a new model for another migration.")));
 	if (OidIsValid(migrate))
 		migrated = dt_migrate_states(name, &row, migrate, new_type, search_path);
 
@@ -425,6 +544,7 @@ digitaltwin_alter_model(PG_FUNCTION_ARGS)
 								7, argtypes, values, nulls, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	dt_switch_end();
 	dt_trusted_leave(&scope);
 
 	CacheInvalidateRelcacheByRelid(dt_models_relid());
@@ -473,6 +593,7 @@ digitaltwin_pause_model(PG_FUNCTION_ARGS)
 				(errmsg("model \"%s\" is already paused", name)));
 	else
 		dt_set_paused(row.id, true);
+	dt_switch_end();
 	dt_trusted_leave(&scope);
 	PG_RETURN_VOID();
 }
@@ -516,6 +637,7 @@ digitaltwin_resume_model(PG_FUNCTION_ARGS)
 		resumed = SPI_processed;
 		dt_set_paused(row.id, false);
 	}
+	dt_switch_end();
 	dt_trusted_leave(&scope);
 	PG_RETURN_INT64((int64) resumed);
 }
@@ -728,6 +850,7 @@ digitaltwin_set_event_log(PG_FUNCTION_ARGS)
 
 	dt_trusted_enter(&scope);
 	(void) dt_set_keep(fcinfo, name, caller, "digitaltwin.set_event_log()", "event_log_keep", &id);
+	dt_switch_end();
 	dt_trusted_leave(&scope);
 	PG_RETURN_VOID();
 }
@@ -759,6 +882,7 @@ digitaltwin_set_history(PG_FUNCTION_ARGS)
 								  1, &type, &arg, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "digitaltwin: cannot record the current states of model \"%s\"", name);
 	}
+	dt_switch_end();
 	dt_trusted_leave(&scope);
 	PG_RETURN_VOID();
 }

@@ -17,6 +17,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
@@ -27,6 +28,7 @@
 #include "executor/spi.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "storage/lmgr.h"
 #include "storage/lock.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -484,7 +486,7 @@ dt_drop_model_check_force(const char *name, Datum id)
 
 	ret = SPI_execute_with_args("SELECT count(*) FROM digitaltwin.twin_state "
 								"WHERE model_id OPERATOR(pg_catalog.=) $1",
-								1, &argtype, &id, NULL, true, 0);
+								1, &argtype, &id, NULL, false, 0);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	twins = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -492,7 +494,7 @@ dt_drop_model_check_force(const char *name, Datum id)
 	{
 		ret = SPI_execute_with_args("SELECT count(*) FROM digitaltwin.held_events "
 									"WHERE model_id OPERATOR(pg_catalog.=) $1",
-									1, &argtype, &id, NULL, true, 0);
+									1, &argtype, &id, NULL, false, 0);
 		if (ret != SPI_OK_SELECT)
 			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -531,7 +533,21 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	arg = CStringGetTextDatum(name);
 
+	if (!force && IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("cannot tell whether model \"%s\" has twins in a transaction at isolation level %s",
+						name, XactIsoLevel == XACT_SERIALIZABLE ? "SERIALIZABLE" : "REPEATABLE READ"),
+				 errhint("Run it in a READ COMMITTED transaction, or drop with force => true.")));
 	dt_trusted_enter(&scope);
+
+	/*
+	 * As a switch of lifecycle.c: no batch is creating twins of the model
+	 * or holding its events while it is looked at and dropped, and the
+	 * look sees what the last batches committed.
+	 */
+	LockRelationOid(dt_models_relid(), ExclusiveLock);
+	CommandCounterIncrement();
 	ret = SPI_execute_with_args("SELECT owner::pg_catalog.oid, id FROM digitaltwin.models "
 								"WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
 								1, &argtype, &arg, NULL, false, 1);

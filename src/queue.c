@@ -901,6 +901,19 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 				 errmsg("digitaltwin.wait_idle() cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
 				 errdetail("It must see the workers' commits, which such a transaction's snapshot hides.")));
 
+	/* the workers wait for a switch of lifecycle.c to end: never idle */
+	{
+		LOCKTAG		tag;
+
+		SET_LOCKTAG_RELATION(tag, MyDatabaseId, dt_models_relid());
+		if (LockHeldByMe(&tag, ExclusiveLock))
+			ereport(ERROR,
+					(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+					 errmsg("digitaltwin.wait_idle() cannot wait in the transaction of a switch of model"),
+					 errdetail("alter_model(), pause_model(), resume_model(), set_event_log(), set_history() and drop_model() hold the workers until their transaction ends."),
+					 errhint("Commit the transaction, then call wait_idle().")));
+	}
+
 	deadline = dt_wait_deadline(timeout, GetCurrentTimestamp());
 
 	/* just after CREATE EXTENSION or server start: the launcher is starting the workers */

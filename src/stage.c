@@ -145,7 +145,18 @@ dt_state_to_bytea(Datum value, int16 typlen, bool typbyval)
 	Size		len;
 
 	if (!typbyval && typlen == -1)
-		return (bytea *) detoast_attr((struct varlena *) DatumGetPointer(value));
+	{
+		struct varlena *v = (struct varlena *) DatumGetPointer(value);
+		struct varlena *flat = detoast_attr(v);
+
+		/* a copy of its own, whatever the value's memory becomes */
+		if (flat == v)
+		{
+			flat = palloc(VARSIZE(v));
+			memcpy(flat, v, VARSIZE(v));
+		}
+		return (bytea *) flat;
+	}
 	len = dt_state_image_size(value, typlen, typbyval);
 	b = palloc(VARHDRSZ + len);
 	SET_VARSIZE(b, VARHDRSZ + len);
@@ -342,10 +353,11 @@ dt_durable_row(HeapTuple tup, TupleDesc desc, void *arg)
 }
 
 void
-dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
+dt_durable_scan(int partition, int partitions, int32 model_id,
+				dt_durable_fn fn, void *arg)
 {
-	Oid			types[2] = {INT4OID, INT4OID};
-	Datum		args[2];
+	Oid			types[3] = {INT4OID, INT4OID, INT4OID};
+	Datum		args[3];
 	DtDurableScan scan;
 
 	scan.fn = fn;
@@ -353,6 +365,7 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 	memset(&scan.rt, 0, sizeof(scan.rt));	/* no type looked up yet */
 	args[0] = Int32GetDatum(partitions);
 	args[1] = Int32GetDatum(partition);
+	args[2] = Int32GetDatum(model_id);
 	SPI_connect();
 	dt_spi_cursor_each(SPI_cursor_open_with_args(NULL,
 												 "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
@@ -364,9 +377,10 @@ dt_durable_scan(int partition, int partitions, dt_durable_fn fn, void *arg)
 												 "JOIN digitaltwin.models m ON m.id OPERATOR(pg_catalog.=) s.model_id "
 												 "JOIN pg_catalog.pg_type t "
 												 "  ON t.oid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid "
-												 "WHERE $2 OPERATOR(pg_catalog.<) 0 "
-												 "   OR digitaltwin.partition_of(s.twin_id, $1) OPERATOR(pg_catalog.=) $2",
-												 2, types, args, NULL, true, 0),
+												 "WHERE ($2 OPERATOR(pg_catalog.<) 0 "
+												 "   OR digitaltwin.partition_of(s.twin_id, $1) OPERATOR(pg_catalog.=) $2) "
+												 "AND ($3 OPERATOR(pg_catalog.=) 0 OR s.model_id OPERATOR(pg_catalog.=) $3)",
+												 3, types, args, NULL, true, 0),
 					   dt_durable_row, &scan);
 	SPI_finish();
 }

@@ -135,7 +135,15 @@ dt_forbid_in_model(const char *function)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s cannot be called from a model function", function),
 				 errdetail("Model functions run inside the background workers' batches.")));
+	if (dt_migration_running)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s cannot be called from a migrate function", function),
+				 errdetail("The migration of alter_model() is converting the states of a model.")));
 }
+
+/* set by lifecycle.c while a migrate function runs */
+bool		dt_migration_running = false;
 
 /*
  * Call fn for every row of an open SPI cursor, 10000 rows at a time, with

@@ -325,7 +325,7 @@ dt_live_add_durables(DtLiveCollect *c, int partition)
 	DtTrustedScope scope;
 
 	dt_trusted_enter(&scope);
-	dt_durable_scan(partition, c->nparts, dt_live_add_durable, c);
+	dt_durable_scan(partition, c->nparts, 0, dt_live_add_durable, c);
 	dt_trusted_leave(&scope);
 }
 

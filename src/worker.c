@@ -707,7 +707,7 @@ dt_worker_rebuild(void)
 	progress.loaded = 0;
 	progress.per_model = hash_create("digitaltwin twins loaded per model", 16, &ctl,
 									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	dt_durable_scan(my_partition, dt_shared->nworkers, dt_worker_load_twin, &progress);
+	dt_durable_scan(my_partition, dt_shared->nworkers, 0, dt_worker_load_twin, &progress);
 	dt_timers_load(my_partition, dt_shared->nworkers);
 	hash_seq_init(&status, progress.per_model);
 	while ((count = hash_seq_search(&status)) != NULL)
