@@ -400,6 +400,7 @@ extern void dt_check_migrate(Oid fn, Oid old_type, Oid new_type);
 extern bool dt_is_admin(Oid roleid);
 extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
 								 const char *action);
+extern void dt_model_lock_row(const char *name, const char *columns);
 
 /* worker-side model cache */
 extern bool dt_models_refresh(bool force);

@@ -123,13 +123,10 @@ dt_switch_xact_callback(XactEvent event, void *arg)
 static void
 dt_switch_begin(const char *name, Oid caller, const char *action, DtModelRow *row)
 {
-	Datum		arg = CStringGetTextDatum(name);
-	Oid			argtype = TEXTOID;
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
 	Datum		d;
-	int			ret;
 
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
@@ -143,21 +140,11 @@ dt_switch_begin(const char *name, Oid caller, const char *action, DtModelRow *ro
 		RegisterXactCallback(dt_switch_xact_callback, NULL);
 		switch_callback_registered = true;
 	}
-	LockRelationOid(dt_models_relid(), ExclusiveLock);
 	switched_in_xact = true;
-	/* what every batch that ended before the lock committed, and our own */
-	CommandCounterIncrement();
+	dt_model_lock_row(name, "id, process::pg_catalog.oid, init::pg_catalog.oid, "
+					  "state_type::pg_catalog.oid, owner::pg_catalog.oid, version, paused, state_version");
+	/* for the reads that follow: what the batches before the lock committed */
 	PushActiveSnapshot(GetTransactionSnapshot());
-	ret = SPI_execute_with_args("SELECT id, process::pg_catalog.oid, init::pg_catalog.oid, "
-								"state_type::pg_catalog.oid, owner::pg_catalog.oid, version, paused, state_version "
-								"FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-								1, &argtype, &arg, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" does not exist", name)));
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	row->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));

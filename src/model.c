@@ -471,6 +471,33 @@ dt_check_model_owner(const char *name, Oid caller, Oid owner, const char *action
 }
 
 /*
+ * Hold off the workers' batches (they take digitaltwin.models in ROW SHARE
+ * mode, worker.c) until the end of the transaction, then read the given
+ * columns of the model's row, locked, into SPI_tuptable: the switches of
+ * lifecycle.c and drop_model() see what the last batches committed, and no
+ * batch runs while they change the model.  Inside SPI.
+ */
+void
+dt_model_lock_row(const char *name, const char *columns)
+{
+	Datum		arg = CStringGetTextDatum(name);
+	Oid			argtype = TEXTOID;
+	int			ret;
+
+	LockRelationOid(dt_models_relid(), ExclusiveLock);
+	CommandCounterIncrement();
+	ret = SPI_execute_with_args(psprintf("SELECT %s FROM digitaltwin.models "
+										 "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE", columns),
+								1, &argtype, &arg, NULL, false, 1);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", name)));
+}
+
+/*
  * A model that still has twins (or, from version 1.8, held events) is
  * dropped only with force => true: dropping forgets them for good, and
  * alter_model() is the way to change a model and keep them.
@@ -546,17 +573,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	 * or holding its events while it is looked at and dropped, and the
 	 * look sees what the last batches committed.
 	 */
-	LockRelationOid(dt_models_relid(), ExclusiveLock);
-	CommandCounterIncrement();
-	ret = SPI_execute_with_args("SELECT owner::pg_catalog.oid, id FROM digitaltwin.models "
-								"WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-								1, &argtype, &arg, NULL, false, 1);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" does not exist", name)));
+	dt_model_lock_row(name, "owner::pg_catalog.oid, id");
 	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 1, &isnull));
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
