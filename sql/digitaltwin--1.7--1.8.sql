@@ -315,3 +315,155 @@ REVOKE ALL ON FUNCTION digitaltwin.set_history(text, interval) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION digitaltwin.set_event_log(text, interval) TO digitaltwin_admin;
 GRANT EXECUTE ON FUNCTION digitaltwin.set_history(text, interval) TO digitaltwin_admin;
 -- [end section: event log and history]
+
+-- [section: rehearsal]
+--------------------------------------------------------------------------
+-- Rehearsal: a candidate version run over the logged events of a model,
+-- in event order, in a sandbox (src/rehearsal.c).  Its twins, alerts,
+-- outbox messages and failures go to the tables below, never to the live
+-- ones; nothing is notified, nothing delivered; its timers fire in event
+-- time; whatever the candidate writes to other tables is rolled back.
+--------------------------------------------------------------------------
+CREATE TABLE digitaltwin.rehearsals (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model_id          integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    model             text NOT NULL,
+    candidate_process regprocedure NOT NULL,
+    candidate_init    regprocedure,
+    since             timestamptz,
+    until             timestamptz,
+    from_history      boolean NOT NULL,
+    events            bigint NOT NULL DEFAULT 0,
+    timers_fired      bigint NOT NULL DEFAULT 0,
+    failed            bigint NOT NULL DEFAULT 0,
+    created_by        regrole NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE digitaltwin.rehearsal_twins (
+    rehearsal   bigint NOT NULL REFERENCES digitaltwin.rehearsals (id) ON DELETE CASCADE,
+    twin_id     text COLLATE "C" NOT NULL,
+    state       jsonb NOT NULL,
+    event_count bigint NOT NULL,
+    PRIMARY KEY (rehearsal, twin_id)
+);
+
+CREATE TABLE digitaltwin.rehearsal_alerts (
+    rehearsal bigint NOT NULL REFERENCES digitaltwin.rehearsals (id) ON DELETE CASCADE,
+    twin_id   text COLLATE "C" NOT NULL,
+    event_id  bigint NOT NULL,
+    severity  text NOT NULL,
+    message   text NOT NULL,
+    details   jsonb
+);
+CREATE INDEX rehearsal_alerts_idx ON digitaltwin.rehearsal_alerts (rehearsal, event_id);
+
+CREATE TABLE digitaltwin.rehearsal_outbox (
+    rehearsal bigint NOT NULL REFERENCES digitaltwin.rehearsals (id) ON DELETE CASCADE,
+    twin_id   text COLLATE "C" NOT NULL,
+    event_id  bigint NOT NULL,
+    payload   jsonb NOT NULL
+);
+CREATE INDEX rehearsal_outbox_idx ON digitaltwin.rehearsal_outbox (rehearsal, event_id);
+
+CREATE TABLE digitaltwin.rehearsal_dead_letters (
+    rehearsal bigint NOT NULL REFERENCES digitaltwin.rehearsals (id) ON DELETE CASCADE,
+    twin_id   text COLLATE "C" NOT NULL,
+    event_id  bigint NOT NULL,
+    error     text NOT NULL,
+    sqlstate  text NOT NULL
+);
+CREATE INDEX rehearsal_dead_letters_idx ON digitaltwin.rehearsal_dead_letters (rehearsal, event_id);
+
+COMMENT ON TABLE digitaltwin.rehearsals IS
+'Rehearsals run by rehearse(): which candidate, over which events, how many were applied, fired or failed.';
+COMMENT ON TABLE digitaltwin.rehearsal_twins IS 'The final state of each twin of a rehearsal (as jsonb).';
+COMMENT ON TABLE digitaltwin.rehearsal_alerts IS 'The alerts a rehearsal''s candidate raised (never notified).';
+COMMENT ON TABLE digitaltwin.rehearsal_outbox IS 'The messages to the data sources a rehearsal''s candidate sent (never delivered).';
+COMMENT ON TABLE digitaltwin.rehearsal_dead_letters IS 'The events a rehearsal''s candidate failed on, with the error.';
+COMMENT ON INDEX digitaltwin.rehearsal_alerts_idx IS 'A rehearsal''s alerts by event, for rehearsal_diff().';
+COMMENT ON INDEX digitaltwin.rehearsal_outbox_idx IS 'A rehearsal''s messages by event.';
+COMMENT ON INDEX digitaltwin.rehearsal_dead_letters_idx IS 'A rehearsal''s failures by event.';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.rehearsals', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.rehearsals_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.rehearsal_twins', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.rehearsal_alerts', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.rehearsal_outbox', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.rehearsal_dead_letters', '');
+GRANT SELECT, DELETE ON digitaltwin.rehearsals, digitaltwin.rehearsal_twins,
+    digitaltwin.rehearsal_alerts, digitaltwin.rehearsal_outbox,
+    digitaltwin.rehearsal_dead_letters TO digitaltwin_admin;
+
+CREATE FUNCTION digitaltwin.rehearse(model text, candidate_process regprocedure,
+                                     candidate_init regprocedure DEFAULT NULL,
+                                     since timestamptz DEFAULT NULL,
+                                     until timestamptz DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'digitaltwin_rehearse'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.rehearse(text, regprocedure, regprocedure, timestamptz, timestamptz) IS
+'Runs a candidate version of a model over its logged events (set_event_log()) that the live model processed in [since, until), in event order, in a sandbox (digitaltwin.rehearsal_*); starts from the twins as of since when the model has a history, else empty.  Returns the rehearsal''s id.  For the model''s owner.';
+
+REVOKE ALL ON FUNCTION digitaltwin.rehearse(text, regprocedure, regprocedure, timestamptz, timestamptz) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.rehearse(text, regprocedure, regprocedure, timestamptz, timestamptz) TO digitaltwin_admin;
+
+-- What the live model did with the same events, against the candidate:
+-- alerts matched by event and severity (as multisets), and the final
+-- states (live: as of the rehearsal's until with a history, else now).
+CREATE FUNCTION digitaltwin.rehearsal_diff(rehearsal bigint)
+RETURNS TABLE (twin_id text, kind text, event_id bigint, severity text, message text,
+               live_state jsonb, candidate_state jsonb)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH r AS (
+        SELECT * FROM digitaltwin.rehearsals x WHERE x.id OPERATOR(pg_catalog.=) rehearsal_diff.rehearsal
+    ), ev AS (
+        SELECT l.event_id FROM digitaltwin.event_log l, r
+        WHERE l.model_id OPERATOR(pg_catalog.=) r.model_id
+          AND (r.since IS NULL OR l.logged_at OPERATOR(pg_catalog.>=) r.since)
+          AND (r.until IS NULL OR l.logged_at OPERATOR(pg_catalog.<) r.until)
+    ), live AS (
+        SELECT a.twin_id, a.event_id, a.severity, a.message,
+               pg_catalog.row_number() OVER (PARTITION BY a.event_id, a.severity ORDER BY a.id) AS n
+        FROM digitaltwin.alerts a, r
+        WHERE a.model OPERATOR(pg_catalog.=) r.model
+          AND a.event_id IN (SELECT ev.event_id FROM ev)
+    ), cand AS (
+        SELECT c.twin_id, c.event_id, c.severity, c.message,
+               pg_catalog.row_number() OVER (PARTITION BY c.event_id, c.severity ORDER BY c.ctid) AS n
+        FROM digitaltwin.rehearsal_alerts c
+        WHERE c.rehearsal OPERATOR(pg_catalog.=) rehearsal_diff.rehearsal
+    ), live_twins AS (
+        SELECT t.twin_id, t.state FROM r, digitaltwin.twins_as_of(r.until) t
+        WHERE r.until IS NOT NULL AND t.model OPERATOR(pg_catalog.=) r.model
+        UNION ALL
+        SELECT t.twin_id, t.state FROM r, digitaltwin.twins t
+        WHERE r.until IS NULL AND t.model OPERATOR(pg_catalog.=) r.model
+    )
+    SELECT l.twin_id, 'live_only_alert', l.event_id, l.severity, l.message, NULL::jsonb, NULL::jsonb
+    FROM live l
+    WHERE NOT EXISTS (SELECT FROM cand c WHERE c.event_id OPERATOR(pg_catalog.=) l.event_id
+                        AND c.severity OPERATOR(pg_catalog.=) l.severity AND c.n OPERATOR(pg_catalog.=) l.n)
+    UNION ALL
+    SELECT c.twin_id, 'candidate_only_alert', c.event_id, c.severity, c.message, NULL, NULL
+    FROM cand c
+    WHERE NOT EXISTS (SELECT FROM live l WHERE l.event_id OPERATOR(pg_catalog.=) c.event_id
+                        AND l.severity OPERATOR(pg_catalog.=) c.severity AND l.n OPERATOR(pg_catalog.=) c.n)
+    UNION ALL
+    SELECT coalesce(lt.twin_id, ct.twin_id), 'state', NULL, NULL, NULL, lt.state, ct.state
+    FROM live_twins lt
+    FULL JOIN (SELECT x.twin_id, x.state FROM digitaltwin.rehearsal_twins x
+               WHERE x.rehearsal OPERATOR(pg_catalog.=) rehearsal_diff.rehearsal) ct
+      ON ct.twin_id OPERATOR(pg_catalog.=) lt.twin_id
+    WHERE lt.state IS DISTINCT FROM ct.state
+    ORDER BY 3 NULLS LAST, 2, 1
+$$;
+
+COMMENT ON FUNCTION digitaltwin.rehearsal_diff(bigint) IS
+'What a rehearsal''s candidate did differently from the live model over the same events: alerts only the live model raised (live_only_alert), only the candidate (candidate_only_alert), matched by event and severity, and one ''state'' row per twin whose final states differ.';
+REVOKE ALL ON FUNCTION digitaltwin.rehearsal_diff(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.rehearsal_diff(bigint) TO digitaltwin_admin;
+-- [end section: rehearsal]

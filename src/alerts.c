@@ -92,6 +92,16 @@ dt_alerts_undo_to(int mark)
 		nalerts = mark;
 }
 
+/* The i-th staged alert (i < dt_alerts_mark()), for a rehearsal. */
+void
+dt_alerts_get(int i, const char **severity, const char **message, Jsonb **details)
+{
+	Assert(i < nalerts);
+	*severity = alerts[i].severity;
+	*message = alerts[i].message;
+	*details = alerts[i].details;
+}
+
 void
 digitaltwin_alert(const char *severity, const char *message, Jsonb *details)
 {

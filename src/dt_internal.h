@@ -22,6 +22,7 @@
  *	  timers.c	 durable timers: set_timer(), cancel_timer(), firing
  *	  history.c	 what a batch writes to the event log and the state history
  *	  partitions.c the time partitions of the event log and history
+ *	  rehearsal.c rehearse(): a candidate version over the event log, sandboxed
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
  *	  worker.c	 background worker loop and batch transaction
@@ -533,6 +534,8 @@ extern const char *dt_event_kind(const DtEvent *ev);	/* context.c */
 extern uint64 dt_messages_sent;	/* messages sent by models (util.c) */
 
 extern void dt_alerts_begin(MemoryContext cxt);
+extern void dt_alerts_get(int i, const char **severity, const char **message,
+						  Jsonb **details);
 extern int	dt_alerts_mark(void);
 extern void dt_alerts_undo_to(int mark);
 extern int	dt_alerts_flush(void);
@@ -556,6 +559,18 @@ extern TimestampTz dt_timers_next_due(void);
 extern int64 dt_timers_pending(void);
 extern void dt_timers_purge_models(bool (*is_live) (int32 model_id));
 extern void dt_timers_unpark(void);
+
+/*
+ * Timers of a rehearsal (rehearsal.c): set_timer() and cancel_timer() go to
+ * the rehearsal's own timers, in event time, instead of the batch's.
+ */
+typedef struct DtTimerHooks
+{
+	void		(*set) (const DtEvent *ev, const char *name, const Interval *after,
+						Jsonb *payload, const Interval *every);
+	bool		(*cancel) (const DtEvent *ev, const char *name);
+} DtTimerHooks;
+extern const DtTimerHooks *dt_timer_hooks;
 extern void dt_timers_begin(MemoryContext cxt);
 extern int	dt_timers_undo_mark(void);
 extern void dt_timers_undo_to(int mark);
@@ -581,6 +596,7 @@ extern void dt_log_partitions_maintain(void);
  * ----------------------------------------------------------------
  */
 extern void dt_outbox_begin(MemoryContext cxt);
+extern Jsonb *dt_outbox_get(int i);
 extern int	dt_outbox_mark(void);
 extern void dt_outbox_undo_to(int mark);
 extern int	dt_outbox_flush(void);

@@ -1027,7 +1027,9 @@ dt_model_call(DtModel *model, bool init, int nargs, Datum *args,
 
 	dt_model_timeouts_disarm();
 	dt_leave_model_owner(save_userid, save_sec_context, guc_level);
-	dt_model_forget_session_state();
+	/* a rehearsal calls models in the user's session: its state is the user's */
+	if (dt_is_worker)
+		dt_model_forget_session_state();
 
 	if (call_timed_out)
 	{

@@ -91,6 +91,14 @@ dt_outbox_undo_to(int mark)
 		ncommands = mark;
 }
 
+/* The i-th staged message (i < dt_outbox_mark()), for a rehearsal. */
+Jsonb *
+dt_outbox_get(int i)
+{
+	Assert(i < ncommands);
+	return commands[i].payload;
+}
+
 void
 digitaltwin_send_to_source(Jsonb *payload)
 {

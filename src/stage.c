@@ -379,7 +379,9 @@ dt_durable_scan(int partition, int partitions, int32 model_id,
 												 "  ON t.oid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid "
 												 "WHERE ($2 OPERATOR(pg_catalog.<) 0 "
 												 "   OR digitaltwin.partition_of(s.twin_id, $1) OPERATOR(pg_catalog.=) $2) "
-												 "AND ($3 OPERATOR(pg_catalog.=) 0 OR s.model_id OPERATOR(pg_catalog.=) $3)",
+												 "AND ($3 OPERATOR(pg_catalog.=) 0 OR s.model_id OPERATOR(pg_catalog.=) $3) "
+												 /* one model's twins (a migration): in a stable order */
+												 "ORDER BY CASE WHEN $3 OPERATOR(pg_catalog.<>) 0 THEN s.twin_id END",
 												 3, types, args, NULL, true, 0),
 					   dt_durable_row, &scan);
 	SPI_finish();

@@ -158,6 +158,9 @@ static HTAB *index_timers = NULL;
 static HTAB *index_twins = NULL;
 static pairingheap *index_heap = NULL;
 static bool index_valid = false;
+
+/* set while a rehearsal runs (rehearsal.c) */
+const DtTimerHooks *dt_timer_hooks = NULL;
 static int64 nparked = 0;		/* timers parked (dt_timers_claim) */
 static bool table_exists = false;	/* timer_state: since version 1.6 */
 
@@ -636,6 +639,11 @@ digitaltwin_set_timer(const char *name, const Interval *after,
 				 errmsg("timer due time out of range"),
 				 errdetail("A timer must fall due, and a recurring one fire twice, before the end of the range of timestamps.")));
 
+	if (dt_timer_hooks != NULL)
+	{
+		dt_timer_hooks->set(ev, name, after, payload, every);
+		return;
+	}
 	key.model_id = dt_current_event->model->id;
 	key.twin_id = ev->twin_id;
 	key.name = name;
@@ -668,6 +676,8 @@ digitaltwin_cancel_timer(const char *name)
 	DtTimerOp  *op;
 
 	dt_timer_check_name(name);
+	if (dt_timer_hooks != NULL)
+		return dt_timer_hooks->cancel(ev, name);
 	key.model_id = dt_current_event->model->id;
 	key.twin_id = ev->twin_id;
 	key.name = name;

@@ -176,7 +176,7 @@ my ($toc) = run_command([ 'pg_restore', '-l', "$dir/a.dump" ]);
 my @data = $toc =~ /(?:TABLE DATA|SEQUENCE SET) digitaltwin (\S+) /g;
 my %pos = map { $data[$_] => $_ } 0 .. $#data;
 is( join(',', sort @data),
-	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_versions,models,models_id_seq,outbox,outbox_id_seq,state_history_default,timer_state,twin_state',
+	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state',
 	'the dump has the data of every table holding users\' data')
   or diag($toc);
 ok( defined $pos{models}
