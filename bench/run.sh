@@ -732,7 +732,18 @@ for r in $(seq "$REPEAT"); do
 		HT[$mode]+="$((t1 - t0)) "
 	done
 done
+# a rehearsal of the C model over the log of one more round
+reset_all
+dt_psql -c "TRUNCATE digitaltwin.event_log, digitaltwin.state_history" >/dev/null
+hist_mode log
+dt_psql -c "COPY digitaltwin.events (model, twin_id, payload) FROM '$DT_DIR/events_heart_rate_c.tsv'" >/dev/null
+wait_idle
 hist_mode none
+t0=$(now_ms)
+dt_psql -At -c "SELECT digitaltwin.rehearse('heart_rate_c', process, init) FROM digitaltwin.models WHERE name = 'heart_rate_c'" >/dev/null
+t1=$(now_ms)
+record "rehearse(), heart_rate_c" "event log" "$EVENTS" $((t1 - t0)) "the same events, replayed in a sandbox"
+rehearse_ms=$((t1 - t0))
 hmed() { tr ' ' '\n' <<<"$1" | grep . | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }'; }
 record "digitaltwin heart_rate_c" copy "$EVENTS" "$(hmed "${HT[none]}")" "median of $REPEAT; no event log, no history"
 record "heart_rate_c + event log" copy "$EVENTS" "$(hmed "${HT[log]}")" "median of $REPEAT; set_event_log"
@@ -741,6 +752,8 @@ log_cost=$(awk "BEGIN{printf \"%.2f\", 1 - $(hmed "${HT[none]}") / $(hmed "${HT[
 hist_cost=$(awk "BEGIN{printf \"%.2f\", 1 - $(hmed "${HT[none]}") / $(hmed "${HT[history]}")}")
 summary "event log: COPY e2e throughput lost" "$log_cost" "<= 0.25" "$(met "$log_cost <= 0.25")"
 summary "history: COPY e2e throughput lost" "$hist_cost" "<= 0.25" "$(met "$hist_cost <= 0.25")"
+rehearse_ratio=$(awk "BEGIN{printf \"%.2f\", $(hmed "${HT[none]}") / $rehearse_ms}")
+summary "rehearsal rate / live COPY e2e rate" "$rehearse_ratio" ">= 0.5" "$(met "$rehearse_ratio >= 0.5")"
 
 HISTORY_TWINS=${HISTORY_TWINS:-$BIG_TWINS}
 dt_psql -c "CREATE FUNCTION hgauge(twin_id text, state jsonb, event jsonb) RETURNS jsonb
