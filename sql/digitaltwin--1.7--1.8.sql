@@ -276,12 +276,18 @@ COMMENT ON VIEW digitaltwin.twin_history IS
 'Each twin''s past states with their validity period [valid_from, valid_to), for charts: filter by model and twin_id.';
 GRANT SELECT ON digitaltwin.twin_history TO digitaltwin_reader;
 
--- In C: one pass over the partitions keeping each twin's latest row, not
--- the sort of every row a DISTINCT ON needs (src/history.c)
 CREATE FUNCTION digitaltwin.twins_as_of(at timestamptz)
 RETURNS TABLE (model text, twin_id text, state jsonb, event_count bigint, updated_at timestamptz)
-AS 'MODULE_PATHNAME', 'digitaltwin_twins_as_of'
-LANGUAGE C STABLE STRICT;
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT h.model, h.twin_id, h.state, h.event_count, h.valid_from
+    FROM (SELECT DISTINCT ON (s.model_id, s.twin_id) s.*
+          FROM digitaltwin.state_history s
+          WHERE s.valid_from OPERATOR(pg_catalog.<=) twins_as_of.at
+          ORDER BY s.model_id, s.twin_id, s.valid_from DESC) h
+    WHERE h.state IS NOT NULL
+$$;
 
 COMMENT ON FUNCTION digitaltwin.twins_as_of(timestamptz) IS
 'The twins of the models with history as they were at a time (within the models'' history_keep), with the columns of digitaltwin.twins; updated_at is when that state was produced.';

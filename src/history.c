@@ -18,14 +18,7 @@
  */
 #include "postgres.h"
 
-#include "access/table.h"
-#include "access/tableam.h"
-#include "catalog/pg_class.h"
-#include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
-#include "executor/tuptable.h"
-#include "funcapi.h"
-#include "miscadmin.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
 #include "utils/array.h"
@@ -34,14 +27,9 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
-#include "utils/acl.h"
-#include "utils/rel.h"
-#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "dt_internal.h"
-
-PG_FUNCTION_INFO_V1(digitaltwin_twins_as_of);
 
 static SPIPlanPtr event_log_plan = NULL;
 static SPIPlanPtr history_plan = NULL;
@@ -356,142 +344,4 @@ dt_history_write(DtEvent *batch, int nbatch)
 		return;
 	dt_event_log_write(batch, nbatch);
 	dt_history_write_states();
-}
-
-/* ----------------------------------------------------------------
- * twins_as_of()
- * ----------------------------------------------------------------
- */
-
-/* Attribute numbers of digitaltwin.state_history (same in every partition) */
-#define DT_HIST_ATT_MODEL_ID	1
-#define DT_HIST_ATT_MODEL		2
-#define DT_HIST_ATT_TWIN_ID		3
-#define DT_HIST_ATT_STATE		4
-#define DT_HIST_ATT_EVENT_COUNT	5
-#define DT_HIST_ATT_VALID_FROM	6
-
-typedef struct DtAsOfKey
-{
-	int32		model_id;
-	char		twin_id[DT_TWIN_ID_MAXLEN + 1];
-} DtAsOfKey;
-
-typedef struct DtAsOfTwin
-{
-	DtAsOfKey	key;			/* hash key */
-	TimestampTz valid_from;
-	int64		event_count;
-	char		model[NAMEDATALEN];
-	Jsonb	   *state;			/* NULL: the twin had ended */
-} DtAsOfTwin;
-
-/* Keep the row if it is the latest at or before 'at' of its twin so far. */
-static void
-dt_as_of_row(HTAB *latest, TupleTableSlot *slot, TimestampTz at)
-{
-	bool		isnull;
-	TimestampTz valid_from;
-	DtAsOfKey	key;
-	DtAsOfTwin *twin;
-	text	   *twin_id;
-	bool		found;
-	Datum		d;
-
-	valid_from = DatumGetTimestampTz(slot_getattr(slot, DT_HIST_ATT_VALID_FROM, &isnull));
-	if (isnull || valid_from > at)
-		return;
-	memset(&key, 0, sizeof(key));
-	key.model_id = DatumGetInt32(slot_getattr(slot, DT_HIST_ATT_MODEL_ID, &isnull));
-	twin_id = DatumGetTextPP(slot_getattr(slot, DT_HIST_ATT_TWIN_ID, &isnull));
-	if (VARSIZE_ANY_EXHDR(twin_id) > DT_TWIN_ID_MAXLEN)
-		return;					/* none can have been written */
-	memcpy(key.twin_id, VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id));
-	twin = hash_search(latest, &key, HASH_ENTER, &found);
-	if (found && twin->valid_from >= valid_from)
-		return;
-	if (found && twin->state != NULL)
-		pfree(twin->state);
-	if (!found)
-		text_to_cstring_buffer(DatumGetTextPP(slot_getattr(slot, DT_HIST_ATT_MODEL, &isnull)),
-							   twin->model, sizeof(twin->model));
-	twin->valid_from = valid_from;
-	twin->event_count = DatumGetInt64(slot_getattr(slot, DT_HIST_ATT_EVENT_COUNT, &isnull));
-	d = slot_getattr(slot, DT_HIST_ATT_STATE, &isnull);
-	twin->state = isnull ? NULL : DatumGetJsonbPCopy(d);
-}
-
-/*
- * The latest state at or before 'at' of every twin in the history: one
- * pass over the partitions (whatever their order) keeping, per twin, the
- * latest row seen, instead of the sort a DISTINCT ON over every row needs.
- * Reads the partitions with the caller's snapshot, after checking the
- * caller may read the history (the partitions are the parent's).
- */
-Datum
-digitaltwin_twins_as_of(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	TimestampTz at = PG_GETARG_TIMESTAMPTZ(0);
-	Oid			parent;
-	List	   *parts;
-	ListCell   *lc;
-	HASHCTL		ctl;
-	HTAB	   *latest;
-	HASH_SEQ_STATUS status;
-	DtAsOfTwin *twin;
-	AclResult	acl;
-
-	dt_require_preload();
-	parent = dt_extension_relid("state_history");
-	acl = pg_class_aclcheck(parent, GetUserId(), ACL_SELECT);
-	if (acl != ACLCHECK_OK)
-		aclcheck_error(acl, OBJECT_TABLE, "state_history");
-	InitMaterializedSRF(fcinfo, 0);
-
-	ctl.keysize = sizeof(DtAsOfKey);
-	ctl.entrysize = sizeof(DtAsOfTwin);
-	ctl.hcxt = CurrentMemoryContext;
-	latest = hash_create("digitaltwin twins as of", 1024, &ctl,
-						 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	parts = find_all_inheritors(parent, AccessShareLock, NULL);
-	foreach(lc, parts)
-	{
-		Relation	rel = table_open(lfirst_oid(lc), NoLock);
-		TableScanDesc scan;
-		TupleTableSlot *slot;
-
-		if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
-		{
-			table_close(rel, NoLock);
-			continue;
-		}
-		slot = table_slot_create(rel, NULL);
-		scan = table_beginscan(rel, GetActiveSnapshot(), 0, NULL);
-		while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
-		{
-			CHECK_FOR_INTERRUPTS();
-			dt_as_of_row(latest, slot, at);
-		}
-		table_endscan(scan);
-		ExecDropSingleTupleTableSlot(slot);
-		table_close(rel, NoLock);
-	}
-
-	hash_seq_init(&status, latest);
-	while ((twin = hash_seq_search(&status)) != NULL)
-	{
-		Datum		values[5];
-		bool		nulls[5] = {false, false, false, false, false};
-
-		if (twin->state == NULL)
-			continue;
-		values[0] = CStringGetTextDatum(twin->model);
-		values[1] = CStringGetTextDatum(twin->key.twin_id);
-		values[2] = JsonbPGetDatum(twin->state);
-		values[3] = Int64GetDatum(twin->event_count);
-		values[4] = TimestampTzGetDatum(twin->valid_from);
-		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-	}
-	return (Datum) 0;
 }
