@@ -101,6 +101,14 @@ SELECT digitaltwin.wait_idle('30s');
 SELECT kind, model_version, count(*), bool_and(retry_of IS NOT NULL) AS with_original
 FROM digitaltwin.event_log GROUP BY 1, 2 ORDER BY 1, 2;
 
+-- a DBA's index on the log: the batches then insert through the parent
+CREATE INDEX event_log_by_twin ON digitaltwin.event_log (twin_id);
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('tally', 't1', '{"v": 7}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT count(*) AS logged_through_the_index FROM digitaltwin.event_log
+WHERE twin_id = 't1' AND payload = '{"v": 7}';
+DROP INDEX digitaltwin.event_log_by_twin;
+
 -- the rows are in time partitions, which worker 0 created
 SELECT wait_for($$(SELECT count(*) FROM digitaltwin.log_partitions WHERE parent = 'event_log') >= 2$$);
 SELECT wait_for($$(SELECT count(*) FROM digitaltwin.event_log_default) = 0

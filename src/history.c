@@ -18,7 +18,14 @@
  */
 #include "postgres.h"
 
+#include "access/table.h"
+#include "access/tableam.h"
+#include "access/xact.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
+#include "partitioning/partbounds.h"
+#include "partitioning/partdesc.h"
 #include "executor/spi.h"
 #include "nodes/makefuncs.h"
 #include "utils/array.h"
@@ -27,6 +34,9 @@
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
+#include "utils/partcache.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/timestamp.h"
 
 #include "dt_internal.h"
@@ -64,7 +74,8 @@ dt_array(Datum *values, bool *nulls, int n, Oid type)
  * Event log
  * ----------------------------------------------------------------
  */
-#define DT_LOG_NCOLS 13
+#define DT_LOG_NCOLS 13			/* and logged_at, the same for a batch */
+#define DT_LOG_MULTI_INSERT 1000	/* rows per table_multi_insert() */
 
 static const Oid event_log_types[DT_LOG_NCOLS] = {
 	INT8OID, INT4OID, TEXTOID, INT4OID, TEXTOID, TEXTOID, JSONBOID,
@@ -79,6 +90,8 @@ typedef struct DtLogRows
 	bool	   *nulls[DT_LOG_NCOLS];
 } DtLogRows;
 
+static bool dt_event_log_multi_insert(DtLogRows *rows, TimestampTz logged_at);
+
 static void
 dt_event_log_execute(DtLogRows *rows)
 {
@@ -88,6 +101,12 @@ dt_event_log_execute(DtLogRows *rows)
 
 	if (rows->n == 0)
 		return;
+	if (dt_event_log_multi_insert(rows, GetCurrentStatementStartTimestamp()))
+	{
+		rows->n = 0;
+		rows->bytes = 0;
+		return;
+	}
 	if (event_log_plan == NULL)
 	{
 		Oid			types[DT_LOG_NCOLS + 1];
@@ -114,6 +133,98 @@ dt_event_log_execute(DtLogRows *rows)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
 	rows->n = 0;
 	rows->bytes = 0;
+}
+
+/*
+ * The partition of the event log a batch writes to: every row of a batch
+ * has the same logged_at, so the routing an INSERT through the parent
+ * does for each row is done once, as PostgreSQL does it (the parent's
+ * partition descriptor, under the same lock as an INSERT), and the rows
+ * go in with one multi-insert (a WAL record per page, not per row).  NULL
+ * when that is not safe: the partition has indexes or triggers (a DBA
+ * added some) or another layout; the statement through the parent then
+ * does it all.
+ */
+static Relation
+dt_event_log_partition(TimestampTz logged_at)
+{
+	Relation	parent = table_open(dt_extension_relid("event_log"), RowExclusiveLock);
+	PartitionKey key = RelationGetPartitionKey(parent);
+	PartitionDesc pd = RelationGetPartitionDesc(parent, true);
+	PartitionBoundInfo bi = pd->boundinfo;
+	Datum		value = TimestampTzGetDatum(logged_at);
+	int			index = -1;
+	Oid			relid;
+	Relation	rel;
+
+	if (bi != NULL && bi->ndatums > 0)
+	{
+		bool		equal;
+		int			offset = partition_range_datum_bsearch(key->partsupfunc, key->partcollation,
+														   bi, key->partnatts, &value, &equal);
+
+		/* the bound at offset + 1 is the upper bound of its partition, if any */
+		index = bi->indexes[offset + 1];
+	}
+	if (index < 0 && bi != NULL)
+		index = bi->default_index;
+	relid = index >= 0 ? pd->oids[index] : InvalidOid;
+	table_close(parent, NoLock);
+	if (!OidIsValid(relid))
+		return NULL;
+	rel = table_open(relid, RowExclusiveLock);
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->trigdesc != NULL ||
+		RelationGetIndexList(rel) != NIL ||
+		RelationGetDescr(rel)->natts != DT_LOG_NCOLS + 1)
+	{
+		table_close(rel, NoLock);
+		return NULL;
+	}
+	return rel;
+}
+
+/* Insert the rows into the batch's partition; false if it must be left to SQL. */
+static bool
+dt_event_log_multi_insert(DtLogRows *rows, TimestampTz logged_at)
+{
+	Relation	rel = dt_event_log_partition(logged_at);
+	TupleTableSlot **slots;
+	CommandId	cid = GetCurrentCommandId(true);
+	int			done = 0;
+	int			i;
+	int			c;
+
+	if (rel == NULL)
+		return false;
+	slots = palloc(sizeof(TupleTableSlot *) * Min(rows->n, DT_LOG_MULTI_INSERT));
+	for (i = 0; i < Min(rows->n, DT_LOG_MULTI_INSERT); i++)
+		slots[i] = table_slot_create(rel, NULL);
+	while (done < rows->n)
+	{
+		int			n = Min(rows->n - done, DT_LOG_MULTI_INSERT);
+
+		for (i = 0; i < n; i++)
+		{
+			TupleTableSlot *slot = slots[i];
+
+			ExecClearTuple(slot);
+			for (c = 0; c < DT_LOG_NCOLS; c++)
+			{
+				slot->tts_values[c] = rows->cols[c][done + i];
+				slot->tts_isnull[c] = rows->nulls[c][done + i];
+			}
+			slot->tts_values[DT_LOG_NCOLS] = TimestampTzGetDatum(logged_at);
+			slot->tts_isnull[DT_LOG_NCOLS] = false;
+			ExecStoreVirtualTuple(slot);
+		}
+		table_multi_insert(rel, slots, n, cid, 0, NULL);
+		done += n;
+	}
+	for (i = 0; i < Min(rows->n, DT_LOG_MULTI_INSERT); i++)
+		ExecDropSingleTupleTableSlot(slots[i]);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
+	return true;
 }
 
 static void
