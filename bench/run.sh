@@ -732,6 +732,7 @@ for r in $(seq "$REPEAT"); do
 		HT[$mode]+="$((t1 - t0)) "
 	done
 done
+echo "    per round (ms): none ${HT[none]}; event log ${HT[log]}; history ${HT[history]}"
 # a rehearsal of the C model over the log of one more round
 reset_all
 dt_psql -c "TRUNCATE digitaltwin.event_log, digitaltwin.state_history" >/dev/null
