@@ -276,10 +276,13 @@ COMMENT ON VIEW digitaltwin.twin_history IS
 'Each twin''s past states with their validity period [valid_from, valid_to), for charts: filter by model and twin_id.';
 GRANT SELECT ON digitaltwin.twin_history TO digitaltwin_reader;
 
+-- jit off: over a million rows the planner's costs call for JIT, whose
+-- compilation took a second of the 2.3 s (docs/performance.md)
 CREATE FUNCTION digitaltwin.twins_as_of(at timestamptz)
 RETURNS TABLE (model text, twin_id text, state jsonb, event_count bigint, updated_at timestamptz)
 LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp
+SET jit = off
 AS $$
     SELECT h.model, h.twin_id, h.state, h.event_count, h.valid_from
     FROM (SELECT DISTINCT ON (s.model_id, s.twin_id) s.*
