@@ -239,14 +239,18 @@ CREATE TABLE digitaltwin.state_history (
     valid_from  timestamptz NOT NULL
 ) PARTITION BY RANGE (valid_from);
 
-CREATE INDEX state_history_twin_idx ON digitaltwin.state_history (model_id, twin_id, valid_from);
 CREATE TABLE digitaltwin.state_history_default PARTITION OF digitaltwin.state_history DEFAULT;
+-- Each partition has its own index, not one of a partitioned index of the
+-- parent: restoring a dump creates and attaches the partitions (the user's
+-- tables) before their indexes, and a partitioned index of the
+-- extension's would make ATTACH create one of the same name first.
+CREATE INDEX state_history_default_twin_idx ON digitaltwin.state_history_default (model_id, twin_id, valid_from);
 
 COMMENT ON TABLE digitaltwin.state_history IS
 'Past states of the twins of models with history (set_history()): one row per twin changed by a batch, valid from the batch''s start until the twin''s next row; state NULL when the twin ended.  Partitioned by valid_from, old partitions dropped whole (the last state of each twin carried forward).';
 COMMENT ON COLUMN digitaltwin.state_history.state IS 'The state as jsonb (to_jsonb() of a state of another type); NULL: the twin ended.';
 COMMENT ON COLUMN digitaltwin.state_history.valid_from IS 'Start of the batch that produced the state (the partition key).';
-COMMENT ON INDEX digitaltwin.state_history_twin_idx IS 'A twin''s states in time order, for twins_as_of() and twin_history.';
+COMMENT ON INDEX digitaltwin.state_history_default_twin_idx IS 'A twin''s states in time order (each time partition has the same), for twins_as_of() and twin_history.';
 COMMENT ON TABLE digitaltwin.state_history_default IS 'Rows of digitaltwin.state_history that no time partition covered yet.';
 
 CREATE TABLE digitaltwin.log_partitions (

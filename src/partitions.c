@@ -45,11 +45,12 @@ typedef struct DtLogTable
 	const char *key;			/* its partition key */
 	const char *keep;			/* column of digitaltwin.models */
 	bool		carry;			/* carry each twin's last state forward */
+	const char *index;			/* columns of each partition's index, if any */
 } DtLogTable;
 
 static const DtLogTable log_tables[] = {
-	{"event_log", "logged_at", "event_log_keep", false},
-	{"state_history", "valid_from", "history_keep", true},
+	{"event_log", "logged_at", "event_log_keep", false, NULL},
+	{"state_history", "valid_from", "history_keep", true, "model_id, twin_id, valid_from"},
 };
 
 static TimestampTz last_maintenance = 0;
@@ -132,6 +133,10 @@ dt_partition_create(const DtLogTable *t, void *arg)
 	if (SPI_execute(psprintf("CREATE TABLE %s (LIKE %s INCLUDING DEFAULTS INCLUDING CONSTRAINTS)",
 							 qname, qparent), false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "digitaltwin: cannot create partition %s", qname);
+	/* its own index (see the state_history_default_twin_idx comment) */
+	if (t->index != NULL &&
+		SPI_execute(psprintf("CREATE INDEX ON %s (%s)", qname, t->index), false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "digitaltwin: cannot index partition %s", qname);
 	if (SPI_execute_with_args(psprintf("WITH moved AS (DELETE FROM %s WHERE %s OPERATOR(pg_catalog.>=) $1 "
 									   "AND %s OPERATOR(pg_catalog.<) $2 RETURNING *) "
 									   "INSERT INTO %s SELECT * FROM moved",

@@ -133,6 +133,44 @@ SELECT (SELECT count(*) > 0 FROM digitaltwin.alerts) AND
        (SELECT count(*) = 0 FROM digitaltwin.events)}),
 	't', 'A has alerts and dead letters, and an empty queue');
 
+# Version 1.8's data, made before the gate closes (a switch waits for the
+# batches, which the gate would hold): a model at its second version, with
+# an event log and a history in time partitions, and a paused model with
+# held events.
+$node_a->safe_psql('postgres', q{
+SET ROLE modeler;
+CREATE FUNCTION app.log1(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1) $$;
+CREATE FUNCTION app.log2(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1, 'v2', true) $$;
+SELECT digitaltwin.create_model('logged', 'app.log1(text,jsonb,jsonb)');
+SELECT digitaltwin.set_event_log('logged', '1 day');
+SELECT digitaltwin.set_history('logged', '1 day');
+SELECT digitaltwin.create_model('held', 'app.log1(text,jsonb,jsonb)');
+});
+$node_a->safe_psql('postgres', q{
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'logged', 'l' || i % 5, jsonb_build_object('i', i) FROM generate_series(1, 50) i;
+SELECT digitaltwin.wait_idle('60s');
+SET ROLE modeler;
+SELECT digitaltwin.alter_model('logged', 'app.log2(text,jsonb,jsonb)');
+SELECT digitaltwin.pause_model('held');
+});
+$node_a->safe_psql('postgres', q{
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT m, 'l' || i % 5, jsonb_build_object('i', i)
+FROM generate_series(51, 80) i, unnest(ARRAY['logged', 'held']) m ORDER BY i, m;
+SELECT digitaltwin.wait_idle('60s');
+});
+$node_a->poll_query_until('postgres', q{
+SELECT count(*) >= 2 FROM digitaltwin.log_partitions WHERE parent = 'event_log'})
+  or die 'no event log partition';
+is( $node_a->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM digitaltwin.held_events) || '/' ||
+       (SELECT count(*) FROM digitaltwin.event_log) || '/' ||
+       (SELECT count(*) >= 10 FROM digitaltwin.state_history)}),
+	'30/80/true', 'A holds events of a paused model, an event log and a history');
+
 # Hold the gate of database $db: its workers wait in their next batch.
 sub close_gate
 {
@@ -174,6 +212,11 @@ $node_a->command_ok([ 'pg_dump', '-Fc', '-f', "$dir/a.dump", 'postgres' ], 'pg_d
 # constraint refuses events of unknown models.
 my ($toc) = run_command([ 'pg_restore', '-l', "$dir/a.dump" ]);
 my @data = $toc =~ /(?:TABLE DATA|SEQUENCE SET) digitaltwin (\S+) /g;
+# the time partitions worker 0 created are the user's tables, named by time
+my @time_parts = grep { /_\d{8}_\d{6}$/ } @data;
+@data = grep { !/_\d{8}_\d{6}$/ } @data;
+cmp_ok(scalar(grep { /^event_log_/ } @time_parts), '>=', 1, 'the dump has the event log\'s partitions');
+cmp_ok(scalar(grep { /^state_history_/ } @time_parts), '>=', 1, 'the dump has the history\'s partitions');
 my %pos = map { $data[$_] => $_ } 0 .. $#data;
 is( join(',', sort @data),
 	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state',
@@ -210,6 +253,19 @@ SELECT model, twin_id, name, due_at, every, payload::text FROM digitaltwin.timer
 ORDER BY model, twin_id, name},
 	queued => q{
 SELECT id, model, twin_id, payload::text, enqueued_at, part FROM digitaltwin.events ORDER BY id},
+	versions => q{
+SELECT model, version, process::text, init::text, state_type::text, created_at, created_by::text
+FROM digitaltwin.model_versions ORDER BY model, version},
+	held => q{
+SELECT id, model, twin_id, payload::text, enqueued_at FROM digitaltwin.held_events ORDER BY id},
+	paused => q{SELECT name, version, state_version, paused_at FROM digitaltwin.models ORDER BY name},
+	event_log => q{
+SELECT event_id, model, model_version, twin_id, kind, payload::text, logged_at, tableoid::regclass::text
+FROM digitaltwin.event_log ORDER BY event_id},
+	history => q{
+SELECT model, twin_id, state::text, event_count, valid_from FROM digitaltwin.state_history
+ORDER BY model, twin_id, valid_from},
+	partitions => q{SELECT name, parent, from_time, to_time FROM digitaltwin.log_partitions ORDER BY name},
 	sequences => q{
 SELECT (SELECT last_value FROM digitaltwin.models_id_seq) || '/' ||
        (SELECT last_value FROM digitaltwin.alerts_id_seq) || '/' ||
@@ -347,7 +403,7 @@ is($node_b->safe_psql('restored', q{SELECT digitaltwin.wait_idle('60s')}), 't',
 is($node_b->safe_psql('restored', 'SELECT count(*) FROM digitaltwin.events'), '0',
 	'the queue is empty');
 is($node_b->safe_psql('restored', q{SELECT count(*) FROM digitaltwin.models WHERE owner = 'modeler'::regrole}),
-	'3', 'the models still belong to their role');
+	'5', 'the models still belong to their role');
 
 # Every twin equals its init state plus each accepted reading applied once.
 is( $node_b->safe_psql('restored', q{
@@ -410,6 +466,14 @@ SELECT digitaltwin.wait_idle('60s');
 });
 is($node_b->safe_psql('restored', q{SELECT count(*) FROM digitaltwin.dead_letters WHERE twin_id = 'gone'}),
 	'1', 'drop_model with a queued event: the event is dead-lettered');
+
+# the paused model resumes on B with its held events, in their order
+is($node_b->safe_psql('restored', q{SELECT digitaltwin.resume_model('held')}), '30',
+	'the restored paused model resumes with its 30 held events');
+is($node_b->safe_psql('restored', q{SELECT digitaltwin.wait_idle('60s')}), 't', 'B applied them');
+is( $node_b->safe_psql('restored', q{
+SELECT sum(event_count) FROM digitaltwin.twins WHERE model = 'held'}),
+	'30', 'each held event applied once after the restore');
 
 $node_b->stop;
 done_testing();
