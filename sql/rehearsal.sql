@@ -106,17 +106,35 @@ BEGIN
     PERFORM digitaltwin.set_timer('watch', '30 minutes');
     RETURN jsonb_build_object('last', (digitaltwin.current_event()).event_time);
 END $$;
+-- the same, failing on a reading the live one takes: the failed event must
+-- arm nothing in the rehearsal either
+CREATE FUNCTION quiet_c(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF (digitaltwin.current_event()).kind = 'timer' THEN
+        PERFORM digitaltwin.alert('quiet', 'no reading since ' || (state->>'last'));
+        RETURN state;
+    END IF;
+    PERFORM digitaltwin.set_timer('watch', '30 minutes');
+    IF event ? 'flaky' THEN
+        RAISE EXCEPTION 'quiet_c fails';
+    END IF;
+    RETURN jsonb_build_object('last', (digitaltwin.current_event()).event_time);
+END $$;
 SELECT digitaltwin.create_model('quiet', 'quiet(text,jsonb,jsonb)');
 SELECT digitaltwin.set_event_log('quiet', '1 day');
 INSERT INTO digitaltwin.events (model, twin_id, payload, event_time) VALUES
     ('quiet', 'q1', '{}', '2026-01-01 00:00'), ('quiet', 'q1', '{}', '2026-01-01 00:10'),
     ('quiet', 'q1', '{}', '2026-01-01 01:30'), ('quiet', 'q1', '{}', '2026-01-01 01:40'),
-    ('quiet', 'q2', '{}', '2026-01-01 00:05');
+    ('quiet', 'q2', '{}', '2026-01-01 00:05'), ('quiet', 'q3', '{"flaky": true}', '2026-01-01 00:06');
 SELECT digitaltwin.wait_idle('30s');
-CREATE TABLE r2 AS SELECT digitaltwin.rehearse('quiet', 'quiet(text,jsonb,jsonb)') AS id;
+CREATE TABLE r2 AS SELECT digitaltwin.rehearse('quiet', 'quiet_c(text,jsonb,jsonb)') AS id;
 SELECT events, timers_fired FROM digitaltwin.rehearsals WHERE id = (SELECT id FROM r2);
 SELECT twin_id, message FROM digitaltwin.rehearsal_alerts WHERE rehearsal = (SELECT id FROM r2) ORDER BY 1, 2;
--- live, the timers are 30 minutes of wall time away: nothing yet
+-- a failed event armed nothing, in the rehearsal as live
+SELECT twin_id, error FROM digitaltwin.rehearsal_dead_letters WHERE rehearsal = (SELECT id FROM r2);
+-- live, the timers are 30 minutes of wall time away: nothing yet (and q3's
+-- is armed)
 SELECT count(*) AS live_quiet FROM digitaltwin.alerts WHERE model = 'quiet';
 
 -- only the model's owner rehearses (the candidate runs as the owner)
@@ -134,4 +152,4 @@ SELECT digitaltwin.drop_model('quiet', force => true);
 SELECT count(*) AS rehearsals_left FROM digitaltwin.rehearsals;
 DELETE FROM digitaltwin.alerts WHERE model IN ('thr', 'quiet');
 DROP TABLE side_effects, sent_thr, half_time, r1, r2;
-DROP FUNCTION thr_v1, thr_v2, thr_bad, quiet;
+DROP FUNCTION thr_v1, thr_v2, thr_bad, quiet, quiet_c;

@@ -87,6 +87,7 @@ typedef struct DtRehearsal
 	DtModel		candidate;
 	MemoryContext cxt;			/* the sandbox */
 	MemoryContext call_cxt;		/* one call's staging */
+	MemoryContext row_cxt;		/* one logged event or fire, as read */
 	HTAB	   *twins;
 	HTAB	   *timers;
 	pairingheap *due;
@@ -94,8 +95,17 @@ typedef struct DtRehearsal
 	int64		events;
 	int64		fired;
 	int64		failed;
+	List	   *undo;			/* DtTimerUndo of the call, in call_cxt */
 	FmgrInfo	to_jsonb;
 } DtRehearsal;
+
+/* a timer as it was before the current call changed it */
+typedef struct DtTimerUndo
+{
+	DtRehearsalTimerKey key;
+	bool		existed;
+	DtRehearsalTimer prev;
+} DtTimerUndo;
 
 static DtRehearsal *current = NULL;	/* the rehearsal running, for the hooks */
 
@@ -136,6 +146,47 @@ dt_rehearsal_arm(DtRehearsal *r, DtRehearsalTimer *t, TimestampTz due_at)
 	pairingheap_add(r->due, &d->node);
 }
 
+/*
+ * Before a call changes a timer: what to put back if the call fails (a
+ * failed event arms and cancels nothing, as in a worker's batch).
+ */
+static void
+dt_rehearsal_save_undo(DtRehearsal *r, const DtRehearsalTimerKey *key)
+{
+	MemoryContext old = MemoryContextSwitchTo(r->call_cxt);
+	DtTimerUndo *u = palloc0(sizeof(DtTimerUndo));
+	DtRehearsalTimer *t = hash_search(r->timers, key, HASH_FIND, NULL);
+
+	u->key = *key;
+	u->existed = (t != NULL);
+	if (t != NULL)
+		u->prev = *t;
+	r->undo = lappend(r->undo, u);
+	MemoryContextSwitchTo(old);
+}
+
+static void
+dt_rehearsal_undo_timers(DtRehearsal *r)
+{
+	int			i;
+
+	for (i = list_length(r->undo) - 1; i >= 0; i--)
+	{
+		DtTimerUndo *u = list_nth(r->undo, i);
+
+		if (u->existed)
+		{
+			/* its heap node, of the same generation, is valid again */
+			DtRehearsalTimer *t = hash_search(r->timers, &u->key, HASH_ENTER, NULL);
+
+			*t = u->prev;
+		}
+		else
+			(void) hash_search(r->timers, &u->key, HASH_REMOVE, NULL);
+	}
+	r->undo = NIL;
+}
+
 static void
 dt_rehearsal_set_timer(const DtEvent *ev, const char *name, const Interval *after,
 					   Jsonb *payload, const Interval *every)
@@ -144,19 +195,26 @@ dt_rehearsal_set_timer(const DtEvent *ev, const char *name, const Interval *afte
 	DtRehearsalTimerKey key;
 	DtRehearsalTimer *t;
 	TimestampTz due_at;
+	bool		found;
+	MemoryContext old;
 
 	if (dt_timestamp_plus_interval(ev->event_time, after, &due_at) != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
 				 errmsg("timer due time out of range")));
 	dt_rehearsal_timer_key(&key, ev->twin_id, name);
-	t = hash_search(r->timers, &key, HASH_ENTER, NULL);
+	dt_rehearsal_save_undo(r, &key);
+	/* the former payload stays: the undo may need it */
+	t = hash_search(r->timers, &key, HASH_ENTER, &found);
 	t->has_every = (every != NULL);
 	if (every != NULL)
 		t->every = *every;
+	/* in the sandbox's memory: the candidate's goes when its call ends */
+	old = MemoryContextSwitchTo(r->cxt);
 	t->payload = payload != NULL ?
 		DatumGetJsonbP(datumCopy(JsonbPGetDatum(payload), false, -1)) :
 		DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum("{}")));
+	MemoryContextSwitchTo(old);
 	t->fire_id = ev->id;
 	dt_rehearsal_arm(r, t, due_at);
 }
@@ -168,6 +226,7 @@ dt_rehearsal_cancel_timer(const DtEvent *ev, const char *name)
 	bool		found;
 
 	dt_rehearsal_timer_key(&key, ev->twin_id, name);
+	dt_rehearsal_save_undo(current, &key);
 	(void) hash_search(current->timers, &key, HASH_REMOVE, &found);
 	return found;
 }
@@ -281,6 +340,7 @@ dt_rehearsal_apply(DtRehearsal *r, DtEvent *ev)
 		twin->event_count = 0;
 	}
 
+	r->undo = NIL;
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(r->call_cxt);
 	call.model = m;
@@ -314,9 +374,12 @@ dt_rehearsal_apply(DtRehearsal *r, DtEvent *ev)
 			dt_check_state(m, value);
 			/* out of the subtransaction's memory before it goes */
 			MemoryContextSwitchTo(r->cxt);
-			result = datumCopy(m->is_jsonb || (!m->typbyval && m->typlen == -1) ?
-							   PointerGetDatum(PG_DETOAST_DATUM_COPY(value)) : value,
-							   m->typbyval, m->typlen);
+			if (m->typbyval)
+				result = value;
+			else if (m->typlen == -1)
+				result = PointerGetDatum(PG_DETOAST_DATUM_COPY(value));
+			else
+				result = datumCopy(value, false, m->typlen);
 		}
 		ended = isnull;
 		dt_current_event = NULL;
@@ -339,6 +402,9 @@ dt_rehearsal_apply(DtRehearsal *r, DtEvent *ev)
 		dt_rehearsal_record(r, ev, alerts_from, outbox_from);
 	dt_alerts_undo_to(alerts_from);
 	dt_outbox_undo_to(outbox_from);
+	if (failed)
+		dt_rehearsal_undo_timers(r);
+	r->undo = NIL;
 	MemoryContextReset(r->call_cxt);
 
 	if (failed)
@@ -347,6 +413,9 @@ dt_rehearsal_apply(DtRehearsal *r, DtEvent *ev)
 		FreeErrorData(edata);
 		return;
 	}
+	/* the sandbox keeps one state per twin: the former one goes */
+	if (twin->has_state && !m->typbyval)
+		pfree(DatumGetPointer(twin->state));
 	if (ended)
 	{
 		twin->has_state = false;
@@ -381,8 +450,9 @@ dt_rehearsal_fire_until(DtRehearsal *r, const char *model, TimestampTz until)
 		memset(&ev, 0, sizeof(ev));
 		ev.id = t->fire_id;
 		ev.model = (char *) model;
-		ev.twin_id = pstrdup(t->key.twin_id);
-		ev.timer = pstrdup(t->key.name);
+		/* the key's strings: the timer may go, the fire keeps a copy */
+		ev.twin_id = MemoryContextStrdup(r->row_cxt, t->key.twin_id);
+		ev.timer = MemoryContextStrdup(r->row_cxt, t->key.name);
 		ev.payload = t->payload;
 		ev.enqueued_at = ev.event_time = ev.timer_due = t->due_at;
 		/* a recurring timer is re-armed before the fire, which may change it */
@@ -529,8 +599,13 @@ dt_rehearsal_run(DtRehearsal *r, Datum since, bool no_since, Datum until, bool n
 			bool		isnull;
 			Datum		d;
 			DtEvent		ev;
+			MemoryContext old;
 
 			CHECK_FOR_INTERRUPTS();
+			/* the timers due before it fire first */
+			dt_rehearsal_fire_until(r, r->candidate.name,
+									DatumGetTimestampTz(SPI_getbinval(tup, desc, 4, &isnull)));
+			old = MemoryContextSwitchTo(r->row_cxt);
 			memset(&ev, 0, sizeof(ev));
 			ev.id = DatumGetInt64(SPI_getbinval(tup, desc, 1, &isnull));
 			ev.model = r->candidate.name;
@@ -545,11 +620,11 @@ dt_rehearsal_run(DtRehearsal *r, Datum since, bool no_since, Datum until, bool n
 			ev.sender_twin = isnull ? NULL : TextDatumGetCString(d);
 			d = SPI_getbinval(tup, desc, 8, &isnull);
 			ev.retry_of = isnull ? 0 : DatumGetInt64(d);
-			/* the timers due before it fire first */
-			dt_rehearsal_fire_until(r, r->candidate.name, ev.event_time);
+			MemoryContextSwitchTo(old);
 			dt_rehearsal_apply(r, &ev);
 			r->events++;
 			last = ev.event_time;
+			MemoryContextReset(r->row_cxt);
 		}
 		SPI_freetuptable(tuptable);
 	}
@@ -635,6 +710,8 @@ digitaltwin_rehearse(PG_FUNCTION_ARGS)
 								  ALLOCSET_DEFAULT_SIZES);
 	r.call_cxt = AllocSetContextCreate(r.cxt, "digitaltwin rehearsal call",
 									   ALLOCSET_DEFAULT_SIZES);
+	r.row_cxt = AllocSetContextCreate(r.cxt, "digitaltwin rehearsal row",
+									  ALLOCSET_DEFAULT_SIZES);
 
 	dt_trusted_enter(&scope);
 	args[0] = CStringGetTextDatum(name);
