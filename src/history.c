@@ -35,6 +35,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/partcache.h"
+#include "utils/resowner.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
@@ -145,6 +146,26 @@ dt_event_log_execute(DtLogRows *rows)
  * added some) or another layout; the statement through the parent then
  * does it all.
  */
+/* The partition has the parent's columns, in the same places (no dropped ones). */
+static bool
+dt_same_layout(TupleDesc parent, TupleDesc part)
+{
+	int			i;
+
+	if (parent->natts != DT_LOG_NCOLS + 1 || part->natts != parent->natts)
+		return false;
+	for (i = 0; i < parent->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(parent, i);
+		Form_pg_attribute b = TupleDescAttr(part, i);
+
+		if (a->attisdropped || b->attisdropped || a->atttypid != b->atttypid ||
+			strcmp(NameStr(a->attname), NameStr(b->attname)) != 0)
+			return false;
+	}
+	return true;
+}
+
 static Relation
 dt_event_log_partition(TimestampTz logged_at)
 {
@@ -166,20 +187,28 @@ dt_event_log_partition(TimestampTz logged_at)
 		/* the bound at offset + 1 is the upper bound of its partition, if any */
 		index = bi->indexes[offset + 1];
 	}
-	if (index < 0 && bi != NULL)
-		index = bi->default_index;
+	/*
+	 * No partition of its own: the statement through the parent routes to
+	 * the DEFAULT partition and re-checks its constraint there, as an
+	 * ATTACH may be under way (worker 0 creates the partition).
+	 */
 	relid = index >= 0 ? pd->oids[index] : InvalidOid;
-	table_close(parent, NoLock);
 	if (!OidIsValid(relid))
+	{
+		table_close(parent, NoLock);
 		return NULL;
+	}
 	rel = table_open(relid, RowExclusiveLock);
 	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->trigdesc != NULL ||
 		RelationGetIndexList(rel) != NIL ||
-		RelationGetDescr(rel)->natts != DT_LOG_NCOLS + 1)
+		(rel->rd_att->constr != NULL && rel->rd_att->constr->num_check > 0) ||
+		!dt_same_layout(RelationGetDescr(parent), RelationGetDescr(rel)))
 	{
 		table_close(rel, NoLock);
+		table_close(parent, NoLock);
 		return NULL;
 	}
+	table_close(parent, NoLock);
 	return rel;
 }
 
@@ -451,8 +480,40 @@ dt_history_write_states(void)
 void
 dt_history_write(DtEvent *batch, int nbatch)
 {
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
 	if (dt_models_logging == 0)
 		return;
 	dt_event_log_write(batch, nbatch);
-	dt_history_write_states();
+
+	/*
+	 * A state of another type than jsonb is converted by to_jsonb(), which
+	 * may call a cast to json of the type's owner: whatever that does, the
+	 * batch goes on (trust rule 3) and only its history is missing, with a
+	 * WARNING; and it leaves nothing in the worker's session (rule 2).
+	 */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		dt_history_write_states();
+		ReleaseCurrentSubTransaction();
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING,
+				(errmsg("digitaltwin: the history of a batch was not written: %s", edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	dt_model_forget_session_state();
 }

@@ -137,6 +137,10 @@ dt_partition_create(const DtLogTable *t, void *arg)
 	if (t->index != NULL &&
 		SPI_execute(psprintf("CREATE INDEX ON %s (%s)", qname, t->index), false, 0) != SPI_OK_UTILITY)
 		elog(ERROR, "digitaltwin: cannot index partition %s", qname);
+	/* no batch adds rows of the period to DEFAULT between the move and the attach */
+	if (SPI_execute(psprintf("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE", qdefault),
+					false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "digitaltwin: cannot lock %s", qdefault);
 	if (SPI_execute_with_args(psprintf("WITH moved AS (DELETE FROM %s WHERE %s OPERATOR(pg_catalog.>=) $1 "
 									   "AND %s OPERATOR(pg_catalog.<) $2 RETURNING *) "
 									   "INSERT INTO %s SELECT * FROM moved",

@@ -165,20 +165,32 @@ dt_rehearsal_save_undo(DtRehearsal *r, const DtRehearsalTimerKey *key)
 	MemoryContextSwitchTo(old);
 }
 
+/*
+ * After a call: a failed one's timer changes are undone (its payloads
+ * freed), a successful one's replaced payloads are freed.
+ */
 static void
-dt_rehearsal_undo_timers(DtRehearsal *r)
+dt_rehearsal_end_undo(DtRehearsal *r, bool failed)
 {
 	int			i;
 
 	for (i = list_length(r->undo) - 1; i >= 0; i--)
 	{
 		DtTimerUndo *u = list_nth(r->undo, i);
+		DtRehearsalTimer *t = hash_search(r->timers, &u->key, HASH_FIND, NULL);
 
+		if (!failed)
+		{
+			if (u->existed && (t == NULL || t->payload != u->prev.payload))
+				pfree(u->prev.payload);
+			continue;
+		}
+		if (t != NULL && (!u->existed || t->payload != u->prev.payload))
+			pfree(t->payload);
 		if (u->existed)
 		{
 			/* its heap node, of the same generation, is valid again */
-			DtRehearsalTimer *t = hash_search(r->timers, &u->key, HASH_ENTER, NULL);
-
+			t = hash_search(r->timers, &u->key, HASH_ENTER, NULL);
 			*t = u->prev;
 		}
 		else
@@ -263,6 +275,12 @@ dt_rehearsal_record(DtRehearsal *r, const DtEvent *ev, int alerts_from, int outb
 	char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 	int			i;
 
+	MemoryContext old;
+
+	if (dt_alerts_mark() == alerts_from && dt_outbox_mark() == outbox_from)
+		return;
+	/* freed with the row */
+	old = MemoryContextSwitchTo(r->row_cxt);
 	args[0] = Int64GetDatum(r->id);
 	args[1] = CStringGetTextDatum(ev->twin_id);
 	args[2] = Int64GetDatum(ev->id);
@@ -292,6 +310,7 @@ dt_rehearsal_record(DtRehearsal *r, const DtEvent *ev, int alerts_from, int outb
 								  false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "digitaltwin: cannot record a rehearsal's message");
 	}
+	MemoryContextSwitchTo(old);
 }
 
 static void
@@ -341,6 +360,8 @@ dt_rehearsal_apply(DtRehearsal *r, DtEvent *ev)
 	}
 
 	r->undo = NIL;
+	/* messages to twins are not rehearsed: staged per call, dropped with it */
+	dt_messages_begin(r->call_cxt);
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(r->call_cxt);
 	call.model = m;
@@ -402,9 +423,7 @@ dt_rehearsal_apply(DtRehearsal *r, DtEvent *ev)
 		dt_rehearsal_record(r, ev, alerts_from, outbox_from);
 	dt_alerts_undo_to(alerts_from);
 	dt_outbox_undo_to(outbox_from);
-	if (failed)
-		dt_rehearsal_undo_timers(r);
-	r->undo = NIL;
+	dt_rehearsal_end_undo(r, failed);
 	MemoryContextReset(r->call_cxt);
 
 	if (failed)
@@ -438,14 +457,21 @@ dt_rehearsal_fire_until(DtRehearsal *r, const char *model, TimestampTz until)
 	{
 		DtRehearsalDue *d = pairingheap_container(DtRehearsalDue, node,
 												  pairingheap_first(r->due));
+		DtRehearsalTimerKey key;
+		uint64		generation;
 		DtRehearsalTimer *t;
 		DtEvent		ev;
+		Jsonb	   *fired_payload = NULL;
 
+		CHECK_FOR_INTERRUPTS();
 		if (d->due_at > until)
 			break;
 		(void) pairingheap_remove_first(r->due);
-		t = hash_search(r->timers, &d->key, HASH_FIND, NULL);
-		if (t == NULL || t->generation != d->generation)
+		key = d->key;
+		generation = d->generation;
+		pfree(d);
+		t = hash_search(r->timers, &key, HASH_FIND, NULL);
+		if (t == NULL || t->generation != generation)
 			continue;			/* cancelled or re-armed since */
 		memset(&ev, 0, sizeof(ev));
 		ev.id = t->fire_id;
@@ -455,19 +481,45 @@ dt_rehearsal_fire_until(DtRehearsal *r, const char *model, TimestampTz until)
 		ev.timer = MemoryContextStrdup(r->row_cxt, t->key.name);
 		ev.payload = t->payload;
 		ev.enqueued_at = ev.event_time = ev.timer_due = t->due_at;
-		/* a recurring timer is re-armed before the fire, which may change it */
+
+		/*
+		 * A recurring timer is re-armed before the fire, which may change
+		 * it; one that missed periods fires once and resumes at its next
+		 * period after 'until', as in a worker (timers.c).
+		 */
 		if (t->has_every)
 		{
-			TimestampTz next;
+			TimestampTz next = t->due_at;
+			bool		ok = true;
 
-			if (dt_timestamp_plus_interval(t->due_at, &t->every, &next) == 0)
+			if (t->every.month == 0 && t->every.day == 0 && t->every.time > 0)
+			{
+				int64		periods = until >= next ? (until - next) / t->every.time + 1 : 1;
+
+				next += periods * t->every.time;
+			}
+			else
+			{
+				do
+				{
+					CHECK_FOR_INTERRUPTS();
+					ok = dt_timestamp_plus_interval(next, &t->every, &next) == 0;
+				} while (ok && next <= until);
+			}
+			if (ok)
 				dt_rehearsal_arm(r, t, next);
 			else
-				(void) hash_search(r->timers, &d->key, HASH_REMOVE, NULL);
+				(void) hash_search(r->timers, &key, HASH_REMOVE, NULL);
 		}
 		else
-			(void) hash_search(r->timers, &d->key, HASH_REMOVE, NULL);
+		{
+			(void) hash_search(r->timers, &key, HASH_REMOVE, NULL);
+			/* the fire's, freed after it (the timer is gone) */
+			fired_payload = ev.payload;
+		}
 		dt_rehearsal_apply(r, &ev);
+		if (fired_payload != NULL)
+			pfree(fired_payload);
 		r->fired++;
 	}
 }
@@ -525,20 +577,20 @@ dt_rehearsal_start_from_history(DtRehearsal *r, TimestampTz since)
 	Datum		args[2];
 	uint64		i;
 
-	if (!m->is_jsonb && !type_is_rowtype(m->state_type))
+	/*
+	 * jsonb only: turning the history's jsonb into another type would run
+	 * that type's functions (a domain's CHECK) here, with the rights of the
+	 * extension's tables.
+	 */
+	if (!m->is_jsonb)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("a rehearsal can start from the history only with a jsonb or composite state"),
+				 errmsg("a rehearsal can start from the history only with a jsonb state"),
 				 errhint("Rehearse from an empty sandbox: since => NULL.")));
 	args[0] = CStringGetTextDatum(m->name);
 	args[1] = TimestampTzGetDatum(since);
-	if (SPI_execute_with_args(m->is_jsonb ?
-							  "SELECT twin_id, state, event_count FROM digitaltwin.twins_as_of($2) "
-							  "WHERE model OPERATOR(pg_catalog.=) $1" :
-							  psprintf("SELECT twin_id, pg_catalog.jsonb_populate_record(NULL::%s, state), "
-									   "event_count FROM digitaltwin.twins_as_of($2) "
-									   "WHERE model OPERATOR(pg_catalog.=) $1",
-									   format_type_be_qualified(m->state_type)),
+	if (SPI_execute_with_args("SELECT twin_id, state, event_count FROM digitaltwin.twins_as_of($2) "
+							  "WHERE model OPERATOR(pg_catalog.=) $1",
 							  2, types, args, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "digitaltwin: cannot read the history");
 	for (i = 0; i < SPI_processed; i++)
