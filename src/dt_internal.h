@@ -104,6 +104,7 @@ extern void dt_require_table(const char *relname, const char *version,
 							 const char *function);
 extern int	dt_timestamp_plus_interval(TimestampTz t, const Interval *iv,
 									   TimestampTz *result);
+extern Datum dt_make_array(Datum *values, bool *nulls, int n, Oid type);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
 typedef void (*dt_row_fn) (HeapTuple tuple, TupleDesc desc, void *arg);
 
@@ -402,6 +403,7 @@ extern bool dt_is_admin(Oid roleid);
 extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
 								 const char *action);
 extern void dt_model_lock_row(const char *name, const char *columns);
+extern int64 dt_model_rows(const char *table, int32 model_id);
 
 /* worker-side model cache */
 extern bool dt_models_refresh(bool force);

@@ -56,20 +56,6 @@ dt_history_forget_plans(void)
 	history_plan = NULL;
 }
 
-/* A one-dimensional array of n values of a type, with NULLs. */
-static Datum
-dt_array(Datum *values, bool *nulls, int n, Oid type)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-	int16		typlen;
-	bool		typbyval;
-	char		typalign;
-
-	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
-	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
-											  type, typlen, typbyval, typalign));
-}
 
 /* ----------------------------------------------------------------
  * Event log
@@ -127,7 +113,7 @@ dt_event_log_execute(DtLogRows *rows)
 											 DT_LOG_NCOLS + 1, types);
 	}
 	for (c = 0; c < DT_LOG_NCOLS; c++)
-		args[c] = dt_array(rows->cols[c], rows->nulls[c], rows->n, event_log_types[c]);
+		args[c] = dt_make_array(rows->cols[c], rows->nulls[c], rows->n, event_log_types[c]);
 	args[DT_LOG_NCOLS] = TimestampTzGetDatum(GetCurrentStatementStartTimestamp());
 	ret = SPI_execute_plan(event_log_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
@@ -356,12 +342,12 @@ dt_history_execute(DtHistoryRows *rows)
 										   "pg_catalog.unnest($6))",
 										   6, types);
 	}
-	args[0] = dt_array(rows->model_ids, NULL, rows->n, INT4OID);
-	args[1] = dt_array(rows->models, NULL, rows->n, TEXTOID);
-	args[2] = dt_array(rows->twin_ids, NULL, rows->n, TEXTOID);
-	args[3] = dt_array(rows->states, rows->state_nulls, rows->n, JSONBOID);
-	args[4] = dt_array(rows->counts, NULL, rows->n, INT8OID);
-	args[5] = dt_array(rows->times, NULL, rows->n, TIMESTAMPTZOID);
+	args[0] = dt_make_array(rows->model_ids, NULL, rows->n, INT4OID);
+	args[1] = dt_make_array(rows->models, NULL, rows->n, TEXTOID);
+	args[2] = dt_make_array(rows->twin_ids, NULL, rows->n, TEXTOID);
+	args[3] = dt_make_array(rows->states, rows->state_nulls, rows->n, JSONBOID);
+	args[4] = dt_make_array(rows->counts, NULL, rows->n, INT8OID);
+	args[5] = dt_make_array(rows->times, NULL, rows->n, TIMESTAMPTZOID);
 	ret = SPI_execute_plan(history_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));

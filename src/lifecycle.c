@@ -333,16 +333,8 @@ dt_migrate_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
 static void
 dt_migration_check_count(int32 model_id, int64 migrated)
 {
-	Datum		arg = Int32GetDatum(model_id);
-	Oid			type = INT4OID;
-	bool		isnull;
-	int64		twins;
+	int64		twins = dt_model_rows("twin_state", model_id);
 
-	if (SPI_execute_with_args("SELECT count(*) FROM digitaltwin.twin_state "
-							  "WHERE model_id OPERATOR(pg_catalog.=) $1",
-							  1, &type, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "digitaltwin: cannot count the twins migrated");
-	twins = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	if (twins != migrated)
 		elog(ERROR, "digitaltwin: migrated " INT64_FORMAT " of " INT64_FORMAT " twins", migrated, twins);
 }
@@ -635,22 +627,18 @@ digitaltwin_resume_model(PG_FUNCTION_ARGS)
  */
 static SPIPlanPtr hold_plan = NULL;
 
+/* the columns of held_events the workers write, in order */
+static const Oid hold_types[11] = {
+	INT8OID, INT4OID, TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID, INT4OID,
+	TIMESTAMPTZOID, TEXTOID, TEXTOID, INT8OID
+};
+
 void
 dt_hold_forget_plans(void)
 {
 	if (hold_plan)
 		SPI_freeplan(hold_plan);
 	hold_plan = NULL;
-}
-
-static Datum
-dt_text_array(Datum *values, bool *nulls, int n)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	return PointerGetDatum(construct_md_array(values, nulls, 1, dims, lbs,
-											  TEXTOID, -1, false, TYPALIGN_INT));
 }
 
 /* Insert the held events into digitaltwin.held_events, in one statement. */
@@ -660,17 +648,16 @@ dt_hold_insert(DtEvent **held, int n)
 	Datum	   *cols[11];
 	bool	   *nulls[11];
 	Datum		args[11];
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
 	int			ret;
 	int			c;
 	int			i;
 
 	if (hold_plan == NULL)
 	{
-		Oid			types[11] = {INT8ARRAYOID, INT4ARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
-			JSONBARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TIMESTAMPTZARRAYOID,
-		TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID};
+		Oid			types[11];
+
+		for (c = 0; c < 11; c++)
+			types[c] = get_array_type(hold_types[c]);
 
 		hold_plan = dt_spi_prepare_kept("INSERT INTO digitaltwin.held_events "
 										"(id, model_id, model, twin_id, payload, enqueued_at, depth, "
@@ -706,24 +693,8 @@ dt_hold_insert(DtEvent **held, int n)
 		cols[10][i] = Int64GetDatum(ev->retry_of);
 		nulls[10][i] = (ev->retry_of == 0);
 	}
-	args[0] = PointerGetDatum(construct_md_array(cols[0], nulls[0], 1, dims, lbs, INT8OID, 8,
-												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[1] = PointerGetDatum(construct_md_array(cols[1], nulls[1], 1, dims, lbs, INT4OID, 4,
-												 true, TYPALIGN_INT));
-	args[2] = dt_text_array(cols[2], nulls[2], n);
-	args[3] = dt_text_array(cols[3], nulls[3], n);
-	args[4] = PointerGetDatum(construct_md_array(cols[4], nulls[4], 1, dims, lbs, JSONBOID, -1,
-												 false, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_md_array(cols[5], nulls[5], 1, dims, lbs, TIMESTAMPTZOID, 8,
-												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[6] = PointerGetDatum(construct_md_array(cols[6], nulls[6], 1, dims, lbs, INT4OID, 4,
-												 true, TYPALIGN_INT));
-	args[7] = PointerGetDatum(construct_md_array(cols[7], nulls[7], 1, dims, lbs, TIMESTAMPTZOID, 8,
-												 FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
-	args[8] = dt_text_array(cols[8], nulls[8], n);
-	args[9] = dt_text_array(cols[9], nulls[9], n);
-	args[10] = PointerGetDatum(construct_md_array(cols[10], nulls[10], 1, dims, lbs, INT8OID, 8,
-												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	for (c = 0; c < 11; c++)
+		args[c] = dt_make_array(cols[c], nulls[c], n, hold_types[c]);
 	ret = SPI_execute_plan(hold_plan, args, NULL, false, 0);
 	if (ret != SPI_OK_INSERT)
 		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));

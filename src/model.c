@@ -502,30 +502,30 @@ dt_model_lock_row(const char *name, const char *columns)
  * dropped only with force => true: dropping forgets them for good, and
  * alter_model() is the way to change a model and keep them.
  */
-static void
-dt_drop_model_check_force(const char *name, Datum id)
+/*
+ * How many rows of digitaltwin.<table> (a table with a model_id column)
+ * are of the model, with a fresh snapshot.  Inside SPI.
+ */
+int64
+dt_model_rows(const char *table, int32 model_id)
 {
+	Datum		arg = Int32GetDatum(model_id);
 	Oid			argtype = INT4OID;
-	int			ret;
 	bool		isnull;
-	int64		twins;
-	int64		held = 0;
 
-	ret = SPI_execute_with_args("SELECT count(*) FROM digitaltwin.twin_state "
-								"WHERE model_id OPERATOR(pg_catalog.=) $1",
-								1, &argtype, &id, NULL, false, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	twins = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	if (dt_table_exists("held_events"))
-	{
-		ret = SPI_execute_with_args("SELECT count(*) FROM digitaltwin.held_events "
-									"WHERE model_id OPERATOR(pg_catalog.=) $1",
-									1, &argtype, &id, NULL, false, 0);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-		held = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	}
+	if (SPI_execute_with_args(psprintf("SELECT count(*) FROM digitaltwin.%s "
+									   "WHERE model_id OPERATOR(pg_catalog.=) $1", table),
+							  1, &argtype, &arg, NULL, false, 0) != SPI_OK_SELECT)
+		elog(ERROR, "digitaltwin: cannot count the rows of digitaltwin.%s", table);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+static void
+dt_drop_model_check_force(const char *name, int32 id)
+{
+	int64		twins = dt_model_rows("twin_state", id);
+	int64		held = dt_table_exists("held_events") ? dt_model_rows("held_events", id) : 0;
+
 	if (twins > 0 || held > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
@@ -579,7 +579,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
 	dt_check_model_owner(name, caller, owner, "drop");
 	if (!force)
-		dt_drop_model_check_force(name, id);
+		dt_drop_model_check_force(name, DatumGetInt32(id));
 
 	/* twin_state rows go with it (ON DELETE CASCADE) */
 	ret = SPI_execute_with_args("DELETE FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1",
