@@ -104,6 +104,7 @@ extern void dt_require_table(const char *relname, const char *version,
 							 const char *function);
 extern int	dt_timestamp_plus_interval(TimestampTz t, const Interval *iv,
 									   TimestampTz *result);
+extern void dt_to_jsonb_fmgr(FmgrInfo *flinfo, Oid type, MemoryContext cxt);
 extern Datum dt_make_array(Datum *values, bool *nulls, int n, Oid type);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
 typedef void (*dt_row_fn) (HeapTuple tuple, TupleDesc desc, void *arg);
@@ -394,6 +395,7 @@ extern Oid	dt_models_relid(void);
 extern void dt_register_cache_callbacks(void);
 extern bool dt_model_name_known(const char *name);	/* insert-side check */
 extern bool dt_models_have_versions(void);
+extern void dt_model_resolve(DtModel *m, MemoryContext cxt);
 extern int	dt_models_paused;
 extern int	dt_models_logging;
 extern Oid	dt_check_process(Oid fn, bool *strict);

@@ -27,10 +27,8 @@
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
 #include "executor/spi.h"
-#include "nodes/makefuncs.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -381,13 +379,7 @@ dt_history_state(DtStagedTwin *twin, HTAB *conversions)
 		return DatumGetJsonbP(twin->state);
 	conv = hash_search(conversions, &model->id, HASH_ENTER, &found);
 	if (!found)
-	{
-		fmgr_info(F_TO_JSONB, &conv->flinfo);
-		conv->flinfo.fn_expr = (Node *)
-			makeFuncExpr(F_TO_JSONB, JSONBOID,
-						 list_make1(makeNullConst(model->state_type, -1, InvalidOid)),
-						 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
-	}
+		dt_to_jsonb_fmgr(&conv->flinfo, model->state_type, CurrentMemoryContext);
 	/* as its owner, as the live view converts states */
 	guc_level = dt_become_model_owner(model->owner, model->search_path,
 									  &save_userid, &save_sec_context);

@@ -636,8 +636,12 @@ dt_model_name_known(const char *name)
  * ----------------------------------------------------------------
  */
 
-static void
-dt_model_resolve(DtModel *m)
+/*
+ * Fill in what calling a model's functions takes (FmgrInfo, strictness,
+ * the state type's layout), in cxt; 'broken' if a function is gone.
+ */
+void
+dt_model_resolve(DtModel *m, MemoryContext cxt)
 {
 	HeapTuple	tup;
 
@@ -650,7 +654,7 @@ dt_model_resolve(DtModel *m)
 	}
 	m->process_strict = ((Form_pg_proc) GETSTRUCT(tup))->proisstrict;
 	ReleaseSysCache(tup);
-	fmgr_info_cxt(m->process, &m->process_fn, model_cache_cxt);
+	fmgr_info_cxt(m->process, &m->process_fn, cxt);
 
 	if (OidIsValid(m->init))
 	{
@@ -662,7 +666,7 @@ dt_model_resolve(DtModel *m)
 		}
 		m->init_strict = ((Form_pg_proc) GETSTRUCT(tup))->proisstrict;
 		ReleaseSysCache(tup);
-		fmgr_info_cxt(m->init, &m->init_fn, model_cache_cxt);
+		fmgr_info_cxt(m->init, &m->init_fn, cxt);
 	}
 	get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
 	m->is_jsonb = (m->state_type == JSONBOID);
@@ -755,7 +759,7 @@ dt_models_refresh(bool force)
 		if (m->log_events || m->keep_history)
 			dt_models_logging++;
 		strlcpy(m->name, name, NAMEDATALEN);
-		dt_model_resolve(m);
+		dt_model_resolve(m, model_cache_cxt);
 	}
 	return true;
 }

@@ -27,11 +27,9 @@
 #include "executor/spi.h"
 #include "lib/pairingheap.h"
 #include "miscadmin.h"
-#include "nodes/makefuncs.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
-#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -548,20 +546,10 @@ dt_rehearsal_candidate(DtRehearsal *r, const char *name, int32 model_id, Oid own
 				(errcode(ERRCODE_INVALID_FUNCTION_DEFINITION),
 				 errmsg("process function %s of a model without init must not be STRICT",
 						format_procedure(process))));
-	m->process_strict = strict;
-	m->init_strict = OidIsValid(init) && func_strict(init);
 	m->owner = owner;
 	m->search_path = MemoryContextStrdup(r->cxt, search_path);
-	get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
-	m->is_jsonb = (m->state_type == JSONBOID);
-	fmgr_info_cxt(process, &m->process_fn, r->cxt);
-	if (OidIsValid(init))
-		fmgr_info_cxt(init, &m->init_fn, r->cxt);
-	fmgr_info_cxt(F_TO_JSONB, &r->to_jsonb, r->cxt);
-	r->to_jsonb.fn_expr = (Node *)
-		makeFuncExpr(F_TO_JSONB, JSONBOID,
-					 list_make1(makeNullConst(m->state_type, -1, InvalidOid)),
-					 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+	dt_model_resolve(m, r->cxt);
+	dt_to_jsonb_fmgr(&r->to_jsonb, m->state_type, r->cxt);
 }
 
 /*

@@ -17,9 +17,11 @@
 #include "catalog/pg_class.h"
 #include "commands/async.h"
 #include "miscadmin.h"
+#include "nodes/makefuncs.h"
 #include "utils/guc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
@@ -166,6 +168,23 @@ dt_spi_cursor_each(Portal portal, dt_row_fn fn, void *arg)
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+}
+
+/*
+ * to_jsonb() for values of a type, in cxt: the function finds its
+ * argument's type in its call expression, which a direct call lacks.
+ */
+void
+dt_to_jsonb_fmgr(FmgrInfo *flinfo, Oid type, MemoryContext cxt)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	fmgr_info(F_TO_JSONB, flinfo);
+	flinfo->fn_expr = (Node *)
+		makeFuncExpr(F_TO_JSONB, JSONBOID,
+					 list_make1(makeNullConst(type, -1, InvalidOid)),
+					 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
+	MemoryContextSwitchTo(old);
 }
 
 /*

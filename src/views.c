@@ -50,9 +50,7 @@
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
-#include "nodes/makefuncs.h"
 #include "utils/builtins.h"
-#include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/lsyscache.h"
@@ -121,7 +119,6 @@ dt_view_models(void)
 		bool		isnull;
 		int32		id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 		DtViewModel *m = hash_search(models, &id, HASH_ENTER, NULL);
-		MemoryContext old;
 
 		strlcpy(m->name, TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)),
 				sizeof(m->name));
@@ -133,16 +130,7 @@ dt_view_models(void)
 		get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
 		m->first_conversion = m->last_conversion = -1;
 		if (m->state_type != JSONBOID)
-		{
-			/* to_jsonb() finds the argument type in its call expression */
-			old = MemoryContextSwitchTo(cxt);
-			fmgr_info(F_TO_JSONB, &m->to_jsonb);
-			m->to_jsonb.fn_expr = (Node *)
-				makeFuncExpr(F_TO_JSONB, JSONBOID,
-							 list_make1(makeNullConst(m->state_type, -1, InvalidOid)),
-							 InvalidOid, InvalidOid, COERCE_EXPLICIT_CALL);
-			MemoryContextSwitchTo(old);
-		}
+			dt_to_jsonb_fmgr(&m->to_jsonb, m->state_type, cxt);
 	}
 	SPI_finish();
 	return models;
