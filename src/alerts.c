@@ -397,13 +397,15 @@ dt_log_dead_letter(const DtEvent *event)
 }
 
 /* The columns of digitaltwin.dead_letters: 0 = 1.6's, 1 = 1.7's, 2 = 1.8's. */
+#define DT_DEAD_LETTER_NEWEST 2
+
 static int
 dt_dead_letter_level(void)
 {
 	Oid			relid = dt_extension_relid("dead_letters");
 
 	if (get_attnum(relid, "model_version") != InvalidAttrNumber)
-		return 2;
+		return DT_DEAD_LETTER_NEWEST;
 	if (get_attnum(relid, "original_id") != InvalidAttrNumber)
 		return 1;
 	return 0;
@@ -424,15 +426,14 @@ dt_dead_letter(DtEvent *event)
 	Datum		args[14];
 	char		nulls[14];
 	DtModel    *model;
-	int			level;
 	int			ret;
 
 	/*
 	 * The table of an older version until ALTER EXTENSION UPDATE, then the
 	 * newer one's (rare: look)
 	 */
-	level = dt_dead_letter_level();
-	if (dead_letter_plan != NULL && level != dead_letter_plan_level)
+	if (dead_letter_plan != NULL && dead_letter_plan_level < DT_DEAD_LETTER_NEWEST &&
+		dt_dead_letter_level() != dead_letter_plan_level)
 	{
 		SPI_freeplan(dead_letter_plan);
 		dead_letter_plan = NULL;
@@ -452,6 +453,8 @@ dt_dead_letter(DtEvent *event)
 			" event_time, detail, hint, context, original_id, model_id, model_version) "
 			"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
 		};
+
+		int			level = dt_dead_letter_level();
 
 		dead_letter_plan = dt_spi_prepare_kept(psprintf("INSERT INTO digitaltwin.dead_letters %s",
 														columns[level]),
