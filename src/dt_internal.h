@@ -104,6 +104,8 @@ extern void dt_require_table(const char *relname, const char *version,
 							 const char *function);
 extern int	dt_timestamp_plus_interval(TimestampTz t, const Interval *iv,
 									   TimestampTz *result);
+extern bool dt_run_guarded(void (*fn) (void *arg), void *arg, const char *lock_timeout,
+						   int elevel, const char *failure);
 extern void dt_to_jsonb_fmgr(FmgrInfo *flinfo, Oid type, MemoryContext cxt);
 extern Datum dt_make_array(Datum *values, bool *nulls, int n, Oid type);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);

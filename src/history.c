@@ -33,7 +33,6 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/partcache.h"
-#include "utils/resowner.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
@@ -426,7 +425,7 @@ dt_history_add(DtStagedTwin *twin, void *arg)
 }
 
 static void
-dt_history_write_states(void)
+dt_history_write_states(void *arg)
 {
 	DtHistoryRows rows;
 	HASHCTL		ctl;
@@ -458,9 +457,6 @@ dt_history_write_states(void)
 void
 dt_history_write(DtEvent *batch, int nbatch)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-
 	if (dt_models_logging == 0)
 		return;
 	dt_event_log_write(batch, nbatch);
@@ -471,27 +467,7 @@ dt_history_write(DtEvent *batch, int nbatch)
 	 * batch goes on (trust rule 3) and only its history is missing, with a
 	 * WARNING; and it leaves nothing in the worker's session (rule 2).
 	 */
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		dt_history_write_states();
-		ReleaseCurrentSubTransaction();
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ereport(WARNING,
-				(errmsg("digitaltwin: the history of a batch was not written: %s", edata->message)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
+	(void) dt_run_guarded(dt_history_write_states, NULL, NULL, WARNING,
+						  "digitaltwin: the history of a batch was not written");
 	dt_model_forget_session_state();
 }

@@ -30,9 +30,7 @@
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/guc.h"
 #include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -55,6 +53,22 @@ static const DtLogTable log_tables[] = {
 
 static TimestampTz last_maintenance = 0;
 
+/* one step of the maintenance of a table, for dt_run_guarded() */
+typedef struct DtPartitionStep
+{
+	void		(*step) (const DtLogTable *t, void *arg);
+	const DtLogTable *t;
+	void	   *arg;
+} DtPartitionStep;
+
+static void
+dt_partition_run_step(void *arg)
+{
+	DtPartitionStep *s = arg;
+
+	s->step(s->t, s->arg);
+}
+
 /*
  * Run one step in a subtransaction with a short lock_timeout; false if it
  * failed (logged), and nothing of it remains.
@@ -63,37 +77,11 @@ static bool
 dt_partition_step(void (*step) (const DtLogTable *t, void *arg),
 				  const DtLogTable *t, void *arg)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	volatile bool done = false;
+	DtPartitionStep s = {step, t, arg};
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		(void) set_config_option("lock_timeout", "200", PGC_USERSET, PGC_S_SESSION,
-								 GUC_ACTION_LOCAL, true, 0, false);
-		step(t, arg);
-		ReleaseCurrentSubTransaction();
-		done = true;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		ereport(LOG,
-				(errmsg("digitaltwin: maintenance of the partitions of %s postponed: %s",
-						t->name, edata->message)));
-		FreeErrorData(edata);
-	}
-	PG_END_TRY();
-	MemoryContextSwitchTo(cxt);
-	CurrentResourceOwner = owner;
-	return done;
+	return dt_run_guarded(dt_partition_run_step, &s, "200", LOG,
+						  psprintf("digitaltwin: maintenance of the partitions of %s postponed",
+								   t->name));
 }
 
 /* Create the partition [from, from + width): the rows of its period move in. */

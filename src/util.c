@@ -24,6 +24,7 @@
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/syscache.h"
 
@@ -168,6 +169,48 @@ dt_spi_cursor_each(Portal portal, dt_row_fn fn, void *arg)
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+}
+
+/*
+ * Run fn(arg) in a subtransaction, under lock_timeout (milliseconds, as
+ * text) if given: on error everything it did is rolled back, the error is
+ * reported at elevel as "<failure>: <message>", and false is returned.
+ * For work a worker may give up on without failing its transaction.
+ */
+bool
+dt_run_guarded(void (*fn) (void *arg), void *arg, const char *lock_timeout,
+			   int elevel, const char *failure)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	volatile bool done = false;
+
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		if (lock_timeout != NULL)
+			(void) set_config_option("lock_timeout", lock_timeout, PGC_USERSET, PGC_S_SESSION,
+									 GUC_ACTION_LOCAL, true, 0, false);
+		fn(arg);
+		ReleaseCurrentSubTransaction();
+		done = true;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(elevel, (errmsg("%s: %s", failure, edata->message)));
+		FreeErrorData(edata);
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
+	return done;
 }
 
 /*
