@@ -23,6 +23,7 @@ OBJS = \
 	src/timers.o \
 	src/history.o \
 	src/rehearsal.o \
+	src/as_of.o \
 	src/partitions.o \
 	src/views.o \
 	src/live_fdw.o \
@@ -35,7 +36,7 @@ DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql \
 	sql/digitaltwin--1.1--1.2.sql sql/digitaltwin--1.2--1.3.sql \
 	sql/digitaltwin--1.3--1.4.sql sql/digitaltwin--1.4--1.5.sql \
 	sql/digitaltwin--1.5--1.6.sql sql/digitaltwin--1.6--1.7.sql \
-	sql/digitaltwin--1.7--1.8.sql
+	sql/digitaltwin--1.7--1.8.sql sql/digitaltwin--1.8--1.9.sql
 HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
