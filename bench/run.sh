@@ -304,6 +304,8 @@ latency=$("$DT_DIR/alert_latency" "$DT_CONN" heart_rate_c 20 400)
 wait "$BG" || true
 echo "  $latency"
 echo "alert latency at 10k ev/s,probe,400,,,$latency" >>"$CSV"
+LAT_P99=$(grep -o 'from INSERT sent: p50 [0-9.]* ms p90 [0-9.]* ms p99 [0-9.]*' <<<"$latency" | awk '{ print $NF }')
+LAT_FLOOR=$(grep -o 'round trip (the floor): p50 [0-9.]* ms p99 [0-9.]*' <<<"$latency" | awk '{ print $NF }')
 wait_idle
 
 fi
@@ -331,11 +333,15 @@ done
 recovery=$(grep -o 'loaded [0-9]* twins and [0-9]* timers in [0-9.]* ms' "$DT_DIR/server.log" | tail -n "$WORKERS" |
 	awk '{ if ($8 > m) m = $8; n += $2 } END { printf "%d twins in %.0f ms", n, m }')
 echo "  recovery: $recovery (workers load in parallel)"
+RECOVERY_MS=$(awk '{ print $(NF - 1) }' <<<"$recovery")
 echo "recovery,restart,$BIG_TWINS,,,$recovery" >>"$CSV"
 mem=$(dt_psql -At -c "SELECT round(memory_bytes::numeric / twins, 1) || ' bytes per twin, state ' ||
                              (SELECT avg(length(state))::int FROM digitaltwin.twin_state) || ' bytes (jsonb)'
                       FROM digitaltwin.stats WHERE worker IS NULL")
 echo "  shared memory: $mem"
+MEM_BEYOND=$(dt_psql -At -c "SELECT round(memory_bytes::numeric / twins -
+                                     (SELECT avg(length(state)) FROM digitaltwin.twin_state))
+                             FROM digitaltwin.stats WHERE worker IS NULL")
 echo "memory per twin,$BIG_TWINS twins,,,,$mem" >>"$CSV"
 
 # aggregates while the workers process a steady stream of the C model: one
@@ -365,6 +371,7 @@ for agg_query in "${agg_queries[@]}"; do
 	echo "    over $BIG_TWINS live twins: $agg_ms ms (mean, one session), $((a1 - a0)) ms (new connection);" \
 		"worker throughput meanwhile $during ev/s"
 	echo "aggregate over live twins,\"$agg_query\",$BIG_TWINS,$(awk "BEGIN{printf \"%.3f\", $agg_ms/1000}"),,one session; new connection $((a1 - a0)) ms; throughput $base -> $during ev/s" >>"$CSV"
+	AGG_MS=$agg_ms AGG_BASE=$base AGG_DURING=$during	# the last: every state read
 done
 wait "$BG" || true
 
@@ -814,4 +821,35 @@ echo "    single-row / queue table single-row, medians of the per-round ratios:"
 echo "      C model ${RATIO[heart_rate_c]}, plpgsql model ${RATIO[heart_rate]}," \
 	"C model with batch_delay $SINGLE_DELAY ${RATIO[heart_rate_c_delay]}, trigger peer ${RATIO[peer]}"
 fi
+# issue 15's table, each line measured in this run (n/a: its part did not run)
+i15() {	# measure figure target condition
+	local ok=n/a
+	[ "$2" != n/a ] && [ -n "$2" ] && ok=$(met "$4")
+	printf '    %-60s %-10s %-12s %s\n' "$1" "$2" "$3" "$ok"
+}
+val() { [ -n "$1" ] && echo "$1" || echo n/a; }
+echo "  issue 15 targets (this run):"
+printf '    %-60s %-10s %-12s %s\n' measure figure target met
+h_copy=$(r 'digitaltwin.events, ingest only|copy' 'heap insert (limit)|copy')
+i15 "COPY into digitaltwin.events alone / heap COPY" "$h_copy" ">= 0.90" "$h_copy >= 0.90"
+h_e2e=$(r 'digitaltwin heart_rate_c|copy' 'heap insert (limit)|copy')
+i15 "COPY end to end, C model / heap COPY" "$h_e2e" ">= 0.50" "$h_e2e >= 0.50"
+p_peer=$(r 'digitaltwin heart_rate|copy' 'trigger peer|copy')
+i15 "COPY, plpgsql model / trigger peer" "$p_peer" ">= 5" "$p_peer >= 5"
+h_multi=$(r 'digitaltwin heart_rate_c|multi' 'heap insert (limit)|multi')
+i15 "multi-row INSERT, C model / heap multi-row" "$h_multi" ">= 0.75" "$h_multi >= 0.75"
+h_single=$(val "${RATIO_HEAP[heart_rate_c]:-}")
+i15 "single-row INSERT (8 clients), C model / heap single-row" "$h_single" ">= 0.90" "$h_single >= 0.90"
+lat=$(val "${LAT_P99:-}")
+i15 "alert latency p99 at 10k events/s (ms)" "$lat" "<= 5" "$lat <= 5"
+i15 "  the probe INSERT's own commit round trip, p99 (ms)" "$(val "${LAT_FLOOR:-}")" "(the floor)" "1"
+agg=$(val "${AGG_MS:-}")
+i15 "aggregate over every state, $BIG_TWINS twins, loaded (ms)" "$agg" "<= 500" "$agg <= 500"
+rec=$(val "${RECOVERY_MS:-}")
+i15 "recovery of $BIG_TWINS twins after a restart (ms)" "$rec" "<= 2000" "$rec <= 2000"
+mem=$(val "${MEM_BEYOND:-}")
+i15 "shared memory per twin beyond the state (bytes)" "$mem" "<= 64" "$mem <= 64"
+drop=n/a
+[ -n "${AGG_BASE:-}" ] && drop=$(awk "BEGIN{printf \"%.2f\", $AGG_DURING / $AGG_BASE}")
+i15 "worker throughput while that aggregate runs / alone" "$drop" "no drop" "$drop >= 0.95"
 echo "CSV: $CSV"

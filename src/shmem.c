@@ -616,8 +616,12 @@ dt_store_alloc_image(const char *image, Size len)
 }
 
 /*
- * Load one twin from the durable state (worker start).  Same steps as a
- * batch's publication, without the commit between them.
+ * Load one twin from the durable state (worker start).  One hash operation
+ * per twin, not the three of a batch's publication (reserve, install,
+ * count): nothing is committed in between here, and a reader does not take
+ * the partition from shared memory before it is loaded whole (load_epoch).
+ * As in dt_store_reserve_entry(), the id has its chunk before the entry
+ * exists.
  */
 void
 dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
@@ -625,13 +629,63 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 				   int64 event_count, TimestampTz updated_at,
 				   DtWorkerSlot *slot)
 {
-	DtTwinKey	key;
+	DtSharedKey skey;
+	DtTwinEntry *entry;
 	dsa_pointer dp;
+	dsa_pointer id;
+	dsa_pointer old = InvalidDsaPointer;
+	Size		old_len = 0;
+	bool		found;
+	bool		was_live;
 
-	dt_make_key(&key, model_id, twin_id, idlen);
+	Assert(idlen <= DT_TWIN_ID_MAXLEN);
 	dp = dt_store_alloc_image(image, len);
-	(void) dt_store_reserve_entry(&key);
-	dt_store_install(&key, dp, len, state_version, event_count, updated_at, slot);
+	id = dsa_allocate_extended(dt_area, idlen, DSA_ALLOC_NO_OOM);
+	if (!DsaPointerIsValid(id))
+	{
+		dsa_free(dt_area, dp);
+		dt_store_out_of_memory();
+	}
+	memcpy(dsa_get_address(dt_area, id), twin_id, idlen);
+	skey.model_id = model_id;
+	skey.id_len = (uint16) idlen;
+	skey.id_is_local = false;
+	skey.id.shared = id;
+
+	PG_TRY();
+	{
+		entry = dshash_find_or_insert(dt_twins, &skey, &found);
+	}
+	PG_CATCH();
+	{
+		dsa_free(dt_area, id);
+		dsa_free(dt_area, dp);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	/* a twin already there (a batch's, published before a rebuild) */
+	was_live = found && !entry->pending;
+	if (was_live)
+	{
+		old = entry->state;
+		old_len = entry->state_len;
+	}
+	entry->state = dp;
+	entry->state_len = len;
+	entry->state_version = state_version;
+	entry->event_count = event_count;
+	entry->updated_at = updated_at;
+	entry->pending = false;
+	dshash_release_lock(dt_twins, entry);
+
+	if (found)
+		dsa_free(dt_area, id);
+	if (DsaPointerIsValid(old))
+		dsa_free(dt_area, old);
+	if (was_live)
+		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
+	else
+		dt_slot_account(slot, 1, len + DT_TWIN_OVERHEAD(idlen));
 }
 
 /*
