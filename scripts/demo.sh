@@ -90,11 +90,13 @@ LEFT JOIN LATERAL (
     WHERE m.name = t.model AND s.twin_id = t.twin_id AND t.model = 'heart_rate_c') c ON true
 GROUP BY t.model ORDER BY t.model;
 
-SELECT p.patient_id, p.name, p.age, (t.state->>'limit')::int AS "limit",
-       (t.state->>'max')::int AS max_bpm, (t.state->>'last')::int AS last_bpm,
+-- a typed view: one column per state property, no casts in the query
+SELECT digitaltwin.create_twin_view('heart_rate', 'patient_vitals',
+                                    'limit int, max int, last int, readings bigint') \gset
+SELECT p.patient_id, p.name, p.age, v."limit", v.max AS max_bpm, v.last AS last_bpm,
        a.alerts
 FROM patients p
-JOIN digitaltwin.twins t ON t.model = 'heart_rate' AND t.twin_id = p.patient_id
+JOIN patient_vitals v ON v.twin_id = p.patient_id
 JOIN (SELECT twin_id, count(*) AS alerts FROM digitaltwin.alerts
       WHERE model = 'heart_rate' GROUP BY twin_id) a ON a.twin_id = p.patient_id
 ORDER BY a.alerts DESC, p.patient_id LIMIT 5;

@@ -17,3 +17,33 @@ LANGUAGE C STABLE STRICT;
 
 COMMENT ON FUNCTION digitaltwin.twins_as_of(timestamptz) IS
 'The twins of the models with history as they were at a time (within the models'' history_keep), with the columns of digitaltwin.twins; updated_at is when that state was produced.  Reads digitaltwin.state_history as the caller, in one pass (memory: about 80 bytes per twin).';
+
+--------------------------------------------------------------------------
+-- Typed twin views (issue 17, src/twin_views.c): create_twin_view()
+-- makes an ordinary view of the caller's, one typed column per state
+-- property; drop_model() drops the model's typed views.
+--------------------------------------------------------------------------
+
+CREATE TABLE digitaltwin.twin_views (
+    view       regclass PRIMARY KEY,
+    model_id   integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    columns    text,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE digitaltwin.twin_views IS
+'The typed views create_twin_view() made, dropped with their model (a row whose view the user dropped names no view any more).';
+COMMENT ON COLUMN digitaltwin.twin_views.columns IS 'The column list given; NULL: the attributes of a composite state, or the whole state.';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.twin_views', '');
+GRANT SELECT ON digitaltwin.twin_views TO digitaltwin_reader;
+
+CREATE FUNCTION digitaltwin.create_twin_view(model text, view_name text, columns text DEFAULT NULL)
+RETURNS regclass
+AS 'MODULE_PATHNAME', 'digitaltwin_create_twin_view'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.create_twin_view(text, text, text) IS
+'Creates view view_name (in your schema, owned by you) over the model''s live twins: twin_id, one typed column per state property, event_count, updated_at.  columns: ''name type, ...'' (required for a jsonb state; default: the attributes of a composite state, or the state itself).  Dropped with the model or by DROP VIEW.  For digitaltwin_reader.';
+REVOKE ALL ON FUNCTION digitaltwin.create_twin_view(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.create_twin_view(text, text, text) TO digitaltwin_reader;

@@ -148,6 +148,9 @@ SELECT digitaltwin.set_event_log('logged', '1 day');
 SELECT digitaltwin.set_history('logged', '1 day');
 SELECT digitaltwin.create_model('held', 'app.log1(text,jsonb,jsonb)');
 });
+# version 1.9: a typed view of a model, registered to go with it
+$node_a->safe_psql('postgres', q{
+SELECT digitaltwin.create_twin_view('logged', 'app.logged_view', 'n int, v2 boolean')});
 $node_a->safe_psql('postgres', q{
 INSERT INTO digitaltwin.events (model, twin_id, payload)
 SELECT 'logged', 'l' || i % 5, jsonb_build_object('i', i) FROM generate_series(1, 50) i;
@@ -219,7 +222,7 @@ cmp_ok(scalar(grep { /^event_log_/ } @time_parts), '>=', 1, 'the dump has the ev
 cmp_ok(scalar(grep { /^state_history_/ } @time_parts), '>=', 1, 'the dump has the history\'s partitions');
 my %pos = map { $data[$_] => $_ } 0 .. $#data;
 is( join(',', sort @data),
-	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state',
+	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state,twin_views',
 	'the dump has the data of every table holding users\' data')
   or diag($toc);
 ok( defined $pos{models}
@@ -266,6 +269,8 @@ FROM digitaltwin.event_log ORDER BY event_id},
 SELECT model, twin_id, state::text, event_count, valid_from FROM digitaltwin.state_history
 ORDER BY model, twin_id, valid_from},
 	partitions => q{SELECT name, parent, from_time, to_time FROM digitaltwin.log_partitions ORDER BY name},
+	typed_view => q{SELECT twin_id, n, v2, event_count FROM app.logged_view ORDER BY twin_id},
+	typed_views => q{SELECT view::text, columns FROM digitaltwin.twin_views ORDER BY 1},
 	sequences => q{
 SELECT (SELECT last_value FROM digitaltwin.models_id_seq) || '/' ||
        (SELECT last_value FROM digitaltwin.alerts_id_seq) || '/' ||
@@ -474,6 +479,11 @@ is($node_b->safe_psql('restored', q{SELECT digitaltwin.wait_idle('60s')}), 't', 
 is( $node_b->safe_psql('restored', q{
 SELECT sum(event_count) FROM digitaltwin.twins WHERE model = 'held'}),
 	'30', 'each held event applied once after the restore');
+
+# the restored typed view is still the model's: it goes with it
+$node_b->safe_psql('restored', q{SELECT digitaltwin.drop_model('logged', force => true)});
+is($node_b->safe_psql('restored', q{SELECT count(*) FROM pg_class WHERE relname = 'logged_view'}),
+	'0', 'the restored typed view is dropped with its model');
 
 $node_b->stop;
 done_testing();
