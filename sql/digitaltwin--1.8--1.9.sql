@@ -47,3 +47,13 @@ COMMENT ON FUNCTION digitaltwin.create_twin_view(text, text, text) IS
 'Creates view view_name (in your schema, owned by you) over the model''s live twins: twin_id, one typed column per state property, event_count, updated_at.  columns: ''name type, ...'' (required for a jsonb state; default: the attributes of a composite state, or the state itself).  Dropped with the model or by DROP VIEW.  For digitaltwin_reader.';
 REVOKE ALL ON FUNCTION digitaltwin.create_twin_view(text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION digitaltwin.create_twin_view(text, text, text) TO digitaltwin_reader;
+
+--------------------------------------------------------------------------
+-- psql ergonomics (issue 17): every object of the extension has a comment
+-- (sql/comments.sql checks it); the identity sequences had none.
+--------------------------------------------------------------------------
+COMMENT ON SEQUENCE digitaltwin.alerts_id_seq IS 'Ids of digitaltwin.alerts (identity).';
+COMMENT ON SEQUENCE digitaltwin.events_id_seq IS 'Ids of the queued events (identity of digitaltwin.events): their order, kept by held, retried and logged events.';
+COMMENT ON SEQUENCE digitaltwin.models_id_seq IS 'Ids of digitaltwin.models (identity).';
+COMMENT ON SEQUENCE digitaltwin.outbox_id_seq IS 'Ids of digitaltwin.outbox (identity).';
+COMMENT ON SEQUENCE digitaltwin.rehearsals_id_seq IS 'Ids of digitaltwin.rehearsals (identity).';
