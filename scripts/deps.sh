@@ -10,7 +10,7 @@ PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
 export PG_CONFIG PGBIN
 
 dt_missing_packages() {
-	local pkgs="postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libipc-run-perl make gcc"
+	local pkgs=${*:-"postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-contrib libipc-run-perl make gcc"}
 	local p missing=""
 	for p in $pkgs; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
@@ -20,8 +20,14 @@ dt_missing_packages() {
 }
 
 dt_install_deps() {
+	dt_install_packages
+}
+
+# Install the given packages (default: what building and testing needs)
+# when missing.
+dt_install_packages() {
 	local missing
-	missing=$(dt_missing_packages)
+	missing=$(dt_missing_packages "$@")
 	if [ -n "$missing" ]; then
 		if [ "$(id -u)" != 0 ]; then
 			echo "missing packages:$missing (run as root to install them)" >&2
@@ -40,6 +46,11 @@ dt_build_install() {
 	local src=$1
 	make -C "$src" -s PG_CONFIG="$PG_CONFIG" >/dev/null
 	make -C "$src" -s PG_CONFIG="$PG_CONFIG" install >/dev/null
+}
+
+# Remove what dt_build_install installed.
+dt_uninstall() {
+	make -C "$1" -s PG_CONFIG="$PG_CONFIG" uninstall >/dev/null
 }
 
 # initdb and postgres refuse to run as root: run the instance as postgres.

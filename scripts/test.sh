@@ -6,7 +6,8 @@
 #
 # A subset: REGRESS="setup trust" ISOLATION= PROVE_TESTS="t/008_x.pl" bash
 # scripts/test.sh (empty REGRESS or ISOLATION skips that part; the TAP part
-# is skipped with PROVE_TESTS=none).  The install and the run hold a lock
+# is skipped with PROVE_TESTS=none).  The whole suite ends with the Debian
+# package (scripts/test_package.sh).  The install and the run hold a lock
 # (/tmp/digitaltwin-test.lock): several checkouts on one machine share the
 # server's extension directory.
 #
@@ -60,4 +61,10 @@ done
 echo "digitaltwin tests: $passed passed, $failed failed"
 if [ $status -ne 0 ] || [ "$failed" -ne 0 ]; then
 	exit 1
+fi
+
+# The Debian package, built and tested last (the whole suite only: a
+# subset skips it; PACKAGE_TEST=0 too).  Under this lock.
+if [ -z "${REGRESS+set}${ISOLATION+set}${PROVE_TESTS:-}" ] && [ "${PACKAGE_TEST:-1}" != 0 ]; then
+	DT_LOCK_HELD=1 bash "$ROOT/scripts/test_package.sh"
 fi
