@@ -24,18 +24,29 @@ COMMENT ON FUNCTION digitaltwin.twins_as_of(timestamptz) IS
 -- property; drop_model() drops the model's typed views.
 --------------------------------------------------------------------------
 
+-- A row names its view by number and by identity (schema, name, owner):
+-- drop_model() drops a view only if all of them still match, so that a
+-- row left by a view the user dropped can never make it drop another
+-- relation that got the number later (or in a restored database).
 CREATE TABLE digitaltwin.twin_views (
-    view       regclass PRIMARY KEY,
-    model_id   integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
-    columns    text,
-    created_at timestamptz NOT NULL DEFAULT now()
+    view        regclass PRIMARY KEY,
+    view_schema name NOT NULL,
+    view_name   name NOT NULL,
+    owner       regrole NOT NULL,
+    model_id    integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    columns     text,
+    created_at  timestamptz NOT NULL DEFAULT now()
 );
 
 COMMENT ON TABLE digitaltwin.twin_views IS
-'The typed views create_twin_view() made, dropped with their model (a row whose view the user dropped names no view any more).';
+'The typed views create_twin_view() made, dropped with their model (a row whose view the user dropped or renamed names no view any more, and is ignored).';
 COMMENT ON COLUMN digitaltwin.twin_views.columns IS 'The column list given; NULL: the attributes of a composite state, or the whole state.';
 
-SELECT pg_catalog.pg_extension_config_dump('digitaltwin.twin_views', '');
+-- dumped: the rows whose view still exists under its name
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.twin_views',
+    'WHERE EXISTS (SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace '
+    'WHERE c.oid OPERATOR(pg_catalog.=) view::pg_catalog.oid AND c.relname OPERATOR(pg_catalog.=) view_name '
+    'AND n.nspname OPERATOR(pg_catalog.=) view_schema AND c.relowner OPERATOR(pg_catalog.=) owner::pg_catalog.oid)');
 GRANT SELECT ON digitaltwin.twin_views TO digitaltwin_reader;
 
 CREATE FUNCTION digitaltwin.create_twin_view(model text, view_name text, columns text DEFAULT NULL)
@@ -57,3 +68,31 @@ COMMENT ON SEQUENCE digitaltwin.events_id_seq IS 'Ids of the queued events (iden
 COMMENT ON SEQUENCE digitaltwin.models_id_seq IS 'Ids of digitaltwin.models (identity).';
 COMMENT ON SEQUENCE digitaltwin.outbox_id_seq IS 'Ids of digitaltwin.outbox (identity).';
 COMMENT ON SEQUENCE digitaltwin.rehearsals_id_seq IS 'Ids of digitaltwin.rehearsals (identity).';
+
+--------------------------------------------------------------------------
+-- Rules-based models (issue 17, src/rules.c): the rules become a plpgsql
+-- model function of the caller's, registered with create_model() /
+-- alter_model() as the caller; digitaltwin.models shows the rules.
+--------------------------------------------------------------------------
+ALTER TABLE digitaltwin.models ADD COLUMN rules jsonb;
+COMMENT ON COLUMN digitaltwin.models.rules IS 'The rules of a rules-based model (create_rule_model(), alter_rule_model()); NULL for a model of functions.';
+
+CREATE FUNCTION digitaltwin.create_rule_model(name text, rules jsonb, init regprocedure DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_create_rule_model'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.create_rule_model(text, jsonb, regprocedure) IS
+'Creates a model from rules, a JSON array applied in order: {"when": expr, "set": {"property": expr}, "alert": {"severity": "...", "message": expr}, "timer": {"name": "...", "after": expr}, "outbox": expr}, each expr an SQL expression over state, event, twin_id and digitaltwin.current_event(); the state is jsonb.  The rules become the function <name>_rules_v1, yours, in the first schema of your search_path.  For digitaltwin_admin.';
+REVOKE ALL ON FUNCTION digitaltwin.create_rule_model(text, jsonb, regprocedure) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.create_rule_model(text, jsonb, regprocedure) TO digitaltwin_admin;
+
+CREATE FUNCTION digitaltwin.alter_rule_model(name text, rules jsonb)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'digitaltwin_alter_rule_model'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.alter_rule_model(text, jsonb) IS
+'Replaces the rules of a rules-based model, keeping its twins, as alter_model() does (the rules become <name>_rules_v<version>); returns the new version.  For the model''s owner.';
+REVOKE ALL ON FUNCTION digitaltwin.alter_rule_model(text, jsonb) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.alter_rule_model(text, jsonb) TO digitaltwin_admin;

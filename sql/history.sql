@@ -168,6 +168,17 @@ INSERT INTO digitaltwin.state_history_y2k VALUES ('2000-01-01 14:00+00', '{}', r
 SELECT count(*) FROM digitaltwin.twins_as_of('2000-01-01 15:00+00');
 ALTER TABLE digitaltwin.state_history DETACH PARTITION digitaltwin.state_history_y2k;
 DROP TABLE digitaltwin.state_history_y2k;
+-- a partition that is not a table (a foreign archive) is refused, not skipped
+CREATE EXTENSION file_fdw;
+CREATE SERVER history_archive FOREIGN DATA WRAPPER file_fdw;
+CREATE FOREIGN TABLE digitaltwin.state_history_1999 (model_id integer NOT NULL, model text NOT NULL,
+    twin_id text COLLATE "C" NOT NULL, state jsonb, event_count bigint NOT NULL, valid_from timestamptz NOT NULL)
+    SERVER history_archive OPTIONS (filename '/dev/null');
+ALTER TABLE digitaltwin.state_history ATTACH PARTITION digitaltwin.state_history_1999
+    FOR VALUES FROM ('1999-01-01 00:00+00') TO ('1999-01-02 00:00+00');
+SELECT count(*) FROM digitaltwin.twins_as_of(clock_timestamp());
+ALTER TABLE digitaltwin.state_history DETACH PARTITION digitaltwin.state_history_1999;
+DROP EXTENSION file_fdw CASCADE;
 -- it reads as the caller: a role that may not read the history may not,
 -- and a policy on the table is not bypassed
 CREATE ROLE dt_no_reader;

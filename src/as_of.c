@@ -181,8 +181,22 @@ asof_open_partitions(Oid parent)
 	{
 		AsOfPart   *part;
 
-		if (get_rel_relkind(lfirst_oid(lc)) != RELKIND_RELATION)
+		char		relkind = get_rel_relkind(lfirst_oid(lc));
+
+		if (relkind == RELKIND_PARTITIONED_TABLE)
 			continue;
+		/* a leaf that is not a table, say a foreign archive: not skipped */
+		if (relkind != RELKIND_RELATION)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("twins_as_of() reads only tables, and partition \"%s\" of digitaltwin.state_history is not one",
+							get_rel_name(lfirst_oid(lc))),
+					 errhint("Query digitaltwin.twin_history, or detach that partition.")));
+		if (list_length(parts) >= PG_UINT16_MAX)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("twins_as_of() reads at most %d partitions of digitaltwin.state_history",
+							PG_UINT16_MAX)));
 		part = palloc0(sizeof(AsOfPart));
 		part->rel = table_open(lfirst_oid(lc), NoLock);
 		asof_find_columns(part);
@@ -191,12 +205,16 @@ asof_open_partitions(Oid parent)
 	return parts;
 }
 
+/* the hash table's first size, at most (it grows past it as needed) */
+#define ASOF_MAX_PRESIZE		(16 * 1024 * 1024)
+#define ASOF_UNCOUNTED_PRESIZE	(1024 * 1024)
+
 /*
  * The number of twins to size the hash table for, so that it seldom has to
  * grow (each growth rehashes every twin into a new table) and is not much
  * larger than needed (fresh memory is what this function spends most on):
  * the live twins of the database, when the workers count them, else the
- * partitions' row estimates, an upper bound.
+ * partitions' row estimates (an upper bound) up to a million.
  */
 static uint32
 asof_expected_twins(AsOfPart **parts, int nparts)
@@ -219,9 +237,10 @@ asof_expected_twins(AsOfPart **parts, int nparts)
 			SpinLockRelease(&db->slots[i].mutex);
 		}
 		if (twins > 0)
-			rows = Min(rows, twins * 1.1);
+			return (uint32) Min(Max(twins * 1.1, 1024), ASOF_MAX_PRESIZE);
 	}
-	return (uint32) Min(Max(rows, 1024), 16 * 1024 * 1024);
+	/* not counted: an estimate of the rows, but not a big one at once */
+	return (uint32) Min(Max(rows, 1024), ASOF_UNCOUNTED_PRESIZE);
 }
 
 /* First pass: each twin's latest row at or before the time, by position. */
@@ -266,7 +285,10 @@ asof_scan_partition(asof_hash *latest, AsOfIds *ids, AsOfPart *part, int partno,
 		entry = asof_insert(latest, key, &found);
 		if (!found)
 			entry->key.id = asof_copy_id(ids, key.id, key.len);
-		else if (valid_from <= entry->valid_from)
+		/* a decompressed id (only a row written by hand has one) */
+		if ((Pointer) twin_id != DatumGetPointer(slot->tts_values[part->attnum[ASOF_TWIN_ID] - 1]))
+			pfree(twin_id);
+		if (found && valid_from <= entry->valid_from)
 			continue;
 		entry->key.part = partno;
 		entry->valid_from = valid_from;

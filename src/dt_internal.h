@@ -597,7 +597,7 @@ extern void dt_history_write(DtEvent *batch, int nbatch);
 extern void dt_history_forget_plans(void);
 
 /* twin_views.c: typed views of a model, dropped with it */
-extern void dt_twin_views_drop(int32 model_id);
+extern void dt_twin_views_drop(int32 model_id, const char *model);
 extern void dt_log_partitions_maintain(void);
 
 /* ----------------------------------------------------------------

@@ -581,7 +581,7 @@ digitaltwin_drop_model(PG_FUNCTION_ARGS)
 	if (!force)
 		dt_drop_model_check_force(name, DatumGetInt32(id));
 
-	dt_twin_views_drop(DatumGetInt32(id));
+	dt_twin_views_drop(DatumGetInt32(id), name);
 	/* twin_state and twin_views rows go with it (ON DELETE CASCADE) */
 	ret = SPI_execute_with_args("DELETE FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1",
 								1, &argtype, &arg, NULL, false, 0);

@@ -45,6 +45,9 @@
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/regproc.h"
+#include "utils/resowner.h"
+#include "utils/syscache.h"
+#include "access/xact.h"
 #include "utils/rel.h"
 #include "utils/typcache.h"
 
@@ -165,6 +168,12 @@ dt_parse_columns(const char *columns)
 		ListCell   *lc;
 		int			i;
 
+		CHECK_FOR_INTERRUPTS();
+		if (list_length(list) >= MaxTupleAttributeNumber - lengthof(fixed_columns))
+			ereport(ERROR,
+					(errcode(ERRCODE_TOO_MANY_COLUMNS),
+					 errmsg("a typed view can have at most %d columns besides its own",
+							MaxTupleAttributeNumber - (int) lengthof(fixed_columns))));
 		while (isspace((unsigned char) columns[pos]))
 			pos++;
 		col->name = dt_column_name(columns, &pos);
@@ -308,23 +317,32 @@ dt_twin_view_model(const char *model, int32 *id, Oid *state_type)
 }
 
 static void
-dt_twin_view_register(Oid view, int32 model_id, const char *columns)
+dt_twin_view_register(Oid view, Oid nsp, const char *relname, Oid owner,
+					  int32 model_id, const char *columns)
 {
-	Oid			types[3] = {REGCLASSOID, INT4OID, TEXTOID};
-	Datum		args[3];
+	Oid			types[6] = {REGCLASSOID, NAMEOID, NAMEOID, REGROLEOID, INT4OID, TEXTOID};
+	Datum		args[6];
 
 	args[0] = ObjectIdGetDatum(view);
-	args[1] = Int32GetDatum(model_id);
-	args[2] = columns ? CStringGetTextDatum(columns) : (Datum) 0;
-	/* rows of views the users dropped since */
+	args[1] = DirectFunctionCall1(namein, CStringGetDatum(get_namespace_name(nsp)));
+	args[2] = DirectFunctionCall1(namein, CStringGetDatum(relname));
+	args[3] = ObjectIdGetDatum(owner);
+	args[4] = Int32GetDatum(model_id);
+	args[5] = columns ? CStringGetTextDatum(columns) : (Datum) 0;
+	/* rows whose view is gone, renamed or given away since */
 	if (SPI_execute("DELETE FROM digitaltwin.twin_views v WHERE NOT EXISTS "
-					"(SELECT FROM pg_catalog.pg_class c "
-					" WHERE c.oid OPERATOR(pg_catalog.=) v.view::pg_catalog.oid)",
+					"(SELECT FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+					"   ON n.oid OPERATOR(pg_catalog.=) c.relnamespace "
+					" WHERE c.oid OPERATOR(pg_catalog.=) v.view::pg_catalog.oid "
+					"   AND c.relname OPERATOR(pg_catalog.=) v.view_name "
+					"   AND n.nspname OPERATOR(pg_catalog.=) v.view_schema "
+					"   AND c.relowner OPERATOR(pg_catalog.=) v.owner::pg_catalog.oid)",
 					false, 0) != SPI_OK_DELETE)
 		elog(ERROR, "digitaltwin: cannot clean digitaltwin.twin_views");
-	if (SPI_execute_with_args("INSERT INTO digitaltwin.twin_views (view, model_id, columns) "
-							  "VALUES ($1, $2, $3)",
-							  3, types, args, columns ? NULL : "  n", false, 0) != SPI_OK_INSERT)
+	if (SPI_execute_with_args("INSERT INTO digitaltwin.twin_views "
+							  "(view, view_schema, view_name, owner, model_id, columns) "
+							  "VALUES ($1, $2, $3, $4, $5, $6)",
+							  6, types, args, columns ? NULL : "     n", false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "digitaltwin: cannot register the typed view");
 }
 
@@ -354,6 +372,7 @@ digitaltwin_create_twin_view(PG_FUNCTION_ARGS)
 	char	   *sql;
 	int			level;
 	AclResult	aclresult;
+	Oid			caller = GetUserId();
 	DtTrustedScope scope;
 
 	dt_forbid_in_model("digitaltwin.create_twin_view()");
@@ -414,7 +433,7 @@ digitaltwin_create_twin_view(PG_FUNCTION_ARGS)
 		elog(ERROR, "digitaltwin: the typed view was not created");
 
 	dt_trusted_enter(&scope);
-	dt_twin_view_register(view, model_id, columns);
+	dt_twin_view_register(view, nsp, rv->relname, caller, model_id, columns);
 	dt_trusted_leave(&scope);
 	PG_RETURN_OID(view);
 }
@@ -463,18 +482,46 @@ dt_is_twin_view(Oid relid)
 }
 
 /*
- * DROP VIEW of each, RESTRICT.  When another object depends on one, the
- * error says which, and what to do in terms of the model rather than of
- * DROP ... CASCADE (the whole call fails: the model stays).
+ * The registered view, if it is still the one registered: the same number,
+ * schema, name and owner, a view reading digitaltwin.twins.
+ */
+static bool
+dt_twin_view_is(Oid relid, const char *nspname, const char *relname, Oid owner)
+{
+	HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	Form_pg_class rel;
+	bool		same;
+
+	if (!HeapTupleIsValid(tup))
+		return false;
+	rel = (Form_pg_class) GETSTRUCT(tup);
+	same = rel->relkind == RELKIND_VIEW && rel->relowner == owner &&
+		strcmp(NameStr(rel->relname), relname) == 0 &&
+		rel->relnamespace == get_namespace_oid(nspname, true);
+	ReleaseSysCache(tup);
+	return same && dt_is_twin_view(relid);
+}
+
+/*
+ * DROP VIEW, RESTRICT, in a subtransaction: when a view of the user's
+ * reads it, the typed view stays (with a warning naming what depends on
+ * it; its row goes with the model) rather than the user's objects
+ * keeping the model from being dropped.  Any other error is the call's.
  */
 static void
-dt_twin_views_delete(ObjectAddresses *views, int32 model_id)
+dt_twin_view_delete(Oid relid, const char *model)
 {
 	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+	ObjectAddress addr;
 
+	ObjectAddressSet(addr, RelationRelationId, relid);
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
 	PG_TRY();
 	{
-		performMultipleDeletions(views, DROP_RESTRICT, 0);
+		performDeletion(&addr, DROP_RESTRICT, 0);
+		ReleaseCurrentSubTransaction();
 	}
 	PG_CATCH();
 	{
@@ -485,52 +532,66 @@ dt_twin_views_delete(ObjectAddresses *views, int32 model_id)
 		if (edata->sqlerrcode != ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST)
 			PG_RE_THROW();
 		FlushErrorState();
-		ereport(ERROR,
+		RollbackAndReleaseCurrentSubTransaction();
+		ereport(WARNING,
 				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("cannot drop the typed views of the model: other objects depend on them"),
+				 errmsg("typed view %s of model \"%s\" kept: other objects depend on it",
+						get_rel_name(relid), model),
 				 edata->detail ? errdetail_internal("%s", edata->detail) : 0,
-				 errhint("Drop those objects first; the model is dropped with its typed views or not at all.")));
+				 errhint("It shows no twins any more; DROP VIEW ... CASCADE removes it and what depends on it.")));
 	}
 	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
 }
 
 /*
  * Drop the model's typed views, whoever owns them (the model goes, and
- * they would show nothing).  A view of the user's that reads one of them
- * stops the drop, as DROP VIEW would.  In drop_model()'s trusted scope;
- * the rows go with the model (ON DELETE CASCADE).
+ * they would show nothing).  Only views still what was registered; each
+ * locked without waiting, as drop_model() holds digitaltwin.models, which
+ * every worker's batch needs: a view in use makes the call fail, not the
+ * workers wait.  In drop_model()'s trusted scope; the rows go with the
+ * model (ON DELETE CASCADE).
  */
 void
-dt_twin_views_drop(int32 model_id)
+dt_twin_views_drop(int32 model_id, const char *model)
 {
 	Oid			argtype = INT4OID;
 	Datum		arg = Int32GetDatum(model_id);
-	ObjectAddresses *views = new_object_addresses();
+	SPITupleTable *rows;
+	uint64		n;
 	uint64		i;
 
 	if (!dt_table_exists("twin_views"))
 		return;
-	if (SPI_execute_with_args("SELECT view::pg_catalog.oid FROM digitaltwin.twin_views "
-							  "WHERE model_id OPERATOR(pg_catalog.=) $1",
+	if (SPI_execute_with_args("SELECT view::pg_catalog.oid, view_schema::pg_catalog.text, "
+							  "view_name::pg_catalog.text, owner::pg_catalog.oid "
+							  "FROM digitaltwin.twin_views WHERE model_id OPERATOR(pg_catalog.=) $1",
 							  1, &argtype, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "digitaltwin: cannot read digitaltwin.twin_views");
-	for (i = 0; i < SPI_processed; i++)
+	rows = SPI_tuptable;
+	n = SPI_processed;
+	for (i = 0; i < n; i++)
 	{
 		bool		isnull;
-		Oid			relid = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[i],
-														   SPI_tuptable->tupdesc, 1, &isnull));
-		ObjectAddress addr;
+		Oid			relid = DatumGetObjectId(SPI_getbinval(rows->vals[i], rows->tupdesc, 1, &isnull));
+		char	   *nspname = SPI_getvalue(rows->vals[i], rows->tupdesc, 2);
+		char	   *relname = SPI_getvalue(rows->vals[i], rows->tupdesc, 3);
+		Oid			owner = DatumGetObjectId(SPI_getbinval(rows->vals[i], rows->tupdesc, 4, &isnull));
 
-		/* locked before it is looked at, as DROP VIEW would */
-		LockRelationOid(relid, AccessExclusiveLock);
-		if (!dt_is_twin_view(relid))
+		if (!dt_twin_view_is(relid, nspname, relname, owner))
+			continue;
+		if (!ConditionalLockRelationOid(relid, AccessExclusiveLock))
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("typed view %s.%s of model \"%s\" is in use", nspname, relname, model),
+					 errhint("Drop the model when no transaction reads the view.")));
+		/* as it is now that it is locked */
+		if (!dt_twin_view_is(relid, nspname, relname, owner))
 		{
 			UnlockRelationOid(relid, AccessExclusiveLock);
 			continue;
 		}
-		ObjectAddressSet(addr, RelationRelationId, relid);
-		add_exact_object_address(&addr, views);
+		dt_twin_view_delete(relid, model);
 	}
-	dt_twin_views_delete(views, model_id);
-	free_object_addresses(views);
 }

@@ -1,0 +1,534 @@
+/*-------------------------------------------------------------------------
+ *
+ * rules.c
+ *	  Rules-based models: create_rule_model() and alter_rule_model() turn
+ *	  a JSON array of rules into a model function, for users who write no
+ *	  function themselves.
+ *
+ * A rule is {"when": expr, "set": {property: expr, ...}, "alert":
+ * {"severity": text, "message": expr}, "timer": {"name": text, "after":
+ * expr}, "outbox": expr}, every expr an SQL expression over state, event,
+ * twin_id and digitaltwin.current_event().  The rules become one plpgsql
+ * function, <name>_rules_v<version>, created by the caller in the first
+ * schema of the caller's search_path and registered with create_model() /
+ * alter_model() as the caller: it is exactly a model function the caller
+ * could have written, with the same rights and restrictions, and nothing
+ * here runs with other rights (only the rules column of digitaltwin.models
+ * is written as the extension's owner).
+ *
+ * The expressions are pasted into the function's text, so each must be
+ * one expression and nothing else: it is parsed alone as "SELECT (expr)"
+ * and refused unless that is a single SELECT of one target without any
+ * clause, which also rules out anything that would close the parentheses
+ * around it; then it is analysed over columns state (jsonb), event and
+ * twin_id, so that an unknown name or a type error is refused
+ * at creation, with the rule, the key and the position.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "nodes/makefuncs.h"
+#include "nodes/parsenodes.h"
+#include "parser/parser.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "dt_internal.h"
+
+PG_FUNCTION_INFO_V1(digitaltwin_create_rule_model);
+PG_FUNCTION_INFO_V1(digitaltwin_alter_rule_model);
+
+/* "SELECT (" before an expression when it is checked */
+#define RULE_EXPR_PREFIX	"SELECT ("
+
+typedef struct RuleCheck
+{
+	int			rule;			/* 1-based */
+	const char *key;			/* "when", "set.speed", "alert.message"... */
+	const char *expr;
+} RuleCheck;
+
+static void
+dt_rule_error(int rule, const char *key, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("rule %d: %s", rule, what),
+			 key ? errdetail("In \"%s\".", key) : 0,
+			 errhint("A rule is {\"when\": expr, \"set\": {\"property\": expr}, \"alert\": {\"severity\": \"warning\", \"message\": expr}, \"timer\": {\"name\": \"t\", \"after\": expr}, \"outbox\": expr}, each expr an SQL expression over state, event and twin_id.")));
+}
+
+/* ----------------------------------------------------------------
+ * Reading the rules (jsonb)
+ * ----------------------------------------------------------------
+ */
+
+static JsonbValue *
+dt_rule_get(JsonbContainer *c, const char *key)
+{
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	return findJsonbValueFromContainer(c, JB_FOBJECT, &k);
+}
+
+static char *
+dt_rule_string(JsonbValue *v, int rule, const char *key)
+{
+	if (v == NULL)
+		return NULL;
+	if (v->type != jbvString)
+		dt_rule_error(rule, key, "a string was expected");
+	if (v->val.string.len == 0)
+		dt_rule_error(rule, key, "an empty string");
+	return pnstrdup(v->val.string.val, v->val.string.len);
+}
+
+/* an object value of the rule: its container, or NULL */
+static JsonbContainer *
+dt_rule_object(JsonbValue *v, int rule, const char *key)
+{
+	if (v == NULL)
+		return NULL;
+	if (v->type != jbvBinary || !JsonContainerIsObject(v->val.binary.data))
+		dt_rule_error(rule, key, "an object was expected");
+	return v->val.binary.data;
+}
+
+/* Only the keys a rule may have: a typo must not be silently ignored. */
+static void
+dt_rule_check_keys(JsonbContainer *c, int rule, const char *const *allowed, const char *where)
+{
+	JsonbIterator *it = JsonbIteratorInit(c);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		const char *const *a;
+		char	   *key;
+
+		if (tok != WJB_KEY)
+			continue;
+		key = pnstrdup(v.val.string.val, v.val.string.len);
+		for (a = allowed; *a != NULL; a++)
+			if (strcmp(*a, key) == 0)
+				break;
+		if (*a == NULL)
+			dt_rule_error(rule, where, psprintf("unknown key \"%s\"", key));
+	}
+}
+
+/* ----------------------------------------------------------------
+ * Checking an expression
+ * ----------------------------------------------------------------
+ */
+
+/* It is one expression: "SELECT (expr)" is a plain SELECT of one target. */
+static void
+dt_rule_check_syntax(const RuleCheck *chk)
+{
+	char	   *sql = psprintf(RULE_EXPR_PREFIX "%s)", chk->expr);
+	MemoryContext cxt = CurrentMemoryContext;
+	List	   *parsed = NIL;
+	SelectStmt *select;
+
+	PG_TRY();
+	{
+		parsed = raw_parser(sql, RAW_PARSE_DEFAULT);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+		int			pos;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_SYNTAX_ERROR)
+			PG_RE_THROW();
+		FlushErrorState();
+		pos = edata->cursorpos - (int) strlen(RULE_EXPR_PREFIX);
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("rule %d, \"%s\": %s", chk->rule, chk->key, edata->message),
+				 pos > 0 && pos <= (int) strlen(chk->expr) + 1 ?
+				 errdetail("At character %d of: %s", pos, chk->expr) :
+				 errdetail("In: %s", chk->expr)));
+	}
+	PG_END_TRY();
+
+	select = list_length(parsed) == 1 ?
+		(SelectStmt *) ((RawStmt *) linitial(parsed))->stmt : NULL;
+	if (select == NULL || !IsA(select, SelectStmt) ||
+		list_length(select->targetList) != 1 || select->fromClause != NIL ||
+		select->whereClause != NULL || select->groupClause != NIL ||
+		select->havingClause != NULL || select->windowClause != NIL ||
+		select->sortClause != NIL || select->limitCount != NULL ||
+		select->limitOffset != NULL || select->lockingClause != NIL ||
+		select->intoClause != NULL || select->withClause != NULL ||
+		select->distinctClause != NIL || select->valuesLists != NIL ||
+		select->op != SETOP_NONE ||
+		((ResTarget *) linitial(select->targetList))->name != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_SYNTAX_ERROR),
+				 errmsg("rule %d, \"%s\": not a single expression", chk->rule, chk->key),
+				 errdetail("In: %s", chk->expr),
+				 errhint("Write one SQL expression, such as (event->>'speed')::int > 130; use a scalar subquery in parentheses to read a table.")));
+}
+
+/*
+ * It means something: analysed over the columns the function will have
+ * (state and event jsonb, twin_id text), as the caller
+ * and with the caller's search_path, which the model will keep.
+ */
+static void
+dt_rule_check_meaning(const RuleCheck *chk, const char *cast)
+{
+	char	   *sql = psprintf("SELECT (%s)%s FROM (SELECT NULL::pg_catalog.jsonb AS state, "
+							   "NULL::pg_catalog.jsonb AS event, NULL::pg_catalog.text AS twin_id) AS r",
+							   chk->expr, cast);
+	MemoryContext cxt = CurrentMemoryContext;
+
+	PG_TRY();
+	{
+		SPIPlanPtr	plan = SPI_prepare(sql, 0, NULL);
+
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		SPI_freeplan(plan);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		ereport(ERROR,
+				(errcode(edata->sqlerrcode),
+				 errmsg("rule %d, \"%s\": %s", chk->rule, chk->key, edata->message),
+				 errdetail("In: %s", chk->expr),
+				 edata->hint ? errhint("%s", edata->hint) : 0));
+	}
+	PG_END_TRY();
+}
+
+static void
+dt_rule_check(int rule, const char *key, const char *expr, const char *cast)
+{
+	RuleCheck	chk = {rule, key, expr};
+
+	dt_rule_check_syntax(&chk);
+	dt_rule_check_meaning(&chk, cast);
+}
+
+/* ----------------------------------------------------------------
+ * The function's text
+ * ----------------------------------------------------------------
+ */
+
+static void
+dt_rule_append_set(StringInfo body, JsonbContainer *set, int rule)
+{
+	JsonbIterator *it = JsonbIteratorInit(set);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	char	   *prop = NULL;
+	bool		first = true;
+
+	appendStringInfoString(body, "        state := state OPERATOR(pg_catalog.||) pg_catalog.jsonb_build_object(");
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY)
+			prop = pnstrdup(v.val.string.val, v.val.string.len);
+		else if (tok == WJB_VALUE)
+		{
+			char	   *key = psprintf("set.%s", prop);
+			char	   *expr = dt_rule_string(&v, rule, key);
+
+			dt_rule_check(rule, key, expr, "");
+			appendStringInfo(body, "%s%s, (%s)", first ? "" : ", ", quote_literal_cstr(prop), expr);
+			first = false;
+		}
+	}
+	if (first)
+		dt_rule_error(rule, "set", "no property to set");
+	appendStringInfoString(body, ");\n");
+}
+
+static void
+dt_rule_append(StringInfo body, JsonbContainer *r, int rule)
+{
+	static const char *const rule_keys[] = {"when", "set", "alert", "timer", "outbox", NULL};
+	static const char *const alert_keys[] = {"severity", "message", NULL};
+	static const char *const timer_keys[] = {"name", "after", NULL};
+	char	   *when = dt_rule_string(dt_rule_get(r, "when"), rule, "when");
+	JsonbContainer *set = dt_rule_object(dt_rule_get(r, "set"), rule, "set");
+	JsonbContainer *alert = dt_rule_object(dt_rule_get(r, "alert"), rule, "alert");
+	JsonbContainer *timer = dt_rule_object(dt_rule_get(r, "timer"), rule, "timer");
+	char	   *outbox = dt_rule_string(dt_rule_get(r, "outbox"), rule, "outbox");
+
+	dt_rule_check_keys(r, rule, rule_keys, NULL);
+	if (when == NULL)
+		dt_rule_error(rule, NULL, "\"when\" is missing");
+	if (set == NULL && alert == NULL && timer == NULL && outbox == NULL)
+		dt_rule_error(rule, NULL, "nothing to do: give \"set\", \"alert\", \"timer\" or \"outbox\"");
+	dt_rule_check(rule, "when", when, "::pg_catalog.bool");
+	appendStringInfo(body, "    -- rule %d\n    IF COALESCE((%s)::pg_catalog.bool, false) THEN\n",
+					 rule, when);
+	if (alert != NULL)
+	{
+		char	   *severity;
+		char	   *message;
+
+		dt_rule_check_keys(alert, rule, alert_keys, "alert");
+		severity = dt_rule_string(dt_rule_get(alert, "severity"), rule, "alert.severity");
+		message = dt_rule_string(dt_rule_get(alert, "message"), rule, "alert.message");
+		if (severity == NULL || message == NULL)
+			dt_rule_error(rule, "alert", "an alert needs \"severity\" and \"message\"");
+		dt_rule_check(rule, "alert.message", message, "::pg_catalog.text");
+		appendStringInfo(body, "        PERFORM digitaltwin.alert(%s, (%s)::pg_catalog.text);\n",
+						 quote_literal_cstr(severity), message);
+	}
+	if (timer != NULL)
+	{
+		char	   *name;
+		char	   *after;
+
+		dt_rule_check_keys(timer, rule, timer_keys, "timer");
+		name = dt_rule_string(dt_rule_get(timer, "name"), rule, "timer.name");
+		after = dt_rule_string(dt_rule_get(timer, "after"), rule, "timer.after");
+		if (name == NULL || after == NULL)
+			dt_rule_error(rule, "timer", "a timer needs \"name\" and \"after\"");
+		dt_rule_check(rule, "timer.after", after, "::pg_catalog.interval");
+		appendStringInfo(body, "        PERFORM digitaltwin.set_timer(%s, (%s)::pg_catalog.interval);\n",
+						 quote_literal_cstr(name), after);
+	}
+	if (outbox != NULL)
+	{
+		dt_rule_check(rule, "outbox", outbox, "::pg_catalog.jsonb");
+		appendStringInfo(body, "        PERFORM digitaltwin.send_to_source((%s)::pg_catalog.jsonb);\n",
+						 outbox);
+	}
+	/* after the actions, which see the state the rule was given */
+	if (set != NULL)
+		dt_rule_append_set(body, set, rule);
+	appendStringInfoString(body, "    END IF;\n");
+}
+
+/*
+ * The plpgsql body of the rules.  Its dollar quote is one that no
+ * expression contains (an expression cannot end the body early).
+ */
+static char *
+dt_rules_function_sql(const char *qualified_name, Jsonb *rules)
+{
+	StringInfoData body;
+	StringInfoData sql;
+	JsonbIterator *it;
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+	int			rule = 0;
+	char	   *tag;
+	int			n = 0;
+
+	if (!JB_ROOT_IS_ARRAY(rules) || JB_ROOT_IS_SCALAR(rules) || JB_ROOT_COUNT(rules) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rules must be a non-empty JSON array of rules")));
+	initStringInfo(&body);
+	appendStringInfoString(&body, "BEGIN\n    state := COALESCE(state, '{}'::pg_catalog.jsonb);\n");
+	it = JsonbIteratorInit(&rules->root);
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok != WJB_ELEM)
+			continue;
+		rule++;
+		if (v.type != jbvBinary || !JsonContainerIsObject(v.val.binary.data))
+			dt_rule_error(rule, NULL, "a rule must be a JSON object");
+		dt_rule_append(&body, v.val.binary.data, rule);
+	}
+	appendStringInfoString(&body, "    RETURN state;\nEND");
+
+	do
+		tag = psprintf("$dt_rules_%d$", n++);
+	while (strstr(body.data, tag) != NULL);
+	initStringInfo(&sql);
+	appendStringInfo(&sql,
+					 "CREATE FUNCTION %s(twin_id pg_catalog.text, state pg_catalog.jsonb, event pg_catalog.jsonb) "
+					 "RETURNS pg_catalog.jsonb LANGUAGE plpgsql AS %s\n%s\n%s",
+					 qualified_name, tag, body.data, tag);
+	return sql.data;
+}
+
+/* ----------------------------------------------------------------
+ * create_rule_model(), alter_rule_model()
+ * ----------------------------------------------------------------
+ */
+
+static char *
+dt_rules_text_arg(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	return text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+/*
+ * Create the rules' function, as the caller, in the first schema of the
+ * caller's search_path; returns its regprocedure text.
+ */
+static char *
+dt_rules_create_function(const char *model, int version, Jsonb *rules)
+{
+	Oid			nsp = RangeVarGetCreationNamespace(makeRangeVar(NULL, "x", -1));
+	char	   *fname = psprintf("%s_rules_v%d", model, version);
+	char	   *qualified;
+	char	   *sql;
+
+	if (strlen(fname) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("the rules' function name \"%s\" is too long", fname),
+				 errhint("Use a model name of at most %d bytes.", NAMEDATALEN - 1 - (int) strlen("_rules_v99"))));
+	qualified = quote_qualified_identifier(get_namespace_name(nsp), fname);
+	SPI_connect();
+	sql = dt_rules_function_sql(qualified, rules);
+	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "digitaltwin: cannot create the rules' function");
+	SPI_execute(psprintf("COMMENT ON FUNCTION %s(pg_catalog.text, pg_catalog.jsonb, pg_catalog.jsonb) IS %s",
+						 qualified,
+						 quote_literal_cstr(psprintf("The rules of model %s, version %d (made by digitaltwin.%s_rule_model()).",
+													 model, version, version == 1 ? "create" : "alter"))),
+				false, 0);
+	SPI_finish();
+	return psprintf("%s(pg_catalog.text,pg_catalog.jsonb,pg_catalog.jsonb)", qualified);
+}
+
+/* models.rules, written as the extension's owner */
+static void
+dt_rules_record(const char *model, Jsonb *rules)
+{
+	Oid			types[2] = {TEXTOID, JSONBOID};
+	Datum		args[2];
+	DtTrustedScope scope;
+
+	args[0] = CStringGetTextDatum(model);
+	args[1] = JsonbPGetDatum(rules);
+	dt_trusted_enter(&scope);
+	if (SPI_execute_with_args("UPDATE digitaltwin.models SET rules = $2 WHERE name OPERATOR(pg_catalog.=) $1",
+							  2, types, args, NULL, false, 0) != SPI_OK_UPDATE || SPI_processed != 1)
+		elog(ERROR, "digitaltwin: cannot record the rules of model \"%s\"", model);
+	dt_trusted_leave(&scope);
+}
+
+/* Call a function of the extension as the caller, through SPI. */
+static Datum
+dt_rules_call(const char *sql, int nargs, Oid *types, Datum *args, const char *nulls, bool *isnull)
+{
+	Datum		result;
+
+	SPI_connect();
+	if (SPI_execute_with_args(sql, nargs, types, args, nulls, false, 1) != SPI_OK_SELECT ||
+		SPI_processed != 1)
+		elog(ERROR, "digitaltwin: \"%s\" failed", sql);
+	result = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, isnull);
+	SPI_finish();
+	return result;
+}
+
+Datum
+digitaltwin_create_rule_model(PG_FUNCTION_ARGS)
+{
+	char	   *model = dt_rules_text_arg(fcinfo, 0, "model name");
+	Jsonb	   *rules;
+	char	   *process;
+	Oid			types[3] = {TEXTOID, TEXTOID, REGPROCEDUREOID};
+	Datum		args[3];
+	bool		isnull;
+
+	dt_forbid_in_model("digitaltwin.create_rule_model()");
+	dt_require_table("twin_views", "1.9", "digitaltwin.create_rule_model()");
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rules must not be null")));
+	rules = PG_GETARG_JSONB_P(1);
+	process = dt_rules_create_function(model, 1, rules);
+	args[0] = CStringGetTextDatum(model);
+	args[1] = CStringGetTextDatum(process);
+	args[2] = PG_ARGISNULL(2) ? (Datum) 0 : PG_GETARG_DATUM(2);
+	(void) dt_rules_call("SELECT digitaltwin.create_model($1, $2::pg_catalog.regprocedure, $3)",
+						 3, types, args, PG_ARGISNULL(2) ? "  n" : NULL, &isnull);
+	dt_rules_record(model, rules);
+	PG_RETURN_VOID();
+}
+
+/* The model's next version, checking it is a rules-based model. */
+static int
+dt_rules_next_version(const char *model)
+{
+	Oid			type = TEXTOID;
+	Datum		arg = CStringGetTextDatum(model);
+	bool		isnull;
+	int			version;
+	bool		has_rules;
+	DtTrustedScope scope;
+
+	dt_trusted_enter(&scope);
+	if (SPI_execute_with_args("SELECT version, rules IS NOT NULL FROM digitaltwin.models "
+							  "WHERE name OPERATOR(pg_catalog.=) $1",
+							  1, &type, &arg, NULL, false, 1) != SPI_OK_SELECT)
+		elog(ERROR, "digitaltwin: cannot read digitaltwin.models");
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("model \"%s\" does not exist", model)));
+	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	has_rules = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	dt_trusted_leave(&scope);
+	if (!has_rules)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("model \"%s\" is not a rules-based model", model),
+				 errhint("Use digitaltwin.alter_model() to change its functions.")));
+	return version + 1;
+}
+
+Datum
+digitaltwin_alter_rule_model(PG_FUNCTION_ARGS)
+{
+	char	   *model = dt_rules_text_arg(fcinfo, 0, "model name");
+	Jsonb	   *rules;
+	char	   *process;
+	Oid			types[2] = {TEXTOID, TEXTOID};
+	Datum		args[2];
+	bool		isnull;
+	Datum		version;
+
+	dt_forbid_in_model("digitaltwin.alter_rule_model()");
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rules must not be null")));
+	rules = PG_GETARG_JSONB_P(1);
+	process = dt_rules_create_function(model, dt_rules_next_version(model), rules);
+	args[0] = CStringGetTextDatum(model);
+	args[1] = CStringGetTextDatum(process);
+	version = dt_rules_call("SELECT digitaltwin.alter_model($1, $2::pg_catalog.regprocedure)",
+							2, types, args, NULL, &isnull);
+	dt_rules_record(model, rules);
+	PG_RETURN_DATUM(version);
+}
