@@ -94,6 +94,7 @@ extern bool dt_database_listed(const char *dbname);
 extern bool dt_preloaded;
 extern bool dt_is_worker;		/* this process is a digitaltwin worker */
 extern void dt_require_preload(void);
+extern char *dt_text_arg(FunctionCallInfo fcinfo, int n, const char *what);
 extern void dt_forbid_in_model(const char *function);
 struct DtCurrentEvent;
 extern struct DtCurrentEvent *dt_require_model_call(const char *function,
@@ -407,6 +408,7 @@ extern bool dt_is_admin(Oid roleid);
 extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
 								 const char *action);
 extern void dt_model_lock_row(const char *name, const char *columns);
+extern void dt_model_read_row(const char *name, const char *columns);
 extern int64 dt_model_rows(const char *table, int32 model_id);
 
 /* worker-side model cache */

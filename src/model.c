@@ -477,18 +477,34 @@ dt_check_model_owner(const char *name, Oid caller, Oid owner, const char *action
  * lifecycle.c and drop_model() see what the last batches committed, and no
  * batch runs while they change the model.  Inside SPI.
  */
+static void dt_model_select_row(const char *name, const char *columns, bool for_update);
+
 void
 dt_model_lock_row(const char *name, const char *columns)
+{
+	LockRelationOid(dt_models_relid(), ExclusiveLock);
+	CommandCounterIncrement();
+	dt_model_select_row(name, columns, true);
+}
+
+/* Read the given columns of the model's row into SPI_tuptable.  Inside SPI. */
+void
+dt_model_read_row(const char *name, const char *columns)
+{
+	dt_model_select_row(name, columns, false);
+}
+
+static void
+dt_model_select_row(const char *name, const char *columns, bool for_update)
 {
 	Datum		arg = CStringGetTextDatum(name);
 	Oid			argtype = TEXTOID;
 	int			ret;
 
-	LockRelationOid(dt_models_relid(), ExclusiveLock);
-	CommandCounterIncrement();
 	ret = SPI_execute_with_args(psprintf("SELECT %s FROM digitaltwin.models "
-										 "WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE", columns),
-								1, &argtype, &arg, NULL, false, 1);
+										 "WHERE name OPERATOR(pg_catalog.=) $1%s",
+										 columns, for_update ? " FOR UPDATE" : ""),
+								1, &argtype, &arg, NULL, !for_update, 1);
 	if (ret != SPI_OK_SELECT)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	if (SPI_processed == 0)

@@ -754,15 +754,7 @@ digitaltwin_rehearse(PG_FUNCTION_ARGS)
 									  ALLOCSET_DEFAULT_SIZES);
 
 	dt_trusted_enter(&scope);
-	args[0] = CStringGetTextDatum(name);
-	if (SPI_execute_with_args("SELECT id, owner::pg_catalog.oid, search_path, history_keep IS NOT NULL "
-							  "FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1",
-							  1, (Oid[]) {TEXTOID}, args, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "digitaltwin: cannot read digitaltwin.models");
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" does not exist", name)));
+	dt_model_read_row(name, "id, owner::pg_catalog.oid, search_path, history_keep IS NOT NULL");
 	model_id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	/* out of SPI's memory, which goes with the scope */

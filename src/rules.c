@@ -266,12 +266,34 @@ dt_rule_append_set(StringInfo body, JsonbContainer *set, int rule)
 	appendStringInfoString(body, ");\n");
 }
 
+/*
+ * An action that calls digitaltwin.<function>(text, expression):
+ * {"<text_key>": plain text, "<expr_key>": an SQL expression}.
+ */
+static void
+dt_rule_append_call(StringInfo body, JsonbContainer *action, int rule, const char *what,
+					const char *text_key, const char *expr_key, const char *cast,
+					const char *function)
+{
+	const char *const keys[] = {text_key, expr_key, NULL};
+	char	   *ekey = psprintf("%s.%s", what, expr_key);
+	char	   *text;
+	char	   *expr;
+
+	dt_rule_check_keys(action, rule, keys, what);
+	text = dt_rule_string(dt_rule_get(action, text_key), rule, psprintf("%s.%s", what, text_key));
+	expr = dt_rule_string(dt_rule_get(action, expr_key), rule, ekey);
+	if (text == NULL || expr == NULL)
+		dt_rule_error(rule, what, psprintf("\"%s\" needs \"%s\" and \"%s\"", what, text_key, expr_key));
+	dt_rule_check(rule, ekey, expr, cast);
+	appendStringInfo(body, "        PERFORM digitaltwin.%s(%s, (%s)%s);\n",
+					 function, quote_literal_cstr(text), expr, cast);
+}
+
 static void
 dt_rule_append(StringInfo body, JsonbContainer *r, int rule)
 {
 	static const char *const rule_keys[] = {"when", "set", "alert", "timer", "outbox", NULL};
-	static const char *const alert_keys[] = {"severity", "message", NULL};
-	static const char *const timer_keys[] = {"name", "after", NULL};
 	char	   *when = dt_rule_string(dt_rule_get(r, "when"), rule, "when");
 	JsonbContainer *set = dt_rule_object(dt_rule_get(r, "set"), rule, "set");
 	JsonbContainer *alert = dt_rule_object(dt_rule_get(r, "alert"), rule, "alert");
@@ -287,33 +309,11 @@ dt_rule_append(StringInfo body, JsonbContainer *r, int rule)
 	appendStringInfo(body, "    -- rule %d\n    IF COALESCE((%s)::pg_catalog.bool, false) THEN\n",
 					 rule, when);
 	if (alert != NULL)
-	{
-		char	   *severity;
-		char	   *message;
-
-		dt_rule_check_keys(alert, rule, alert_keys, "alert");
-		severity = dt_rule_string(dt_rule_get(alert, "severity"), rule, "alert.severity");
-		message = dt_rule_string(dt_rule_get(alert, "message"), rule, "alert.message");
-		if (severity == NULL || message == NULL)
-			dt_rule_error(rule, "alert", "an alert needs \"severity\" and \"message\"");
-		dt_rule_check(rule, "alert.message", message, "::pg_catalog.text");
-		appendStringInfo(body, "        PERFORM digitaltwin.alert(%s, (%s)::pg_catalog.text);\n",
-						 quote_literal_cstr(severity), message);
-	}
+		dt_rule_append_call(body, alert, rule, "alert", "severity", "message",
+							"::pg_catalog.text", "alert");
 	if (timer != NULL)
-	{
-		char	   *name;
-		char	   *after;
-
-		dt_rule_check_keys(timer, rule, timer_keys, "timer");
-		name = dt_rule_string(dt_rule_get(timer, "name"), rule, "timer.name");
-		after = dt_rule_string(dt_rule_get(timer, "after"), rule, "timer.after");
-		if (name == NULL || after == NULL)
-			dt_rule_error(rule, "timer", "a timer needs \"name\" and \"after\"");
-		dt_rule_check(rule, "timer.after", after, "::pg_catalog.interval");
-		appendStringInfo(body, "        PERFORM digitaltwin.set_timer(%s, (%s)::pg_catalog.interval);\n",
-						 quote_literal_cstr(name), after);
-	}
+		dt_rule_append_call(body, timer, rule, "timer", "name", "after",
+							"::pg_catalog.interval", "set_timer");
 	if (outbox != NULL)
 	{
 		dt_rule_check(rule, "outbox", outbox, "::pg_catalog.jsonb");
@@ -375,16 +375,6 @@ dt_rules_function_sql(const char *qualified_name, Jsonb *rules)
  * create_rule_model(), alter_rule_model()
  * ----------------------------------------------------------------
  */
-
-static char *
-dt_rules_text_arg(FunctionCallInfo fcinfo, int n, const char *what)
-{
-	if (PG_ARGISNULL(n))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
-	return text_to_cstring(PG_GETARG_TEXT_PP(n));
-}
 
 /*
  * Create the rules' function, as the caller, in the first schema of the
@@ -452,7 +442,7 @@ dt_rules_call(const char *sql, int nargs, Oid *types, Datum *args, const char *n
 Datum
 digitaltwin_create_rule_model(PG_FUNCTION_ARGS)
 {
-	char	   *model = dt_rules_text_arg(fcinfo, 0, "model name");
+	char	   *model = dt_text_arg(fcinfo, 0, "model name");
 	Jsonb	   *rules;
 	char	   *process;
 	Oid			types[3] = {TEXTOID, TEXTOID, REGPROCEDUREOID};
@@ -480,22 +470,13 @@ digitaltwin_create_rule_model(PG_FUNCTION_ARGS)
 static int
 dt_rules_next_version(const char *model)
 {
-	Oid			type = TEXTOID;
-	Datum		arg = CStringGetTextDatum(model);
 	bool		isnull;
 	int			version;
 	bool		has_rules;
 	DtTrustedScope scope;
 
 	dt_trusted_enter(&scope);
-	if (SPI_execute_with_args("SELECT version, rules IS NOT NULL FROM digitaltwin.models "
-							  "WHERE name OPERATOR(pg_catalog.=) $1",
-							  1, &type, &arg, NULL, false, 1) != SPI_OK_SELECT)
-		elog(ERROR, "digitaltwin: cannot read digitaltwin.models");
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" does not exist", model)));
+	dt_model_read_row(model, "version, rules IS NOT NULL");
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	has_rules = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 	dt_trusted_leave(&scope);
@@ -510,7 +491,7 @@ dt_rules_next_version(const char *model)
 Datum
 digitaltwin_alter_rule_model(PG_FUNCTION_ARGS)
 {
-	char	   *model = dt_rules_text_arg(fcinfo, 0, "model name");
+	char	   *model = dt_text_arg(fcinfo, 0, "model name");
 	Jsonb	   *rules;
 	char	   *process;
 	Oid			types[2] = {TEXTOID, TEXTOID};

@@ -616,34 +616,26 @@ dt_store_alloc_image(const char *image, Size len)
 }
 
 /*
- * Load one twin from the durable state (worker start).  One hash operation
- * per twin, not the three of a batch's publication (reserve, install,
- * count): nothing is committed in between here, and a reader does not take
- * the partition from shared memory before it is loaded whole (load_epoch).
- * As in dt_store_reserve_entry(), the id has its chunk before the entry
- * exists.
+ * Find or insert a twin's entry, returned locked.  The id gets its own
+ * chunk before the entry exists: an entry linked into the hash with a key
+ * pointing into this backend's memory would be read by every backend, and
+ * allocating may ERROR (dsa_allocate may fail to create a segment even
+ * with DSA_ALLOC_NO_OOM); on an error, image (if valid) is freed too.  An
+ * existing twin does not need the chunk: *unused_id is to be freed after
+ * the lock is released (InvalidDsaPointer when the entry is new).
  */
-void
-dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
-				   const char *image, Size len, uint16 state_version,
-				   int64 event_count, TimestampTz updated_at,
-				   DtWorkerSlot *slot)
+static DtTwinEntry *
+dt_store_find_or_insert(int32 model_id, const char *twin_id, int idlen,
+						dsa_pointer image, bool *found, dsa_pointer *unused_id)
 {
 	DtSharedKey skey;
 	DtTwinEntry *entry;
-	dsa_pointer dp;
-	dsa_pointer id;
-	dsa_pointer old = InvalidDsaPointer;
-	Size		old_len = 0;
-	bool		found;
-	bool		was_live;
+	dsa_pointer id = dsa_allocate_extended(dt_area, idlen, DSA_ALLOC_NO_OOM);
 
-	Assert(idlen <= DT_TWIN_ID_MAXLEN);
-	dp = dt_store_alloc_image(image, len);
-	id = dsa_allocate_extended(dt_area, idlen, DSA_ALLOC_NO_OOM);
 	if (!DsaPointerIsValid(id))
 	{
-		dsa_free(dt_area, dp);
+		if (DsaPointerIsValid(image))
+			dsa_free(dt_area, image);
 		dt_store_out_of_memory();
 	}
 	memcpy(dsa_get_address(dt_area, id), twin_id, idlen);
@@ -654,15 +646,43 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 
 	PG_TRY();
 	{
-		entry = dshash_find_or_insert(dt_twins, &skey, &found);
+		entry = dshash_find_or_insert(dt_twins, &skey, found);
 	}
 	PG_CATCH();
 	{
 		dsa_free(dt_area, id);
-		dsa_free(dt_area, dp);
+		if (DsaPointerIsValid(image))
+			dsa_free(dt_area, image);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
+	*unused_id = *found ? id : InvalidDsaPointer;
+	return entry;
+}
+
+/*
+ * Load one twin from the durable state (worker start).  One hash operation
+ * per twin, not the three of a batch's publication (reserve, install,
+ * count): nothing is committed in between here, and a reader does not take
+ * the partition from shared memory before it is loaded whole (load_epoch).
+ */
+void
+dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
+				   const char *image, Size len, uint16 state_version,
+				   int64 event_count, TimestampTz updated_at,
+				   DtWorkerSlot *slot)
+{
+	DtTwinEntry *entry;
+	dsa_pointer dp;
+	dsa_pointer id;
+	dsa_pointer old = InvalidDsaPointer;
+	Size		old_len = 0;
+	bool		found;
+	bool		was_live;
+
+	Assert(idlen <= DT_TWIN_ID_MAXLEN);
+	dp = dt_store_alloc_image(image, len);
+	entry = dt_store_find_or_insert(model_id, twin_id, idlen, dp, &found, &id);
 	/* a twin already there (a batch's, published before a rebuild) */
 	was_live = found && !entry->pending;
 	if (was_live)
@@ -678,7 +698,7 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 	entry->pending = false;
 	dshash_release_lock(dt_twins, entry);
 
-	if (found)
+	if (DsaPointerIsValid(id))
 		dsa_free(dt_area, id);
 	if (DsaPointerIsValid(old))
 		dsa_free(dt_area, old);
@@ -697,37 +717,12 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 bool
 dt_store_reserve_entry(const DtTwinKey *key)
 {
-	DtSharedKey skey;
 	DtTwinEntry *entry;
 	dsa_pointer id;
 	bool		found;
 
-	/*
-	 * The id gets its own chunk before the entry exists: an entry linked
-	 * into the hash with a key pointing into this backend's memory would be
-	 * read by every backend, and allocating may ERROR (dsa_allocate may
-	 * fail to create a segment even with DSA_ALLOC_NO_OOM).  An existing
-	 * twin gives the chunk back at once.
-	 */
-	id = dsa_allocate_extended(dt_area, strlen(key->twin_id), DSA_ALLOC_NO_OOM);
-	if (!DsaPointerIsValid(id))
-		dt_store_out_of_memory();
-	memcpy(dsa_get_address(dt_area, id), key->twin_id, strlen(key->twin_id));
-	skey.model_id = key->model_id;
-	skey.id_len = (uint16) strlen(key->twin_id);
-	skey.id_is_local = false;
-	skey.id.shared = id;
-
-	PG_TRY();
-	{
-		entry = dshash_find_or_insert(dt_twins, &skey, &found);
-	}
-	PG_CATCH();
-	{
-		dsa_free(dt_area, id);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
+	entry = dt_store_find_or_insert(key->model_id, key->twin_id, strlen(key->twin_id),
+									InvalidDsaPointer, &found, &id);
 	if (!found)
 	{
 		entry->pending = true;
@@ -737,7 +732,7 @@ dt_store_reserve_entry(const DtTwinKey *key)
 		entry->updated_at = 0;
 	}
 	dshash_release_lock(dt_twins, entry);
-	if (found)
+	if (DsaPointerIsValid(id))
 		dsa_free(dt_area, id);
 	return !found;
 }

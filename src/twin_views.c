@@ -299,19 +299,9 @@ dt_twin_view_sql(const char *nspname, const char *relname, const char *model,
 static void
 dt_twin_view_model(const char *model, int32 *id, Oid *state_type)
 {
-	Oid			argtype = TEXTOID;
-	Datum		arg = CStringGetTextDatum(model);
 	bool		isnull;
 
-	if (SPI_execute_with_args("SELECT id, state_type::pg_catalog.oid FROM digitaltwin.models "
-							  "WHERE name OPERATOR(pg_catalog.=) $1",
-							  1, &argtype, &arg, NULL, true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "digitaltwin: cannot read digitaltwin.models");
-	if (SPI_processed == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("model \"%s\" does not exist", model),
-				 errhint("digitaltwin.models lists the models.")));
+	dt_model_read_row(model, "id, state_type::pg_catalog.oid");
 	*id = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	*state_type = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
 }
@@ -344,16 +334,6 @@ dt_twin_view_register(Oid view, Oid nsp, const char *relname, Oid owner,
 							  "VALUES ($1, $2, $3, $4, $5, $6)",
 							  6, types, args, columns ? NULL : "     n", false, 0) != SPI_OK_INSERT)
 		elog(ERROR, "digitaltwin: cannot register the typed view");
-}
-
-static char *
-dt_text_arg(FunctionCallInfo fcinfo, int n, const char *what)
-{
-	if (PG_ARGISNULL(n))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("%s must not be null", what)));
-	return text_to_cstring(PG_GETARG_TEXT_PP(n));
 }
 
 Datum

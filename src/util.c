@@ -45,6 +45,17 @@ DtCurrentEvent *dt_current_event = NULL;
  */
 uint64		dt_messages_sent = 0;
 
+/* A text argument that must not be NULL, as a C string. */
+char *
+dt_text_arg(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	if (PG_ARGISNULL(n))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("%s must not be null", what)));
+	return text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
 void
 dt_require_preload(void)
 {
