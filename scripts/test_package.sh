@@ -25,6 +25,7 @@ if [ -z "${DT_LOCK_HELD:-}" ]; then
 fi
 
 BUILD=$(mktemp -d /tmp/digitaltwin-deb.XXXXXX)
+chmod 755 "$BUILD"	# the suite runs as another user
 RUN_AS=$(dt_run_user)
 cleanup() {
 	rm -rf "$BUILD"
