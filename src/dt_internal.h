@@ -12,9 +12,12 @@
  *	  reload.c	 twin_state written by others: the workers reload
  *	  model.c	 model registry, caches of models, calling model functions
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
+ *	  twin_views.c typed views: create_twin_view(), dropped with their model
+ *	  rules.c	 rules-based models: create_rule_model(), alter_rule_model()
  *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
  *	  stage.c	 worker-local staging of twin states within a batch
- *	  lifecycle.c versions (alter_model), pause and resume, logging switches
+ *	  lifecycle.c versions (alter_model), pause and resume, logging
+ *				 switches, drop_model()
  *	  alerts.c	 alert(), staged alerts, dead letters
  *	  outbox.c	 send_to_source(), staged commands to the data sources
  *	  messages.c send(): events, and messages between twins staged like alerts
@@ -22,6 +25,7 @@
  *	  timers.c	 durable timers: set_timer(), cancel_timer(), firing
  *	  history.c	 what a batch writes to the event log and the state history
  *	  partitions.c the time partitions of the event log and history
+ *	  as_of.c	 twins_as_of(): the twins at a past time, from the history
  *	  rehearsal.c rehearse(): a candidate version over the event log, sandboxed
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins

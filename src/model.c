@@ -1,8 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * model.c
- *	  Model registry: create_model(), drop_model(), the caches of models,
- *	  and calling a model's functions as the model's owner.
+ *	  Model registry: create_model() (drop_model() is in lifecycle.c), the
+ *	  caches of models, and calling a model's functions as the model's owner.
  *
  * Models are rows of digitaltwin.models.  Two backend-local caches read it:
  * the insert-side set of known model names (used by the events trigger) and
@@ -46,7 +46,6 @@
 #include "dt_internal.h"
 
 PG_FUNCTION_INFO_V1(digitaltwin_create_model);
-PG_FUNCTION_INFO_V1(digitaltwin_drop_model);
 
 static Oid	models_relid = InvalidOid;
 static bool callbacks_registered = false;
@@ -514,11 +513,6 @@ dt_model_select_row(const char *name, const char *columns, bool for_update)
 }
 
 /*
- * A model that still has twins (or, from version 1.8, held events) is
- * dropped only with force => true: dropping forgets them for good, and
- * alter_model() is the way to change a model and keep them.
- */
-/*
  * How many rows of digitaltwin.<table> (a table with a model_id column)
  * are of the model, with a fresh snapshot.  Inside SPI.
  */
@@ -534,79 +528,6 @@ dt_model_rows(const char *table, int32 model_id)
 							  1, &argtype, &arg, NULL, false, 0) != SPI_OK_SELECT)
 		elog(ERROR, "digitaltwin: cannot count the rows of digitaltwin.%s", table);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-}
-
-static void
-dt_drop_model_check_force(const char *name, int32 id)
-{
-	int64		twins = dt_model_rows("twin_state", id);
-	int64		held = dt_table_exists("held_events") ? dt_model_rows("held_events", id) : 0;
-
-	if (twins > 0 || held > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
-				 errmsg("model \"%s\" has " INT64_FORMAT " twins and " INT64_FORMAT " held events",
-						name, twins, held),
-				 errdetail("Dropping the model forgets its twins, their timers and its held events for good."),
-				 errhint("To change the model and keep its twins, use digitaltwin.alter_model(); to drop it anyway, digitaltwin.drop_model(%s, force => true).",
-						 quote_literal_cstr(name))));
-}
-
-Datum
-digitaltwin_drop_model(PG_FUNCTION_ARGS)
-{
-	char	   *name;
-	Datum		arg;
-	Oid			argtype = TEXTOID;
-	bool		isnull;
-	Oid			owner;
-	Datum		id;
-	int			ret;
-	Oid			caller = GetUserId();
-	/* version 1.7's drop_model(text) forces, as it always did */
-	bool		force = PG_NARGS() < 2 || (!PG_ARGISNULL(1) && PG_GETARG_BOOL(1));
-	DtTrustedScope scope;
-
-	dt_require_preload();
-	dt_forbid_in_model("digitaltwin.drop_model()");
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("model name must not be null")));
-	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	arg = CStringGetTextDatum(name);
-
-	if (!force && IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("cannot tell whether model \"%s\" has twins in a transaction at isolation level %s",
-						name, XactIsoLevel == XACT_SERIALIZABLE ? "SERIALIZABLE" : "REPEATABLE READ"),
-				 errhint("Run it in a READ COMMITTED transaction, or drop with force => true.")));
-	dt_trusted_enter(&scope);
-
-	/*
-	 * As a switch of lifecycle.c: no batch is creating twins of the model
-	 * or holding its events while it is looked at and dropped, and the
-	 * look sees what the last batches committed.
-	 */
-	dt_model_lock_row(name, "owner::pg_catalog.oid, id");
-	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1, &isnull));
-	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull);
-	dt_check_model_owner(name, caller, owner, "drop");
-	if (!force)
-		dt_drop_model_check_force(name, DatumGetInt32(id));
-
-	dt_twin_views_drop(DatumGetInt32(id), name);
-	/* twin_state and twin_views rows go with it (ON DELETE CASCADE) */
-	ret = SPI_execute_with_args("DELETE FROM digitaltwin.models WHERE name OPERATOR(pg_catalog.=) $1",
-								1, &argtype, &arg, NULL, false, 0);
-	if (ret != SPI_OK_DELETE)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	dt_trusted_leave(&scope);
-
-	CacheInvalidateRelcacheByRelid(dt_models_relid());
-	PG_RETURN_VOID();
 }
 
 /* ----------------------------------------------------------------
