@@ -75,7 +75,7 @@ wait "$LISTENER_PID"
 LISTENER_PID=
 
 echo "== $((ROUNDS * PER_ROUND * 2)) events ingested and processed in ${elapsed_ms} ms"
-echo "== summary over the live twins (digitaltwin.twins joined with patients)"
+echo "== summary over the live twins (digitaltwin.twins; a typed view, patient_vitals, joined with patients)"
 psql_demo <<'EOSQL'
 SELECT t.model,
        count(*) AS patients,
