@@ -107,11 +107,59 @@ SELECT pg_get_userbyid(p.proowner) AS owner, n.nspname FROM pg_proc p JOIN pg_na
 WHERE p.proname = 'a_rules_v1';
 SELECT owner, search_path FROM digitaltwin.models WHERE name = 'a';
 
+-- every expression is read with standard_conforming_strings on, as the
+-- function will be: a caller's "off" cannot make a literal read as code
+SET standard_conforming_strings = off;
+SELECT digitaltwin.create_rule_model('scs', $j$[{"when": "'\\' IS NULL)::pg_catalog.bool, false) THEN NULL; END IF; state := state || jsonb_build_object($$injected$$, current_user); IF COALESCE((false --' IS NOT NULL\nAND true", "set": {"x": "true"}}]$j$);
+SELECT digitaltwin.create_rule_model('scs', $j$[{"when": "true", "set": {"path": "'C:\\tmp'"}}]$j$);
+RESET standard_conforming_strings;
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('scs', 's', '{}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT state FROM digitaltwin.twins WHERE model = 'scs';
+SELECT proconfig FROM pg_proc WHERE proname = 'scs_rules_v1';
+-- names resolve as they were checked: a table's column before a parameter
+CREATE TABLE rule_limits (state text, lim int);
+INSERT INTO rule_limits VALUES ('on', 100);
+SELECT digitaltwin.create_rule_model('scoped', $$[
+  {"when": "(event->>'v')::int > (SELECT lim FROM rule_limits WHERE state = 'on')",
+   "set": {"over": "true", "seen": "scoped_rules_v1.event->'v'"}}
+]$$);
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('scoped', 's', '{"v": 150}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT state FROM digitaltwin.twins WHERE model = 'scoped';
+SELECT count(*) AS dead FROM digitaltwin.dead_letters WHERE model = 'scoped';
+-- two replacements in one statement take two versions
+SELECT digitaltwin.alter_rule_model('scoped', format('[{"when": "true", "set": {"v": "%s"}}]', i)::jsonb) AS version
+FROM generate_series(1, 2) i;
+-- alter_model() to functions: the model is no longer rules-based
+SELECT digitaltwin.alter_model('scoped', 'plain(text,jsonb,jsonb)');
+SELECT rules FROM digitaltwin.models WHERE name = 'scoped';
+SELECT digitaltwin.alter_rule_model('scoped', '[{"when": "true", "set": {"x": "1"}}]');
+-- the owner role itself replaces the rules, not a member of it: the new
+-- function, the caller's, runs as the owner
+CREATE ROLE dt_rules_owner IN ROLE digitaltwin_admin;
+CREATE ROLE dt_rules_member IN ROLE dt_rules_owner, digitaltwin_admin;
+CREATE SCHEMA rules_owned AUTHORIZATION dt_rules_owner;
+SET ROLE dt_rules_owner;
+SET search_path = rules_owned;
+SELECT digitaltwin.create_rule_model('owned', '[{"when": "true", "set": {"x": "1"}}]');
+RESET ROLE;
+SET ROLE dt_rules_member;
+SELECT digitaltwin.alter_rule_model('owned', '[{"when": "true", "set": {"x": "2"}}]');
+RESET ROLE;
+RESET search_path;
+-- a name too long for its versions, a name whose functions remain
+SELECT digitaltwin.create_rule_model(repeat('n', 51), '[{"when": "true", "set": {"x": "1"}}]');
+SELECT digitaltwin.drop_model('scs', force => true);
+SELECT digitaltwin.create_rule_model('scs', '[{"when": "true", "set": {"x": "1"}}]');
+
 -- clean up: the functions are the users' objects and stay after the model
-SELECT digitaltwin.drop_model(m, force => true) FROM unnest(ARRAY['speeds', 'quoted', 'plain', 'a']) m;
+SELECT digitaltwin.drop_model(m, force => true) FROM unnest(ARRAY['speeds', 'quoted', 'plain', 'a', 'scoped', 'owned']) m;
 SELECT count(*) AS functions_kept FROM pg_proc WHERE proname ~ '^(speeds|quoted|a)_rules_v\d$';
 DELETE FROM digitaltwin.outbox WHERE model = 'speeds';
-DROP FUNCTION speeds_rules_v1, speeds_rules_v2, quoted_rules_v1, plain;
-DROP SCHEMA rules_home CASCADE;
-DROP ROLE dt_rules_admin, dt_rules_writer;
+DROP FUNCTION speeds_rules_v1, speeds_rules_v2, quoted_rules_v1, plain, scs_rules_v1,
+              scoped_rules_v1, scoped_rules_v2, scoped_rules_v3;
+DROP TABLE rule_limits;
+DROP SCHEMA rules_home, rules_owned CASCADE;
+DROP ROLE dt_rules_admin, dt_rules_writer, dt_rules_member, dt_rules_owner;
 DROP TABLE sent_speeds;

@@ -514,6 +514,12 @@ digitaltwin_alter_model(PG_FUNCTION_ARGS)
 	if (ret != SPI_OK_UPDATE_RETURNING || SPI_processed != 1)
 		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	/* new functions are not the rules any more (alter_rule_model() records them again) */
+	if (get_attnum(dt_models_relid(), "rules") != InvalidAttrNumber &&
+		SPI_execute_with_args("UPDATE digitaltwin.models SET rules = NULL "
+							  "WHERE id OPERATOR(pg_catalog.=) $1 AND rules IS NOT NULL",
+							  1, argtypes, values, NULL, false, 0) != SPI_OK_UPDATE)
+		elog(ERROR, "digitaltwin: cannot clear the rules of model \"%s\"", name);
 
 	values[5] = ObjectIdGetDatum(caller);
 	argtypes[5] = REGROLEOID;

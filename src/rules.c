@@ -40,11 +40,17 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/guc.h"
+#include "parser/parse_func.h"
+#include "nodes/value.h"
 
 #include "dt_internal.h"
 
 PG_FUNCTION_INFO_V1(digitaltwin_create_rule_model);
 PG_FUNCTION_INFO_V1(digitaltwin_alter_rule_model);
+
+/* the alias of the columns an expression is checked over: the function's name */
+static const char *rule_alias = "r";
 
 /* "SELECT (" before an expression when it is checked */
 #define RULE_EXPR_PREFIX	"SELECT ("
@@ -195,8 +201,8 @@ static void
 dt_rule_check_meaning(const RuleCheck *chk, const char *cast)
 {
 	char	   *sql = psprintf("SELECT (%s)%s FROM (SELECT NULL::pg_catalog.jsonb AS state, "
-							   "NULL::pg_catalog.jsonb AS event, NULL::pg_catalog.text AS twin_id) AS r",
-							   chk->expr, cast);
+							   "NULL::pg_catalog.jsonb AS event, NULL::pg_catalog.text AS twin_id) AS %s",
+							   chk->expr, cast, rule_alias);
 	MemoryContext cxt = CurrentMemoryContext;
 
 	PG_TRY();
@@ -327,6 +333,31 @@ dt_rule_append(StringInfo body, JsonbContainer *r, int rule)
 }
 
 /*
+ * A number n such that $dt_rules_<n>$ is in no expression: one more than
+ * the largest there, found in one pass (a loop trying each in turn would
+ * take time quadratic in what a caller can write).
+ */
+static int
+dt_rules_free_tag(const char *body)
+{
+	const char *p = body;
+	long		max = -1;
+
+	while ((p = strstr(p, "$dt_rules_")) != NULL)
+	{
+		char	   *end;
+		long		n;
+
+		CHECK_FOR_INTERRUPTS();
+		p += strlen("$dt_rules_");
+		n = strtol(p, &end, 10);
+		if (end != p && *end == '$' && n > max && n < INT_MAX)
+			max = n;
+	}
+	return (int) (max + 1);
+}
+
+/*
  * The plpgsql body of the rules.  Its dollar quote is one that no
  * expression contains (an expression cannot end the body early).
  */
@@ -340,14 +371,15 @@ dt_rules_function_sql(const char *qualified_name, Jsonb *rules)
 	JsonbIteratorToken tok;
 	int			rule = 0;
 	char	   *tag;
-	int			n = 0;
 
 	if (!JB_ROOT_IS_ARRAY(rules) || JB_ROOT_IS_SCALAR(rules) || JB_ROOT_COUNT(rules) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("rules must be a non-empty JSON array of rules")));
 	initStringInfo(&body);
-	appendStringInfoString(&body, "BEGIN\n    state := COALESCE(state, '{}'::pg_catalog.jsonb);\n");
+	/* names resolve as in the check: a table's column before a parameter */
+	appendStringInfoString(&body, "#variable_conflict use_column\nBEGIN\n"
+						   "    state := COALESCE(state, '{}'::pg_catalog.jsonb);\n");
 	it = JsonbIteratorInit(&rules->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
@@ -360,13 +392,21 @@ dt_rules_function_sql(const char *qualified_name, Jsonb *rules)
 	}
 	appendStringInfoString(&body, "    RETURN state;\nEND");
 
-	do
-		tag = psprintf("$dt_rules_%d$", n++);
-	while (strstr(body.data, tag) != NULL);
+	tag = psprintf("$dt_rules_%d$", dt_rules_free_tag(body.data));
+	if (strstr(body.data, tag) != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("the rules hold every dollar quote the function could use")));
 	initStringInfo(&sql);
+	/*
+	 * The body is compiled by the worker with the function's own setting of
+	 * standard_conforming_strings, the one it was checked with: a string
+	 * the check read as one literal cannot read as code there.
+	 */
 	appendStringInfo(&sql,
 					 "CREATE FUNCTION %s(twin_id pg_catalog.text, state pg_catalog.jsonb, event pg_catalog.jsonb) "
-					 "RETURNS pg_catalog.jsonb LANGUAGE plpgsql AS %s\n%s\n%s",
+					 "RETURNS pg_catalog.jsonb LANGUAGE plpgsql SET standard_conforming_strings = on "
+					 "AS %s\n%s\n%s",
 					 qualified_name, tag, body.data, tag);
 	return sql.data;
 }
@@ -376,24 +416,41 @@ dt_rules_function_sql(const char *qualified_name, Jsonb *rules)
  * ----------------------------------------------------------------
  */
 
+/* the longest model name whose functions' names fit up to version 99999 */
+#define RULES_MAX_NAME	(NAMEDATALEN - 1 - (int) strlen("_rules_v99999"))
+
 /*
  * Create the rules' function, as the caller, in the first schema of the
- * caller's search_path; returns its regprocedure text.
+ * caller's search_path; returns its regprocedure text.  The checks and the
+ * CREATE read strings with standard_conforming_strings on, as the function
+ * itself will (its SET clause), whatever the caller's setting.
  */
 static char *
 dt_rules_create_function(const char *model, int version, Jsonb *rules)
 {
 	Oid			nsp = RangeVarGetCreationNamespace(makeRangeVar(NULL, "x", -1));
 	char	   *fname = psprintf("%s_rules_v%d", model, version);
+	Oid			argtypes[3] = {TEXTOID, JSONBOID, JSONBOID};
 	char	   *qualified;
 	char	   *sql;
+	int			level;
 
 	if (strlen(fname) >= NAMEDATALEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("the rules' function name \"%s\" is too long", fname),
-				 errhint("Use a model name of at most %d bytes.", NAMEDATALEN - 1 - (int) strlen("_rules_v99"))));
+				 errmsg("the rules' function name \"%s\" is too long", fname)));
 	qualified = quote_qualified_identifier(get_namespace_name(nsp), fname);
+	if (OidIsValid(LookupFuncName(list_make2(makeString(get_namespace_name(nsp)), makeString(fname)),
+								  3, argtypes, true)))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_FUNCTION),
+				 errmsg("function %s already exists", qualified),
+				 errdetail("It holds the rules of an earlier model of that name: the functions of a rules-based model stay after drop_model()."),
+				 errhint("Drop the earlier functions (DROP FUNCTION %s), or choose another model name.", qualified)));
+	rule_alias = quote_identifier(fname);
+	level = NewGUCNestLevel();
+	(void) set_config_option("standard_conforming_strings", "on", PGC_USERSET, PGC_S_SESSION,
+							 GUC_ACTION_SAVE, true, 0, false);
 	SPI_connect();
 	sql = dt_rules_function_sql(qualified, rules);
 	if (SPI_execute(sql, false, 0) != SPI_OK_UTILITY)
@@ -404,6 +461,7 @@ dt_rules_create_function(const char *model, int version, Jsonb *rules)
 													 model, version, version == 1 ? "create" : "alter"))),
 				false, 0);
 	SPI_finish();
+	AtEOXact_GUC(true, level);
 	return psprintf("%s(pg_catalog.text,pg_catalog.jsonb,pg_catalog.jsonb)", qualified);
 }
 
@@ -456,6 +514,11 @@ digitaltwin_create_rule_model(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("rules must not be null")));
 	rules = PG_GETARG_JSONB_P(1);
+	if (strlen(model) > RULES_MAX_NAME)
+		ereport(ERROR,
+				(errcode(ERRCODE_NAME_TOO_LONG),
+				 errmsg("the name of a rules-based model has at most %d bytes", RULES_MAX_NAME),
+				 errdetail("Its functions are named <name>_rules_v<version>.")));
 	process = dt_rules_create_function(model, 1, rules);
 	args[0] = CStringGetTextDatum(model);
 	args[1] = CStringGetTextDatum(process);
@@ -466,25 +529,41 @@ digitaltwin_create_rule_model(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-/* The model's next version, checking it is a rules-based model. */
+/*
+ * The model's next version, its row locked as alter_model() will lock it
+ * (two calls cannot both take the same version), checking that it is a
+ * rules-based model and that the caller is its owner role itself: the new
+ * function is made by the caller, and runs as the owner; made by a member
+ * of the owner role, it would stay under the member's control after the
+ * membership is revoked.
+ */
 static int
 dt_rules_next_version(const char *model)
 {
+	Oid			caller = GetUserId();
 	bool		isnull;
 	int			version;
 	bool		has_rules;
+	Oid			owner;
 	DtTrustedScope scope;
 
 	dt_trusted_enter(&scope);
-	dt_model_read_row(model, "version, rules IS NOT NULL");
+	dt_model_lock_row(model, "version, rules IS NOT NULL, owner::pg_catalog.oid");
 	version = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	has_rules = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &isnull));
+	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
 	dt_trusted_leave(&scope);
 	if (!has_rules)
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("model \"%s\" is not a rules-based model", model),
 				 errhint("Use digitaltwin.alter_model() to change its functions.")));
+	if (caller != owner)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only the owner of model \"%s\" may replace its rules", model),
+				 errdetail("The rules become a function of the caller's, which runs as the model's owner."),
+				 errhint("SET ROLE %s first.", quote_identifier(GetUserNameFromId(owner, false)))));
 	return version + 1;
 }
 
