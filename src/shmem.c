@@ -616,6 +616,37 @@ dt_store_alloc_image(const char *image, Size len)
 }
 
 /*
+ * Give a locked entry its new state image, release it, free the image it
+ * had and count the change in the worker's slot (a pending entry was not
+ * counted yet).
+ */
+static void
+dt_entry_set_state(DtTwinEntry *entry, dsa_pointer image, Size len,
+				   uint16 state_version, int64 event_count,
+				   TimestampTz updated_at, DtWorkerSlot *slot)
+{
+	bool		was_new = entry->pending;
+	dsa_pointer old = entry->state;
+	Size		old_len = entry->state_len;
+	uint16		id_len = entry->key.id_len;
+
+	entry->state = image;
+	entry->state_len = len;
+	entry->state_version = state_version;
+	entry->event_count = event_count;
+	entry->updated_at = updated_at;
+	entry->pending = false;
+	dshash_release_lock(dt_twins, entry);
+
+	if (DsaPointerIsValid(old))
+		dsa_free(dt_area, old);
+	if (was_new)
+		dt_slot_account(slot, 1, len + DT_TWIN_OVERHEAD(id_len));
+	else
+		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
+}
+
+/*
  * Find or insert a twin's entry, returned locked.  The id gets its own
  * chunk before the entry exists: an entry linked into the hash with a key
  * pointing into this backend's memory would be read by every backend, and
@@ -675,37 +706,21 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 	DtTwinEntry *entry;
 	dsa_pointer dp;
 	dsa_pointer id;
-	dsa_pointer old = InvalidDsaPointer;
-	Size		old_len = 0;
 	bool		found;
-	bool		was_live;
 
 	Assert(idlen <= DT_TWIN_ID_MAXLEN);
 	dp = dt_store_alloc_image(image, len);
 	entry = dt_store_find_or_insert(model_id, twin_id, idlen, dp, &found, &id);
-	/* a twin already there (a batch's, published before a rebuild) */
-	was_live = found && !entry->pending;
-	if (was_live)
+	if (!found)
 	{
-		old = entry->state;
-		old_len = entry->state_len;
+		entry->pending = true;
+		entry->state = InvalidDsaPointer;
+		entry->state_len = 0;
 	}
-	entry->state = dp;
-	entry->state_len = len;
-	entry->state_version = state_version;
-	entry->event_count = event_count;
-	entry->updated_at = updated_at;
-	entry->pending = false;
-	dshash_release_lock(dt_twins, entry);
-
+	/* (found: a twin a batch published before a rebuild) */
+	dt_entry_set_state(entry, dp, len, state_version, event_count, updated_at, slot);
 	if (DsaPointerIsValid(id))
 		dsa_free(dt_area, id);
-	if (DsaPointerIsValid(old))
-		dsa_free(dt_area, old);
-	if (was_live)
-		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
-	else
-		dt_slot_account(slot, 1, len + DT_TWIN_OVERHEAD(idlen));
 }
 
 /*
@@ -773,33 +788,12 @@ dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
 {
 	DtSharedKey skey;
 	DtTwinEntry *entry;
-	dsa_pointer old;
-	Size		old_len;
-	bool		was_new;
-	uint16		id_len;
 
 	dt_lookup_key(&skey, key);
 	entry = dshash_find(dt_twins, &skey, true);
 	if (entry == NULL)
 		elog(PANIC, "digitaltwin: reserved twin entry vanished");
-	was_new = entry->pending;
-	old = entry->state;
-	old_len = entry->state_len;
-	id_len = entry->key.id_len;
-	entry->state = image;
-	entry->state_len = len;
-	entry->state_version = state_version;
-	entry->event_count = event_count;
-	entry->updated_at = updated_at;
-	entry->pending = false;
-	dshash_release_lock(dt_twins, entry);
-
-	if (DsaPointerIsValid(old))
-		dsa_free(dt_area, old);
-	if (was_new)
-		dt_slot_account(slot, 1, len + DT_TWIN_OVERHEAD(id_len));
-	else
-		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
+	dt_entry_set_state(entry, image, len, state_version, event_count, updated_at, slot);
 }
 
 /*
