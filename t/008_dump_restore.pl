@@ -148,9 +148,16 @@ SELECT digitaltwin.set_event_log('logged', '1 day');
 SELECT digitaltwin.set_history('logged', '1 day');
 SELECT digitaltwin.create_model('held', 'app.log1(text,jsonb,jsonb)');
 });
-# version 1.9: a typed view of a model, registered to go with it
+# version 1.9: a typed view of a model, registered to go with it, and a
+# rules-based model (its function is an ordinary one of its creator's)
 $node_a->safe_psql('postgres', q{
-SELECT digitaltwin.create_twin_view('logged', 'app.logged_view', 'n int, v2 boolean')});
+SELECT digitaltwin.create_twin_view('logged', 'app.logged_view', 'n int, v2 boolean');
+SET search_path = app;
+SELECT digitaltwin.create_rule_model('ruled', '[{"when": "(event->>''i'')::int % 2 = 0", "set": {"even": "coalesce((state->>''even'')::int, 0) + 1"}}]');
+RESET search_path;
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'ruled', 'r' || i % 3, jsonb_build_object('i', i) FROM generate_series(1, 12) i;
+SELECT digitaltwin.wait_idle('60s');});
 $node_a->safe_psql('postgres', q{
 INSERT INTO digitaltwin.events (model, twin_id, payload)
 SELECT 'logged', 'l' || i % 5, jsonb_build_object('i', i) FROM generate_series(1, 50) i;
@@ -271,6 +278,7 @@ ORDER BY model, twin_id, valid_from},
 	partitions => q{SELECT name, parent, from_time, to_time FROM digitaltwin.log_partitions ORDER BY name},
 	typed_view => q{SELECT twin_id, n, v2, event_count FROM app.logged_view ORDER BY twin_id},
 	typed_views => q{SELECT view::text, columns FROM digitaltwin.twin_views ORDER BY 1},
+	rules => q{SELECT name, process::text, rules::text FROM digitaltwin.models WHERE rules IS NOT NULL},
 	sequences => q{
 SELECT (SELECT last_value FROM digitaltwin.models_id_seq) || '/' ||
        (SELECT last_value FROM digitaltwin.alerts_id_seq) || '/' ||
@@ -479,6 +487,13 @@ is($node_b->safe_psql('restored', q{SELECT digitaltwin.wait_idle('60s')}), 't', 
 is( $node_b->safe_psql('restored', q{
 SELECT sum(event_count) FROM digitaltwin.twins WHERE model = 'held'}),
 	'30', 'each held event applied once after the restore');
+
+# the restored rules-based model goes on with its rules
+$node_b->safe_psql('restored', q{
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('ruled', 'r0', '{"i": 100}');
+SELECT digitaltwin.wait_idle('60s')});
+is($node_b->safe_psql('restored', q{SELECT state->>'even' FROM digitaltwin.twins WHERE model = 'ruled' AND twin_id = 'r0'}),
+	'3', 'the restored rules-based model applies its rules');
 
 # the restored typed view is still the model's: it goes with it
 $node_b->safe_psql('restored', q{SELECT digitaltwin.drop_model('logged', force => true)});
