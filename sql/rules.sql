@@ -63,6 +63,7 @@ SELECT digitaltwin.create_rule_model('bad', '[{"when": "true", "alert": {"severi
 SELECT digitaltwin.create_rule_model('bad', '[{"when": "true", "set": "x"}]');
 SELECT digitaltwin.create_rule_model('bad', '[{"when": "true", "set": {}}]');
 SELECT digitaltwin.create_rule_model('bad', '[{"when": "true", "timer": {"name": "t", "after": "5"}}]');
+SELECT digitaltwin.create_rule_model('bad', format('[{"when": "true", "alert": {"severity": "%s", "message": "''m''"}}]', repeat('s', 65))::jsonb);
 SELECT digitaltwin.create_rule_model('bad', '[42]');
 SELECT digitaltwin.create_rule_model('bad', '[]');
 SELECT digitaltwin.create_rule_model('bad', '{"when": "true"}');

@@ -278,8 +278,8 @@ dt_rule_append_set(StringInfo body, JsonbContainer *set, int rule)
  */
 static void
 dt_rule_append_call(StringInfo body, JsonbContainer *action, int rule, const char *what,
-					const char *text_key, const char *expr_key, const char *cast,
-					const char *function)
+					const char *text_key, int text_max, const char *expr_key,
+					const char *cast, const char *function)
 {
 	const char *const keys[] = {text_key, expr_key, NULL};
 	char	   *ekey = psprintf("%s.%s", what, expr_key);
@@ -291,6 +291,9 @@ dt_rule_append_call(StringInfo body, JsonbContainer *action, int rule, const cha
 	expr = dt_rule_string(dt_rule_get(action, expr_key), rule, ekey);
 	if (text == NULL || expr == NULL)
 		dt_rule_error(rule, what, psprintf("\"%s\" needs \"%s\" and \"%s\"", what, text_key, expr_key));
+	/* what would fail every event at run time fails here */
+	if (strlen(text) > text_max)
+		dt_rule_error(rule, what, psprintf("\"%s\" has at most %d bytes", text_key, text_max));
 	dt_rule_check(rule, ekey, expr, cast);
 	appendStringInfo(body, "        PERFORM digitaltwin.%s(%s, (%s)%s);\n",
 					 function, quote_literal_cstr(text), expr, cast);
@@ -315,10 +318,10 @@ dt_rule_append(StringInfo body, JsonbContainer *r, int rule)
 	appendStringInfo(body, "    -- rule %d\n    IF COALESCE((%s)::pg_catalog.bool, false) THEN\n",
 					 rule, when);
 	if (alert != NULL)
-		dt_rule_append_call(body, alert, rule, "alert", "severity", "message",
+		dt_rule_append_call(body, alert, rule, "alert", "severity", 64, "message",
 							"::pg_catalog.text", "alert");
 	if (timer != NULL)
-		dt_rule_append_call(body, timer, rule, "timer", "name", "after",
+		dt_rule_append_call(body, timer, rule, "timer", "name", DT_TIMER_NAME_MAXLEN, "after",
 							"::pg_catalog.interval", "set_timer");
 	if (outbox != NULL)
 	{
