@@ -240,6 +240,11 @@ ok( defined $pos{models}
 unlike($toc, qr/TABLE DATA digitaltwin queue_state/, 'queue_state is not dumped');
 
 # What A holds, to compare with the restored node.
+# Worker 0 creates the partitions of the current and the next period: a
+# restore after the hour turned adds one more, which A never had.  A's
+# partitions are those up to the period after this time.
+my $partitions_until = $node_a->safe_psql('postgres',
+	q{SELECT now() + current_setting('digitaltwin.log_partition_interval')::interval});
 my %q = (
 	models => q{
 SELECT id, name, process::text, init::text, state_type::text, owner::text, search_path, created_at
@@ -275,7 +280,8 @@ FROM digitaltwin.event_log ORDER BY event_id},
 	history => q{
 SELECT model, twin_id, state::text, event_count, valid_from FROM digitaltwin.state_history
 ORDER BY model, twin_id, valid_from},
-	partitions => q{SELECT name, parent, from_time, to_time FROM digitaltwin.log_partitions ORDER BY name},
+	partitions => qq{SELECT name, parent, from_time, to_time FROM digitaltwin.log_partitions
+WHERE from_time <= '$partitions_until' ORDER BY name},
 	typed_view => q{SELECT twin_id, n, v2, event_count FROM app.logged_view ORDER BY twin_id},
 	typed_views => q{SELECT view::text, columns FROM digitaltwin.twin_views ORDER BY 1},
 	rules => q{SELECT name, process::text, rules::text FROM digitaltwin.models WHERE rules IS NOT NULL},
