@@ -25,24 +25,12 @@ sub start_stream
 	return DtTest::start_pgbench($node, $script, 3, $seconds);
 }
 
-# Wait until the workers have consumed at least $n more events than now.
-sub wait_progress
-{
-	my ($n) = @_;
-	my $now = $node->safe_psql('postgres',
-		'SELECT coalesce(sum(event_count), 0) FROM digitaltwin.twin_state');
-	$node->poll_query_until('postgres',
-		"SELECT coalesce(sum(event_count), 0) >= $now + $n FROM digitaltwin.twin_state")
-	  or die 'workers made no progress';
-	return;
-}
-
 # PIDs of every process of the instance, to wait for all of them to exit
 # after the postmaster itself was killed.
 # 1. kill -9 of one worker, under load (multi-row INSERTs and COPY)
 my $stream = start_stream(6);
 my $copy = DtTest::start_copy_stream($node, 6, 200);
-wait_progress(500);
+DtTest::wait_progress($node, 500);
 
 # While the workers run: a state is published in shared memory only after
 # the commit that made it durable, so a twin read from the live view is
@@ -71,7 +59,7 @@ DtTest::check_exactly_once($node, 'after kill -9 of a worker');
 # 2. kill -9 of the postmaster, under load
 $stream = start_stream(6);
 $copy = DtTest::start_copy_stream($node, 6, 200);
-wait_progress(500);
+DtTest::wait_progress($node, 500);
 ok(DtTest::kill9_and_wait($node), 'all processes of the killed instance exited');
 $stream->finish;
 $copy->finish;

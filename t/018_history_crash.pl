@@ -21,17 +21,6 @@ SELECT digitaltwin.set_history('acc', '1 hour');
 });
 my $script = DtTest::pgbench_script($node, 20, 200);
 
-sub wait_progress
-{
-	my ($n) = @_;
-	my $now = $node->safe_psql('postgres',
-		'SELECT coalesce(sum(event_count), 0) FROM digitaltwin.twin_state');
-	$node->poll_query_until('postgres',
-		"SELECT coalesce(sum(event_count), 0) >= $now + $n FROM digitaltwin.twin_state")
-	  or die 'workers made no progress';
-	return;
-}
-
 sub check_logs
 {
 	my ($when) = @_;
@@ -75,7 +64,7 @@ WHERE back}),
 
 # kill -9 of a worker under load, then of the postmaster
 my $stream = DtTest::start_pgbench($node, $script, 3, 6);
-wait_progress(500);
+DtTest::wait_progress($node, 500);
 my ($victim) = split /,/, DtTest::worker_pids($node);
 ok(kill('KILL', $victim), "killed worker $victim with SIGKILL");
 $stream->finish;
@@ -84,7 +73,7 @@ $node->poll_query_until('postgres', 'SELECT true')
 check_logs('after kill -9 of a worker');
 
 $stream = DtTest::start_pgbench($node, $script, 3, 6);
-wait_progress(500);
+DtTest::wait_progress($node, 500);
 ok(DtTest::kill9_and_wait($node), 'all processes of the killed instance exited');
 $stream->finish;
 $node->start;

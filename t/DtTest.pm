@@ -175,6 +175,19 @@ SELECT (SELECT count(*) FROM digitaltwin.alerts WHERE model = 'acc') || '/' ||
 	return;
 }
 
+# Wait until the workers have applied at least $n more events than now
+# (the durable event counts of the twins).
+sub wait_progress
+{
+	my ($node, $n) = @_;
+	my $now = $node->safe_psql('postgres',
+		'SELECT coalesce(sum(event_count), 0) FROM digitaltwin.twin_state');
+	$node->poll_query_until('postgres',
+		"SELECT coalesce(sum(event_count), 0) >= $now + $n FROM digitaltwin.twin_state")
+	  or die 'workers made no progress';
+	return;
+}
+
 # kill -9 the postmaster and wait until every process of the instance has
 # exited (its children notice its death): only then may a new postmaster
 # use the data directory.  True if they all exited in time.
