@@ -22,6 +22,7 @@ OBJS = \
 	src/context.o \
 	src/timers.o \
 	src/history.o \
+	src/model_stats.o \
 	src/rehearsal.o \
 	src/as_of.o \
 	src/twin_views.o \
@@ -38,7 +39,8 @@ DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql \
 	sql/digitaltwin--1.1--1.2.sql sql/digitaltwin--1.2--1.3.sql \
 	sql/digitaltwin--1.3--1.4.sql sql/digitaltwin--1.4--1.5.sql \
 	sql/digitaltwin--1.5--1.6.sql sql/digitaltwin--1.6--1.7.sql \
-	sql/digitaltwin--1.7--1.8.sql sql/digitaltwin--1.8--1.9.sql
+	sql/digitaltwin--1.7--1.8.sql sql/digitaltwin--1.8--1.9.sql \
+	sql/digitaltwin--1.9--1.10.sql
 HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
@@ -47,7 +49,7 @@ PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 # example_<name>, that loads the example's model.sql and generate.sql and
 # checks its alerts against an independent query (see examples/README.md).
 EXAMPLES = example_card_fraud example_healthcare
-REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules $(EXAMPLES) drop
+REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats $(EXAMPLES) drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders outbox_gateways typed_view_drop
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

@@ -323,6 +323,16 @@ dt_alerts_insert(int start, int end)
 	SPI_freetuptable(SPI_tuptable);
 }
 
+/* Call fn for the model of each alert the batch will insert. */
+void
+dt_alerts_each_model(void (*fn) (int32 model_id, void *arg), void *arg)
+{
+	int			i;
+
+	for (i = 0; i < nalerts; i++)
+		fn(alerts[i].model->id, arg);
+}
+
 /*
  * Insert the batch's alerts and prepare their notifications.  Runs inside SPI
  * in the batch's transaction.  Returns the number of alerts.  A statement

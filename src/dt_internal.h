@@ -24,6 +24,8 @@
  *	  context.c	 current_event(), and what a model's sends inherit from it
  *	  timers.c	 durable timers: set_timer(), cancel_timer(), firing
  *	  history.c	 what a batch writes to the event log and the state history
+ *	  model_stats.c statistics per model: counters written with each batch,
+ *				 progress of the batch in flight, reset_stats()
  *	  partitions.c the time partitions of the event log and history
  *	  as_of.c	 twins_as_of(): the twins at a past time, from the history
  *	  rehearsal.c rehearse(): a candidate version over the event log, sandboxed
@@ -343,6 +345,28 @@ extern bool dt_twin_count_reserve(int32 model_id, int partition, int partitions,
 extern void dt_twin_count_add(int32 model_id, int partition, int64 delta);
 extern void dt_twin_count_forget(int partition, bool (*is_live) (int32 model_id));
 
+/* a worker's word on a model's events between commits (model_stats.c) */
+typedef struct DtModelProgress
+{
+	int32		model_id;
+	int64		in_flight;		/* applied by the batch in flight */
+	int64		new_events;		/* to add to the rate's window */
+} DtModelProgress;
+
+/* ... and what a reader gets of it */
+typedef struct DtModelLive
+{
+	int32		model_id;
+	int32		partition;
+	int64		twins;
+	int64		in_flight;
+	double		events_per_second;
+} DtModelLive;
+
+extern void dt_model_progress_publish(int partition, const DtModelProgress *progress,
+									  int n);
+extern int	dt_model_live_collect(DtModelLive **out);
+
 /* a twin's entry, its partition lock held until dt_store_release() */
 extern DtTwinEntry *dt_store_find(int32 model_id, const char *twin_id, int idlen);
 extern void dt_store_release(DtTwinEntry *entry);
@@ -550,6 +574,7 @@ extern void dt_alerts_get(int i, const char **severity, const char **message,
 						  Jsonb **details);
 extern int	dt_alerts_mark(void);
 extern void dt_alerts_undo_to(int mark);
+extern void dt_alerts_each_model(void (*fn) (int32 model_id, void *arg), void *arg);
 extern int	dt_alerts_flush(void);
 extern void dt_alerts_announce(void);
 extern void dt_alerts_abandon(void);
@@ -601,6 +626,17 @@ extern void dt_timers_forget_plans(void);
  */
 extern void dt_history_write(DtEvent *batch, int nbatch);
 extern void dt_history_forget_plans(void);
+
+/* ----------------------------------------------------------------
+ * model_stats.c: statistics per model
+ * ----------------------------------------------------------------
+ */
+extern void dt_model_stats_begin(int partition);
+extern void dt_model_stats_applied(int32 model_id, double elapsed_ms);
+extern void dt_model_stats_flush(DtEvent *batch, int n);
+extern void dt_model_stats_committed(void);
+extern void dt_model_stats_abandon(void);
+extern void dt_model_stats_forget_plans(void);
 
 /* twin_views.c: typed views of a model, dropped with it */
 extern void dt_twin_views_drop(int32 model_id, const char *model);

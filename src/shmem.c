@@ -56,7 +56,9 @@ static DtDatabase *attached_db = NULL;	/* whose tables dt_twins, dt_counts are *
 /*
  * Twins per model, counted per worker partition: each worker counts its own
  * twins (and forgets them when it reloads its partition), while a limit
- * check adds up all partitions.
+ * check adds up all partitions.  The same entry carries what the worker
+ * tells of the model's events between commits (model_stats.c): how far
+ * the batch in flight has got, and the rate.
  */
 typedef struct DtCountKey
 {
@@ -68,6 +70,10 @@ typedef struct DtCountEntry
 {
 	DtCountKey	key;
 	int64		twins;
+	int64		in_flight;		/* events applied by the uncommitted batch */
+	TimestampTz window_start;	/* rate: events counted since then */
+	int64		window_events;
+	double		rate;			/* of the last window closed (>= 1 s) */
 } DtCountEntry;
 
 static const dshash_parameters dt_count_params = {
@@ -864,6 +870,16 @@ dt_twin_count_get(int32 model_id, int partition)
 }
 
 static void
+dt_count_entry_init(DtCountEntry *entry)
+{
+	entry->twins = 0;
+	entry->in_flight = 0;
+	entry->window_start = 0;
+	entry->window_events = 0;
+	entry->rate = 0;
+}
+
+static void
 dt_twin_count_add_locked(int32 model_id, int partition, int64 delta)
 {
 	DtCountKey	key = {model_id, partition};
@@ -872,7 +888,7 @@ dt_twin_count_add_locked(int32 model_id, int partition, int64 delta)
 
 	entry = dshash_find_or_insert(dt_counts, &key, &found);
 	if (!found)
-		entry->twins = 0;
+		dt_count_entry_init(entry);
 	entry->twins += delta;
 	dshash_release_lock(dt_counts, entry);
 }
@@ -934,4 +950,97 @@ dt_twin_count_forget(int partition, bool (*is_live) (int32 model_id))
 	}
 	dshash_seq_term(&status);
 	LWLockRelease(&dt_db->counts_lock);
+}
+
+/* ----------------------------------------------------------------
+ * Events of each model between commits (model_stats.c)
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * A worker tells how its batch in flight is going: per model, the events
+ * applied so far (in_flight, 0 once the batch has ended) and the events
+ * to add to the rate's window (negative when a batch rolled back what it
+ * had told).  A window closes once it is a second old.
+ */
+void
+dt_model_progress_publish(int partition, const DtModelProgress *progress, int n)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	int			i;
+
+	LWLockAcquire(&dt_db->counts_lock, LW_EXCLUSIVE);
+	for (i = 0; i < n; i++)
+	{
+		DtCountKey	key = {progress[i].model_id, partition};
+		DtCountEntry *entry;
+		bool		found;
+
+		entry = dshash_find_or_insert(dt_counts, &key, &found);
+		if (!found)
+			dt_count_entry_init(entry);
+		entry->in_flight = progress[i].in_flight;
+		if (entry->window_start == 0)
+			entry->window_start = now;
+		entry->window_events = Max(entry->window_events + progress[i].new_events, 0);
+		if (TimestampDifferenceExceeds(entry->window_start, now, 1000))
+		{
+			entry->rate = entry->window_events /
+				((now - entry->window_start) / (double) USECS_PER_SEC);
+			entry->window_start = now;
+			entry->window_events = 0;
+		}
+		dshash_release_lock(dt_counts, entry);
+	}
+	LWLockRelease(&dt_db->counts_lock);
+}
+
+/*
+ * What shared memory knows of each model of this database, per partition:
+ * twins, events in flight and rate.  The rate is that of the last window
+ * closed, unless that is more than two seconds ago (no batch has told
+ * anything since: the open window's own rate, which falls towards 0 as
+ * the model stays idle) or no window has closed yet (the first second of
+ * a batch: the open window's rate so far).
+ */
+int
+dt_model_live_collect(DtModelLive **out)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	dshash_seq_status status;
+	DtCountEntry *entry;
+	int			n = 0;
+	int			size = 16;
+	DtModelLive *rows = palloc(sizeof(DtModelLive) * size);
+
+	dt_attach_store();
+	LWLockAcquire(&dt_db->counts_lock, LW_SHARED);
+	dshash_seq_init(&status, dt_counts, false);
+	while ((entry = dshash_seq_next(&status)) != NULL)
+	{
+		DtModelLive *row;
+
+		if (n == size)
+		{
+			size *= 2;
+			rows = repalloc(rows, sizeof(DtModelLive) * size);
+		}
+		row = &rows[n++];
+		row->model_id = entry->key.model_id;
+		row->partition = entry->key.partition;
+		row->twins = entry->twins;
+		row->in_flight = entry->in_flight;
+		if (entry->window_start == 0 || now <= entry->window_start)
+			row->events_per_second = 0;
+		else if (entry->rate > 0 &&
+				 !TimestampDifferenceExceeds(entry->window_start, now, 2000))
+			row->events_per_second = entry->rate;
+		else
+			row->events_per_second = entry->window_events /
+				((now - entry->window_start) / (double) USECS_PER_SEC);
+	}
+	dshash_seq_term(&status);
+	LWLockRelease(&dt_db->counts_lock);
+	*out = rows;
+	return n;
 }

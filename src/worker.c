@@ -52,6 +52,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
+#include "portability/instr_time.h"
 #include "postmaster/bgworker.h"
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
@@ -295,6 +296,17 @@ dt_worker_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 }
 
+/* Milliseconds since 'start'. */
+static double
+dt_elapsed_ms(instr_time start)
+{
+	instr_time	now;
+
+	INSTR_TIME_SET_CURRENT(now);
+	INSTR_TIME_SUBTRACT(now, start);
+	return INSTR_TIME_GET_MILLISEC(now);
+}
+
 static void
 dt_apply_event(DtEvent *ev)
 {
@@ -309,6 +321,7 @@ dt_apply_event(DtEvent *ev)
 	int64		count;
 	Datum		result;
 	bool		isnull;
+	instr_time	started;
 
 	/* a timer re-armed, cancelled or ended by an earlier event: dropped */
 	if (ev->timer != NULL && !dt_timers_fire_begins(ev))
@@ -341,6 +354,7 @@ dt_apply_event(DtEvent *ev)
 	twin = dt_stage_get(model, ev->twin_id);
 	dt_stage_save_undo(twin);
 
+	INSTR_TIME_SET_CURRENT(started);
 	old = MemoryContextSwitchTo(event_cxt);
 	current.model = model;
 	current.event = ev;
@@ -399,6 +413,7 @@ dt_apply_event(DtEvent *ev)
 	twin->dirty = true;
 	twin->updated_at = GetCurrentStatementStartTimestamp();
 	MemoryContextReset(event_cxt);
+	dt_model_stats_applied(model->id, dt_elapsed_ms(started));
 }
 
 /*
@@ -823,6 +838,7 @@ dt_worker_check_extension(void)
 		dt_messages_forget_plans();
 		dt_hold_forget_plans();
 		dt_history_forget_plans();
+		dt_model_stats_forget_plans();
 		need_rebuild = true;
 		known_extension = ext;
 		dt_models_refresh(true);
@@ -1037,6 +1053,7 @@ dt_worker_run_batch(void)
 		dt_outbox_begin(batch_cxt);
 		dt_messages_begin(batch_cxt);
 		messages_before = dt_messages_sent;
+		dt_model_stats_begin(my_partition);
 		dt_apply_events(batch, nbatch);
 
 		dt_stage_persist();
@@ -1055,6 +1072,7 @@ dt_worker_run_batch(void)
 				ndead++;
 			}
 		}
+		dt_model_stats_flush(batch, nbatch);
 		nalerts = dt_alerts_flush();
 		(void) dt_outbox_flush();
 		(void) dt_messages_flush();
@@ -1071,7 +1089,10 @@ dt_worker_run_batch(void)
 
 	phase = DT_PHASE_PUBLISHING;
 	if (nevents + ntimers > 0)
+	{
 		dt_stage_publish(my_slot);
+		dt_model_stats_committed();
+	}
 	dt_timers_publish();
 	phase = DT_PHASE_IDLE;
 	dt_alerts_announce();
@@ -1195,6 +1216,7 @@ dt_worker_recover(void)
 	dt_timers_abandon();
 	dt_alerts_abandon();
 	dt_outbox_abandon();
+	dt_model_stats_abandon();
 	/*
 	 * After a failure around the commit we cannot know what part of shared
 	 * memory is current; after any other, reloading also repairs whatever

@@ -172,6 +172,14 @@ SELECT (SELECT count(*) FROM digitaltwin.alerts WHERE model = 'acc') || '/' ||
 
 	is($node->safe_psql($db, 'SELECT count(*) FROM digitaltwin.dead_letters'),
 		'0', "$what: no dead letters");
+
+	# the statistics commit with the batches: exact after any crash
+	is( $node->safe_psql($db, q{
+SELECT events_processed || '/' || alerts || '/' || dead_letters || '/' || events_in_flight
+FROM digitaltwin.model_stats WHERE model = 'acc'}),
+		join('/', $node->safe_psql($db, 'SELECT count(*) FROM sent'),
+			$node->safe_psql($db, 'SELECT count(*) FROM sent WHERE v % 10 = 0'), 0, 0),
+		"$what: model_stats counts each committed event and alert once");
 	return;
 }
 

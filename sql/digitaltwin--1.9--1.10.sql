@@ -1,0 +1,132 @@
+/* digitaltwin--1.9--1.10.sql */
+
+-- complain if script is sourced in psql, rather than via ALTER EXTENSION
+\echo Use "ALTER EXTENSION digitaltwin UPDATE TO '1.10'" to load this file. \quit
+
+--------------------------------------------------------------------------
+-- Statistics per model (issue 17, src/model_stats.c).  The counters are
+-- rows written by each batch in its own transaction, so they are exact
+-- after a crash and survive restarts; a worker writes only its own rows
+-- (model, worker), so batches never wait for each other on them.  What
+-- happens between commits (the batch in flight, the rate) comes from
+-- shared memory through _model_live_stats().
+--------------------------------------------------------------------------
+
+CREATE TABLE digitaltwin.model_counters (
+    model_id          integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    worker            integer NOT NULL,
+    events_processed  bigint NOT NULL DEFAULT 0,
+    dead_letters      bigint NOT NULL DEFAULT 0,
+    alerts            bigint NOT NULL DEFAULT 0,
+    model_calls       bigint NOT NULL DEFAULT 0,
+    model_time_ms     double precision NOT NULL DEFAULT 0,
+    model_time_max_ms double precision NOT NULL DEFAULT 0,
+    last_batch_at     timestamptz,
+    last_error        text,
+    last_error_at     timestamptz,
+    stats_reset       timestamptz,
+    PRIMARY KEY (model_id, worker)
+) WITH (fillfactor = 50);   -- room for HOT updates: one update per batch
+
+COMMENT ON TABLE digitaltwin.model_counters IS
+'Committed statistics of each model, one row per worker: added to by each batch in its own transaction (exact after a crash); read through digitaltwin.model_stats.';
+COMMENT ON COLUMN digitaltwin.model_counters.events_processed IS 'Events of the queue consumed: applied or dead-lettered (timer fires are model calls, not events).';
+COMMENT ON COLUMN digitaltwin.model_counters.model_calls IS 'Events and timer fires whose model call returned (a call rolled back with a failing neighbour and run again counts twice).';
+COMMENT ON COLUMN digitaltwin.model_counters.model_time_ms IS 'Time spent in the model''s functions (init and process) by those calls, in milliseconds.';
+COMMENT ON COLUMN digitaltwin.model_counters.stats_reset IS 'When reset_stats() last zeroed the row (NULL: never).';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.model_counters', '');
+
+CREATE FUNCTION digitaltwin._model_live_stats(
+    OUT model_id integer,
+    OUT worker integer,
+    OUT twins bigint,
+    OUT events_in_flight bigint,
+    OUT events_per_second double precision)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'digitaltwin_model_live_stats'
+LANGUAGE C VOLATILE STRICT;
+
+COMMENT ON FUNCTION digitaltwin._model_live_stats() IS
+'Internal: per model and worker, what shared memory knows between commits (twins, events applied by the batch in flight, rate); read through the view digitaltwin.model_stats.';
+
+REVOKE ALL ON FUNCTION digitaltwin._model_live_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin._model_live_stats() TO digitaltwin_reader;
+
+CREATE VIEW digitaltwin.model_stats AS
+    WITH c AS (
+        SELECT model_id,
+               sum(events_processed)::bigint AS events_processed,
+               sum(dead_letters)::bigint AS dead_letters,
+               sum(alerts)::bigint AS alerts,
+               sum(model_calls)::bigint AS model_calls,
+               sum(model_time_ms) AS model_time_ms,
+               max(model_time_max_ms) AS model_time_max,
+               max(last_batch_at) AS last_batch_at,
+               (array_agg(last_error ORDER BY last_error_at DESC NULLS LAST))[1] AS last_error,
+               max(last_error_at) AS last_error_at,
+               max(stats_reset) AS stats_reset
+        FROM digitaltwin.model_counters
+        GROUP BY model_id
+    ), l AS (
+        SELECT model_id,
+               sum(twins)::bigint AS twins,
+               sum(events_in_flight)::bigint AS events_in_flight,
+               sum(events_per_second) AS events_per_second
+        FROM digitaltwin._model_live_stats()
+        GROUP BY model_id
+    ), q AS (
+        SELECT model, count(*) AS depth, min(enqueued_at) AS oldest
+        FROM digitaltwin.events
+        GROUP BY model
+    ), h AS (
+        SELECT model_id, count(*) AS depth, min(enqueued_at) AS oldest
+        FROM digitaltwin.held_events
+        GROUP BY model_id
+    )
+    SELECT m.name AS model,
+           coalesce(c.events_processed, 0) AS events_processed,
+           coalesce(l.events_per_second, 0) AS events_per_second,
+           coalesce(q.depth, 0) + coalesce(h.depth, 0) AS queue_depth,
+           now() - least(q.oldest, h.oldest) AS oldest_event_age,
+           coalesce(c.dead_letters, 0) AS dead_letters,
+           coalesce(c.alerts, 0) AS alerts,
+           coalesce(l.twins, 0) AS twins,
+           CASE WHEN c.model_calls > 0 THEN c.model_time_ms / c.model_calls END AS model_time_avg,
+           c.model_time_max,
+           c.last_batch_at,
+           c.last_error,
+           m.paused,
+           coalesce(l.events_in_flight, 0) AS events_in_flight,
+           coalesce(c.model_calls, 0) AS model_calls,
+           c.last_error_at,
+           coalesce(c.stats_reset, m.created_at) AS stats_since
+    FROM digitaltwin.models m
+    LEFT JOIN c ON c.model_id = m.id
+    LEFT JOIN l ON l.model_id = m.id
+    LEFT JOIN q ON q.model = m.name
+    LEFT JOIN h ON h.model_id = m.id;
+
+COMMENT ON VIEW digitaltwin.model_stats IS
+'One row per model: events consumed (applied or dead-lettered), dead letters, alerts and model time since the model was created or its statistics reset (stats_since), committed with the batches (exact after a crash); events_in_flight, events_per_second and twins from shared memory (they move while a batch runs); queue_depth and oldest_event_age over the queue and the held events of a paused model.  Times in milliseconds.';
+COMMENT ON COLUMN digitaltwin.model_stats.events_processed IS 'Events consumed by committed batches: applied or dead-lettered.';
+COMMENT ON COLUMN digitaltwin.model_stats.events_in_flight IS 'Events applied so far by batches not yet committed (not in events_processed).';
+COMMENT ON COLUMN digitaltwin.model_stats.events_per_second IS 'Rate of the model''s events over the last second or so, batches in flight included.';
+COMMENT ON COLUMN digitaltwin.model_stats.queue_depth IS 'Events of the model waiting: in the queue, and held while it is paused.';
+COMMENT ON COLUMN digitaltwin.model_stats.model_time_avg IS 'Mean time of a model call (init and process), in milliseconds.';
+COMMENT ON COLUMN digitaltwin.model_stats.model_time_max IS 'Longest model call, in milliseconds.';
+COMMENT ON COLUMN digitaltwin.model_stats.last_error IS 'Error of the model''s last dead letter, with its SQLSTATE.';
+COMMENT ON COLUMN digitaltwin.model_stats.stats_since IS 'Since when the counters count: the model''s creation or the last reset_stats().';
+
+GRANT SELECT ON digitaltwin.model_stats TO digitaltwin_reader;
+
+CREATE FUNCTION digitaltwin.reset_stats(model text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_reset_stats'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.reset_stats(text) IS
+'Zeroes the statistics of one model (digitaltwin.model_stats; for its owner and digitaltwin_admin), or with no argument of every model and the workers'' counters of digitaltwin.stats (for digitaltwin_admin).  The workers'' counters are in shared memory: their reset is not undone by a rollback.';
+
+REVOKE ALL ON FUNCTION digitaltwin.reset_stats(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.reset_stats(text) TO digitaltwin_admin;

@@ -1,0 +1,479 @@
+/*-------------------------------------------------------------------------
+ *
+ * model_stats.c
+ *	  Statistics per model: digitaltwin.model_stats and reset_stats().
+ *
+ * Two kinds of figures, kept apart on purpose:
+ *
+ *	  committed counters	events consumed (applied or dead-lettered), dead
+ *							letters, alerts, model calls and their time,
+ *							last error: one row per (model, worker) in
+ *							digitaltwin.model_counters, added to by one
+ *							statement in each batch's transaction.  They
+ *							commit with the events they count, so they are
+ *							exact after a crash (the batch that did not
+ *							commit counted nothing), and they survive
+ *							restarts and pg_dump.  A worker writes only its
+ *							own rows: batches of different workers never
+ *							wait for each other on them.
+ *
+ *	  progress				the events the batch in flight has applied so far
+ *							and the rate, per model and worker, in the
+ *							entry that counts the model's twins in shared
+ *							memory (shmem.c); told at most every 100 ms
+ *							while a batch runs and once when it ends, so
+ *							that the view moves during a long batch
+ *							instead of freezing until its commit.
+ *
+ * The tallies of the batch in flight live in a worker-local hash; a
+ * failed segment's model calls stay counted in model_calls and its time
+ * (they ran), while events and dead letters are counted once, from the
+ * batch's final outcome, just before the commit.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+
+#include "dt_internal.h"
+
+PG_FUNCTION_INFO_V1(digitaltwin_model_live_stats);
+PG_FUNCTION_INFO_V1(digitaltwin_reset_stats);
+
+/* progress is told at most this often while a batch runs */
+#define DT_PROGRESS_INTERVAL_MS 100
+
+typedef struct DtModelTally
+{
+	int32		model_id;		/* hash key */
+	/* the batch's counts, written with it */
+	int64		events;			/* queue events consumed: applied or dead */
+	int64		dead;
+	int64		alerts;
+	int64		calls;			/* model calls that returned */
+	double		time_ms;
+	double		time_max_ms;
+	const char *last_error;		/* of the batch's last dead letter */
+	/* progress told to shared memory */
+	int64		applied;		/* events applied so far by the batch */
+	int64		told;			/* ... of which shared memory knows */
+	bool		in_batch;		/* touched by the batch in flight */
+} DtModelTally;
+
+static HTAB *tallies = NULL;
+static int	ntouched = 0;
+static int	stats_partition = -1;
+static TimestampTz last_told = 0;
+static int	applied_since_check = 0;
+static SPIPlanPtr upsert_plan = NULL;
+
+static DtModelTally *
+dt_tally(int32 model_id)
+{
+	DtModelTally *t;
+	bool		found;
+
+	t = hash_search(tallies, &model_id, HASH_ENTER, &found);
+	if (!found)
+	{
+		memset(((char *) t) + sizeof(int32), 0, sizeof(DtModelTally) - sizeof(int32));
+		t->model_id = model_id;
+	}
+	if (!t->in_batch)
+	{
+		t->in_batch = true;
+		ntouched++;
+	}
+	return t;
+}
+
+/* A batch begins: its tallies start at zero. */
+void
+dt_model_stats_begin(int partition)
+{
+	HASH_SEQ_STATUS status;
+	DtModelTally *t;
+
+	stats_partition = partition;
+	if (tallies == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int32);
+		ctl.entrysize = sizeof(DtModelTally);
+		ctl.hcxt = TopMemoryContext;
+		tallies = hash_create("digitaltwin model tallies", 64, &ctl,
+							  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	/* forget the models the last batches did not see (dropped ones too) */
+	hash_seq_init(&status, tallies);
+	while ((t = hash_seq_search(&status)) != NULL)
+	{
+		if (!t->in_batch)
+			hash_search(tallies, &t->model_id, HASH_REMOVE, NULL);
+		else
+		{
+			t->events = t->dead = t->alerts = t->calls = 0;
+			t->time_ms = t->time_max_ms = 0;
+			t->last_error = NULL;
+			t->applied = t->told = 0;
+			t->in_batch = false;
+		}
+	}
+	ntouched = 0;
+	applied_since_check = 0;
+	last_told = GetCurrentTimestamp();
+}
+
+/*
+ * Tell shared memory where the batch is.  ending: the batch is over
+ * (committed: its events count in the rate; rolled back: what was told of
+ * it is taken back).
+ */
+static void
+dt_model_stats_tell(bool ending, bool committed)
+{
+	HASH_SEQ_STATUS status;
+	DtModelTally *t;
+	DtModelProgress *progress;
+	int			n = 0;
+
+	if (tallies == NULL || ntouched == 0)
+		return;
+	progress = palloc(sizeof(DtModelProgress) * ntouched);
+	hash_seq_init(&status, tallies);
+	while ((t = hash_seq_search(&status)) != NULL)
+	{
+		if (!t->in_batch)
+			continue;
+		progress[n].model_id = t->model_id;
+		if (!ending)
+		{
+			progress[n].in_flight = t->applied;
+			progress[n].new_events = t->applied - t->told;
+			t->told = t->applied;
+		}
+		else
+		{
+			progress[n].in_flight = 0;
+			progress[n].new_events = committed ? t->events - t->told : -t->told;
+			t->told = 0;
+			t->applied = 0;
+		}
+		n++;
+	}
+	dt_model_progress_publish(stats_partition, progress, n);
+	pfree(progress);
+}
+
+/*
+ * An event of the model was applied (its model call returned) after
+ * 'elapsed' of model time.  Called for every applied event: keep it cheap;
+ * the clock is read once every 64 events (or after a call of 1 ms or
+ * more) to see whether to tell.
+ */
+void
+dt_model_stats_applied(int32 model_id, double elapsed_ms)
+{
+	DtModelTally *t = dt_tally(model_id);
+
+	t->calls++;
+	t->time_ms += elapsed_ms;
+	if (elapsed_ms > t->time_max_ms)
+		t->time_max_ms = elapsed_ms;
+	t->applied++;
+	if (++applied_since_check >= 64 || elapsed_ms >= 1.0)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+
+		applied_since_check = 0;
+		if (TimestampDifferenceExceeds(last_told, now, DT_PROGRESS_INTERVAL_MS))
+		{
+			dt_model_stats_tell(false, false);
+			last_told = now;
+		}
+	}
+}
+
+static void
+dt_model_stats_count_alert(int32 model_id, void *arg)
+{
+	dt_tally(model_id)->alerts++;
+}
+
+static bool
+dt_model_counters_exist(void)
+{
+	Oid			nsp = get_namespace_oid("digitaltwin", true);
+
+	/* a library newer than the extension: no table before version 1.10 */
+	return OidIsValid(nsp) && OidIsValid(get_relname_relid("model_counters", nsp));
+}
+
+/*
+ * Add the batch's counts to the worker's rows of model_counters, in the
+ * batch's transaction (SPI connected), before the alerts are flushed.
+ * Events of a model dropped before they were applied count nowhere.
+ */
+void
+dt_model_stats_flush(DtEvent *batch, int n)
+{
+	HASH_SEQ_STATUS status;
+	DtModelTally *t;
+	Datum	   *cols[8];
+	bool	   *error_nulls;
+	Datum		args[10];
+	int			dims[1];
+	int			lbs[1] = {1};
+	int			rows = 0;
+	int			i;
+	int			ret;
+
+	for (i = 0; i < n; i++)
+	{
+		DtModel    *model;
+
+		/* a timer's fire is a model call, not an event of the queue */
+		if (batch[i].timer != NULL)
+			continue;
+		model = dt_model_lookup(batch[i].model);
+		if (model == NULL)
+			continue;
+		t = dt_tally(model->id);
+		t->events++;
+		if (batch[i].dead)
+		{
+			t->dead++;
+			t->last_error = psprintf("%s (SQLSTATE %s)", batch[i].error, batch[i].sqlstate);
+		}
+	}
+	dt_alerts_each_model(dt_model_stats_count_alert, NULL);
+	if (ntouched == 0 || !dt_model_counters_exist())
+		return;
+
+	if (upsert_plan == NULL)
+	{
+		Oid			types[10] = {INT4ARRAYOID, INT8ARRAYOID, INT8ARRAYOID, INT8ARRAYOID,
+			INT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID,
+		INT4OID, TIMESTAMPTZOID};
+
+		upsert_plan = dt_spi_prepare_kept(
+			"INSERT INTO digitaltwin.model_counters AS c "
+			"(model_id, worker, events_processed, dead_letters, alerts, model_calls, "
+			" model_time_ms, model_time_max_ms, last_error, last_batch_at, last_error_at) "
+			"SELECT u.m, $9, u.e, u.d, u.a, u.c, u.t, u.x, u.err, $10, "
+			"       CASE WHEN u.err IS NULL THEN NULL ELSE $10 END "
+			"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+			"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
+			"  pg_catalog.unnest($7), pg_catalog.unnest($8)) AS u(m, e, d, a, c, t, x, err) "
+			"ON CONFLICT (model_id, worker) DO UPDATE SET "
+			" events_processed = c.events_processed OPERATOR(pg_catalog.+) excluded.events_processed, "
+			" dead_letters = c.dead_letters OPERATOR(pg_catalog.+) excluded.dead_letters, "
+			" alerts = c.alerts OPERATOR(pg_catalog.+) excluded.alerts, "
+			" model_calls = c.model_calls OPERATOR(pg_catalog.+) excluded.model_calls, "
+			" model_time_ms = c.model_time_ms OPERATOR(pg_catalog.+) excluded.model_time_ms, "
+			" model_time_max_ms = GREATEST(c.model_time_max_ms, excluded.model_time_max_ms), "
+			" last_batch_at = excluded.last_batch_at, "
+			" last_error = COALESCE(excluded.last_error, c.last_error), "
+			" last_error_at = COALESCE(excluded.last_error_at, c.last_error_at)",
+			10, types);
+	}
+
+	for (i = 0; i < 8; i++)
+		cols[i] = palloc(sizeof(Datum) * ntouched);
+	error_nulls = palloc(sizeof(bool) * ntouched);
+	hash_seq_init(&status, tallies);
+	while ((t = hash_seq_search(&status)) != NULL)
+	{
+		if (!t->in_batch)
+			continue;
+		cols[0][rows] = Int32GetDatum(t->model_id);
+		cols[1][rows] = Int64GetDatum(t->events);
+		cols[2][rows] = Int64GetDatum(t->dead);
+		cols[3][rows] = Int64GetDatum(t->alerts);
+		cols[4][rows] = Int64GetDatum(t->calls);
+		cols[5][rows] = Float8GetDatum(t->time_ms);
+		cols[6][rows] = Float8GetDatum(t->time_max_ms);
+		cols[7][rows] = t->last_error ? CStringGetTextDatum(t->last_error) : (Datum) 0;
+		error_nulls[rows] = (t->last_error == NULL);
+		rows++;
+	}
+	dims[0] = rows;
+	args[0] = PointerGetDatum(construct_array(cols[0], rows, INT4OID, 4, true, TYPALIGN_INT));
+	for (i = 1; i <= 4; i++)
+		args[i] = PointerGetDatum(construct_array(cols[i], rows, INT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	for (i = 5; i <= 6; i++)
+		args[i] = PointerGetDatum(construct_array(cols[i], rows, FLOAT8OID, 8,
+												  FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	args[7] = PointerGetDatum(construct_md_array(cols[7], error_nulls, 1, dims, lbs,
+												 TEXTOID, -1, false, TYPALIGN_INT));
+	args[8] = Int32GetDatum(stats_partition);
+	args[9] = TimestampTzGetDatum(GetCurrentTimestamp());
+
+	ret = SPI_execute_plan(upsert_plan, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_plan failed: %s", SPI_result_code_string(ret));
+}
+
+/* The batch committed: its events count in the rate, none is in flight. */
+void
+dt_model_stats_committed(void)
+{
+	dt_model_stats_tell(true, true);
+}
+
+/* The batch failed: take back the progress told of it. */
+void
+dt_model_stats_abandon(void)
+{
+	if (stats_partition >= 0)
+		dt_model_stats_tell(true, false);
+	if (tallies != NULL)
+	{
+		HASH_SEQ_STATUS status;
+		DtModelTally *t;
+
+		hash_seq_init(&status, tallies);
+		while ((t = hash_seq_search(&status)) != NULL)
+			t->in_batch = false;
+	}
+	ntouched = 0;
+}
+
+void
+dt_model_stats_forget_plans(void)
+{
+	if (upsert_plan != NULL)
+		SPI_freeplan(upsert_plan);
+	upsert_plan = NULL;
+}
+
+/* ----------------------------------------------------------------
+ * SQL functions
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * _model_live_stats(): per model and worker, what shared memory knows
+ * (twins, events in flight, rate); the view digitaltwin.model_stats adds
+ * it to the committed counters.
+ */
+Datum
+digitaltwin_model_live_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	DtModelLive *rows;
+	int			n;
+	int			i;
+
+	dt_require_preload();
+	InitMaterializedSRF(fcinfo, 0);
+	if (dt_database_current() == NULL)
+		return (Datum) 0;
+	n = dt_model_live_collect(&rows);
+	for (i = 0; i < n; i++)
+	{
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		values[0] = Int32GetDatum(rows[i].model_id);
+		values[1] = Int32GetDatum(rows[i].partition);
+		values[2] = Int64GetDatum(rows[i].twins);
+		values[3] = Int64GetDatum(rows[i].in_flight);
+		values[4] = Float8GetDatum(rows[i].events_per_second);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* The per-worker counters of digitaltwin.stats start again from 0. */
+static void
+dt_reset_worker_counters(void)
+{
+	DtDatabase *db = dt_database_current();
+	int			i;
+
+	for (i = 0; db != NULL && i < dt_shared->nworkers; i++)
+	{
+		DtWorkerSlot *slot = &db->slots[i];
+
+		pg_atomic_write_u64(&slot->events_processed, 0);
+		pg_atomic_write_u64(&slot->dead_letters, 0);
+		pg_atomic_write_u64(&slot->alerts, 0);
+		pg_atomic_write_u64(&slot->batches, 0);
+		SpinLockAcquire(&slot->mutex);
+		slot->last_error[0] = '\0';
+		SpinLockRelease(&slot->mutex);
+	}
+}
+
+/*
+ * reset_stats(model DEFAULT NULL): the committed counters of one model, or
+ * of all models and the workers' counters of digitaltwin.stats, start
+ * again from 0; stats_reset says when.  For digitaltwin_admin (one model:
+ * also for whoever may administer it).  The counters' rows are kept and
+ * zeroed rather than deleted, so that the time of the reset stays.
+ */
+Datum
+digitaltwin_reset_stats(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	DtTrustedScope scope;
+	char	   *name = NULL;
+	int			ret;
+
+	dt_require_preload();
+	dt_forbid_in_model("digitaltwin.reset_stats()");
+	if (!PG_ARGISNULL(0))
+		name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	if (name == NULL && !dt_is_admin(caller))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to reset the statistics of every model"),
+				 errhint("Members of digitaltwin_admin may reset them; a model's administrators may reset that model's with reset_stats(model).")));
+
+	dt_trusted_enter(&scope);
+	if (name != NULL)
+	{
+		bool		isnull;
+		Datum		id;
+
+		dt_model_read_row(name, "id, owner::pg_catalog.oid");
+		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+		dt_check_model_owner(name, caller,
+							 DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc, 2, &isnull)),
+							 "reset the statistics of");
+		ret = SPI_execute_with_args("UPDATE digitaltwin.model_counters SET "
+									"events_processed = 0, dead_letters = 0, alerts = 0, "
+									"model_calls = 0, model_time_ms = 0, model_time_max_ms = 0, "
+									"last_error = NULL, last_error_at = NULL, "
+									"stats_reset = pg_catalog.now() "
+									"WHERE model_id OPERATOR(pg_catalog.=) $1",
+									1, (Oid[]) {INT4OID}, &id, NULL, false, 0);
+	}
+	else
+		ret = SPI_execute("UPDATE digitaltwin.model_counters SET "
+						  "events_processed = 0, dead_letters = 0, alerts = 0, "
+						  "model_calls = 0, model_time_ms = 0, model_time_max_ms = 0, "
+						  "last_error = NULL, last_error_at = NULL, "
+						  "stats_reset = pg_catalog.now()", false, 0);
+	if (ret != SPI_OK_UPDATE)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+	dt_trusted_leave(&scope);
+
+	if (name == NULL)
+		dt_reset_worker_counters();
+	PG_RETURN_VOID();
+}
