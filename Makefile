@@ -12,6 +12,7 @@ OBJS = \
 	src/databases.o \
 	src/reload.o \
 	src/model.o \
+	src/rights.o \
 	src/lifecycle.o \
 	src/protect.o \
 	src/queue.o \
@@ -49,7 +50,7 @@ PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 # example_<name>, that loads the example's model.sql and generate.sql and
 # checks its alerts against an independent query (see examples/README.md).
 EXAMPLES = example_card_fraud example_healthcare
-REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats $(EXAMPLES) drop
+REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats model_rights $(EXAMPLES) drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders outbox_gateways typed_view_drop
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

@@ -4,6 +4,84 @@
 \echo Use "ALTER EXTENSION digitaltwin UPDATE TO '1.10'" to load this file. \quit
 
 --------------------------------------------------------------------------
+-- Per-model rights (issue 17, src/rights.c).  'send', 'read' and 'admin'
+-- (which includes the other two) on one model; digitaltwin_writer,
+-- digitaltwin_reader and digitaltwin_admin keep meaning every model.
+-- Enforced in the events' CHECK (insert time), in the live views (the
+-- twins of other models are left out, typed views included), by row
+-- level security on alerts and dead_letters, in model_stats, and in the
+-- functions that act on one model.
+--------------------------------------------------------------------------
+
+CREATE TABLE digitaltwin.model_grants (
+    model_id    integer NOT NULL REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    grantee     regrole NOT NULL,
+    privilege   text NOT NULL CHECK (privilege IN ('send', 'read', 'admin')),
+    granted_by  regrole,
+    granted_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (model_id, grantee, privilege)
+);
+
+COMMENT ON TABLE digitaltwin.model_grants IS
+'Rights of roles on single models, given by digitaltwin.grant_model() and taken back by revoke_model(); DROP ROLE is refused while a role has one, DROP OWNED BY removes them.';
+COMMENT ON COLUMN digitaltwin.model_grants.privilege IS '''send'' (queue events), ''read'' (twins, alerts, statistics) or ''admin'' (both, and pause, resume, drop, reset_stats, retry_dead_letters, dead letters, granting).';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.model_grants', '');
+GRANT SELECT ON digitaltwin.model_grants TO PUBLIC;
+
+-- grant_model() and revoke_model() are executable by everyone, as GRANT
+-- is: they check that the caller administers the model.
+CREATE FUNCTION digitaltwin.grant_model(model text, role regrole, privilege text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'digitaltwin_grant_model'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.grant_model(text, regrole, text) IS
+'Gives a role ''send'', ''read'' or ''admin'' on one model, with the object privileges that right needs (schema usage, INSERT on the queue, SELECT on the views...).  For the model''s owner, its administrators and digitaltwin_admin.';
+
+CREATE FUNCTION digitaltwin.revoke_model(model text, role regrole, privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'digitaltwin_revoke_model'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.revoke_model(text, regrole, text) IS
+'Takes back a right given by grant_model(); false if the role did not have it.  The object privileges stay: without a model right they show and accept nothing.  For the model''s owner, its administrators and digitaltwin_admin.';
+
+CREATE FUNCTION digitaltwin._may_all(privilege text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'digitaltwin_may_all'
+LANGUAGE C STABLE STRICT;
+
+COMMENT ON FUNCTION digitaltwin._may_all(text) IS
+'Internal: whether the current role has the privilege on every model (superuser, or member of digitaltwin_writer, digitaltwin_reader or digitaltwin_admin); for the row level security policies.';
+
+CREATE FUNCTION digitaltwin._models_allowed(privilege text)
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'digitaltwin_models_allowed'
+LANGUAGE C STABLE STRICT;
+
+COMMENT ON FUNCTION digitaltwin._models_allowed(text) IS
+'Internal: the models on which the current role has the privilege; for the row level security policies.';
+
+-- Each policy calls the functions once per query (sub-selects become
+-- InitPlans), not once per row.  The workers and the extension's own
+-- statements run as the tables' owner, to whom policies do not apply.
+ALTER TABLE digitaltwin.alerts ENABLE ROW LEVEL SECURITY;
+CREATE POLICY alerts_by_model ON digitaltwin.alerts
+    USING ((SELECT digitaltwin._may_all('read'))
+           OR model = ANY ((SELECT digitaltwin._models_allowed('read'))::text[]));
+COMMENT ON POLICY alerts_by_model ON digitaltwin.alerts IS
+'A role sees the alerts of the models it may read (digitaltwin_reader: all).';
+
+ALTER TABLE digitaltwin.dead_letters ENABLE ROW LEVEL SECURITY;
+CREATE POLICY dead_letters_by_model ON digitaltwin.dead_letters
+    USING ((SELECT digitaltwin._may_all('admin'))
+           OR model = ANY ((SELECT digitaltwin._models_allowed('admin'))::text[]));
+COMMENT ON POLICY dead_letters_by_model ON digitaltwin.dead_letters IS
+'A role sees the dead letters of the models it administers (digitaltwin_admin: all).';
+
+
+--------------------------------------------------------------------------
 -- Statistics per model (issue 17, src/model_stats.c).  The counters are
 -- rows written by each batch in its own transaction, so they are exact
 -- after a crash and survive restarts; a worker writes only its own rows
@@ -53,6 +131,7 @@ COMMENT ON FUNCTION digitaltwin._model_live_stats() IS
 REVOKE ALL ON FUNCTION digitaltwin._model_live_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION digitaltwin._model_live_stats() TO digitaltwin_reader;
 
+-- (the view filters by the per-model rights of the section below)
 CREATE VIEW digitaltwin.model_stats AS
     WITH c AS (
         SELECT model_id,
@@ -105,7 +184,10 @@ CREATE VIEW digitaltwin.model_stats AS
     LEFT JOIN c ON c.model_id = m.id
     LEFT JOIN l ON l.model_id = m.id
     LEFT JOIN q ON q.model = m.name
-    LEFT JOIN h ON h.model_id = m.id;
+    LEFT JOIN h ON h.model_id = m.id
+    -- the models the caller may read (rights.c; once per query)
+    WHERE (SELECT digitaltwin._may_all('read'))
+       OR m.name = ANY ((SELECT digitaltwin._models_allowed('read'))::text[]);
 
 COMMENT ON VIEW digitaltwin.model_stats IS
 'One row per model: events consumed (applied or dead-lettered), dead letters, alerts and model time since the model was created or its statistics reset (stats_since), committed with the batches (exact after a crash); events_in_flight, events_per_second and twins from shared memory (they move while a batch runs); queue_depth and oldest_event_age over the queue and the held events of a paused model.  Times in milliseconds.';
@@ -126,7 +208,19 @@ AS 'MODULE_PATHNAME', 'digitaltwin_reset_stats'
 LANGUAGE C VOLATILE;
 
 COMMENT ON FUNCTION digitaltwin.reset_stats(text) IS
-'Zeroes the statistics of one model (digitaltwin.model_stats; for its owner and digitaltwin_admin), or with no argument of every model and the workers'' counters of digitaltwin.stats (for digitaltwin_admin).  The workers'' counters are in shared memory: their reset is not undone by a rollback.';
+'Zeroes the statistics of one model (digitaltwin.model_stats; for its owner, its administrators and digitaltwin_admin), or with no argument of every model and the workers'' counters of digitaltwin.stats (for digitaltwin_admin).  The workers'' counters are in shared memory: their reset is not undone by a rollback.';
 
 REVOKE ALL ON FUNCTION digitaltwin.reset_stats(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION digitaltwin.reset_stats(text) TO digitaltwin_admin;
+
+
+-- retry_dead_letters() checks the caller's right on the model, which a
+-- SECURITY DEFINER function cannot see: it is in C now (alerts.c), and
+-- runs its statement as the tables' owner after the check.
+CREATE OR REPLACE FUNCTION digitaltwin.retry_dead_letters(model text DEFAULT NULL, event_ids bigint[] DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'digitaltwin_retry_dead_letters'
+LANGUAGE C VOLATILE;
+
+COMMENT ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) IS
+'Queues dead letters again (of one model, or all with model NULL; those whose event_id or original_id is in event_ids, or all), oldest first, keeping their event time; the model sees them with current_event().kind = ''retry'' and retry_of = the original id.  Returns how many.  For digitaltwin_admin (every model) and a model''s administrators (that model).';

@@ -19,6 +19,7 @@
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
@@ -30,6 +31,7 @@
 #include "dt_internal.h"
 
 PG_FUNCTION_INFO_V1(digitaltwin_alert_sql);
+PG_FUNCTION_INFO_V1(digitaltwin_retry_dead_letters);
 
 /*
  * Announcing an alert must not fail once its event was applied: that would
@@ -522,4 +524,73 @@ dt_alerts_forget_plans(void)
 		SPI_freeplan(dead_letter_plan);
 	insert_plan = NULL;
 	dead_letter_plan = NULL;
+}
+
+/*
+ * retry_dead_letters(model DEFAULT NULL, event_ids DEFAULT NULL): queue
+ * dead letters again, oldest first (identity values follow the ORDER BY
+ * of an INSERT ... SELECT, so the retried events keep their order), with
+ * their event time.  In C since version 1.10, to check the caller's right
+ * on the model before the statement runs as the tables' owner: every
+ * model for digitaltwin_admin, one model for whoever administers it.
+ * Dead letters of a model that no longer exists stay where they are, even
+ * when another model has its name now (its owner must not get them).
+ */
+Datum
+digitaltwin_retry_dead_letters(PG_FUNCTION_ARGS)
+{
+	Oid			caller = GetUserId();
+	char	   *model = PG_ARGISNULL(0) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(0));
+	Oid			argtypes[2] = {TEXTOID, INT8ARRAYOID};
+	Datum		args[2];
+	char		nulls[2];
+	DtTrustedScope scope;
+	int			ret;
+	int64		n;
+
+	dt_require_preload();
+	dt_forbid_in_model("digitaltwin.retry_dead_letters()");
+	if (model == NULL && !dt_may_all_models(caller, DT_RIGHT_ADMIN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to retry the dead letters of every model"),
+				 errhint("Members of digitaltwin_admin may; name a model you administer.")));
+	if (model != NULL && !dt_model_allowed(model, caller, DT_RIGHT_ADMIN))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to retry the dead letters of model \"%s\"", model),
+				 errhint("Members of digitaltwin_admin may retry any model's; digitaltwin.grant_model(model, role, 'admin') lets a role retry one's.")));
+
+	args[0] = model != NULL ? CStringGetTextDatum(model) : (Datum) 0;
+	nulls[0] = model != NULL ? ' ' : 'n';
+	args[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+
+	dt_trusted_enter(&scope);
+	ret = SPI_execute_with_args(
+		"WITH d AS ("
+		"  DELETE FROM digitaltwin.dead_letters l"
+		"  WHERE ($1::pg_catalog.text IS NULL OR l.model OPERATOR(pg_catalog.=) $1)"
+		"    AND ($2::pg_catalog.int8[] IS NULL"
+		"         OR l.event_id OPERATOR(pg_catalog.=) ANY ($2)"
+		"         OR l.original_id OPERATOR(pg_catalog.=) ANY ($2))"
+		/* of the model that has the name now: by id, or for a dead letter
+		 * of an older version (no model_id), one written after the model
+		 * was created */
+		"    AND EXISTS (SELECT FROM digitaltwin.models m"
+		"                WHERE m.name OPERATOR(pg_catalog.=) l.model"
+		"                  AND (m.id OPERATOR(pg_catalog.=) l.model_id"
+		"                       OR (l.model_id IS NULL"
+		"                           AND l.failed_at OPERATOR(pg_catalog.>=) m.created_at)))"
+		"  RETURNING l.*)"
+		"INSERT INTO digitaltwin.events (model, twin_id, payload, event_time, retry_of)"
+		"  SELECT d.model, d.twin_id, d.payload, COALESCE(d.event_time, d.enqueued_at),"
+		"         COALESCE(d.original_id, d.event_id)"
+		"  FROM d ORDER BY COALESCE(d.original_id, d.event_id)",
+		2, argtypes, args, nulls, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+	n = SPI_processed;
+	dt_trusted_leave(&scope);
+	PG_RETURN_INT64(n);
 }

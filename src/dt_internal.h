@@ -11,6 +11,7 @@
  *	  databases.c which databases are served: entries, refusals, holds
  *	  reload.c	 twin_state written by others: the workers reload
  *	  model.c	 model registry, caches of models, calling model functions
+ *	  rights.c	 per-model rights: grant_model(), revoke_model(), checks
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  twin_views.c typed views: create_twin_view(), dropped with their model
  *	  rules.c	 rules-based models: create_rule_model(), alter_rule_model()
@@ -433,13 +434,29 @@ extern Oid	dt_check_process(Oid fn, bool *strict);
 extern void dt_check_init(Oid fn, Oid state_type);
 extern void dt_check_migrate(Oid fn, Oid old_type, Oid new_type);
 extern bool dt_is_admin(Oid roleid);
-extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
-								 const char *action);
 extern void dt_model_lock_row(const char *name, const char *columns);
 extern void dt_model_read_row(const char *name, const char *columns);
 extern int64 dt_model_rows(const char *table, int32 model_id);
 
-/* worker-side model cache */
+/* ----------------------------------------------------------------
+ * rights.c: per-model rights
+ * ----------------------------------------------------------------
+ */
+#define DT_RIGHT_SEND	0x01
+#define DT_RIGHT_READ	0x02
+#define DT_RIGHT_ADMIN	0x04	/* includes the other two */
+
+extern const char *dt_right_name(int right);
+extern int	dt_right_from_name(const char *name);
+extern bool dt_may_all_models(Oid user, int right);
+extern bool dt_model_allowed(const char *model, Oid user, int right);
+extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
+								 const char *action);
+extern void dt_check_model_send(const char *model);
+extern char *dt_model_granted_to(Oid role);
+extern void dt_model_grants_drop_role(Oid role);
+
+/* worker-side model cache (model.c) */
 extern bool dt_models_refresh(bool force);
 extern DtModel *dt_model_lookup(const char *name);
 extern DtModel *dt_model_lookup_id(int32 model_id);

@@ -458,17 +458,6 @@ dt_is_admin(Oid roleid)
 	return OidIsValid(admin) && has_privs_of_role(roleid, admin);
 }
 
-/* Who may change or drop a model: its owner and digitaltwin_admin. */
-void
-dt_check_model_owner(const char *name, Oid caller, Oid owner, const char *action)
-{
-	if (!has_privs_of_role(caller, owner) && !dt_is_admin(caller))
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("must be owner of model \"%s\"", name),
-				 errhint("Members of digitaltwin_admin may %s any model.", action)));
-}
-
 /*
  * Hold off the workers' batches (they take digitaltwin.models in ROW SHARE
  * mode, worker.c) until the end of the transaction, then read the given

@@ -14,7 +14,9 @@
  * it moves their functions.  A role can also be dropped from another
  * database of the cluster, where the models of this one are out of sight:
  * the workers then find the owner gone (dt_model_owner_exists) and
- * dead-letter the model's events with an error that says so.
+ * dead-letter the model's events with an error that says so.  The same
+ * hook refuses DROP ROLE of a role that has rights on a model here
+ * (rights.c), and makes DROP OWNED BY take those rights away.
  *
  * State types.  The sql_drop event trigger of version 1.3 refuses DROP of
  * a model's state type; the ddl_command_end trigger of version 1.4
@@ -52,6 +54,8 @@ PG_FUNCTION_INFO_V1(digitaltwin_event_depth);
 PG_FUNCTION_INFO_V1(digitaltwin_alters_row_type);
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
+
+static char *dt_model_grant_of(Oid role);
 
 /* ----------------------------------------------------------------
  * Model owners
@@ -131,6 +135,49 @@ dt_check_drop_role(DropRoleStmt *stmt)
 							   spec->rolename, model),
 					 errhint("Drop the model with digitaltwin.drop_model(), or give it to another role with REASSIGN OWNED BY %s TO another_role.",
 							 quote_identifier(spec->rolename))));
+		model = dt_model_grant_of(role);
+		if (model != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("role \"%s\" cannot be dropped because some objects depend on it",
+							spec->rolename),
+					 errdetail("Role \"%s\" has privileges on digitaltwin model \"%s\".",
+							   spec->rolename, model),
+					 errhint("Revoke them with digitaltwin.revoke_model(), or run DROP OWNED BY %s first.",
+							 quote_identifier(spec->rolename))));
+	}
+}
+
+/* A model on which the role has a grant here, or NULL. */
+static char *
+dt_model_grant_of(Oid role)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	DtTrustedScope scope;
+	char	   *model;
+
+	dt_trusted_enter(&scope);
+	model = dt_model_granted_to(role);
+	if (model != NULL)
+		model = MemoryContextStrdup(cxt, model);
+	dt_trusted_leave(&scope);
+	return model;
+}
+
+/* DROP OWNED BY: the roles' model grants go with their privileges. */
+static void
+dt_drop_owned_grants(DropOwnedStmt *stmt)
+{
+	DtTrustedScope scope;
+	ListCell   *lc;
+
+	foreach(lc, stmt->roles)
+	{
+		Oid			role = get_rolespec_oid(lfirst(lc), false);
+
+		dt_trusted_enter(&scope);
+		dt_model_grants_drop_role(role);
+		dt_trusted_leave(&scope);
 	}
 }
 
@@ -228,11 +275,14 @@ dt_process_utility(PlannedStmt *pstmt, const char *queryString,
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 	bool		reassign = false;
+	bool		drop_owned = false;
 
 	if (IsA(parsetree, DropRoleStmt) && dt_extension_here())
 		dt_check_drop_role((DropRoleStmt *) parsetree);
 	else if (IsA(parsetree, ReassignOwnedStmt) && dt_extension_here())
 		reassign = true;
+	else if (IsA(parsetree, DropOwnedStmt) && dt_extension_here())
+		drop_owned = true;
 
 	/* commands that need a database without its workers (databases.c) */
 	if (OidIsValid(dt_database_needed_alone(parsetree)))
@@ -247,6 +297,9 @@ dt_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 	if (reassign)
 		dt_reassign_models((ReassignOwnedStmt *) parsetree);
+	/* after core checked that the caller may act for the roles */
+	if (drop_owned)
+		dt_drop_owned_grants((DropOwnedStmt *) parsetree);
 	if (dt_drops_extension(parsetree))
 		dt_database_mark_dropping();
 }

@@ -182,6 +182,8 @@ dt_event_check(const char *model, text *twin_id, Datum payload, bool payload_isn
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("model \"%s\" does not exist", model),
 				 errhint("Create it with digitaltwin.create_model().")));
+	/* the inserting role; inside a model, its owner (rights.c) */
+	dt_check_model_send(model);
 }
 
 Datum

@@ -363,7 +363,7 @@ digitaltwin_create_twin_view(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied to create a typed view of digitaltwin.twins"),
 				 errdetail("The view reads digitaltwin.twins with its owner's rights, and its owner is you."),
-				 errhint("Be a member of digitaltwin_reader.")));
+				 errhint("Be a member of digitaltwin_reader, or be granted 'read' on the model with digitaltwin.grant_model().")));
 
 	/* where the caller's CREATE VIEW would put it */
 	rv = makeRangeVarFromNameList(stringToQualifiedNameList(view_name));
@@ -372,6 +372,12 @@ digitaltwin_create_twin_view(PG_FUNCTION_ARGS)
 	dt_trusted_enter(&scope);
 	dt_twin_view_model(model, &model_id, &state_type);
 	dt_trusted_leave(&scope);
+	/* the view would show nothing to its owner: say so now */
+	if (!dt_model_allowed(model, caller, DT_RIGHT_READ))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to read model \"%s\"", model),
+				 errhint("Members of digitaltwin_reader may read every model; digitaltwin.grant_model(model, role, 'read') lets a role read one.")));
 
 	if (columns != NULL)
 		cols = dt_parse_columns(columns);

@@ -88,7 +88,9 @@ typedef struct DtViewModel
  * to_jsonb() call expression live in the caller's context: the SPI
  * connection's memory is gone once this returns.  The query runs as the
  * caller (digitaltwin.models is readable by everyone) and uses no operator
- * or cast, so the caller's search_path cannot change its meaning.
+ * or cast, so the caller's search_path cannot change its meaning.  Only
+ * the models the caller may read are in it (rights.c): the twins of the
+ * others are skipped like those of a dropped model.
  */
 static HTAB *
 dt_view_models(void)
@@ -98,6 +100,8 @@ dt_view_models(void)
 	HTAB	   *models;
 	uint64		i;
 	int			ret;
+	Oid			user = GetUserId();
+	bool		may_read_all = dt_may_all_models(user, DT_RIGHT_READ);
 
 	ctl.keysize = sizeof(int32);
 	ctl.entrysize = sizeof(DtViewModel);
@@ -118,10 +122,14 @@ dt_view_models(void)
 		TupleDesc	desc = SPI_tuptable->tupdesc;
 		bool		isnull;
 		int32		id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		DtViewModel *m = hash_search(models, &id, HASH_ENTER, NULL);
+		char	   *name = TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull));
+		DtViewModel *m;
 
-		strlcpy(m->name, TextDatumGetCString(SPI_getbinval(tup, desc, 2, &isnull)),
-				sizeof(m->name));
+		/* the twins of a model the caller may not read are left out */
+		if (!may_read_all && !dt_model_allowed(name, user, DT_RIGHT_READ))
+			continue;
+		m = hash_search(models, &id, HASH_ENTER, NULL);
+		strlcpy(m->name, name, sizeof(m->name));
 		m->state_type = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		m->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 4, &isnull));
 		m->search_path = MemoryContextStrdup(cxt,
