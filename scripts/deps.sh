@@ -23,6 +23,20 @@ dt_install_deps() {
 	dt_install_packages
 }
 
+# What the tests need besides: t/020_prometheus.pl runs Debian's
+# prometheus-postgres-exporter against a test instance.  Its postinst adds
+# the user prometheus and enables the service prometheus-postgres-exporter
+# (:9187); the service starts only under systemd (invoke-rc.d obeys
+# policy-rc.d, which denies it in a container), and with the package's
+# empty DATA_SOURCE_NAME it exits at once ("malformed dsn").  The test runs
+# its own exporter on a free port, so it neither needs nor meets that one.
+DT_TEST_PACKAGES="prometheus-postgres-exporter"
+
+dt_install_test_deps() {
+	dt_install_packages
+	dt_install_packages $DT_TEST_PACKAGES
+}
+
 # Install the given packages (default: what building and testing needs)
 # when missing.
 dt_install_packages() {

@@ -11,15 +11,16 @@
 # (/tmp/digitaltwin-test.lock): several checkouts on one machine share the
 # server's extension directory.
 #
-# Installs the Debian packages it needs when missing (as root), builds and
-# installs the extension, then runs the tests as an ordinary user (initdb
-# refuses root) in a scratch copy of the tree.
+# Installs the Debian packages it needs when missing (as root; among them
+# prometheus-postgres-exporter, for t/020), builds and installs the
+# extension, then runs the tests as an ordinary user (initdb refuses root)
+# in a scratch copy of the tree.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/deps.sh"
 
-dt_install_deps
+dt_install_test_deps
 exec 9>/tmp/digitaltwin-test.lock
 flock 9
 dt_build_install "$ROOT"
