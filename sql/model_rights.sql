@@ -125,6 +125,7 @@ SELECT digitaltwin.revoke_model('fleet_b', 'dt_mr_sender', 'send');
 -- 'admin' includes read and send
 SELECT model, count(*) AS admin_reads FROM digitaltwin.twins GROUP BY model;
 SELECT digitaltwin.send('fleet_a', 'car8', '{"speed": 80}') > 0 AS admin_sends;
+SELECT digitaltwin.wait_idle('30s');
 -- but not altering its code, which runs as the owner
 SELECT digitaltwin.alter_model('fleet_a', 'fleet(text,jsonb,jsonb)');
 RESET ROLE;

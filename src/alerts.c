@@ -112,10 +112,14 @@ digitaltwin_alert(const char *severity, const char *message, Jsonb *details)
 	(void) dt_require_model_call("digitaltwin.alert()",
 								 "Alerts belong to the twin and event a digitaltwin worker is processing.",
 								 "Raise alerts from the process or init function registered with digitaltwin.create_model().");
-	if (severity == NULL || *severity == '\0')
+	if (severity == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("alert severity must not be null or empty")));
+				 errmsg("alert severity must not be null")));
+	if (*severity == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("alert severity must not be empty")));
 	if (strlen(severity) > DT_ALERT_SEVERITY_MAX)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),

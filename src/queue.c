@@ -150,12 +150,16 @@ dt_event_check(const char *model, text *twin_id, Datum payload, bool payload_isn
 		ereport(ERROR,
 				(errcode(ERRCODE_NOT_NULL_VIOLATION),
 				 errmsg("event twin_id must not be null"),
-				 errdetail("Event for model \"%s\".", model)));
-	if (VARSIZE_ANY_EXHDR(twin_id) == 0 ||
-		VARSIZE_ANY_EXHDR(twin_id) > DT_TWIN_ID_MAXLEN)
+				 errdetail("The event is for model \"%s\".", model)));
+	if (VARSIZE_ANY_EXHDR(twin_id) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("event twin_id must not be empty"),
+				 errdetail("The event is for model \"%s\".", model)));
+	if (VARSIZE_ANY_EXHDR(twin_id) > DT_TWIN_ID_MAXLEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),
-				 errmsg("event twin_id must be 1 to %d bytes long", DT_TWIN_ID_MAXLEN),
+				 errmsg("event twin_id must be at most %d bytes", DT_TWIN_ID_MAXLEN),
 				 errdetail("The twin_id has %d bytes.", (int) VARSIZE_ANY_EXHDR(twin_id))));
 
 	if (payload_isnull)
@@ -209,7 +213,9 @@ digitaltwin_events_inserted(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) ||
 		!TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
 		!TRIGGER_FIRED_FOR_STATEMENT(trigdata->tg_event))
-		elog(ERROR, "digitaltwin_events_inserted: must be fired AFTER ... FOR EACH STATEMENT");
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("digitaltwin.events_inserted() must be fired AFTER ... FOR EACH STATEMENT")));
 	dt_require_preload();
 	dt_require_served();
 	dt_queue_mark_wake();
@@ -899,9 +905,10 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 				 errhint("Commit the transaction that sends the events, then call wait_idle().")));
 	if (IsolationUsesXactSnapshot())
 		ereport(ERROR,
-				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("digitaltwin.wait_idle() cannot run in a REPEATABLE READ or SERIALIZABLE transaction"),
-				 errdetail("It must see the workers' commits, which such a transaction's snapshot hides.")));
+				 errdetail("It must see the workers' commits, which such a transaction's snapshot hides."),
+				 errhint("Run it in a READ COMMITTED transaction.")));
 
 	/* the workers wait for a switch of lifecycle.c to end: never idle */
 	{
@@ -911,7 +918,7 @@ digitaltwin_wait_idle(PG_FUNCTION_ARGS)
 		if (LockHeldByMe(&tag, ExclusiveLock))
 			ereport(ERROR,
 					(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-					 errmsg("digitaltwin.wait_idle() cannot wait in the transaction of a switch of model"),
+					 errmsg("digitaltwin.wait_idle() cannot run in a transaction that switched a model"),
 					 errdetail("alter_model(), pause_model(), resume_model(), set_event_log(), set_history() and drop_model() hold the workers until their transaction ends."),
 					 errhint("Commit the transaction, then call wait_idle().")));
 	}

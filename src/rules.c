@@ -519,8 +519,8 @@ digitaltwin_create_rule_model(PG_FUNCTION_ARGS)
 	rules = PG_GETARG_JSONB_P(1);
 	if (strlen(model) > RULES_MAX_NAME)
 		ereport(ERROR,
-				(errcode(ERRCODE_NAME_TOO_LONG),
-				 errmsg("the name of a rules-based model has at most %d bytes", RULES_MAX_NAME),
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("model name must be at most %d bytes for a rules-based model", RULES_MAX_NAME),
 				 errdetail("Its functions are named <name>_rules_v<version>.")));
 	process = dt_rules_create_function(model, 1, rules);
 	args[0] = CStringGetTextDatum(model);

@@ -577,10 +577,14 @@ dt_timer_require_event(const char *what)
 static void
 dt_timer_check_name(const char *name)
 {
-	if (name == NULL || *name == '\0')
+	if (name == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("timer name must not be null or empty")));
+				 errmsg("timer name must not be null")));
+	if (*name == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("timer name must not be empty")));
 	if (strlen(name) > DT_TIMER_NAME_MAXLEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_STRING_DATA_RIGHT_TRUNCATION),

@@ -36,6 +36,7 @@ CREATE EXTENSION digitaltwin;
 CREATE ROLE modeler LOGIN;
 GRANT digitaltwin_admin TO modeler;
 CREATE SCHEMA app AUTHORIZATION modeler;
+CREATE ROLE viewer;    -- in no group role: reads one model by grant_model()
 });
 
 # Three models of one role, each with an init function that reads an
@@ -157,7 +158,9 @@ SELECT digitaltwin.create_rule_model('ruled', '[{"when": "(event->>''i'')::int %
 RESET search_path;
 INSERT INTO digitaltwin.events (model, twin_id, payload)
 SELECT 'ruled', 'r' || i % 3, jsonb_build_object('i', i) FROM generate_series(1, 12) i;
-SELECT digitaltwin.wait_idle('60s');});
+SELECT digitaltwin.wait_idle('60s');
+-- version 1.10: a per-model right
+SELECT digitaltwin.grant_model('ruled', 'viewer', 'read');});
 $node_a->safe_psql('postgres', q{
 INSERT INTO digitaltwin.events (model, twin_id, payload)
 SELECT 'logged', 'l' || i % 5, jsonb_build_object('i', i) FROM generate_series(1, 50) i;
@@ -229,7 +232,7 @@ cmp_ok(scalar(grep { /^event_log_/ } @time_parts), '>=', 1, 'the dump has the ev
 cmp_ok(scalar(grep { /^state_history_/ } @time_parts), '>=', 1, 'the dump has the history\'s partitions');
 my %pos = map { $data[$_] => $_ } 0 .. $#data;
 is( join(',', sort @data),
-	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state,twin_views',
+	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_counters,model_grants,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state,twin_views',
 	'the dump has the data of every table holding users\' data')
   or diag($toc);
 ok( defined $pos{models}
@@ -285,6 +288,13 @@ WHERE from_time <= '$partitions_until' ORDER BY name},
 	typed_view => q{SELECT twin_id, n, v2, event_count FROM app.logged_view ORDER BY twin_id},
 	typed_views => q{SELECT view::text, columns FROM digitaltwin.twin_views ORDER BY 1},
 	rules => q{SELECT name, process::text, rules::text FROM digitaltwin.models WHERE rules IS NOT NULL},
+	grants => q{
+SELECT m.name, g.grantee::text, g.privilege, g.granted_by::text, g.granted_at
+FROM digitaltwin.model_grants g JOIN digitaltwin.models m ON m.id = g.model_id ORDER BY 1, 2, 3},
+	counters => q{
+SELECT m.name, sum(c.events_processed), sum(c.dead_letters), sum(c.alerts)
+FROM digitaltwin.model_counters c JOIN digitaltwin.models m ON m.id = c.model_id
+GROUP BY 1 ORDER BY 1},
 	sequences => q{
 SELECT (SELECT last_value FROM digitaltwin.models_id_seq) || '/' ||
        (SELECT last_value FROM digitaltwin.alerts_id_seq) || '/' ||
@@ -500,6 +510,12 @@ INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('ruled', 'r0', 
 SELECT digitaltwin.wait_idle('60s')});
 is($node_b->safe_psql('restored', q{SELECT state->>'even' FROM digitaltwin.twins WHERE model = 'ruled' AND twin_id = 'r0'}),
 	'3', 'the restored rules-based model applies its rules');
+
+# the restored right is enforced: the viewer reads that model only
+is( $node_b->safe_psql('restored', q{
+SET ROLE viewer;
+SELECT string_agg(DISTINCT model, ',') FROM digitaltwin.twins}),
+	'ruled', 'the restored per-model right is enforced');
 
 # the restored typed view is still the model's: it goes with it
 $node_b->safe_psql('restored', q{SELECT digitaltwin.drop_model('logged', force => true)});
