@@ -29,7 +29,8 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-#define DIGITALTWIN_VERSION_NUM 10800
+/* the extension version this header comes with: 1.10 is 11000 */
+#define DIGITALTWIN_VERSION_NUM 11000
 
 /* Longest twin id accepted, in bytes. */
 #define DT_TWIN_ID_MAXLEN 63
