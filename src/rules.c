@@ -140,6 +140,28 @@ dt_rule_check_keys(JsonbContainer *c, int rule, const char *const *allowed, cons
  * ----------------------------------------------------------------
  */
 
+/*
+ * Refuse an expression with the error the parser or the analyser gave,
+ * the rule and the key, and the position in the expression when the
+ * error has one inside it: where to look, not just what is wrong.  The
+ * checks run "SELECT (expr)..."; the raw parser reports the position as
+ * cursorpos, SPI_prepare() as an internal position.
+ */
+static void
+dt_rule_refuse(const RuleCheck *chk, ErrorData *edata)
+{
+	int			at = edata->cursorpos > 0 ? edata->cursorpos : edata->internalpos;
+	int			pos = at - (int) strlen(RULE_EXPR_PREFIX);
+	bool		inside = at > 0 && pos > 0 && pos <= (int) strlen(chk->expr) + 1;
+
+	ereport(ERROR,
+			(errcode(edata->sqlerrcode),
+			 errmsg("rule %d, \"%s\": %s", chk->rule, chk->key, edata->message),
+			 inside ? errdetail("At character %d of: %s", pos, chk->expr) :
+			 errdetail("In: %s", chk->expr),
+			 edata->hint ? errhint("%s", edata->hint) : 0));
+}
+
 /* It is one expression: "SELECT (expr)" is a plain SELECT of one target. */
 static void
 dt_rule_check_syntax(const RuleCheck *chk)
@@ -156,20 +178,13 @@ dt_rule_check_syntax(const RuleCheck *chk)
 	PG_CATCH();
 	{
 		ErrorData  *edata;
-		int			pos;
 
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		if (edata->sqlerrcode != ERRCODE_SYNTAX_ERROR)
 			PG_RE_THROW();
 		FlushErrorState();
-		pos = edata->cursorpos - (int) strlen(RULE_EXPR_PREFIX);
-		ereport(ERROR,
-				(errcode(ERRCODE_SYNTAX_ERROR),
-				 errmsg("rule %d, \"%s\": %s", chk->rule, chk->key, edata->message),
-				 pos > 0 && pos <= (int) strlen(chk->expr) + 1 ?
-				 errdetail("At character %d of: %s", pos, chk->expr) :
-				 errdetail("In: %s", chk->expr)));
+		dt_rule_refuse(chk, edata);
 	}
 	PG_END_TRY();
 
@@ -200,7 +215,7 @@ dt_rule_check_syntax(const RuleCheck *chk)
 static void
 dt_rule_check_meaning(const RuleCheck *chk, const char *cast)
 {
-	char	   *sql = psprintf("SELECT (%s)%s FROM (SELECT NULL::pg_catalog.jsonb AS state, "
+	char	   *sql = psprintf(RULE_EXPR_PREFIX "%s)%s FROM (SELECT NULL::pg_catalog.jsonb AS state, "
 							   "NULL::pg_catalog.jsonb AS event, NULL::pg_catalog.text AS twin_id) AS %s",
 							   chk->expr, cast, rule_alias);
 	MemoryContext cxt = CurrentMemoryContext;
@@ -220,11 +235,7 @@ dt_rule_check_meaning(const RuleCheck *chk, const char *cast)
 		MemoryContextSwitchTo(cxt);
 		edata = CopyErrorData();
 		FlushErrorState();
-		ereport(ERROR,
-				(errcode(edata->sqlerrcode),
-				 errmsg("rule %d, \"%s\": %s", chk->rule, chk->key, edata->message),
-				 errdetail("In: %s", chk->expr),
-				 edata->hint ? errhint("%s", edata->hint) : 0));
+		dt_rule_refuse(chk, edata);
 	}
 	PG_END_TRY();
 }
