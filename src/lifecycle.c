@@ -785,7 +785,7 @@ dt_set_keep(FunctionCallInfo fcinfo, const char *name, Oid caller,
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("keep must be a positive interval"),
-				 errhint("NULL stops keeping them.")));
+				 errhint("Pass keep => NULL to stop the event log or the history.")));
 	dt_require_table("log_partitions", "1.8", function);
 	dt_switch_begin(name, caller, "change", &row);
 	args[0] = Int32GetDatum(row.id);

@@ -733,10 +733,14 @@ digitaltwin_rehearse(PG_FUNCTION_ARGS)
 
 	dt_require_preload();
 	dt_forbid_in_model("digitaltwin.rehearse()");
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+	if (PG_ARGISNULL(0))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("model and candidate process must not be null")));
+				 errmsg("model name must not be null")));
+	if (PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("candidate process function must not be null")));
 	if (current != NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),

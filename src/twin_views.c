@@ -339,8 +339,8 @@ dt_twin_view_register(Oid view, Oid nsp, const char *relname, Oid owner,
 Datum
 digitaltwin_create_twin_view(PG_FUNCTION_ARGS)
 {
-	char	   *model = dt_text_arg(fcinfo, 0, "model");
-	char	   *view_name = dt_text_arg(fcinfo, 1, "view_name");
+	char	   *model = dt_text_arg(fcinfo, 0, "model name");
+	char	   *view_name = dt_text_arg(fcinfo, 1, "view name");
 	char	   *columns = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
 	RangeVar   *rv;
 	Oid			nsp;

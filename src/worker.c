@@ -335,7 +335,7 @@ dt_apply_event(DtEvent *ev)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_FUNCTION),
 				 errmsg("a function of model \"%s\" no longer exists", ev->model),
-				 errhint("Drop the model and create it again with existing functions.")));
+				 errhint("Switch the model to existing functions with digitaltwin.alter_model(), or drop it.")));
 	/* DROP ROLE run from another database cannot see this one's models */
 	if (!dt_model_owner_exists(model->owner))
 		ereport(ERROR,
