@@ -35,14 +35,12 @@
 #include "postgres.h"
 
 #include "access/xact.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
 #include "dt_internal.h"
@@ -211,15 +209,6 @@ dt_model_stats_count_alert(int32 model_id, void *arg)
 	dt_tally(model_id)->alerts++;
 }
 
-static bool
-dt_model_counters_exist(void)
-{
-	Oid			nsp = get_namespace_oid("digitaltwin", true);
-
-	/* a library newer than the extension: no table before version 1.10 */
-	return OidIsValid(nsp) && OidIsValid(get_relname_relid("model_counters", nsp));
-}
-
 /*
  * Add the batch's counts to the worker's rows of model_counters, in the
  * batch's transaction (SPI connected), before the alerts are flushed.
@@ -258,7 +247,8 @@ dt_model_stats_flush(DtEvent *batch, int n)
 		}
 	}
 	dt_alerts_each_model(dt_model_stats_count_alert, NULL);
-	if (ntouched == 0 || !dt_model_counters_exist())
+	/* a library newer than the extension: no table before version 1.10 */
+	if (ntouched == 0 || !dt_table_exists("model_counters"))
 		return;
 
 	if (upsert_plan == NULL)
@@ -431,6 +421,7 @@ digitaltwin_reset_stats(PG_FUNCTION_ARGS)
 	Oid			caller = GetUserId();
 	DtTrustedScope scope;
 	char	   *name = NULL;
+	Datum		id = (Datum) 0;
 	int			ret;
 
 	dt_require_preload();
@@ -447,7 +438,6 @@ digitaltwin_reset_stats(PG_FUNCTION_ARGS)
 	if (name != NULL)
 	{
 		bool		isnull;
-		Datum		id;
 
 		dt_model_read_row(name, "id, owner::pg_catalog.oid");
 		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -455,20 +445,15 @@ digitaltwin_reset_stats(PG_FUNCTION_ARGS)
 							 DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 															SPI_tuptable->tupdesc, 2, &isnull)),
 							 "reset the statistics of");
-		ret = SPI_execute_with_args("UPDATE digitaltwin.model_counters SET "
-									"events_processed = 0, dead_letters = 0, alerts = 0, "
-									"model_calls = 0, model_time_ms = 0, model_time_max_ms = 0, "
-									"last_error = NULL, last_error_at = NULL, "
-									"stats_reset = pg_catalog.now() "
-									"WHERE model_id OPERATOR(pg_catalog.=) $1",
-									1, (Oid[]) {INT4OID}, &id, NULL, false, 0);
 	}
-	else
-		ret = SPI_execute("UPDATE digitaltwin.model_counters SET "
-						  "events_processed = 0, dead_letters = 0, alerts = 0, "
-						  "model_calls = 0, model_time_ms = 0, model_time_max_ms = 0, "
-						  "last_error = NULL, last_error_at = NULL, "
-						  "stats_reset = pg_catalog.now()", false, 0);
+	ret = SPI_execute_with_args("UPDATE digitaltwin.model_counters SET "
+								"events_processed = 0, dead_letters = 0, alerts = 0, "
+								"model_calls = 0, model_time_ms = 0, model_time_max_ms = 0, "
+								"last_error = NULL, last_error_at = NULL, "
+								"stats_reset = pg_catalog.now() "
+								"WHERE $1::pg_catalog.int4 IS NULL "
+								"OR model_id OPERATOR(pg_catalog.=) $1",
+								1, (Oid[]) {INT4OID}, &id, name ? " " : "n", false, 0);
 	if (ret != SPI_OK_UPDATE)
 		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
 	dt_trusted_leave(&scope);

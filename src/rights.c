@@ -166,7 +166,6 @@ dt_rights_load(void)
 {
 	HASHCTL		ctl;
 	DtTrustedScope scope;
-	Oid			nsp;
 	bool		has_grants;
 	uint64		i;
 	int			ret;
@@ -185,11 +184,10 @@ dt_rights_load(void)
 	ctl.entrysize = sizeof(DtModelRights);
 	ctl.hcxt = rights_cxt;
 
-	nsp = get_namespace_oid("digitaltwin", true);
 	models_relid = dt_models_relid();
-	grants_relid = OidIsValid(nsp) ? get_relname_relid("model_grants", nsp) : InvalidOid;
 	/* a library newer than the extension: no grants before version 1.10 */
-	has_grants = OidIsValid(grants_relid);
+	has_grants = dt_table_exists("model_grants");
+	grants_relid = has_grants ? dt_extension_relid("model_grants") : InvalidOid;
 
 	dt_trusted_enter(&scope);
 	ret = SPI_execute(has_grants ?
@@ -564,10 +562,9 @@ dt_model_granted_to(Oid role)
 {
 	Oid			argtype = OIDOID;
 	Datum		arg = ObjectIdGetDatum(role);
-	Oid			nsp = get_namespace_oid("digitaltwin", true);
 	int			ret;
 
-	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("model_grants", nsp)))
+	if (!dt_table_exists("model_grants"))
 		return NULL;
 	ret = SPI_execute_with_args("SELECT m.name FROM digitaltwin.model_grants g "
 								"JOIN digitaltwin.models m ON m.id OPERATOR(pg_catalog.=) g.model_id "
@@ -587,10 +584,9 @@ dt_model_grants_drop_role(Oid role)
 {
 	Oid			argtype = OIDOID;
 	Datum		arg = ObjectIdGetDatum(role);
-	Oid			nsp = get_namespace_oid("digitaltwin", true);
 	int			ret;
 
-	if (!OidIsValid(nsp) || !OidIsValid(get_relname_relid("model_grants", nsp)))
+	if (!dt_table_exists("model_grants"))
 		return;
 	ret = SPI_execute_with_args("DELETE FROM digitaltwin.model_grants "
 								"WHERE grantee::pg_catalog.oid OPERATOR(pg_catalog.=) $1",
