@@ -50,9 +50,9 @@ PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 # example_<name>, that loads the example's model.sql and generate.sql and
 # checks its alerts against an independent query (see examples/README.md).
 EXAMPLES = example_card_fraud example_healthcare
-REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats model_rights $(EXAMPLES) drop
+REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats model_rights hostile_rights $(EXAMPLES) drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
-ISOLATION = concurrent_senders outbox_gateways typed_view_drop
+ISOLATION = concurrent_senders outbox_gateways typed_view_drop rights_cache
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf
 TAP_TESTS = 1
 

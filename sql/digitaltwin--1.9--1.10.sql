@@ -67,16 +67,27 @@ COMMENT ON FUNCTION digitaltwin._models_allowed(text) IS
 -- InitPlans), not once per row.  The workers and the extension's own
 -- statements run as the tables' owner, to whom policies do not apply.
 ALTER TABLE digitaltwin.alerts ENABLE ROW LEVEL SECURITY;
+-- A model that has the name of a dropped one is another model: its owner
+-- and grantees must not see what the dropped one left (alerts by time,
+-- dead letters by model id, as retry_dead_letters() decides).
 CREATE POLICY alerts_by_model ON digitaltwin.alerts
     USING ((SELECT digitaltwin._may_all('read'))
-           OR model = ANY ((SELECT digitaltwin._models_allowed('read'))::text[]));
+           OR (model = ANY ((SELECT digitaltwin._models_allowed('read'))::text[])
+               AND EXISTS (SELECT FROM digitaltwin.models m
+                           WHERE m.name = alerts.model
+                             AND alerts.raised_at >= m.created_at)));
 COMMENT ON POLICY alerts_by_model ON digitaltwin.alerts IS
 'A role sees the alerts of the models it may read (digitaltwin_reader: all).';
 
 ALTER TABLE digitaltwin.dead_letters ENABLE ROW LEVEL SECURITY;
 CREATE POLICY dead_letters_by_model ON digitaltwin.dead_letters
     USING ((SELECT digitaltwin._may_all('admin'))
-           OR model = ANY ((SELECT digitaltwin._models_allowed('admin'))::text[]));
+           OR (model = ANY ((SELECT digitaltwin._models_allowed('admin'))::text[])
+               AND EXISTS (SELECT FROM digitaltwin.models m
+                           WHERE m.name = dead_letters.model
+                             AND (m.id = dead_letters.model_id
+                                  OR (dead_letters.model_id IS NULL
+                                      AND dead_letters.failed_at >= m.created_at)))));
 COMMENT ON POLICY dead_letters_by_model ON digitaltwin.dead_letters IS
 'A role sees the dead letters of the models it administers (digitaltwin_admin: all).';
 
@@ -132,7 +143,11 @@ REVOKE ALL ON FUNCTION digitaltwin._model_live_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION digitaltwin._model_live_stats() TO digitaltwin_reader;
 
 -- (the view filters by the per-model rights of the section below)
-CREATE VIEW digitaltwin.model_stats AS
+-- security_barrier: without it the planner may run a caller's function
+-- (cheap, or pushed down into the counters' aggregate as a HAVING clause)
+-- on the rows of the models the WHERE clause leaves out, and so show
+-- their last_error and counters to a role that may read one model.
+CREATE VIEW digitaltwin.model_stats WITH (security_barrier) AS
     WITH c AS (
         SELECT model_id,
                sum(events_processed)::bigint AS events_processed,

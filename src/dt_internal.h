@@ -450,6 +450,7 @@ extern const char *dt_right_name(int right);
 extern int	dt_right_from_name(const char *name);
 extern bool dt_may_all_models(Oid user, int right);
 extern bool dt_model_allowed(const char *model, Oid user, int right);
+extern struct HTAB *dt_model_ids_allowed(Oid user, int right);
 extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
 								 const char *action);
 extern void dt_check_model_send(const char *model);

@@ -367,16 +367,29 @@ digitaltwin_model_live_stats(PG_FUNCTION_ARGS)
 	int			n;
 	int			i;
 
+	Oid			user = GetUserId();
+	HTAB	   *allowed = NULL;
+
 	dt_require_preload();
 	InitMaterializedSRF(fcinfo, 0);
 	if (dt_database_current() == NULL)
 		return (Datum) 0;
+	/*
+	 * Only the models the caller may read, as in model_stats: the function
+	 * is granted with 'read' on one model (grant_model()), and called
+	 * directly it must not show the others' twins and rates.
+	 */
+	if (!dt_may_all_models(user, DT_RIGHT_READ))
+		allowed = dt_model_ids_allowed(user, DT_RIGHT_READ);
 	n = dt_model_live_collect(&rows);
 	for (i = 0; i < n; i++)
 	{
 		Datum		values[5];
 		bool		nulls[5] = {false, false, false, false, false};
 
+		if (allowed != NULL &&
+			hash_search(allowed, &rows[i].model_id, HASH_FIND, NULL) == NULL)
+			continue;
 		values[0] = Int32GetDatum(rows[i].model_id);
 		values[1] = Int32GetDatum(rows[i].partition);
 		values[2] = Int64GetDatum(rows[i].twins);

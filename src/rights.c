@@ -55,6 +55,7 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "dt_internal.h"
@@ -169,6 +170,7 @@ dt_rights_load(void)
 	bool		has_grants;
 	uint64		i;
 	int			ret;
+	int			attempt;
 
 	if (!callbacks_registered)
 	{
@@ -189,17 +191,45 @@ dt_rights_load(void)
 	has_grants = dt_table_exists("model_grants");
 	grants_relid = has_grants ? dt_extension_relid("model_grants") : InvalidOid;
 
-	dt_trusted_enter(&scope);
-	ret = SPI_execute(has_grants ?
-					  "SELECT m.name, m.owner::pg_catalog.oid, g.grantee::pg_catalog.oid, g.privilege "
-					  "FROM digitaltwin.models m "
-					  "LEFT JOIN digitaltwin.model_grants g ON g.model_id OPERATOR(pg_catalog.=) m.id "
-					  "ORDER BY m.name" :
-					  "SELECT m.name, m.owner::pg_catalog.oid, NULL::pg_catalog.oid, NULL::pg_catalog.text "
-					  "FROM digitaltwin.models m",
-					  true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+	/*
+	 * With a snapshot taken now, after the invalidations received so far,
+	 * not the statement's or the transaction's: a cache loaded with an
+	 * older snapshot (REPEATABLE READ, or a statement that began before a
+	 * revoke_model() committed) would keep a revoked grant for the rest of
+	 * the session, the revoke's invalidation being already consumed.  An
+	 * invalidation that arrives while the query runs may be of a commit the
+	 * snapshot does not see: load again.
+	 */
+	for (attempt = 0;; attempt++)
+	{
+		uint64		generation;
+		Snapshot	snapshot;
+		SPIPlanPtr	plan;
+
+		AcceptInvalidationMessages();
+		generation = rights_generation;
+		snapshot = RegisterSnapshot(GetLatestSnapshot());
+		dt_trusted_enter(&scope);
+		plan = SPI_prepare(has_grants ?
+						   "SELECT m.name, m.owner::pg_catalog.oid, g.grantee::pg_catalog.oid, g.privilege "
+						   "FROM digitaltwin.models m "
+						   "LEFT JOIN digitaltwin.model_grants g ON g.model_id OPERATOR(pg_catalog.=) m.id "
+						   "ORDER BY m.name" :
+						   "SELECT m.name, m.owner::pg_catalog.oid, NULL::pg_catalog.oid, NULL::pg_catalog.text "
+						   "FROM digitaltwin.models m",
+						   0, NULL);
+		if (plan == NULL)
+			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
+		ret = SPI_execute_snapshot(plan, NULL, NULL, snapshot, InvalidSnapshot,
+								   true, false, 0);
+		UnregisterSnapshot(snapshot);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(ret));
+		/* nothing below accepts invalidations before the cache is published */
+		if (generation == rights_generation || attempt >= 10)
+			break;
+		dt_trusted_leave(&scope);
+	}
 
 	/* built in full before it is published: an error leaves no half cache */
 	{
@@ -551,6 +581,56 @@ digitaltwin_models_allowed(PG_FUNCTION_ARGS)
 			names[n++] = CStringGetTextDatum(models[i]);
 	}
 	PG_RETURN_ARRAYTYPE_P(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/*
+ * The ids of the models on which 'user' has 'right', as a hash of int32
+ * in the current memory context (for _model_live_stats(), whose rows name
+ * models by id).
+ */
+HTAB *
+dt_model_ids_allowed(Oid user, int right)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	HASHCTL		ctl;
+	HTAB	   *ids;
+	DtTrustedScope scope;
+	int32	   *model_ids;
+	char	  **names;
+	uint64		n;
+	uint64		i;
+
+	ctl.keysize = sizeof(int32);
+	ctl.entrysize = sizeof(int32);
+	ctl.hcxt = cxt;
+	ids = hash_create("digitaltwin allowed models", 16, &ctl,
+					  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+
+	dt_trusted_enter(&scope);
+	if (SPI_execute("SELECT id, name FROM digitaltwin.models", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "digitaltwin: cannot read digitaltwin.models");
+	n = SPI_processed;
+	model_ids = MemoryContextAlloc(cxt, sizeof(int32) * Max(n, 1));
+	names = MemoryContextAlloc(cxt, sizeof(char *) * Max(n, 1));
+	for (i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		model_ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+												   SPI_tuptable->tupdesc, 1, &isnull));
+		names[i] = MemoryContextStrdup(cxt,
+									   TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
+																		 SPI_tuptable->tupdesc, 2, &isnull)));
+	}
+	dt_trusted_leave(&scope);
+
+	/* checked as the caller, out of the scope (the checks may load the cache) */
+	for (i = 0; i < n; i++)
+	{
+		if (dt_model_allowed(names[i], user, right))
+			(void) hash_search(ids, &model_ids[i], HASH_ENTER, NULL);
+	}
+	return ids;
 }
 
 /*
