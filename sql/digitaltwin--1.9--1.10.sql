@@ -122,9 +122,24 @@ COMMENT ON TABLE digitaltwin.model_counters IS
 COMMENT ON COLUMN digitaltwin.model_counters.events_processed IS 'Events of the queue consumed: applied or dead-lettered (timer fires are model calls, not events).';
 COMMENT ON COLUMN digitaltwin.model_counters.model_calls IS 'Events and timer fires whose model call returned (a call rolled back with a failing neighbour and run again counts twice).';
 COMMENT ON COLUMN digitaltwin.model_counters.model_time_ms IS 'Time spent in the model''s functions (init and process) by those calls, in milliseconds.';
-COMMENT ON COLUMN digitaltwin.model_counters.stats_reset IS 'When reset_stats() last zeroed the row (NULL: never).';
+COMMENT ON COLUMN digitaltwin.model_counters.stats_reset IS 'The reset (model_stats_resets.reset_at) the row counts from (NULL: never reset).';
 
 SELECT pg_catalog.pg_extension_config_dump('digitaltwin.model_counters', '');
+
+-- reset_stats() writes here, never into model_counters: a reset held in
+-- an open transaction must not make a batch wait on a row lock (and with
+-- it every model of its worker).  A counters row whose stats_reset is
+-- older than its model's reset_at counts as zero, in the view and in the
+-- batch that next adds to it (which then zeroes it).
+CREATE TABLE digitaltwin.model_stats_resets (
+    model_id  integer PRIMARY KEY REFERENCES digitaltwin.models (id) ON DELETE CASCADE,
+    reset_at  timestamptz NOT NULL
+);
+
+COMMENT ON TABLE digitaltwin.model_stats_resets IS
+'When reset_stats() last reset each model''s statistics; the counters older than that count as zero.';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.model_stats_resets', '');
 
 CREATE FUNCTION digitaltwin._model_live_stats(
     OUT model_id integer,
@@ -148,19 +163,25 @@ GRANT EXECUTE ON FUNCTION digitaltwin._model_live_stats() TO digitaltwin_reader;
 -- on the rows of the models the WHERE clause leaves out, and so show
 -- their last_error and counters to a role that may read one model.
 CREATE VIEW digitaltwin.model_stats WITH (security_barrier) AS
-    WITH c AS (
+    WITH k AS (
+        -- a row older than its model's last reset counts as zero
+        SELECT c.*, r.reset_at IS NOT NULL
+                    AND (c.stats_reset IS NULL OR c.stats_reset < r.reset_at) AS stale
+        FROM digitaltwin.model_counters c
+        LEFT JOIN digitaltwin.model_stats_resets r ON r.model_id = c.model_id
+    ), c AS (
         SELECT model_id,
-               sum(events_processed)::bigint AS events_processed,
-               sum(dead_letters)::bigint AS dead_letters,
-               sum(alerts)::bigint AS alerts,
-               sum(model_calls)::bigint AS model_calls,
-               sum(model_time_ms) AS model_time_ms,
-               max(model_time_max_ms) AS model_time_max,
+               coalesce(sum(events_processed) FILTER (WHERE NOT stale), 0)::bigint AS events_processed,
+               coalesce(sum(dead_letters) FILTER (WHERE NOT stale), 0)::bigint AS dead_letters,
+               coalesce(sum(alerts) FILTER (WHERE NOT stale), 0)::bigint AS alerts,
+               coalesce(sum(model_calls) FILTER (WHERE NOT stale), 0)::bigint AS model_calls,
+               sum(model_time_ms) FILTER (WHERE NOT stale) AS model_time_ms,
+               max(model_time_max_ms) FILTER (WHERE NOT stale) AS model_time_max,
                max(last_batch_at) AS last_batch_at,
-               (array_agg(last_error ORDER BY last_error_at DESC NULLS LAST))[1] AS last_error,
-               max(last_error_at) AS last_error_at,
-               max(stats_reset) AS stats_reset
-        FROM digitaltwin.model_counters
+               (array_agg(last_error ORDER BY last_error_at DESC NULLS LAST)
+                    FILTER (WHERE NOT stale))[1] AS last_error,
+               max(last_error_at) FILTER (WHERE NOT stale) AS last_error_at
+        FROM k
         GROUP BY model_id
     ), l AS (
         SELECT model_id,
@@ -194,8 +215,9 @@ CREATE VIEW digitaltwin.model_stats WITH (security_barrier) AS
            coalesce(l.events_in_flight, 0) AS events_in_flight,
            coalesce(c.model_calls, 0) AS model_calls,
            c.last_error_at,
-           coalesce(c.stats_reset, m.created_at) AS stats_since
+           coalesce(r.reset_at, m.created_at) AS stats_since
     FROM digitaltwin.models m
+    LEFT JOIN digitaltwin.model_stats_resets r ON r.model_id = m.id
     LEFT JOIN c ON c.model_id = m.id
     LEFT JOIN l ON l.model_id = m.id
     LEFT JOIN q ON q.model = m.name
@@ -223,7 +245,7 @@ AS 'MODULE_PATHNAME', 'digitaltwin_reset_stats'
 LANGUAGE C VOLATILE;
 
 COMMENT ON FUNCTION digitaltwin.reset_stats(text) IS
-'Zeroes the statistics of one model (digitaltwin.model_stats; for its owner, its administrators and digitaltwin_admin), or with no argument of every model and the workers'' counters of digitaltwin.stats (for digitaltwin_admin).  The workers'' counters are in shared memory: their reset is not undone by a rollback.';
+'Zeroes the statistics of one model (digitaltwin.model_stats; for its owner, its administrators and digitaltwin_admin), or with no argument of every model and the workers'' counters of digitaltwin.stats (for digitaltwin_admin).  It records the reset in model_stats_resets and never waits for, nor holds up, the workers.  The workers'' counters are in shared memory: their reset is not undone by a rollback.';
 
 REVOKE ALL ON FUNCTION digitaltwin.reset_stats(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION digitaltwin.reset_stats(text) TO digitaltwin_admin;

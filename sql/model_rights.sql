@@ -105,7 +105,8 @@ SET ROLE dt_mr_reader;
 SELECT count(*) AS fleet_a_reader_sees FROM fleet_b_all;
 RESET ROLE;
 
--- admin: fleet_a's dead letters, pause, resume, reset, retry, grant
+-- admin: fleet_a's dead letters, reset, retry, grant; not the switches,
+-- which hold every worker of the database (pause, resume, drop...)
 SET ROLE dt_mr_admin;
 SELECT model, error FROM digitaltwin.dead_letters ORDER BY event_id;
 SELECT digitaltwin.pause_model('fleet_a');

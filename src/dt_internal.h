@@ -453,6 +453,8 @@ extern bool dt_model_allowed(const char *model, Oid user, int right);
 extern struct HTAB *dt_model_ids_allowed(Oid user, int right);
 extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
 								 const char *action);
+extern void dt_check_model_admin(const char *name, Oid caller, Oid owner,
+								 const char *action);
 extern void dt_check_model_send(const char *model);
 extern char *dt_model_granted_to(Oid role);
 extern void dt_model_grants_drop_role(Oid role);

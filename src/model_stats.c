@@ -257,26 +257,39 @@ dt_model_stats_flush(DtEvent *batch, int n)
 			INT8ARRAYOID, FLOAT8ARRAYOID, FLOAT8ARRAYOID, TEXTARRAYOID,
 		INT4OID, TIMESTAMPTZOID};
 
+		/*
+		 * KEEP: the row counts from its model's last reset (see the 1.10
+		 * script): add to it; otherwise it is stale, start it again from
+		 * this batch's counts.  The new row or the kept one takes the reset
+		 * it counts from, as this batch's snapshot sees it.
+		 */
+#define KEEP "(excluded.stats_reset IS NULL OR (c.stats_reset IS NOT NULL AND " \
+			 "excluded.stats_reset OPERATOR(pg_catalog.<=) c.stats_reset))"
+#define ADD(col) " " col " = CASE WHEN " KEEP " THEN c." col " OPERATOR(pg_catalog.+) excluded." col \
+			 " ELSE excluded." col " END, "
 		upsert_plan = dt_spi_prepare_kept(
 			"INSERT INTO digitaltwin.model_counters AS c "
 			"(model_id, worker, events_processed, dead_letters, alerts, model_calls, "
-			" model_time_ms, model_time_max_ms, last_error, last_batch_at, last_error_at) "
+			" model_time_ms, model_time_max_ms, last_error, last_batch_at, last_error_at, stats_reset) "
 			"SELECT u.m, $9, u.e, u.d, u.a, u.c, u.t, u.x, u.err, $10, "
-			"       CASE WHEN u.err IS NULL THEN NULL ELSE $10 END "
+			"       CASE WHEN u.err IS NULL THEN NULL ELSE $10 END, r.reset_at "
 			"FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
 			"  pg_catalog.unnest($4), pg_catalog.unnest($5), pg_catalog.unnest($6), "
 			"  pg_catalog.unnest($7), pg_catalog.unnest($8)) AS u(m, e, d, a, c, t, x, err) "
+			"LEFT JOIN digitaltwin.model_stats_resets r ON r.model_id OPERATOR(pg_catalog.=) u.m "
 			"ON CONFLICT (model_id, worker) DO UPDATE SET "
-			" events_processed = c.events_processed OPERATOR(pg_catalog.+) excluded.events_processed, "
-			" dead_letters = c.dead_letters OPERATOR(pg_catalog.+) excluded.dead_letters, "
-			" alerts = c.alerts OPERATOR(pg_catalog.+) excluded.alerts, "
-			" model_calls = c.model_calls OPERATOR(pg_catalog.+) excluded.model_calls, "
-			" model_time_ms = c.model_time_ms OPERATOR(pg_catalog.+) excluded.model_time_ms, "
-			" model_time_max_ms = GREATEST(c.model_time_max_ms, excluded.model_time_max_ms), "
+			ADD("events_processed") ADD("dead_letters") ADD("alerts") ADD("model_calls")
+			ADD("model_time_ms")
+			" model_time_max_ms = CASE WHEN " KEEP
+			"   THEN GREATEST(c.model_time_max_ms, excluded.model_time_max_ms)"
+			"   ELSE excluded.model_time_max_ms END, "
 			" last_batch_at = excluded.last_batch_at, "
-			" last_error = COALESCE(excluded.last_error, c.last_error), "
-			" last_error_at = COALESCE(excluded.last_error_at, c.last_error_at)",
+			" last_error = COALESCE(excluded.last_error, CASE WHEN " KEEP " THEN c.last_error END), "
+			" last_error_at = COALESCE(excluded.last_error_at, CASE WHEN " KEEP " THEN c.last_error_at END), "
+			" stats_reset = CASE WHEN " KEEP " THEN c.stats_reset ELSE excluded.stats_reset END",
 			10, types);
+#undef ADD
+#undef KEEP
 	}
 
 	for (i = 0; i < 8; i++)
@@ -424,9 +437,10 @@ dt_reset_worker_counters(void)
 /*
  * reset_stats(model DEFAULT NULL): the committed counters of one model, or
  * of all models and the workers' counters of digitaltwin.stats, start
- * again from 0; stats_reset says when.  For digitaltwin_admin (one model:
- * also for whoever may administer it).  The counters' rows are kept and
- * zeroed rather than deleted, so that the time of the reset stays.
+ * again from 0; stats_since says when.  For digitaltwin_admin (one model:
+ * also for whoever may administer it).  The reset is a row of
+ * model_stats_resets, not an update of the counters: a reset kept open in
+ * a transaction must not hold up the batches that add to them.
  */
 Datum
 digitaltwin_reset_stats(PG_FUNCTION_ARGS)
@@ -454,21 +468,18 @@ digitaltwin_reset_stats(PG_FUNCTION_ARGS)
 
 		dt_model_read_row(name, "id, owner::pg_catalog.oid");
 		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		dt_check_model_owner(name, caller,
+		dt_check_model_admin(name, caller,
 							 DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 															SPI_tuptable->tupdesc, 2, &isnull)),
 							 "reset the statistics of");
 	}
-	ret = SPI_execute_with_args("UPDATE digitaltwin.model_counters SET "
-								"events_processed = 0, dead_letters = 0, alerts = 0, "
-								"model_calls = 0, model_time_ms = 0, model_time_max_ms = 0, "
-								"last_error = NULL, last_error_at = NULL, "
-								"stats_reset = pg_catalog.now() "
-								"WHERE $1::pg_catalog.int4 IS NULL "
-								"OR model_id OPERATOR(pg_catalog.=) $1",
+	ret = SPI_execute_with_args("INSERT INTO digitaltwin.model_stats_resets (model_id, reset_at) "
+								"SELECT m.id, pg_catalog.now() FROM digitaltwin.models m "
+								"WHERE $1::pg_catalog.int4 IS NULL OR m.id OPERATOR(pg_catalog.=) $1 "
+								"ON CONFLICT (model_id) DO UPDATE SET reset_at = excluded.reset_at",
 								1, (Oid[]) {INT4OID}, &id, name ? " " : "n", false, 0);
-	if (ret != SPI_OK_UPDATE)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
 	dt_trusted_leave(&scope);
 
 	if (name == NULL)

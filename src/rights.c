@@ -5,9 +5,12 @@
  *	  enforce them.
  *
  * Three rights on a model: 'send' (queue events for it), 'read' (see its
- * twins, alerts and statistics) and 'admin' (pause, resume, drop, reset,
- * read its dead letters and grant rights on it), which includes the other
- * two.  A role has a right on a model when it has the privileges of:
+ * twins, alerts and statistics) and 'admin' (reset its statistics, read
+ * and retry its dead letters, grant rights on it), which includes the
+ * other two.  Switching a model (alter, pause, resume, drop, the logging
+ * switches) stays with its owner and digitaltwin_admin: a switch holds
+ * every worker of the database until its transaction ends, which a team
+ * trusted with one model must not be able to do to the others.  A role has a right on a model when it has the privileges of:
  *
  *	  a superuser, or the model's owner;
  *	  the group role that means "every model" for that right:
@@ -341,13 +344,16 @@ dt_model_allowed(const char *model, Oid user, int right)
 }
 
 /*
- * Who may change, drop or administer a model: its owner, digitaltwin_admin
- * and the roles granted 'admin' on it.
+ * Who may switch a model (alter, pause, resume, drop, set_event_log,
+ * set_history): its owner and digitaltwin_admin.  Not a role granted
+ * 'admin' on the model: a switch holds every worker of the database until
+ * its transaction ends (lifecycle.c), so a team that may only administer
+ * its own model must not be able to stall the others' by keeping one open.
  */
 void
 dt_check_model_owner(const char *name, Oid caller, Oid owner, const char *action)
 {
-	if (has_privs_of_role(caller, owner) || dt_model_allowed(name, caller, DT_RIGHT_ADMIN))
+	if (has_privs_of_role(caller, owner) || dt_is_admin(caller))
 		return;
 	/* new code runs as the owner: only the owner gives it (lifecycle.c) */
 	if (strcmp(action, "alter") == 0)
@@ -355,6 +361,23 @@ dt_check_model_owner(const char *name, Oid caller, Oid owner, const char *action
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("must be owner of model \"%s\"", name),
 				 errhint("The functions of a model run as its owner: only the owner, or a member of its role, may alter it.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+			 errmsg("must be owner of model \"%s\"", name),
+			 errdetail("Changing a model holds every worker of the database until the transaction ends."),
+			 errhint("Members of digitaltwin_admin may %s any model.", action)));
+}
+
+/*
+ * Who may administer a model without switching it (reset its statistics,
+ * grant and revoke rights on it): its owner, digitaltwin_admin and the
+ * roles granted 'admin' on it.
+ */
+void
+dt_check_model_admin(const char *name, Oid caller, Oid owner, const char *action)
+{
+	if (has_privs_of_role(caller, owner) || dt_model_allowed(name, caller, DT_RIGHT_ADMIN))
+		return;
 	ereport(ERROR,
 			(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 			 errmsg("must be owner of model \"%s\"", name),
@@ -401,13 +424,8 @@ static const char *const read_privileges[] = {
 };
 static const char *const admin_privileges[] = {
 	"GRANT SELECT ON digitaltwin.dead_letters TO %s",
-	"GRANT EXECUTE ON FUNCTION digitaltwin.pause_model(pg_catalog.text), "
-	"digitaltwin.resume_model(pg_catalog.text), "
-	"digitaltwin.drop_model(pg_catalog.text, pg_catalog.bool), "
-	"digitaltwin.reset_stats(pg_catalog.text), "
-	"digitaltwin.retry_dead_letters(pg_catalog.text, pg_catalog.int8[]), "
-	"digitaltwin.set_event_log(pg_catalog.text, pg_catalog.interval), "
-	"digitaltwin.set_history(pg_catalog.text, pg_catalog.interval) TO %s",
+	"GRANT EXECUTE ON FUNCTION digitaltwin.reset_stats(pg_catalog.text), "
+	"digitaltwin.retry_dead_letters(pg_catalog.text, pg_catalog.int8[]) TO %s",
 	NULL
 };
 
@@ -450,7 +468,7 @@ dt_rights_arguments(FunctionCallInfo fcinfo, const char *function, Oid caller,
 
 	dt_model_read_row(*model, "id, owner::pg_catalog.oid");
 	*model_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	dt_check_model_owner(*model, caller,
+	dt_check_model_admin(*model, caller,
 						 DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
 														SPI_tuptable->tupdesc, 2, &isnull)),
 						 "grant privileges on");
