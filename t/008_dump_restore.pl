@@ -159,8 +159,9 @@ RESET search_path;
 INSERT INTO digitaltwin.events (model, twin_id, payload)
 SELECT 'ruled', 'r' || i % 3, jsonb_build_object('i', i) FROM generate_series(1, 12) i;
 SELECT digitaltwin.wait_idle('60s');
--- version 1.10: a per-model right
-SELECT digitaltwin.grant_model('ruled', 'viewer', 'read');});
+-- version 1.10: a per-model right, and statistics reset once
+SELECT digitaltwin.grant_model('ruled', 'viewer', 'read');
+SELECT digitaltwin.reset_stats('ruled');});
 $node_a->safe_psql('postgres', q{
 INSERT INTO digitaltwin.events (model, twin_id, payload)
 SELECT 'logged', 'l' || i % 5, jsonb_build_object('i', i) FROM generate_series(1, 50) i;
@@ -232,7 +233,7 @@ cmp_ok(scalar(grep { /^event_log_/ } @time_parts), '>=', 1, 'the dump has the ev
 cmp_ok(scalar(grep { /^state_history_/ } @time_parts), '>=', 1, 'the dump has the history\'s partitions');
 my %pos = map { $data[$_] => $_ } 0 .. $#data;
 is( join(',', sort @data),
-	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_counters,model_grants,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state,twin_views',
+	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_counters,model_grants,model_stats_resets,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state,twin_views',
 	'the dump has the data of every table holding users\' data')
   or diag($toc);
 ok( defined $pos{models}
@@ -292,9 +293,8 @@ WHERE from_time <= '$partitions_until' ORDER BY name},
 SELECT m.name, g.grantee::text, g.privilege, g.granted_by::text, g.granted_at
 FROM digitaltwin.model_grants g JOIN digitaltwin.models m ON m.id = g.model_id ORDER BY 1, 2, 3},
 	counters => q{
-SELECT m.name, sum(c.events_processed), sum(c.dead_letters), sum(c.alerts)
-FROM digitaltwin.model_counters c JOIN digitaltwin.models m ON m.id = c.model_id
-GROUP BY 1 ORDER BY 1},
+SELECT model, events_processed, dead_letters, alerts, stats_since
+FROM digitaltwin.model_stats ORDER BY 1},
 	sequences => q{
 SELECT (SELECT last_value FROM digitaltwin.models_id_seq) || '/' ||
        (SELECT last_value FROM digitaltwin.alerts_id_seq) || '/' ||
