@@ -69,8 +69,10 @@ owned_by() {	# package file
 		fail=1
 	fi
 }
+# the upgrade script to the current version, whatever it comes from
+latest=$(cd "$ROOT/sql" && ls digitaltwin--*--"$version".sql)
 for f in "$pkglib/digitaltwin.so" "$share/digitaltwin.control" "$share/digitaltwin--1.0.sql" \
-	"$share/digitaltwin--1.8--$version.sql"; do
+	"$share/$latest"; do
 	owned_by postgresql-15-digitaltwin "$f"
 done
 owned_by postgresql-15-digitaltwin-example "$pkglib/digitaltwin_heart_rate.so"
