@@ -13,6 +13,7 @@ OBJS = \
 	src/reload.o \
 	src/model.o \
 	src/rights.o \
+	src/cluster.o \
 	src/lifecycle.o \
 	src/protect.o \
 	src/queue.o \

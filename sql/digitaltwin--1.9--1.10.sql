@@ -261,3 +261,269 @@ LANGUAGE C VOLATILE;
 
 COMMENT ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) IS
 'Queues dead letters again (of one model, or all with model NULL; those whose event_id or original_id is in event_ids, or all), oldest first, keeping their event time; the model sees them with current_event().kind = ''retry'' and retry_of = the original id.  Returns how many.  For digitaltwin_admin (every model) and a model''s administrators (that model).';
+
+--------------------------------------------------------------------------
+-- Scale-out, first part (issue 18, src/cluster.c): a coordinator routes
+-- events by twin id to N nodes with PostgreSQL's own hash partitioning
+-- and postgres_fdw foreign partitions; each node refuses the events of
+-- twins it does not own; the coordinator reads every node's twins and
+-- alerts through foreign partitions (aggregates are pushed down per node).
+-- The objects made at run time (servers, foreign partitions) live in the
+-- schema digitaltwin_cluster, so that DROP EXTENSION asks for CASCADE
+-- rather than silently dropping a DBA's cluster.
+--------------------------------------------------------------------------
+
+-- On every node: its name, and the hash partitions of the twin id it owns
+-- (written by the coordinator's cluster_add_node() and cluster_setup()).
+CREATE TABLE digitaltwin.cluster_node_name (
+    name text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$')
+);
+CREATE UNIQUE INDEX cluster_node_name_one ON digitaltwin.cluster_node_name ((true));
+COMMENT ON TABLE digitaltwin.cluster_node_name IS
+'On a node of a cluster: its name (one row, written by the coordinator''s cluster_add_node()).';
+COMMENT ON INDEX digitaltwin.cluster_node_name_one IS 'A node has one name.';
+
+CREATE TABLE digitaltwin.cluster_shard (
+    modulus   integer NOT NULL CHECK (modulus > 0),
+    remainder integer NOT NULL,
+    PRIMARY KEY (modulus, remainder),
+    CHECK (remainder >= 0 AND remainder < modulus)
+);
+COMMENT ON TABLE digitaltwin.cluster_shard IS
+'On a node of a cluster: the hash partitions of the twin id it owns (FOR VALUES WITH (MODULUS, REMAINDER) of the coordinator''s digitaltwin.cluster_events).  When it has rows, the node refuses events of other twins (23514).';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.cluster_node_name', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.cluster_shard', '');
+
+-- what the coordinator reads of a node, with the node's name
+CREATE VIEW digitaltwin.cluster_local_twins AS
+    SELECT (SELECT n.name FROM digitaltwin.cluster_node_name n) AS node, t.*
+    FROM digitaltwin.twins t;
+COMMENT ON VIEW digitaltwin.cluster_local_twins IS
+'On a node: digitaltwin.twins with the node''s name first; the coordinator''s digitaltwin.cluster_twins reads it.';
+GRANT SELECT ON digitaltwin.cluster_local_twins TO digitaltwin_reader;
+
+CREATE VIEW digitaltwin.cluster_local_alerts AS
+    SELECT (SELECT n.name FROM digitaltwin.cluster_node_name n) AS node,
+           a.id, a.model, a.twin_id, a.severity, a.message, a.details, a.event_id, a.raised_at
+    FROM digitaltwin.alerts a;
+COMMENT ON VIEW digitaltwin.cluster_local_alerts IS
+'On a node: digitaltwin.alerts with the node''s name first; the coordinator''s digitaltwin.cluster_alerts reads it.';
+GRANT SELECT ON digitaltwin.cluster_local_alerts TO digitaltwin_reader;
+
+-- On the coordinator.
+CREATE TABLE digitaltwin.cluster_nodes (
+    name    text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
+    host    text NOT NULL,
+    port    integer NOT NULL CHECK (port BETWEEN 1 AND 65535),
+    dbname  text NOT NULL,
+    server  name NOT NULL UNIQUE,
+    added_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE digitaltwin.cluster_nodes IS
+'On a coordinator: the nodes registered by cluster_add_node(), each with its postgres_fdw server (in schema digitaltwin_cluster).';
+
+CREATE TABLE digitaltwin.cluster_map (
+    partition integer PRIMARY KEY CHECK (partition >= 0),
+    modulus   integer NOT NULL CHECK (partition < modulus),
+    node      text NOT NULL REFERENCES digitaltwin.cluster_nodes (name)
+);
+COMMENT ON TABLE digitaltwin.cluster_map IS
+'On a coordinator: which node owns each hash partition of the twin id (written by cluster_setup()).';
+
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.cluster_nodes', '');
+SELECT pg_catalog.pg_extension_config_dump('digitaltwin.cluster_map', '');
+
+CREATE VIEW digitaltwin.cluster_partitions AS
+    SELECT partition, node FROM digitaltwin.cluster_map;
+COMMENT ON VIEW digitaltwin.cluster_partitions IS
+'Partition p of digitaltwin.cluster_events (FOR VALUES WITH (MODULUS n, REMAINDER p)) and the node that owns it.';
+
+-- Insert here (single or multi-row) to route each event to its node.
+CREATE TABLE digitaltwin.cluster_events (
+    model      text,
+    twin_id    text COLLATE "C",
+    payload    jsonb,
+    -- postgres_fdw sends every column: the nodes' default (the insert
+    -- time) is given here
+    event_time timestamptz NOT NULL DEFAULT now()
+) PARTITION BY HASH (twin_id);
+COMMENT ON TABLE digitaltwin.cluster_events IS
+'On a coordinator: INSERT events here (model, twin_id, payload, event_time); each goes to the digitaltwin.events of the node that owns its twin id''s hash partition.';
+
+CREATE TABLE digitaltwin.cluster_twins (
+    node        text,
+    model       text,
+    twin_id     text COLLATE "C",
+    state       jsonb,
+    event_count bigint,
+    updated_at  timestamptz
+) PARTITION BY LIST (node);
+COMMENT ON TABLE digitaltwin.cluster_twins IS
+'On a coordinator: the twins of every node (one foreign partition per node, read from its digitaltwin.cluster_local_twins); a missing node is an error, not a silent gap.';
+
+CREATE TABLE digitaltwin.cluster_alerts (
+    node      text,
+    id        bigint,
+    model     text,
+    twin_id   text COLLATE "C",
+    severity  text,
+    message   text,
+    details   jsonb,
+    event_id  bigint,
+    raised_at timestamptz
+) PARTITION BY LIST (node);
+COMMENT ON TABLE digitaltwin.cluster_alerts IS
+'On a coordinator: the alerts of every node (one foreign partition per node).';
+
+REVOKE ALL ON digitaltwin.cluster_events, digitaltwin.cluster_twins, digitaltwin.cluster_alerts FROM PUBLIC;
+GRANT INSERT ON digitaltwin.cluster_events TO digitaltwin_writer;
+GRANT SELECT ON digitaltwin.cluster_twins, digitaltwin.cluster_alerts, digitaltwin.cluster_partitions TO digitaltwin_reader;
+
+CREATE FUNCTION digitaltwin.cluster_add_node(name text, host text, port integer,
+                                             dbname text DEFAULT current_database())
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    server name := 'digitaltwin_node_' || cluster_add_node.name;
+BEGIN
+    IF cluster_add_node.name IS NULL OR cluster_add_node.name !~ '^[a-z][a-z0-9_]{0,39}$' THEN
+        RAISE EXCEPTION 'invalid node name %', coalesce(quote_literal(cluster_add_node.name), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'A node name is a lower-case letter followed by up to 39 lower-case letters, digits or underscores.';
+    END IF;
+    IF EXISTS (SELECT FROM digitaltwin.cluster_map) THEN
+        RAISE EXCEPTION 'the cluster is already set up'
+            USING ERRCODE = '55000',
+                  DETAIL = 'Adding a node to a cluster in use would move partitions; that is not available yet.';
+    END IF;
+    CREATE SCHEMA IF NOT EXISTS digitaltwin_cluster;
+    CREATE EXTENSION IF NOT EXISTS postgres_fdw SCHEMA digitaltwin_cluster;
+    CREATE EXTENSION IF NOT EXISTS dblink SCHEMA digitaltwin_cluster;
+    EXECUTE format('CREATE SERVER %I FOREIGN DATA WRAPPER postgres_fdw '
+                   'OPTIONS (host %L, port %L, dbname %L, batch_size %L, async_capable %L, fetch_size %L)',
+                   server, host, port::text, dbname, '100', 'true', '10000');
+    -- each local role connects as the remote role of the same name
+    EXECUTE format('CREATE USER MAPPING FOR PUBLIC SERVER %I', server);
+    INSERT INTO digitaltwin.cluster_nodes (name, host, port, dbname, server)
+    VALUES (cluster_add_node.name, host, port, dbname, server);
+
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I (name text) SERVER %I '
+                   'OPTIONS (schema_name %L, table_name %L)',
+                   'node_name_' || cluster_add_node.name, server, 'digitaltwin', 'cluster_node_name');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I (modulus integer, remainder integer) SERVER %I '
+                   'OPTIONS (schema_name %L, table_name %L)',
+                   'shard_' || cluster_add_node.name, server, 'digitaltwin', 'cluster_shard');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_twins '
+                   'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   'twins_' || cluster_add_node.name, cluster_add_node.name, server,
+                   'digitaltwin', 'cluster_local_twins');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_alerts '
+                   'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   'alerts_' || cluster_add_node.name, cluster_add_node.name, server,
+                   'digitaltwin', 'cluster_local_alerts');
+    -- the node learns its name (and that it owns nothing yet)
+    EXECUTE format('DELETE FROM digitaltwin_cluster.%I', 'node_name_' || cluster_add_node.name);
+    EXECUTE format('INSERT INTO digitaltwin_cluster.%I (name) VALUES (%L)',
+                   'node_name_' || cluster_add_node.name, cluster_add_node.name);
+    EXECUTE format('DELETE FROM digitaltwin_cluster.%I', 'shard_' || cluster_add_node.name);
+END
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_add_node(text, text, integer, text) IS
+'On a coordinator: registers a node (a postgres_fdw server with a user mapping for PUBLIC, in schema digitaltwin_cluster), its partitions of cluster_twins and cluster_alerts, and tells the node its name.  Before cluster_setup().  For superusers.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_add_node(text, text, integer, text) FROM PUBLIC;
+
+CREATE FUNCTION digitaltwin.cluster_setup(partitions integer DEFAULT 32)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    nodes text[] := ARRAY(SELECT n.name FROM digitaltwin.cluster_nodes n ORDER BY n.name);
+    node text;
+    p integer;
+BEGIN
+    IF cardinality(nodes) = 0 THEN
+        RAISE EXCEPTION 'the cluster has no nodes'
+            USING ERRCODE = '55000', HINT = 'Register them with digitaltwin.cluster_add_node() first.';
+    END IF;
+    IF partitions IS NULL OR partitions < cardinality(nodes) OR partitions > 4096 THEN
+        RAISE EXCEPTION 'partitions must be between the number of nodes (%) and 4096', cardinality(nodes)
+            USING ERRCODE = '22023',
+                  HINT = 'Use many more partitions than nodes (32 for up to 8 nodes), so that growing moves whole partitions.';
+    END IF;
+    IF EXISTS (SELECT FROM digitaltwin.cluster_map) THEN
+        RAISE EXCEPTION 'the cluster is already set up' USING ERRCODE = '55000';
+    END IF;
+    FOR p IN 0 .. partitions - 1 LOOP
+        node := nodes[1 + p % cardinality(nodes)];
+        EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_events '
+                       'FOR VALUES WITH (MODULUS %s, REMAINDER %s) SERVER %I '
+                       'OPTIONS (schema_name %L, table_name %L)',
+                       'events_p' || p, partitions, p,
+                       (SELECT n.server FROM digitaltwin.cluster_nodes n WHERE n.name = node),
+                       'digitaltwin', 'events');
+        INSERT INTO digitaltwin.cluster_map (partition, modulus, node) VALUES (p, partitions, node);
+    END LOOP;
+    -- each node learns what it owns, and from then on refuses the rest
+    FOREACH node IN ARRAY nodes LOOP
+        EXECUTE format('DELETE FROM digitaltwin_cluster.%I', 'shard_' || node);
+        EXECUTE format('INSERT INTO digitaltwin_cluster.%I (modulus, remainder) '
+                       'SELECT m.modulus, m.partition FROM digitaltwin.cluster_map m WHERE m.node = %L',
+                       'shard_' || node, node);
+    END LOOP;
+    RETURN partitions;
+END
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_setup(integer) IS
+'On a coordinator: creates the routing, partitions hash partitions of the twin id (foreign partitions of digitaltwin.cluster_events, spread over the nodes in turn), and tells each node which it owns.  Returns the number of partitions.  For superusers.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_setup(integer) FROM PUBLIC;
+
+CREATE FUNCTION digitaltwin.cluster_wait_idle(timeout interval DEFAULT '60s')
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n record;
+    idle boolean;
+    all_idle boolean := true;
+BEGIN
+    -- dblink, not postgres_fdw: wait_idle() cannot run in the REPEATABLE
+    -- READ transactions postgres_fdw opens on the nodes
+    FOR n IN SELECT c.name, c.server FROM digitaltwin.cluster_nodes c ORDER BY c.name LOOP
+        SELECT r.idle INTO idle
+        FROM digitaltwin_cluster.dblink(n.server::text,
+                 format('SELECT digitaltwin.wait_idle(%L)', timeout)) AS r(idle boolean);
+        all_idle := all_idle AND idle;
+    END LOOP;
+    RETURN all_idle;
+END
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_wait_idle(interval) IS
+'On a coordinator: waits on every node, in turn, until the events committed there before the call are processed; false if one timed out.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_wait_idle(interval) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION digitaltwin.cluster_wait_idle(interval) TO digitaltwin_writer, digitaltwin_reader;
+
+CREATE FUNCTION digitaltwin.cluster_partition_of(twin_id text, modulus integer)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'digitaltwin_cluster_partition_of'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+COMMENT ON FUNCTION digitaltwin.cluster_partition_of(text, integer) IS
+'The hash partition (REMAINDER) of a twin id among modulus partitions, as digitaltwin.cluster_events routes it and a node''s guard checks it.';
+
+CREATE FUNCTION digitaltwin.cluster_shard_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'digitaltwin_cluster_shard_changed'
+LANGUAGE C;
+COMMENT ON FUNCTION digitaltwin.cluster_shard_changed() IS
+'Internal: after a change of digitaltwin.cluster_shard, every backend of the node reloads the partitions it owns.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_shard_changed() FROM PUBLIC;
+
+CREATE TRIGGER cluster_shard_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON digitaltwin.cluster_shard
+    FOR EACH STATEMENT EXECUTE FUNCTION digitaltwin.cluster_shard_changed();
+COMMENT ON TRIGGER cluster_shard_changed ON digitaltwin.cluster_shard IS
+'A node''s guard reads the shard from a cache: a change drops it in every backend.';

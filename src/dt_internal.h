@@ -12,6 +12,7 @@
  *	  reload.c	 twin_state written by others: the workers reload
  *	  model.c	 model registry, caches of models, calling model functions
  *	  rights.c	 per-model rights: grant_model(), revoke_model(), checks
+ *	  cluster.c	 a cluster node's shard guard: the twins it owns
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  twin_views.c typed views: create_twin_view(), dropped with their model
  *	  rules.c	 rules-based models: create_rule_model(), alter_rule_model()
@@ -457,6 +458,9 @@ extern void dt_check_model_admin(const char *name, Oid caller, Oid owner,
 								 const char *action);
 extern void dt_check_model_send(const char *model);
 extern char *dt_model_granted_to(Oid role);
+
+/* cluster.c: a node's shard guard */
+extern void dt_cluster_check_owner(const char *model, text *twin_id);
 extern void dt_model_grants_drop_role(Oid role);
 
 /* worker-side model cache (model.c) */

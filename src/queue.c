@@ -188,6 +188,8 @@ dt_event_check(const char *model, text *twin_id, Datum payload, bool payload_isn
 				 errhint("Create it with digitaltwin.create_model().")));
 	/* the inserting role; inside a model, its owner (rights.c) */
 	dt_check_model_send(model);
+	/* on a node of a cluster, only the twins it owns (cluster.c) */
+	dt_cluster_check_owner(model, twin_id);
 }
 
 Datum

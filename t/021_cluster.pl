@@ -1,0 +1,131 @@
+# Scale-out, first part: a coordinator and two nodes on loopback.  Events
+# inserted into digitaltwin.cluster_events on the coordinator reach the
+# node that owns their twin (PostgreSQL's hash partitioning, postgres_fdw
+# foreign partitions); every twin lives on exactly one node, with each
+# event applied once; a node refuses the events of twins it does not own;
+# the global views read every node and aggregate on each; a node down gives
+# a clear error for its twins only and the global views say so instead of
+# returning part of the answer.
+use strict;
+use warnings;
+
+use FindBin;
+use lib $FindBin::RealBin;
+use DtTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my $coord = DtTest::new_node('coord');
+my @nodes = map { DtTest::new_node($_) } qw(n1 n2);
+$_->start for ($coord, @nodes);
+
+# the same model on every node (cluster_exec() is for a later version)
+DtTest::create_model($_) for @nodes;
+$coord->safe_psql('postgres', q{
+CREATE EXTENSION digitaltwin;
+CREATE TABLE sent (twin text NOT NULL, v int NOT NULL);
+});
+
+for my $i (0 .. $#nodes)
+{
+	my $n = $nodes[$i];
+	my $name = 'n' . ($i + 1);
+	$coord->safe_psql('postgres', sprintf(
+		q{SELECT digitaltwin.cluster_add_node('%s', '%s', %d, 'postgres')},
+		$name, $n->host, $n->port));
+}
+is($coord->safe_psql('postgres', 'SELECT digitaltwin.cluster_setup(8)'), '8',
+	'cluster_setup made 8 partitions');
+is( $coord->safe_psql('postgres', q{
+SELECT string_agg(node || ':' || n, ',' ORDER BY node)
+FROM (SELECT node, count(*) AS n FROM digitaltwin.cluster_partitions GROUP BY node) x}),
+	'n1:4,n2:4', 'the partitions are spread over the nodes');
+is($nodes[0]->safe_psql('postgres', 'SELECT name FROM digitaltwin.cluster_node_name'),
+	'n1', 'a node knows its name');
+is( $nodes[1]->safe_psql('postgres',
+		'SELECT string_agg(remainder::text, \',\' ORDER BY remainder) FROM digitaltwin.cluster_shard'),
+	'1,3,5,7', 'a node knows the partitions it owns');
+
+# route 100k events: multi-row INSERTs through the coordinator
+$coord->safe_psql('postgres', q{
+INSERT INTO sent SELECT 't' || (i % 1000), i FROM generate_series(1, 100000) i;
+INSERT INTO digitaltwin.cluster_events (model, twin_id, payload)
+SELECT 'acc', twin, jsonb_build_object('v', v) FROM sent;
+});
+is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('180s')}), 't',
+	'every node processed its events');
+
+is( $coord->safe_psql('postgres', q{
+SELECT count(*) || '/' || count(DISTINCT twin_id) FROM digitaltwin.cluster_twins WHERE model = 'acc'}),
+	'1000/1000', 'every twin lives on exactly one node');
+is( $coord->safe_psql('postgres', q{
+SELECT count(*)
+FROM (SELECT twin, count(*) AS n, sum(v) AS s FROM sent GROUP BY twin) e
+FULL JOIN (SELECT twin_id, (state->>'n')::bigint AS n, (state->>'sum')::bigint AS s
+           FROM digitaltwin.cluster_twins WHERE model = 'acc') t ON t.twin_id = e.twin
+WHERE e.n IS DISTINCT FROM t.n OR e.s IS DISTINCT FROM t.s}),
+	'0', 'each twin equals its events applied once');
+is( $coord->safe_psql('postgres', q{
+SELECT count(*) FROM digitaltwin.cluster_twins t
+JOIN digitaltwin.cluster_partitions p
+  ON p.partition = digitaltwin.cluster_partition_of(t.twin_id, 8)
+WHERE p.node <> t.node}),
+	'0', 'each twin is on the node that owns its partition');
+is( $coord->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM digitaltwin.cluster_alerts WHERE model = 'acc') || '/' ||
+       (SELECT count(*) FROM sent WHERE v % 10 = 0)}),
+	'10000/10000', 'one alert per qualifying event, read through cluster_alerts');
+
+# aggregates run on each node (partitionwise aggregation, pushed down)
+my $plan = $coord->safe_psql('postgres', q{
+SET enable_partitionwise_aggregate = on;
+EXPLAIN (VERBOSE, COSTS OFF)
+SELECT node, count(*), sum(event_count) FROM digitaltwin.cluster_twins GROUP BY node});
+like($plan, qr/Remote SQL: SELECT node, count\(\*\), sum\(event_count\)/,
+	'the aggregate is computed on the nodes');
+is( $coord->safe_psql('postgres', q{
+SET enable_partitionwise_aggregate = on;
+SELECT sum(s) FROM (SELECT node, sum(event_count) AS s FROM digitaltwin.cluster_twins GROUP BY node) x}),
+	'100000', 'the global aggregate equals the events sent');
+
+# the guard: a node refuses a twin it does not own, takes one it owns
+my ($theirs, $ours) = split /\|/, $coord->safe_psql('postgres', q{
+SELECT (SELECT 'x' || i FROM generate_series(1, 1000) i
+        WHERE digitaltwin.cluster_partition_of('x' || i, 8) % 2 = 1 LIMIT 1) || '|' ||
+       (SELECT 'x' || i FROM generate_series(1, 1000) i
+        WHERE digitaltwin.cluster_partition_of('x' || i, 8) % 2 = 0 LIMIT 1)});
+my ($ret, $out, $err) = $nodes[0]->psql('postgres', qq{
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', '$theirs', '{"v": 1}')},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+isnt($ret, 0, 'node n1 refuses a twin of n2');
+like($err, qr/23514: twin "$theirs" of model "acc" belongs to another node/,
+	'... with a clear error');
+$nodes[0]->safe_psql('postgres', qq{
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', '$ours', '{"v": 1}')});
+pass('node n1 takes a twin it owns');
+
+# a node down: its twins' events fail with an error naming it; the others
+# go on; the global views refuse rather than answer in part
+my $on_n1 = $coord->safe_psql('postgres', q{
+SELECT count(*) FROM digitaltwin.cluster_twins WHERE node = 'n1' AND model = 'acc'});
+$nodes[1]->stop;
+($ret, $out, $err) = $coord->psql('postgres', qq{
+INSERT INTO digitaltwin.cluster_events (model, twin_id, payload) VALUES ('acc', '$theirs', '{"v": 1}')});
+isnt($ret, 0, 'an event for a twin of the stopped node fails');
+like($err, qr/digitaltwin_node_n2/, '... naming the node');
+$coord->safe_psql('postgres', qq{
+INSERT INTO digitaltwin.cluster_events (model, twin_id, payload) VALUES ('acc', '$ours', '{"v": 2}')});
+pass('an event for a twin of the running node goes through');
+($ret, $out, $err) = $coord->psql('postgres', 'SELECT count(*) FROM digitaltwin.cluster_twins');
+isnt($ret, 0, 'the global view refuses to answer without a node');
+like($err, qr/digitaltwin_node_n2/, '... and names it');
+is( $coord->safe_psql('postgres', q{
+SELECT count(*) FROM digitaltwin.cluster_twins WHERE node = 'n1' AND model = 'acc'}),
+	$on_n1, 'the running node can still be read alone (partition pruning)');
+
+$nodes[1]->start;
+is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('60s')}), 't',
+	'the cluster is idle again once the node is back');
+
+$_->stop for ($coord, @nodes);
+done_testing();
