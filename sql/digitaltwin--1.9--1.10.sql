@@ -311,6 +311,21 @@ COMMENT ON VIEW digitaltwin.cluster_local_alerts IS
 'On a node: digitaltwin.alerts with the node''s name first; the coordinator''s digitaltwin.cluster_alerts reads it.';
 GRANT SELECT ON digitaltwin.cluster_local_alerts TO digitaltwin_reader;
 
+CREATE VIEW digitaltwin.cluster_local_stats AS
+    SELECT (SELECT n.name FROM digitaltwin.cluster_node_name n) AS node, s.*
+    FROM digitaltwin.stats s
+    WHERE s.database = pg_catalog.current_database();
+COMMENT ON VIEW digitaltwin.cluster_local_stats IS
+'On a node: its rows of digitaltwin.stats (its workers and their total) with the node''s name first; the coordinator''s digitaltwin.cluster_stats reads it.';
+GRANT SELECT ON digitaltwin.cluster_local_stats TO digitaltwin_reader;
+
+CREATE VIEW digitaltwin.cluster_local_model_stats AS
+    SELECT (SELECT n.name FROM digitaltwin.cluster_node_name n) AS node, s.*
+    FROM digitaltwin.model_stats s;
+COMMENT ON VIEW digitaltwin.cluster_local_model_stats IS
+'On a node: digitaltwin.model_stats with the node''s name first; the coordinator''s digitaltwin.cluster_model_stats reads it.';
+GRANT SELECT ON digitaltwin.cluster_local_model_stats TO digitaltwin_reader;
+
 -- On the coordinator.
 CREATE TABLE digitaltwin.cluster_nodes (
     name    text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,39}$'),
@@ -376,6 +391,28 @@ CREATE TABLE digitaltwin.cluster_alerts (
 COMMENT ON TABLE digitaltwin.cluster_alerts IS
 'On a coordinator: the alerts of every node (one foreign partition per node).';
 
+CREATE TABLE digitaltwin.cluster_stats (
+    node text, worker integer, pid integer, events_processed bigint,
+    events_per_second double precision, queue_depth bigint, oldest_event_age interval,
+    dead_letters bigint, alerts bigint, twins bigint, memory_bytes bigint,
+    last_batch_at timestamptz, last_error text, database text, status text
+) PARTITION BY LIST (node);
+COMMENT ON TABLE digitaltwin.cluster_stats IS
+'On a coordinator: digitaltwin.stats of every node (its workers and their total), one foreign partition per node.';
+
+CREATE TABLE digitaltwin.cluster_model_stats (
+    node text, model text, events_processed bigint, events_per_second double precision,
+    queue_depth bigint, oldest_event_age interval, dead_letters bigint, alerts bigint,
+    twins bigint, model_time_avg double precision, model_time_max double precision,
+    last_batch_at timestamptz, last_error text, paused boolean, events_in_flight bigint,
+    model_calls bigint, last_error_at timestamptz, stats_since timestamptz
+) PARTITION BY LIST (node);
+COMMENT ON TABLE digitaltwin.cluster_model_stats IS
+'On a coordinator: digitaltwin.model_stats of every node, one foreign partition per node; sum over node for the cluster''s figures.';
+
+REVOKE ALL ON digitaltwin.cluster_stats, digitaltwin.cluster_model_stats FROM PUBLIC;
+GRANT SELECT ON digitaltwin.cluster_stats, digitaltwin.cluster_model_stats TO digitaltwin_reader;
+
 REVOKE ALL ON digitaltwin.cluster_events, digitaltwin.cluster_twins, digitaltwin.cluster_alerts FROM PUBLIC;
 GRANT INSERT ON digitaltwin.cluster_events TO digitaltwin_writer;
 GRANT SELECT ON digitaltwin.cluster_twins, digitaltwin.cluster_alerts, digitaltwin.cluster_partitions TO digitaltwin_reader;
@@ -424,6 +461,14 @@ BEGIN
                    'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
                    'alerts_' || cluster_add_node.name, cluster_add_node.name, server,
                    'digitaltwin', 'cluster_local_alerts');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_stats '
+                   'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   'stats_' || cluster_add_node.name, cluster_add_node.name, server,
+                   'digitaltwin', 'cluster_local_stats');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_model_stats '
+                   'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   'model_stats_' || cluster_add_node.name, cluster_add_node.name, server,
+                   'digitaltwin', 'cluster_local_model_stats');
     -- the node learns its name (and that it owns nothing yet)
     EXECUTE format('DELETE FROM digitaltwin_cluster.%I', 'node_name_' || cluster_add_node.name);
     EXECUTE format('INSERT INTO digitaltwin_cluster.%I (name) VALUES (%L)',
@@ -527,3 +572,97 @@ CREATE TRIGGER cluster_shard_changed
     FOR EACH STATEMENT EXECUTE FUNCTION digitaltwin.cluster_shard_changed();
 COMMENT ON TRIGGER cluster_shard_changed ON digitaltwin.cluster_shard IS
 'A node''s guard reads the shard from a cache: a change drops it in every backend.';
+
+-- A twin id lookup that reads one node only: WHERE twin_id = x AND node =
+-- digitaltwin.cluster_node_of(x) lets the executor prune the other nodes'
+-- partitions at its start (the function is STABLE), and the node answers
+-- with one hash lookup.
+CREATE FUNCTION digitaltwin.cluster_node_of(twin_id text)
+RETURNS text
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT m.node FROM digitaltwin.cluster_map m
+    WHERE m.partition OPERATOR(pg_catalog.=)
+          digitaltwin.cluster_partition_of(twin_id, m.modulus)
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_node_of(text) IS
+'On a coordinator: the node that owns a twin id (NULL before cluster_setup()).  Add node = digitaltwin.cluster_node_of(id) to a lookup by twin id so that only that node is asked.';
+
+-- The same statements on every node, all or nothing: each node runs them
+-- in a transaction that it prepares (two-phase commit); only when every
+-- node has prepared are they committed, else every prepared one is rolled
+-- back.  Needs max_prepared_transactions > 0 on the nodes.  dblink, not
+-- postgres_fdw, which runs no arbitrary statement.
+CREATE FUNCTION digitaltwin.cluster_exec(sql text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n record;
+    gid text := format('digitaltwin_exec_%s_%s', txid_current(),
+                       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+    opened text[] := '{}';
+    prepared text[] := '{}';
+    c text;
+BEGIN
+    IF sql IS NULL THEN
+        RAISE EXCEPTION 'sql must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF NOT EXISTS (SELECT FROM digitaltwin.cluster_nodes) THEN
+        RAISE EXCEPTION 'the cluster has no nodes'
+            USING ERRCODE = '55000', HINT = 'Register them with digitaltwin.cluster_add_node() first.';
+    END IF;
+    BEGIN
+        FOR n IN SELECT c2.name, c2.server FROM digitaltwin.cluster_nodes c2 ORDER BY c2.name LOOP
+            c := 'digitaltwin_exec_' || n.name;
+            IF c = ANY (coalesce(digitaltwin_cluster.dblink_get_connections(), '{}')) THEN
+                PERFORM digitaltwin_cluster.dblink_disconnect(c);
+            END IF;
+            PERFORM digitaltwin_cluster.dblink_connect(c, n.server::text);
+            opened := opened || c;
+            PERFORM digitaltwin_cluster.dblink_exec(c, 'BEGIN');
+            PERFORM digitaltwin_cluster.dblink_exec(c, sql);
+            PERFORM digitaltwin_cluster.dblink_exec(c, format('PREPARE TRANSACTION %L', gid));
+            prepared := prepared || c;
+        END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+        -- no node keeps anything: roll back what was prepared or begun
+        FOREACH c IN ARRAY opened LOOP
+            BEGIN
+                IF c = ANY (prepared) THEN
+                    PERFORM digitaltwin_cluster.dblink_exec(c, format('ROLLBACK PREPARED %L', gid));
+                ELSE
+                    PERFORM digitaltwin_cluster.dblink_exec(c, 'ROLLBACK');
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;   -- the connection is gone: the node rolled back itself
+            END;
+            PERFORM digitaltwin_cluster.dblink_disconnect(c);
+        END LOOP;
+        RAISE;
+    END;
+    FOREACH c IN ARRAY prepared LOOP
+        PERFORM digitaltwin_cluster.dblink_exec(c, format('COMMIT PREPARED %L', gid));
+        PERFORM digitaltwin_cluster.dblink_disconnect(c);
+    END LOOP;
+    RETURN cardinality(prepared);
+END
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_exec(text) IS
+'On a coordinator: runs the statements on every node, all or nothing (two-phase commit: needs max_prepared_transactions > 0 on the nodes); returns the number of nodes.  A node lost between its prepare and its commit keeps a prepared transaction named digitaltwin_exec_..., to COMMIT PREPARED when it is back.  For superusers.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_exec(text) FROM PUBLIC;
+
+CREATE FUNCTION digitaltwin.cluster_create_model(name text, process text, init text DEFAULT NULL)
+RETURNS integer
+LANGUAGE sql
+SET search_path = pg_catalog, pg_temp
+AS $$
+    -- dblink_exec() takes no statement that returns rows: PERFORM it
+    SELECT digitaltwin.cluster_exec(format('DO $dt$ BEGIN PERFORM digitaltwin.create_model(%L, %L, %L); END $dt$',
+                                           name, process, init))
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_create_model(text, text, text) IS
+'On a coordinator: create_model() on every node, all or nothing; process and init are function signatures as text (they exist on the nodes, not necessarily here).  Returns the number of nodes.  For superusers.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_create_model(text, text, text) FROM PUBLIC;

@@ -15,8 +15,9 @@ use DtTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
 
+my ($ret, $out, $err);
 my $coord = DtTest::new_node('coord');
-my @nodes = map { DtTest::new_node($_) } qw(n1 n2);
+my @nodes = map { DtTest::new_node($_, "max_prepared_transactions = 10\n") } qw(n1 n2);
 $_->start for ($coord, @nodes);
 
 # the same model on every node (cluster_exec() is for a later version)
@@ -88,13 +89,49 @@ SET enable_partitionwise_aggregate = on;
 SELECT sum(s) FROM (SELECT node, sum(event_count) AS s FROM digitaltwin.cluster_twins GROUP BY node) x}),
 	'100000', 'the global aggregate equals the events sent');
 
+is( $coord->safe_psql('postgres', q{
+SELECT sum(events_processed) || '/' || count(*) FROM digitaltwin.cluster_model_stats WHERE model = 'acc'}),
+	'100000/2', 'cluster_model_stats: each node\'s counts, which add up to the events sent');
+is( $coord->safe_psql('postgres', q{
+SELECT string_agg(node, ',' ORDER BY node) FROM digitaltwin.cluster_stats WHERE worker IS NULL}),
+	'n1,n2', 'cluster_stats: each node\'s workers');
+
+# a lookup by twin id asks one node only
+my $lookup = $coord->safe_psql('postgres', q{
+EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF)
+SELECT state FROM digitaltwin.cluster_twins
+WHERE twin_id = 't42' AND node = digitaltwin.cluster_node_of('t42')});
+like($lookup, qr/Subplans Removed: 1/, 'a lookup by twin id reads one node');
+is( $coord->safe_psql('postgres', q{
+SELECT state->>'n' FROM digitaltwin.cluster_twins
+WHERE twin_id = 't42' AND node = digitaltwin.cluster_node_of('t42')}),
+	'100', '... and finds the twin');
+
+# the same statements on every node, all or nothing
+is( $coord->safe_psql('postgres', q{
+SELECT digitaltwin.cluster_exec($$
+CREATE FUNCTION acc2(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS 'SELECT event'$$)}), '2', 'cluster_exec ran on both nodes');
+is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_create_model('acc2', 'acc2(text,jsonb,jsonb)')}),
+	'2', 'cluster_create_model registered the model on both nodes');
+is(join(',', map { $_->safe_psql('postgres', q{SELECT count(*) FROM digitaltwin.models WHERE name = 'acc2'}) } @nodes),
+	'1,1', '... and both have it');
+$nodes[1]->safe_psql('postgres', 'CREATE TABLE clash (i int)');
+($ret, $out, $err) = $coord->psql('postgres', q{SELECT digitaltwin.cluster_exec('CREATE TABLE clash (i int)')});
+isnt($ret, 0, 'a statement that fails on one node fails cluster_exec');
+like($err, qr/already exists/, '... with that node\'s error');
+is($nodes[0]->safe_psql('postgres', q{SELECT count(*) FROM pg_class WHERE relname = 'clash'}),
+	'0', '... and the node where it succeeded keeps nothing');
+is(join(',', map { $_->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts') } @nodes),
+	'0,0', '... and no prepared transaction is left');
+
 # the guard: a node refuses a twin it does not own, takes one it owns
 my ($theirs, $ours) = split /\|/, $coord->safe_psql('postgres', q{
 SELECT (SELECT 'x' || i FROM generate_series(1, 1000) i
         WHERE digitaltwin.cluster_partition_of('x' || i, 8) % 2 = 1 LIMIT 1) || '|' ||
        (SELECT 'x' || i FROM generate_series(1, 1000) i
         WHERE digitaltwin.cluster_partition_of('x' || i, 8) % 2 = 0 LIMIT 1)});
-my ($ret, $out, $err) = $nodes[0]->psql('postgres', qq{
+($ret, $out, $err) = $nodes[0]->psql('postgres', qq{
 INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', '$theirs', '{"v": 1}')},
 	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 isnt($ret, 0, 'node n1 refuses a twin of n2');
