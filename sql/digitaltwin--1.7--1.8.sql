@@ -3,6 +3,14 @@
 -- complain if script is sourced in psql, rather than via ALTER EXTENSION
 \echo Use "ALTER EXTENSION digitaltwin UPDATE TO '1.8'" to load this file. \quit
 
+-- Keep the workers out first: every batch locks digitaltwin.models
+-- before anything else (and may have read it already).  An update that
+-- altered a table a batch then waits for, and then waited itself for that
+-- batch's lock on models, would deadlock with it; so the update takes
+-- models whole before touching anything, once the transactions that use
+-- it have ended, and holds it until it commits.
+LOCK TABLE digitaltwin.models IN ACCESS EXCLUSIVE MODE;
+
 --------------------------------------------------------------------------
 -- Version 1.8: the life of a model (issue 16): versions, alter_model()
 -- with a migration of the states, pause and resume.

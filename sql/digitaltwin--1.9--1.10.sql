@@ -3,6 +3,13 @@
 -- complain if script is sourced in psql, rather than via ALTER EXTENSION
 \echo Use "ALTER EXTENSION digitaltwin UPDATE TO '1.10'" to load this file. \quit
 
+-- Keep the workers out first: every batch locks digitaltwin.models
+-- before anything else (and may have read it already).  Taking models
+-- whole before touching anything, once the transactions that use it have
+-- ended, and until the update commits, the ALTER TABLEs below (row level
+-- security on alerts and dead letters) cannot deadlock with a batch.
+LOCK TABLE digitaltwin.models IN ACCESS EXCLUSIVE MODE;
+
 --------------------------------------------------------------------------
 -- Per-model rights (issue 17, src/rights.c).  'send', 'read' and 'admin'
 -- (which includes the other two) on one model; digitaltwin_writer,

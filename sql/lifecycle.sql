@@ -280,6 +280,8 @@ SELECT count(*) AS pending_timers FROM digitaltwin.timers WHERE model = 'pz';
 SELECT digitaltwin.drop_model('pz');
 -- resume: held events first, in their order, then those queued after
 INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('pz', 'p1', '{"v": 5}');
+-- (once a batch has held it too)
+SELECT wait_for($$(SELECT count(*) FROM digitaltwin.held_events WHERE model = 'pz') = 4$$) AS held;
 SELECT digitaltwin.resume_model('pz');
 SELECT digitaltwin.resume_model('pz');
 SELECT digitaltwin.wait_idle('30s');

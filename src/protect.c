@@ -41,6 +41,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "nodes/parsenodes.h"
+#include "storage/lmgr.h"
 #include "tcop/deparse_utility.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -267,6 +268,14 @@ dt_drops_extension(Node *parsetree)
 	return false;
 }
 
+/* ALTER EXTENSION digitaltwin UPDATE ... */
+static bool
+dt_updates_extension(Node *parsetree)
+{
+	return IsA(parsetree, AlterExtensionStmt) &&
+		strcmp(((AlterExtensionStmt *) parsetree)->extname, "digitaltwin") == 0;
+}
+
 static void
 dt_process_utility(PlannedStmt *pstmt, const char *queryString,
 				   bool readOnlyTree, ProcessUtilityContext context,
@@ -283,6 +292,19 @@ dt_process_utility(PlannedStmt *pstmt, const char *queryString,
 		reassign = true;
 	else if (IsA(parsetree, DropOwnedStmt) && dt_extension_here())
 		drop_owned = true;
+
+	/*
+	 * DROP EXTENSION and ALTER EXTENSION UPDATE take digitaltwin.models
+	 * whole before anything else: every batch locks models first and then
+	 * other tables of the extension, so a command that locked one of those
+	 * first and waited for models would deadlock with a batch in flight.
+	 * This waits for the batch to end and keeps the next one out until the
+	 * command commits.  (The update scripts take the same lock, for
+	 * sessions that did not load the library.)
+	 */
+	if ((dt_drops_extension(parsetree) || dt_updates_extension(parsetree)) &&
+		dt_extension_here())
+		LockRelationOid(dt_models_relid(), AccessExclusiveLock);
 
 	/* commands that need a database without its workers (databases.c) */
 	if (OidIsValid(dt_database_needed_alone(parsetree)))
