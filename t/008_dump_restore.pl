@@ -233,7 +233,7 @@ cmp_ok(scalar(grep { /^event_log_/ } @time_parts), '>=', 1, 'the dump has the ev
 cmp_ok(scalar(grep { /^state_history_/ } @time_parts), '>=', 1, 'the dump has the history\'s partitions');
 my %pos = map { $data[$_] => $_ } 0 .. $#data;
 is( join(',', sort @data),
-	'alerts,alerts_id_seq,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_counters,model_grants,model_stats_resets,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state,twin_views',
+	'alerts,alerts_id_seq,cluster_map,cluster_node_name,cluster_nodes,cluster_shard,dead_letters,event_log_default,events_0,events_1,events_2,events_id_seq,held_events,log_partitions,model_counters,model_grants,model_stats_resets,model_versions,models,models_id_seq,outbox,outbox_id_seq,rehearsal_alerts,rehearsal_dead_letters,rehearsal_outbox,rehearsal_twins,rehearsals,rehearsals_id_seq,state_history_default,timer_state,twin_state,twin_views',
 	'the dump has the data of every table holding users\' data')
   or diag($toc);
 ok( defined $pos{models}
