@@ -276,8 +276,9 @@ COMMENT ON FUNCTION digitaltwin.retry_dead_letters(text, bigint[]) IS
 -- twins it does not own; the coordinator reads every node's twins and
 -- alerts through foreign partitions (aggregates are pushed down per node).
 -- The objects made at run time (servers, foreign partitions) live in the
--- schema digitaltwin_cluster, so that DROP EXTENSION asks for CASCADE
--- rather than silently dropping a DBA's cluster.
+-- schema digitaltwin_cluster; DROP EXTENSION on a coordinator is refused
+-- without CASCADE (protect.c) rather than silently dropping its foreign
+-- partitions.
 --------------------------------------------------------------------------
 
 -- On every node: its name, and the hash partitions of the twin id it owns
@@ -310,7 +311,8 @@ COMMENT ON VIEW digitaltwin.cluster_local_twins IS
 'On a node: digitaltwin.twins with the node''s name first; the coordinator''s digitaltwin.cluster_twins reads it.';
 GRANT SELECT ON digitaltwin.cluster_local_twins TO digitaltwin_reader;
 
-CREATE VIEW digitaltwin.cluster_local_alerts AS
+-- as the querying (remote) role: the alerts' row level security applies
+CREATE VIEW digitaltwin.cluster_local_alerts WITH (security_invoker = true) AS
     SELECT (SELECT n.name FROM digitaltwin.cluster_node_name n) AS node,
            a.id, a.model, a.twin_id, a.severity, a.message, a.details, a.event_id, a.raised_at
     FROM digitaltwin.alerts a;
@@ -423,6 +425,8 @@ GRANT SELECT ON digitaltwin.cluster_stats, digitaltwin.cluster_model_stats TO di
 REVOKE ALL ON digitaltwin.cluster_events, digitaltwin.cluster_twins, digitaltwin.cluster_alerts FROM PUBLIC;
 GRANT INSERT ON digitaltwin.cluster_events TO digitaltwin_writer;
 GRANT SELECT ON digitaltwin.cluster_twins, digitaltwin.cluster_alerts, digitaltwin.cluster_partitions TO digitaltwin_reader;
+-- cluster_node_of() reads the map as its caller
+GRANT SELECT ON digitaltwin.cluster_map TO digitaltwin_reader, digitaltwin_writer;
 
 CREATE FUNCTION digitaltwin.cluster_add_node(name text, host text, port integer,
                                              dbname text DEFAULT current_database())
@@ -432,6 +436,7 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     server name := 'digitaltwin_node_' || cluster_add_node.name;
+    twins bigint;
 BEGIN
     IF cluster_add_node.name IS NULL OR cluster_add_node.name !~ '^[a-z][a-z0-9_]{0,39}$' THEN
         RAISE EXCEPTION 'invalid node name %', coalesce(quote_literal(cluster_add_node.name), 'NULL')
@@ -443,7 +448,22 @@ BEGIN
             USING ERRCODE = '55000',
                   DETAIL = 'Adding a node to a cluster in use would move partitions; that is not available yet.';
     END IF;
+    -- the schema's objects are written as superuser (cluster_setup()): a
+    -- schema someone else made first could hold their own "shard_" table
+    -- with a trigger in place of ours
+    IF EXISTS (SELECT FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+               WHERE n.nspname = 'digitaltwin_cluster' AND NOT r.rolsuper) THEN
+        RAISE EXCEPTION 'schema digitaltwin_cluster is not owned by a superuser'
+            USING ERRCODE = '42501',
+                  HINT = 'Drop it or give it to a superuser: the cluster''s objects live there.';
+    END IF;
     CREATE SCHEMA IF NOT EXISTS digitaltwin_cluster;
+    IF EXISTS (SELECT FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+               WHERE e.extname IN ('postgres_fdw', 'dblink') AND n.nspname <> 'digitaltwin_cluster') THEN
+        RAISE EXCEPTION 'postgres_fdw or dblink is installed in another schema'
+            USING ERRCODE = '55000',
+                  HINT = 'Move it with ALTER EXTENSION ... SET SCHEMA digitaltwin_cluster.';
+    END IF;
     CREATE EXTENSION IF NOT EXISTS postgres_fdw SCHEMA digitaltwin_cluster;
     CREATE EXTENSION IF NOT EXISTS dblink SCHEMA digitaltwin_cluster;
     EXECUTE format('CREATE SERVER %I FOREIGN DATA WRAPPER postgres_fdw '
@@ -453,6 +473,19 @@ BEGIN
     EXECUTE format('CREATE USER MAPPING FOR PUBLIC SERVER %I', server);
     INSERT INTO digitaltwin.cluster_nodes (name, host, port, dbname, server)
     VALUES (cluster_add_node.name, host, port, dbname, server);
+    -- a node starts empty: twins made before the routing might be of
+    -- partitions another node will own, and get a second copy there
+    SELECT r.n INTO twins
+    FROM digitaltwin_cluster.dblink(server::text,
+             'SELECT (SELECT count(*) FROM digitaltwin.twin_state) + '
+             '(SELECT count(*) FROM digitaltwin.events) + '
+             '(SELECT count(*) FROM digitaltwin.held_events) + '
+             '(SELECT count(*) FROM digitaltwin.timer_state)') AS r(n bigint);
+    IF twins > 0 THEN
+        RAISE EXCEPTION 'node % already has twins, events or timers', cluster_add_node.name
+            USING ERRCODE = '55000',
+                  HINT = 'A node joins a cluster empty; drop its models, or start from a new database.';
+    END IF;
 
     EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I (name text) SERVER %I '
                    'OPTIONS (schema_name %L, table_name %L)',
@@ -555,9 +588,8 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION digitaltwin.cluster_wait_idle(interval) IS
-'On a coordinator: waits on every node, in turn, until the events committed there before the call are processed; false if one timed out.';
+'On a coordinator: waits on every node, in turn, until the events committed there before the call are processed; false if one timed out.  For superusers.';
 REVOKE ALL ON FUNCTION digitaltwin.cluster_wait_idle(interval) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION digitaltwin.cluster_wait_idle(interval) TO digitaltwin_writer, digitaltwin_reader;
 
 CREATE FUNCTION digitaltwin.cluster_partition_of(twin_id text, modulus integer)
 RETURNS integer
@@ -608,11 +640,13 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n record;
-    gid text := format('digitaltwin_exec_%s_%s', txid_current(),
-                       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+    -- the node's name in it too: nodes may be databases of one instance
+    gid_prefix text := format('digitaltwin_exec_%s_%s', txid_current(),
+                              (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
     opened text[] := '{}';
-    prepared text[] := '{}';
+    failed text[] := '{}';
     c text;
+    tag text;
 BEGIN
     IF sql IS NULL THEN
         RAISE EXCEPTION 'sql must not be null' USING ERRCODE = '22004';
@@ -631,30 +665,55 @@ BEGIN
             opened := opened || c;
             PERFORM digitaltwin_cluster.dblink_exec(c, 'BEGIN');
             PERFORM digitaltwin_cluster.dblink_exec(c, sql);
-            PERFORM digitaltwin_cluster.dblink_exec(c, format('PREPARE TRANSACTION %L', gid));
-            prepared := prepared || c;
+            -- a COMMIT or ROLLBACK in sql would make this prepare nothing
+            tag := digitaltwin_cluster.dblink_exec(c, format('PREPARE TRANSACTION %L', gid_prefix || '_' || n.name));
+            IF tag IS DISTINCT FROM 'PREPARE TRANSACTION' THEN
+                RAISE EXCEPTION 'node % did not prepare the transaction', n.name
+                    USING ERRCODE = '25000',
+                          DETAIL = 'The statements must not end their transaction (COMMIT, ROLLBACK).';
+            END IF;
         END LOOP;
-    EXCEPTION WHEN OTHERS THEN
-        -- no node keeps anything: roll back what was prepared or begun
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        -- no node keeps anything: every one opened is rolled back, prepared
+        -- or not (a prepared transaction outlives its connection)
         FOREACH c IN ARRAY opened LOOP
             BEGIN
-                IF c = ANY (prepared) THEN
-                    PERFORM digitaltwin_cluster.dblink_exec(c, format('ROLLBACK PREPARED %L', gid));
-                ELSE
-                    PERFORM digitaltwin_cluster.dblink_exec(c, 'ROLLBACK');
-                END IF;
+                PERFORM digitaltwin_cluster.dblink_exec(c, 'ROLLBACK');
             EXCEPTION WHEN OTHERS THEN
-                NULL;   -- the connection is gone: the node rolled back itself
+                NULL;
+            END;
+            BEGIN
+                PERFORM digitaltwin_cluster.dblink_exec(c, format('ROLLBACK PREPARED %L',
+                            gid_prefix || '_' || substr(c, length('digitaltwin_exec_') + 1)));
+            EXCEPTION WHEN OTHERS THEN
+                NULL;   -- not prepared there
             END;
             PERFORM digitaltwin_cluster.dblink_disconnect(c);
         END LOOP;
         RAISE;
     END;
-    FOREACH c IN ARRAY prepared LOOP
-        PERFORM digitaltwin_cluster.dblink_exec(c, format('COMMIT PREPARED %L', gid));
-        PERFORM digitaltwin_cluster.dblink_disconnect(c);
+    -- every node prepared: commit them all, whatever fails on one
+    FOREACH c IN ARRAY opened LOOP
+        BEGIN
+            PERFORM digitaltwin_cluster.dblink_exec(c, format('COMMIT PREPARED %L',
+                        gid_prefix || '_' || substr(c, length('digitaltwin_exec_') + 1)));
+        EXCEPTION WHEN OTHERS THEN
+            failed := failed || substr(c, length('digitaltwin_exec_') + 1);
+        END;
+        BEGIN
+            PERFORM digitaltwin_cluster.dblink_disconnect(c);
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
     END LOOP;
-    RETURN cardinality(prepared);
+    IF cardinality(failed) > 0 THEN
+        RAISE EXCEPTION 'cluster_exec prepared on every node but could not commit on %',
+                        array_to_string(failed, ', ')
+            USING ERRCODE = '08006',
+                  DETAIL = format('The other nodes committed.  The transactions %s_<node> stay prepared there.', gid_prefix),
+                  HINT = 'When the node is back, COMMIT PREPARED its transaction (see pg_prepared_xacts there).';
+    END IF;
+    RETURN cardinality(opened);
 END
 $$;
 COMMENT ON FUNCTION digitaltwin.cluster_exec(text) IS
@@ -666,9 +725,10 @@ RETURNS integer
 LANGUAGE sql
 SET search_path = pg_catalog, pg_temp
 AS $$
-    -- dblink_exec() takes no statement that returns rows: PERFORM it
-    SELECT digitaltwin.cluster_exec(format('DO $dt$ BEGIN PERFORM digitaltwin.create_model(%L, %L, %L); END $dt$',
-                                           name, process, init))
+    -- dblink_exec() takes no statement that returns rows: PERFORM it (the
+    -- block's text quoted as a literal: no value can end it)
+    SELECT digitaltwin.cluster_exec(format('DO %L',
+               format('BEGIN PERFORM digitaltwin.create_model(%L, %L, %L); END', name, process, init)))
 $$;
 COMMENT ON FUNCTION digitaltwin.cluster_create_model(text, text, text) IS
 'On a coordinator: create_model() on every node, all or nothing; process and init are function signatures as text (they exist on the nodes, not necessarily here).  Returns the number of nodes.  For superusers.';

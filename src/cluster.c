@@ -37,6 +37,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 
 #include "dt_internal.h"
 
@@ -45,13 +46,19 @@ PG_FUNCTION_INFO_V1(digitaltwin_cluster_shard_changed);
 
 static bool shard_valid = false;
 static bool callback_registered = false;
+static uint64 shard_generation = 0;	/* bumped by every invalidation */
+static Oid	shard_relid = InvalidOid;
 static int	shard_modulus = 0;	/* 0: not a node of a cluster */
 static bool *shard_owned = NULL;	/* [modulus], in TopMemoryContext */
 
 static void
 dt_cluster_shard_invalidate(Datum arg, Oid relid)
 {
-	shard_valid = false;
+	if (relid == InvalidOid || relid == shard_relid)
+	{
+		shard_valid = false;
+		shard_generation++;
+	}
 }
 
 /* The hash partition of a twin id, as PostgreSQL routes it. */
@@ -66,10 +73,21 @@ dt_cluster_partition(text *twin_id, int modulus)
 	return (int) (hash_combine64(0, hash) % (uint64) modulus);
 }
 
+/*
+ * Read the shard.  The cache is marked valid only once a load has
+ * succeeded with no invalidation during it, so that a failed load (a
+ * cancel, a timeout) leaves it to be read again rather than a guard that
+ * lets everything through; and it is read with a snapshot taken now, not
+ * the statement's (postgres_fdw's remote sessions are REPEATABLE READ: an
+ * older snapshot would miss the change whose invalidation it consumed).
+ */
 static void
 dt_cluster_shard_load(void)
 {
 	DtTrustedScope scope;
+	uint64		generation;
+	int			modulus = 0;
+	bool	   *owned = NULL;
 	uint64		i;
 	int			ret;
 
@@ -78,36 +96,42 @@ dt_cluster_shard_load(void)
 		CacheRegisterRelcacheCallback(dt_cluster_shard_invalidate, (Datum) 0);
 		callback_registered = true;
 	}
-	shard_modulus = 0;
+	AcceptInvalidationMessages();
+	generation = shard_generation;
+	if (dt_table_exists("cluster_shard"))
+	{
+		shard_relid = dt_extension_relid("cluster_shard");
+		dt_trusted_enter(&scope);
+		PushActiveSnapshot(GetLatestSnapshot());
+		ret = SPI_execute("SELECT modulus, remainder FROM digitaltwin.cluster_shard "
+						  "ORDER BY modulus", true, 0);
+		PopActiveSnapshot();
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+		for (i = 0; i < SPI_processed; i++)
+		{
+			bool		isnull;
+			int			m = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 1, &isnull));
+			int			r = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+														SPI_tuptable->tupdesc, 2, &isnull));
+
+			if (owned == NULL)
+			{
+				modulus = m;
+				owned = MemoryContextAllocZero(TopMemoryContext, sizeof(bool) * m);
+			}
+			/* one modulus per cluster: a row of another is not this cluster's */
+			if (m == modulus)
+				owned[r] = true;
+		}
+		dt_trusted_leave(&scope);
+	}
 	if (shard_owned != NULL)
 		pfree(shard_owned);
-	shard_owned = NULL;
-	shard_valid = true;
-	if (!dt_table_exists("cluster_shard"))
-		return;
-
-	dt_trusted_enter(&scope);
-	ret = SPI_execute("SELECT modulus, remainder FROM digitaltwin.cluster_shard", true, 0);
-	if (ret != SPI_OK_SELECT)
-		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
-	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		int			modulus = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-														  SPI_tuptable->tupdesc, 1, &isnull));
-		int			remainder = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-															SPI_tuptable->tupdesc, 2, &isnull));
-
-		if (shard_owned == NULL)
-		{
-			shard_modulus = modulus;
-			shard_owned = MemoryContextAllocZero(TopMemoryContext, sizeof(bool) * modulus);
-		}
-		/* one modulus per cluster: a row of another is not this cluster's */
-		if (modulus == shard_modulus)
-			shard_owned[remainder] = true;
-	}
-	dt_trusted_leave(&scope);
+	shard_owned = owned;
+	shard_modulus = modulus;
+	shard_valid = (generation == shard_generation);
 }
 
 /*

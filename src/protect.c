@@ -268,6 +268,41 @@ dt_drops_extension(Node *parsetree)
 	return false;
 }
 
+/*
+ * Before DROP EXTENSION or ALTER EXTENSION UPDATE by the extension's
+ * owner: a coordinator of a cluster is not dropped without CASCADE (its
+ * foreign partitions, the DBA's objects, would silently go with the
+ * extension's partitioned tables), then models is taken whole.
+ */
+static void
+dt_take_models_first(Node *parsetree)
+{
+	if (!pg_extension_ownercheck(get_extension_oid("digitaltwin", false), GetUserId()))
+		return;
+	if (dt_drops_extension(parsetree) &&
+		((DropStmt *) parsetree)->behavior != DROP_CASCADE &&
+		dt_table_exists("cluster_nodes"))
+	{
+		DtTrustedScope scope;
+		int			ret;
+		bool		coordinator;
+
+		dt_trusted_enter(&scope);
+		ret = SPI_execute("SELECT 1 FROM digitaltwin.cluster_nodes LIMIT 1", true, 1);
+		if (ret != SPI_OK_SELECT)
+			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+		coordinator = SPI_processed > 0;
+		dt_trusted_leave(&scope);
+		if (coordinator)
+			ereport(ERROR,
+					(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+					 errmsg("cannot drop extension digitaltwin because it is the coordinator of a cluster"),
+					 errdetail("The foreign partitions and servers of its nodes, in schema digitaltwin_cluster, depend on it."),
+					 errhint("Use DROP EXTENSION digitaltwin CASCADE, then DROP SCHEMA digitaltwin_cluster CASCADE.")));
+	}
+	LockRelationOid(dt_models_relid(), AccessExclusiveLock);
+}
+
 /* ALTER EXTENSION digitaltwin UPDATE ... */
 static bool
 dt_updates_extension(Node *parsetree)
@@ -300,11 +335,13 @@ dt_process_utility(PlannedStmt *pstmt, const char *queryString,
 	 * first and waited for models would deadlock with a batch in flight.
 	 * This waits for the batch to end and keeps the next one out until the
 	 * command commits.  (The update scripts take the same lock, for
-	 * sessions that did not load the library.)
+	 * sessions that did not load the library.)  Only for the extension's
+	 * owner, who may run the command: anyone else would queue behind a
+	 * reader and hold every batch up, where the command fails at once.
 	 */
 	if ((dt_drops_extension(parsetree) || dt_updates_extension(parsetree)) &&
 		dt_extension_here())
-		LockRelationOid(dt_models_relid(), AccessExclusiveLock);
+		dt_take_models_first(parsetree);
 
 	/* commands that need a database without its workers (databases.c) */
 	if (OidIsValid(dt_database_needed_alone(parsetree)))

@@ -20,7 +20,7 @@ my $coord = DtTest::new_node('coord');
 my @nodes = map { DtTest::new_node($_, "max_prepared_transactions = 10\n") } qw(n1 n2);
 $_->start for ($coord, @nodes);
 
-# the same model on every node (cluster_exec() is for a later version)
+# the same model on every node (cluster_create_model() is tested below)
 DtTest::create_model($_) for @nodes;
 $coord->safe_psql('postgres', q{
 CREATE EXTENSION digitaltwin;
@@ -35,6 +35,19 @@ for my $i (0 .. $#nodes)
 		q{SELECT digitaltwin.cluster_add_node('%s', '%s', %d, 'postgres')},
 		$name, $n->host, $n->port));
 }
+# a node joins empty: one that has twins already is refused (they might
+# belong to partitions another node will own)
+my $n3 = DtTest::new_node('n3');
+$n3->start;
+DtTest::create_model($n3);
+$n3->safe_psql('postgres', q{SELECT digitaltwin.send('acc', 'early', '{"v": 1}'); SELECT digitaltwin.wait_idle('30s')});
+($ret, $out, $err) = $coord->psql('postgres', sprintf(
+	q{SELECT digitaltwin.cluster_add_node('n3', '%s', %d, 'postgres')}, $n3->host, $n3->port));
+like($err, qr/node n3 already has twins, events or timers/, 'a node with twins is refused');
+is($coord->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.cluster_nodes'), '2',
+	'... and not registered');
+$n3->stop;
+
 is($coord->safe_psql('postgres', 'SELECT digitaltwin.cluster_setup(8)'), '8',
 	'cluster_setup made 8 partitions');
 is( $coord->safe_psql('postgres', q{
@@ -163,6 +176,11 @@ SELECT count(*) FROM digitaltwin.cluster_twins WHERE node = 'n1' AND model = 'ac
 $nodes[1]->start;
 is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('60s')}), 't',
 	'the cluster is idle again once the node is back');
+
+# a coordinator is not dropped by accident: its foreign partitions would go
+($ret, $out, $err) = $coord->psql('postgres', 'DROP EXTENSION digitaltwin');
+like($err, qr/cannot drop extension digitaltwin because it is the coordinator of a cluster/,
+	'DROP EXTENSION without CASCADE is refused on a coordinator');
 
 $_->stop for ($coord, @nodes);
 done_testing();
