@@ -37,7 +37,6 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
-#include "utils/snapmgr.h"
 
 #include "dt_internal.h"
 
@@ -89,7 +88,6 @@ dt_cluster_shard_load(void)
 	int			modulus = 0;
 	bool	   *owned = NULL;
 	uint64		i;
-	int			ret;
 
 	if (!callback_registered)
 	{
@@ -102,12 +100,8 @@ dt_cluster_shard_load(void)
 	{
 		shard_relid = dt_extension_relid("cluster_shard");
 		dt_trusted_enter(&scope);
-		PushActiveSnapshot(GetLatestSnapshot());
-		ret = SPI_execute("SELECT modulus, remainder FROM digitaltwin.cluster_shard "
-						  "ORDER BY modulus", true, 0);
-		PopActiveSnapshot();
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+		dt_spi_read_latest("SELECT modulus, remainder FROM digitaltwin.cluster_shard "
+						   "ORDER BY modulus");
 		for (i = 0; i < SPI_processed; i++)
 		{
 			bool		isnull;

@@ -118,6 +118,7 @@ extern bool dt_run_guarded(void (*fn) (void *arg), void *arg, const char *lock_t
 extern void dt_to_jsonb_fmgr(FmgrInfo *flinfo, Oid type, MemoryContext cxt);
 extern Datum dt_make_array(Datum *values, bool *nulls, int n, Oid type);
 extern SPIPlanPtr dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes);
+extern void dt_spi_read_latest(const char *sql);
 typedef void (*dt_row_fn) (HeapTuple tuple, TupleDesc desc, void *arg);
 
 /* notifications a batch sends after its commit (alerts, outbox) */
@@ -456,6 +457,7 @@ extern void dt_check_model_owner(const char *name, Oid caller, Oid owner,
 								 const char *action);
 extern void dt_check_model_admin(const char *name, Oid caller, Oid owner,
 								 const char *action);
+extern Datum dt_model_admin_row(const char *name, Oid caller, const char *action);
 extern void dt_check_model_send(const char *model);
 extern char *dt_model_granted_to(Oid role);
 

@@ -463,16 +463,7 @@ digitaltwin_reset_stats(PG_FUNCTION_ARGS)
 
 	dt_trusted_enter(&scope);
 	if (name != NULL)
-	{
-		bool		isnull;
-
-		dt_model_read_row(name, "id, owner::pg_catalog.oid");
-		id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-		dt_check_model_admin(name, caller,
-							 DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc, 2, &isnull)),
-							 "reset the statistics of");
-	}
+		id = dt_model_admin_row(name, caller, "reset the statistics of");
 	ret = SPI_execute_with_args("INSERT INTO digitaltwin.model_stats_resets (model_id, reset_at) "
 								"SELECT m.id, pg_catalog.now() FROM digitaltwin.models m "
 								"WHERE $1::pg_catalog.int4 IS NULL OR m.id OPERATOR(pg_catalog.=) $1 "

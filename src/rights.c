@@ -58,7 +58,6 @@
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
-#include "utils/snapmgr.h"
 #include "utils/syscache.h"
 
 #include "dt_internal.h"
@@ -77,6 +76,7 @@ typedef struct DtGrant
 typedef struct DtModelRights
 {
 	char		name[NAMEDATALEN];	/* hash key */
+	int32		id;
 	Oid			owner;
 	int			ngrants;
 	DtGrant    *grants;
@@ -172,7 +172,6 @@ dt_rights_load(void)
 	DtTrustedScope scope;
 	bool		has_grants;
 	uint64		i;
-	int			ret;
 	int			attempt;
 
 	if (!callbacks_registered)
@@ -206,28 +205,17 @@ dt_rights_load(void)
 	for (attempt = 0;; attempt++)
 	{
 		uint64		generation;
-		Snapshot	snapshot;
-		SPIPlanPtr	plan;
 
 		AcceptInvalidationMessages();
 		generation = rights_generation;
-		snapshot = RegisterSnapshot(GetLatestSnapshot());
 		dt_trusted_enter(&scope);
-		plan = SPI_prepare(has_grants ?
-						   "SELECT m.name, m.owner::pg_catalog.oid, g.grantee::pg_catalog.oid, g.privilege "
+		dt_spi_read_latest(has_grants ?
+						   "SELECT m.name, m.owner::pg_catalog.oid, g.grantee::pg_catalog.oid, g.privilege, m.id "
 						   "FROM digitaltwin.models m "
 						   "LEFT JOIN digitaltwin.model_grants g ON g.model_id OPERATOR(pg_catalog.=) m.id "
 						   "ORDER BY m.name" :
-						   "SELECT m.name, m.owner::pg_catalog.oid, NULL::pg_catalog.oid, NULL::pg_catalog.text "
-						   "FROM digitaltwin.models m",
-						   0, NULL);
-		if (plan == NULL)
-			elog(ERROR, "SPI_prepare failed: %s", SPI_result_code_string(SPI_result));
-		ret = SPI_execute_snapshot(plan, NULL, NULL, snapshot, InvalidSnapshot,
-								   true, false, 0);
-		UnregisterSnapshot(snapshot);
-		if (ret != SPI_OK_SELECT)
-			elog(ERROR, "SPI_execute_snapshot failed: %s", SPI_result_code_string(ret));
+						   "SELECT m.name, m.owner::pg_catalog.oid, NULL::pg_catalog.oid, NULL::pg_catalog.text, m.id "
+						   "FROM digitaltwin.models m");
 		/* nothing below accepts invalidations before the cache is published */
 		if (generation == rights_generation || attempt >= 10)
 			break;
@@ -255,6 +243,7 @@ dt_rights_load(void)
 			r = hash_search(cache, name, HASH_ENTER, &found);
 			if (!found)
 			{
+				r->id = DatumGetInt32(SPI_getbinval(tup, desc, 5, &isnull));
 				r->owner = DatumGetObjectId(SPI_getbinval(tup, desc, 2, &isnull));
 				r->ngrants = 0;
 				r->grants = NULL;
@@ -385,6 +374,25 @@ dt_check_model_admin(const char *name, Oid caller, Oid owner, const char *action
 					 action, action)));
 }
 
+/*
+ * Read a model's row (inside a trusted scope) and check that the caller
+ * may administer it; returns its id.  ERROR if it does not exist.
+ */
+Datum
+dt_model_admin_row(const char *name, Oid caller, const char *action)
+{
+	bool		isnull;
+	Datum		id;
+
+	dt_model_read_row(name, "id, owner::pg_catalog.oid");
+	id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	dt_check_model_admin(name, caller,
+						 DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
+														SPI_tuptable->tupdesc, 2, &isnull)),
+						 action);
+	return id;
+}
+
 /* The refusal of an insert into the queue for a model the role may not send to. */
 void
 dt_check_model_send(const char *model)
@@ -454,7 +462,6 @@ dt_rights_arguments(FunctionCallInfo fcinfo, const char *function, Oid caller,
 					char **model, Oid *role, Datum *model_id)
 {
 	int			right;
-	bool		isnull;
 
 	dt_require_preload();
 	dt_forbid_in_model(function);
@@ -466,12 +473,7 @@ dt_rights_arguments(FunctionCallInfo fcinfo, const char *function, Oid caller,
 	*role = PG_GETARG_OID(1);
 	right = dt_right_from_name(dt_text_arg(fcinfo, 2, "privilege"));
 
-	dt_model_read_row(*model, "id, owner::pg_catalog.oid");
-	*model_id = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-	dt_check_model_admin(*model, caller,
-						 DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0],
-														SPI_tuptable->tupdesc, 2, &isnull)),
-						 "grant privileges on");
+	*model_id = dt_model_admin_row(*model, caller, "grant privileges on");
 	return right;
 }
 
@@ -571,34 +573,58 @@ digitaltwin_may_all(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(dt_may_all_models(GetUserId(), right));
 }
 
-/* _models_allowed(privilege): the models on which the caller has it. */
-Datum
-digitaltwin_models_allowed(PG_FUNCTION_ARGS)
+/*
+ * The models on which 'user' has 'right': their names and ids (palloc'd
+ * arrays), from the cache.  The entries are copied first: checking a
+ * model may reset the cache (see dt_model_allowed).
+ */
+static int
+dt_models_allowed(Oid user, int right, char ***names, int32 **ids)
 {
-	int			right = dt_right_from_name(dt_text_arg(fcinfo, 0, "privilege"));
-	Oid			user = GetUserId();
 	HASH_SEQ_STATUS status;
 	DtModelRights *r;
-	char	  **models;
-	Datum	   *names;
+	int			size;
 	int			nmodels = 0;
 	int			n = 0;
 	int			i;
 
 	if (rights_cache == NULL)
 		dt_rights_load();
-	/* the names first: checking a model may reset the cache (see above) */
-	models = palloc(sizeof(char *) * Max(hash_get_num_entries(rights_cache), 1));
+	size = Max(hash_get_num_entries(rights_cache), 1);
+	*names = palloc(sizeof(char *) * size);
+	*ids = palloc(sizeof(int32) * size);
 	hash_seq_init(&status, rights_cache);
 	while ((r = hash_seq_search(&status)) != NULL)
-		models[nmodels++] = pstrdup(r->name);
-	names = palloc(sizeof(Datum) * Max(nmodels, 1));
+	{
+		(*names)[nmodels] = pstrdup(r->name);
+		(*ids)[nmodels++] = r->id;
+	}
 	for (i = 0; i < nmodels; i++)
 	{
-		if (dt_model_allowed(models[i], user, right))
-			names[n++] = CStringGetTextDatum(models[i]);
+		if (dt_model_allowed((*names)[i], user, right))
+		{
+			(*names)[n] = (*names)[i];
+			(*ids)[n++] = (*ids)[i];
+		}
 	}
-	PG_RETURN_ARRAYTYPE_P(construct_array(names, n, TEXTOID, -1, false, TYPALIGN_INT));
+	return n;
+}
+
+/* _models_allowed(privilege): the models on which the caller has it. */
+Datum
+digitaltwin_models_allowed(PG_FUNCTION_ARGS)
+{
+	int			right = dt_right_from_name(dt_text_arg(fcinfo, 0, "privilege"));
+	char	  **names;
+	int32	   *ids;
+	Datum	   *values;
+	int			n = dt_models_allowed(GetUserId(), right, &names, &ids);
+	int			i;
+
+	values = palloc(sizeof(Datum) * Max(n, 1));
+	for (i = 0; i < n; i++)
+		values[i] = CStringGetTextDatum(names[i]);
+	PG_RETURN_ARRAYTYPE_P(construct_array(values, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
 /*
@@ -609,46 +635,21 @@ digitaltwin_models_allowed(PG_FUNCTION_ARGS)
 HTAB *
 dt_model_ids_allowed(Oid user, int right)
 {
-	MemoryContext cxt = CurrentMemoryContext;
 	HASHCTL		ctl;
-	HTAB	   *ids;
-	DtTrustedScope scope;
-	int32	   *model_ids;
+	HTAB	   *hash;
 	char	  **names;
-	uint64		n;
-	uint64		i;
+	int32	   *ids;
+	int			n = dt_models_allowed(user, right, &names, &ids);
+	int			i;
 
 	ctl.keysize = sizeof(int32);
 	ctl.entrysize = sizeof(int32);
-	ctl.hcxt = cxt;
-	ids = hash_create("digitaltwin allowed models", 16, &ctl,
-					  HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-
-	dt_trusted_enter(&scope);
-	if (SPI_execute("SELECT id, name FROM digitaltwin.models", true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "digitaltwin: cannot read digitaltwin.models");
-	n = SPI_processed;
-	model_ids = MemoryContextAlloc(cxt, sizeof(int32) * Max(n, 1));
-	names = MemoryContextAlloc(cxt, sizeof(char *) * Max(n, 1));
+	ctl.hcxt = CurrentMemoryContext;
+	hash = hash_create("digitaltwin allowed models", 16, &ctl,
+					   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	for (i = 0; i < n; i++)
-	{
-		bool		isnull;
-
-		model_ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
-												   SPI_tuptable->tupdesc, 1, &isnull));
-		names[i] = MemoryContextStrdup(cxt,
-									   TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[i],
-																		 SPI_tuptable->tupdesc, 2, &isnull)));
-	}
-	dt_trusted_leave(&scope);
-
-	/* checked as the caller, out of the scope (the checks may load the cache) */
-	for (i = 0; i < n; i++)
-	{
-		if (dt_model_allowed(names[i], user, right))
-			(void) hash_search(ids, &model_ids[i], HASH_ENTER, NULL);
-	}
-	return ids;
+		(void) hash_search(hash, &ids[i], HASH_ENTER, NULL);
+	return hash;
 }
 
 /*

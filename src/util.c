@@ -27,6 +27,7 @@
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/syscache.h"
+#include "utils/snapmgr.h"
 
 #include "dt_internal.h"
 
@@ -273,6 +274,24 @@ dt_spi_prepare_kept(const char *sql, int nargs, Oid *argtypes)
 			 sql, SPI_result_code_string(SPI_result));
 	SPI_keepplan(plan);
 	return plan;
+}
+
+/*
+ * Run a read-only query (inside SPI) with a snapshot taken now, not the
+ * statement's or the transaction's: for caches that must not keep what a
+ * change they were told of (an invalidation already consumed) has undone
+ * (rights.c, cluster.c).  Its rows are in SPI_tuptable.
+ */
+void
+dt_spi_read_latest(const char *sql)
+{
+	int			ret;
+
+	PushActiveSnapshot(GetLatestSnapshot());
+	ret = SPI_execute(sql, true, 0);
+	PopActiveSnapshot();
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
 }
 
 /*
