@@ -13,6 +13,7 @@
  *	  model.c	 model registry, caches of models, calling model functions
  *	  rights.c	 per-model rights: grant_model(), revoke_model(), checks
  *	  cluster.c	 a cluster node's shard guard: the twins it owns
+ *	  cluster_ingest.c a coordinator's COPY path, batched per node
  *	  protect.c	 what keeps a model runnable: owner, state type, chain depth
  *	  twin_views.c typed views: create_twin_view(), dropped with their model
  *	  rules.c	 rules-based models: create_rule_model(), alter_rule_model()

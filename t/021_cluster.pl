@@ -90,6 +90,64 @@ SELECT (SELECT count(*) FROM digitaltwin.cluster_alerts WHERE model = 'acc') || 
        (SELECT count(*) FROM sent WHERE v % 10 = 0)}),
 	'10000/10000', 'one alert per qualifying event, read through cluster_alerts');
 
+# COPY batched per node (1.11): through digitaltwin.cluster_ingest, each
+# node takes the rows in a few multi-row statements, where a COPY into
+# cluster_events sends one statement per row; every event applied once.
+# A statement trigger on n1's queue counts the statements it receives.
+$nodes[0]->safe_psql('postgres', q{
+CREATE TABLE received (n int NOT NULL);
+CREATE FUNCTION count_statement() RETURNS trigger LANGUAGE plpgsql AS
+$$BEGIN INSERT INTO public.received VALUES (1); RETURN NULL; END$$;
+CREATE TRIGGER count_statement AFTER INSERT ON digitaltwin.events
+FOR EACH STATEMENT EXECUTE FUNCTION count_statement();
+});
+my $copy_file = $coord->basedir . '/events.copy';
+$coord->safe_psql('postgres', qq{
+CREATE TABLE copied (twin text NOT NULL, v int NOT NULL);
+INSERT INTO copied SELECT 'c' || (i % 500), i FROM generate_series(1, 30000) i;
+COPY (SELECT 'acc', twin, jsonb_build_object('v', v) FROM copied) TO '$copy_file';
+COPY digitaltwin.cluster_ingest (model, twin_id, payload) FROM '$copy_file';
+});
+my ($statements, $rows) = split /\|/, $nodes[0]->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM received) || '|' ||
+       (SELECT count(*) FROM digitaltwin.events WHERE twin_id LIKE 'c%') +
+       (SELECT coalesce(sum(event_count), 0) FROM digitaltwin.twins WHERE twin_id LIKE 'c%')});
+cmp_ok($rows, '>', 10000, "node n1 received its share of the COPY ($rows rows)");
+cmp_ok($statements, '<=', $rows / 50,
+	"... in $statements statements: batched, not one per row");
+$nodes[0]->safe_psql('postgres', 'TRUNCATE received');
+$coord->safe_psql('postgres', qq{
+COPY (SELECT 'acc', 'd' || i, jsonb_build_object('v', 0) FROM generate_series(1, 200) i) TO '$copy_file';
+COPY digitaltwin.cluster_events (model, twin_id, payload) FROM '$copy_file';
+});
+is( $nodes[0]->safe_psql('postgres', q{SELECT count(*) FROM received}),
+	$nodes[0]->safe_psql('postgres', q{
+SELECT (SELECT count(*) FROM digitaltwin.events WHERE twin_id LIKE 'd%') +
+       (SELECT coalesce(sum(event_count), 0) FROM digitaltwin.twins WHERE twin_id LIKE 'd%')}),
+	'(a COPY into cluster_events itself reaches the node one statement per row)');
+$nodes[0]->safe_psql('postgres', 'DROP TRIGGER count_statement ON digitaltwin.events');
+is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('180s')}), 't',
+	'the nodes processed the copied events');
+is( $coord->safe_psql('postgres', q{
+SELECT count(*)
+FROM (SELECT twin, count(*) AS n, sum(v) AS s FROM copied GROUP BY twin) e
+FULL JOIN (SELECT twin_id, (state->>'n')::bigint AS n, (state->>'sum')::bigint AS s
+           FROM digitaltwin.cluster_twins WHERE model = 'acc' AND twin_id LIKE 'c%') t
+  ON t.twin_id = e.twin
+WHERE e.n IS DISTINCT FROM t.n OR e.s IS DISTINCT FROM t.s}),
+	'0', 'each twin of the COPY equals its events applied once');
+# a COPY that fails half-way leaves nothing on any node
+($ret, $out, $err) = $coord->psql('postgres', qq{
+COPY (SELECT 'acc', 'e' || i, CASE WHEN i = 25000 THEN NULL ELSE '{}' END, now()
+      FROM generate_series(1, 25000) i) TO '$copy_file';
+COPY digitaltwin.cluster_ingest FROM '$copy_file';
+});
+isnt($ret, 0, 'a COPY with a bad row at its end fails');
+like($err, qr/payload/, '... with the node\'s error');
+is( $coord->safe_psql('postgres', q{
+SELECT count(*) FROM digitaltwin.cluster_twins WHERE twin_id LIKE 'e%'}),
+	'0', '... and its rows sent before (two batches) are on no node');
+
 # aggregates run on each node (partitionwise aggregation, pushed down)
 my $plan = $coord->safe_psql('postgres', q{
 SET enable_partitionwise_aggregate = on;
@@ -100,11 +158,11 @@ like($plan, qr/Remote SQL: SELECT node, count\(\*\), sum\(event_count\)/,
 is( $coord->safe_psql('postgres', q{
 SET enable_partitionwise_aggregate = on;
 SELECT sum(s) FROM (SELECT node, sum(event_count) AS s FROM digitaltwin.cluster_twins GROUP BY node) x}),
-	'100000', 'the global aggregate equals the events sent');
+	'130200', 'the global aggregate equals the events sent');
 
 is( $coord->safe_psql('postgres', q{
 SELECT sum(events_processed) || '/' || count(*) FROM digitaltwin.cluster_model_stats WHERE model = 'acc'}),
-	'100000/2', 'cluster_model_stats: each node\'s counts, which add up to the events sent');
+	'130200/2', 'cluster_model_stats: each node\'s counts, which add up to the events sent');
 is( $coord->safe_psql('postgres', q{
 SELECT string_agg(node, ',' ORDER BY node) FROM digitaltwin.cluster_stats WHERE worker IS NULL}),
 	'n1,n2', 'cluster_stats: each node\'s workers');
