@@ -56,3 +56,235 @@ COMMENT ON TRIGGER cluster_ingest_flush ON digitaltwin.cluster_ingest IS
 
 REVOKE ALL ON digitaltwin.cluster_ingest FROM PUBLIC;
 GRANT INSERT ON digitaltwin.cluster_ingest TO digitaltwin_writer;
+
+-- Growing: move one hash partition's twins to another node.  Inserts
+-- through the coordinator wait (they do not fail) until the move commits:
+-- all partitions' inserts, because swapping a foreign partition takes
+-- cluster_events' ACCESS EXCLUSIVE lock, and taking it only at the end,
+-- after inserts of the partition were held, would deadlock with them.
+--
+-- The steps, each a committed transaction on one node, so that running
+-- the function again after any failure finishes the move (or it is
+-- undone: the source owns the partition again):
+--   1. the source stops taking the partition's events: it leaves its
+--      cluster_shard (its batches in flight and inserts in flight end
+--      first); its workers fire no timer of those twins from then on;
+--   2. the source processes the events of the partition it has (wait_idle);
+--   3. the target takes the twins, timers and held events, and the
+--      partition, in one transaction (its workers reload at its commit);
+--   4. the source deletes them (its workers reload);
+--   5. the coordinator routes the partition to the target.
+-- Model ids differ between nodes: rows go by model name.  Timers' fire
+-- ids and held events' ids are event ids of the node: the target gives
+-- them new ones.
+CREATE FUNCTION digitaltwin.cluster_move_partition(partition integer, to_node text,
+                                                   timeout interval DEFAULT '60s')
+RETURNS bigint
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    p integer := cluster_move_partition.partition;
+    m integer;
+    src record;
+    dst record;
+    src_c text := 'digitaltwin_move_source';
+    dst_c text := 'digitaltwin_move_target';
+    dst_owns boolean;
+    idle boolean;
+    moved bigint := 0;
+    missing text;
+    twins record;
+    timers record;
+    held record;
+    of_partition text;
+BEGIN
+    SELECT c.modulus INTO m FROM digitaltwin.cluster_map c WHERE c.partition = p;
+    SELECT n.name, n.server INTO src
+    FROM digitaltwin.cluster_map c JOIN digitaltwin.cluster_nodes n ON n.name = c.node
+    WHERE c.partition = p;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'partition % does not exist', coalesce(p::text, 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'digitaltwin.cluster_partitions lists them (cluster_setup() makes them).';
+    END IF;
+    SELECT n.name, n.server INTO dst FROM digitaltwin.cluster_nodes n WHERE n.name = to_node;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'node % is not registered', coalesce(quote_literal(to_node), 'NULL')
+            USING ERRCODE = '22023', HINT = 'digitaltwin.cluster_nodes lists the nodes.';
+    END IF;
+    IF timeout IS NULL OR timeout <= '0'::interval THEN
+        RAISE EXCEPTION 'timeout must be positive' USING ERRCODE = '22023';
+    END IF;
+    IF src.name = dst.name THEN
+        RETURN 0;
+    END IF;
+    of_partition := format('digitaltwin.cluster_partition_of(twin_id, %s) = %s', m, p);
+
+    FOREACH missing IN ARRAY ARRAY[src_c, dst_c] LOOP
+        IF missing = ANY (coalesce(digitaltwin_cluster.dblink_get_connections(), '{}')) THEN
+            PERFORM digitaltwin_cluster.dblink_disconnect(missing);
+        END IF;
+    END LOOP;
+    PERFORM digitaltwin_cluster.dblink_connect(src_c, src.server::text);
+    PERFORM digitaltwin_cluster.dblink_connect(dst_c, dst.server::text);
+
+    -- 0. most of the source's backlog, before anything waits
+    SELECT r.idle INTO idle FROM digitaltwin_cluster.dblink(src_c,
+        format('SELECT digitaltwin.wait_idle(%L)', timeout)) AS r(idle boolean);
+
+    LOCK TABLE digitaltwin.cluster_events IN EXCLUSIVE MODE;
+
+    SELECT r.owns INTO dst_owns FROM digitaltwin_cluster.dblink(dst_c,
+        format('SELECT EXISTS (SELECT FROM digitaltwin.cluster_shard WHERE modulus = %s AND remainder = %s)', m, p))
+        AS r(owns boolean);
+    IF NOT dst_owns THEN
+        BEGIN
+            -- 1.
+            -- (models: waits for the batches in flight, which may fire a
+            -- timer of the partition, and holds new ones until the shard
+            -- changed; events: waits for the inserts in flight)
+            PERFORM digitaltwin_cluster.dblink_exec(src_c, 'BEGIN');
+            PERFORM digitaltwin_cluster.dblink_exec(src_c, 'LOCK TABLE digitaltwin.models IN EXCLUSIVE MODE');
+            PERFORM digitaltwin_cluster.dblink_exec(src_c, 'LOCK TABLE digitaltwin.events IN SHARE MODE');
+            PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
+                'DELETE FROM digitaltwin.cluster_shard WHERE modulus = %s AND remainder = %s', m, p));
+            PERFORM digitaltwin_cluster.dblink_exec(src_c, 'COMMIT');
+            -- 2.
+            SELECT r.idle INTO idle FROM digitaltwin_cluster.dblink(src_c,
+                format('SELECT digitaltwin.wait_idle(%L)', timeout)) AS r(idle boolean);
+            IF NOT idle THEN
+                RAISE EXCEPTION 'node % did not process the events of partition % within %', src.name, p, timeout
+                    USING ERRCODE = '57014', HINT = 'Try again, with a longer timeout.';
+            END IF;
+            -- 3.
+            SELECT * INTO twins FROM digitaltwin_cluster.dblink(src_c, format(
+                'SELECT array_agg(m.name), array_agg(s.twin_id), array_agg(s.state), '
+                'array_agg(s.event_count), array_agg(s.updated_at) '
+                'FROM digitaltwin.twin_state s JOIN digitaltwin.models m ON m.id = s.model_id WHERE %s',
+                of_partition))
+                AS r(models text[], ids text[], states bytea[], counts bigint[], times timestamptz[]);
+            SELECT * INTO timers FROM digitaltwin_cluster.dblink(src_c, format(
+                'SELECT array_agg(m.name), array_agg(s.twin_id), array_agg(s.name), array_agg(s.due_at), '
+                'array_agg(s.every), array_agg(s.payload), array_agg(s.depth) '
+                'FROM digitaltwin.timer_state s JOIN digitaltwin.models m ON m.id = s.model_id WHERE %s',
+                of_partition))
+                AS r(models text[], ids text[], names text[], dues timestamptz[], everys interval[],
+                     payloads jsonb[], depths integer[]);
+            SELECT * INTO held FROM digitaltwin_cluster.dblink(src_c, format(
+                'SELECT array_agg(h.model ORDER BY h.id), array_agg(h.twin_id ORDER BY h.id), '
+                'array_agg(h.payload ORDER BY h.id), array_agg(h.enqueued_at ORDER BY h.id), '
+                'array_agg(h.depth ORDER BY h.id), array_agg(h.event_time ORDER BY h.id), '
+                'array_agg(h.sender_model ORDER BY h.id), array_agg(h.sender_twin ORDER BY h.id), '
+                'array_agg(h.held_at ORDER BY h.id) '
+                'FROM digitaltwin.held_events h WHERE %s', of_partition))
+                AS r(models text[], ids text[], payloads jsonb[], enqueued timestamptz[], depths integer[],
+                     times timestamptz[], sender_models text[], sender_twins text[], held_at timestamptz[]);
+            moved := coalesce(cardinality(twins.ids), 0);
+
+            PERFORM digitaltwin_cluster.dblink_exec(dst_c, 'BEGIN');
+            SELECT r.missing INTO missing FROM digitaltwin_cluster.dblink(dst_c, format(
+                'SELECT string_agg(DISTINCT u.n, '', '') FROM unnest(%L::text[]) u(n) '
+                'WHERE NOT EXISTS (SELECT FROM digitaltwin.models m WHERE m.name = u.n)',
+                coalesce(twins.models, '{}') || coalesce(timers.models, '{}') || coalesce(held.models, '{}')))
+                AS r(missing text);
+            IF missing IS NOT NULL THEN
+                RAISE EXCEPTION 'node % has no model %', dst.name, missing
+                    USING ERRCODE = '55000',
+                          HINT = 'Register the models on every node, with digitaltwin.cluster_create_model().';
+            END IF;
+            PERFORM digitaltwin_cluster.dblink_exec(dst_c, format(
+                'INSERT INTO digitaltwin.twin_state (model_id, twin_id, state, event_count, updated_at) '
+                'SELECT m.id, u.t, u.s, u.c, u.u FROM ROWS FROM (unnest(%L::text[]), unnest(%L::text[]), '
+                'unnest(%L::bytea[]), unnest(%L::bigint[]), unnest(%L::timestamptz[])) AS u(n, t, s, c, u) '
+                'JOIN digitaltwin.models m ON m.name = u.n',
+                twins.models, twins.ids, twins.states, twins.counts, twins.times));
+            PERFORM digitaltwin_cluster.dblink_exec(dst_c, format(
+                'INSERT INTO digitaltwin.timer_state (model_id, twin_id, name, due_at, every, payload, fire_id, depth) '
+                'SELECT m.id, u.t, u.k, u.d, u.e, u.p, nextval(''digitaltwin.events_id_seq''), u.h '
+                'FROM ROWS FROM (unnest(%L::text[]), unnest(%L::text[]), unnest(%L::text[]), '
+                'unnest(%L::timestamptz[]), unnest(%L::interval[]), unnest(%L::jsonb[]), unnest(%L::integer[])) '
+                'AS u(n, t, k, d, e, p, h) JOIN digitaltwin.models m ON m.name = u.n',
+                timers.models, timers.ids, timers.names, timers.dues, timers.everys, timers.payloads,
+                timers.depths));
+            -- held events (their model paused on the source) stay held if
+            -- the model is paused on the target too, else join its queue
+            PERFORM digitaltwin_cluster.dblink_exec(dst_c, format(
+                'CREATE TEMP TABLE moved_held ON COMMIT DROP AS '
+                'SELECT m.id AS model_id, u.n, u.t, u.p, u.q, u.d, u.e, u.sm, u.st, u.h, u.o, m.paused '
+                'FROM ROWS FROM (unnest(%L::text[]), unnest(%L::text[]), unnest(%L::jsonb[]), '
+                'unnest(%L::timestamptz[]), unnest(%L::integer[]), unnest(%L::timestamptz[]), '
+                'unnest(%L::text[]), unnest(%L::text[]), unnest(%L::timestamptz[])) WITH ORDINALITY '
+                'AS u(n, t, p, q, d, e, sm, st, h, o) JOIN digitaltwin.models m ON m.name = u.n',
+                held.models, held.ids, held.payloads, held.enqueued, held.depths, held.times,
+                held.sender_models, held.sender_twins, held.held_at));
+            PERFORM digitaltwin_cluster.dblink_exec(dst_c,
+                'INSERT INTO digitaltwin.held_events (id, model_id, model, twin_id, payload, enqueued_at, '
+                'depth, event_time, sender_model, sender_twin, held_at) '
+                'SELECT nextval(''digitaltwin.events_id_seq''), model_id, n, t, p, q, d, e, sm, st, h '
+                'FROM pg_temp.moved_held WHERE paused ORDER BY o');
+            -- (the partition first: the target's guard takes them)
+            PERFORM digitaltwin_cluster.dblink_exec(dst_c, format(
+                'INSERT INTO digitaltwin.cluster_shard (modulus, remainder) VALUES (%s, %s)', m, p));
+            PERFORM digitaltwin_cluster.dblink_exec(dst_c,
+                'INSERT INTO digitaltwin.events (model, twin_id, payload, enqueued_at, depth, event_time, '
+                'sender_model, sender_twin) '
+                'SELECT n, t, p, q, d, e, sm, st FROM pg_temp.moved_held WHERE NOT paused ORDER BY o');
+            PERFORM digitaltwin_cluster.dblink_exec(dst_c, 'COMMIT');
+        EXCEPTION WHEN OTHERS OR query_canceled THEN
+            -- not moved: the source takes the partition back, and its
+            -- workers reload (its parked timers of the partition fire again)
+            BEGIN
+                PERFORM digitaltwin_cluster.dblink_exec(dst_c, 'ROLLBACK');
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            BEGIN
+                PERFORM digitaltwin_cluster.dblink_exec(src_c, 'ROLLBACK');
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            BEGIN
+                SELECT r.owns INTO dst_owns FROM digitaltwin_cluster.dblink(dst_c,
+                    format('SELECT EXISTS (SELECT FROM digitaltwin.cluster_shard WHERE modulus = %s AND remainder = %s)', m, p))
+                    AS r(owns boolean);
+                IF NOT dst_owns THEN
+                    PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
+                        'INSERT INTO digitaltwin.cluster_shard (modulus, remainder) VALUES (%s, %s) '
+                        'ON CONFLICT DO NOTHING; DELETE FROM digitaltwin.twin_state WHERE false', m, p));
+                END IF;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;   -- reported below: running the move again finishes or undoes it
+            END;
+            PERFORM digitaltwin_cluster.dblink_disconnect(src_c);
+            PERFORM digitaltwin_cluster.dblink_disconnect(dst_c);
+            RAISE;
+        END;
+    END IF;
+
+    -- 4. (also when a move that failed after step 3 is run again)
+    PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
+        'DO $move$ BEGIN IF NOT EXISTS (SELECT FROM digitaltwin.cluster_shard '
+        'WHERE modulus = %1$s AND remainder = %2$s) THEN '
+        'DELETE FROM digitaltwin.twin_state WHERE %3$s; '
+        'DELETE FROM digitaltwin.timer_state WHERE %3$s; '
+        'DELETE FROM digitaltwin.held_events WHERE %3$s; END IF; END $move$',
+        m, p, of_partition));
+    PERFORM digitaltwin_cluster.dblink_disconnect(src_c);
+    PERFORM digitaltwin_cluster.dblink_disconnect(dst_c);
+
+    -- 5.
+    EXECUTE format('ALTER TABLE digitaltwin.cluster_events DETACH PARTITION digitaltwin_cluster.%I',
+                   'events_p' || p);
+    EXECUTE format('DROP FOREIGN TABLE digitaltwin_cluster.%I', 'events_p' || p);
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_events '
+                   'FOR VALUES WITH (MODULUS %s, REMAINDER %s) SERVER %I '
+                   'OPTIONS (schema_name %L, table_name %L)',
+                   'events_p' || p, m, p, dst.server, 'digitaltwin', 'events');
+    UPDATE digitaltwin.cluster_map SET node = dst.name WHERE cluster_map.partition = p;
+    RETURN moved;
+END
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_move_partition(integer, text, interval) IS
+'On a coordinator: moves a hash partition''s twins (states, timers, held events) to another node, with nothing lost or applied twice; inserts through the coordinator wait until it commits.  Returns the number of twins moved.  Run it again after a failure: it finishes the move or the source keeps the partition.  For superusers.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_move_partition(integer, text, interval) FROM PUBLIC;

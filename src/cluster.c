@@ -152,6 +152,28 @@ dt_cluster_check_owner(const char *model, text *twin_id)
 				 errhint("Send events through digitaltwin.cluster_events on the coordinator.")));
 }
 
+/*
+ * Whether this node owns a twin (true when it is not in a cluster).  A
+ * worker asks before firing a timer: while cluster_move_partition() moves
+ * a partition away, its twins' timers must not fire here, where the twin
+ * is about to be deleted, and there, where it is being copied.
+ */
+bool
+dt_cluster_owns(const char *twin_id)
+{
+	text	   *t;
+	bool		owned;
+
+	if (!shard_valid)
+		dt_cluster_shard_load();
+	if (shard_modulus == 0)
+		return true;
+	t = cstring_to_text(twin_id);
+	owned = shard_owned[dt_cluster_partition(t, shard_modulus)];
+	pfree(t);
+	return owned;
+}
+
 /* cluster_partition_of(twin_id, modulus): the partition the twin is in. */
 Datum
 digitaltwin_cluster_partition_of(PG_FUNCTION_ARGS)

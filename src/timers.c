@@ -994,7 +994,12 @@ dt_timers_claim(TimestampTz now, int limit, DtEvent **events)
 		t->in_heap = false;
 		/* a paused model's timers wait, out of the heap, for its resume */
 		model = dt_models_paused > 0 ? dt_model_lookup_id(t->key.model_id) : NULL;
-		if (model != NULL && model->paused)
+		/*
+		 * ... and so do the timers of a twin its node gave away (a partition
+		 * moving to another node), until the reload that follows the move
+		 * forgets them
+		 */
+		if ((model != NULL && model->paused) || !dt_cluster_owns(t->key.twin_id))
 		{
 			t->parked = true;
 			nparked++;
