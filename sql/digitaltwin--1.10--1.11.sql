@@ -288,3 +288,79 @@ $$;
 COMMENT ON FUNCTION digitaltwin.cluster_move_partition(integer, text, interval) IS
 'On a coordinator: moves a hash partition''s twins (states, timers, held events) to another node, with nothing lost or applied twice; inserts through the coordinator wait until it commits.  Returns the number of twins moved.  Run it again after a failure: it finishes the move or the source keeps the partition.  For superusers.';
 REVOKE ALL ON FUNCTION digitaltwin.cluster_move_partition(integer, text, interval) FROM PUBLIC;
+
+-- One listener for every node (issue 18): the relay forwards each node's
+-- NOTIFY digitaltwin_alerts and digitaltwin_outbox to the coordinator's
+-- channels of the same names, with the node's name in the payload.  A
+-- procedure (it commits after each round, which is when its notifications
+-- go out), so it cannot have a SET clause: it pins search_path itself at
+-- the start of each transaction.
+CREATE PROCEDURE digitaltwin.cluster_relay(duration interval DEFAULT NULL)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    nodes text[];
+    retry_at timestamptz[];
+    i integer;
+    conn text;
+    note record;
+    payload jsonb;
+    until timestamptz;
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+    nodes := ARRAY(SELECT n.name FROM digitaltwin.cluster_nodes n ORDER BY n.name);
+    IF cardinality(nodes) = 0 THEN
+        RAISE EXCEPTION 'the cluster has no nodes'
+            USING ERRCODE = '55000', HINT = 'Register them with digitaltwin.cluster_add_node() first.';
+    END IF;
+    until := CASE WHEN duration IS NULL THEN 'infinity'::timestamptz ELSE clock_timestamp() + duration END;
+    retry_at := array_fill('-infinity'::timestamptz, ARRAY[cardinality(nodes)]);
+    LOOP
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+        FOR i IN 1 .. cardinality(nodes) LOOP
+            conn := 'digitaltwin_relay_' || nodes[i];
+            CONTINUE WHEN clock_timestamp() < retry_at[i];
+            BEGIN
+                IF NOT conn = ANY (coalesce(digitaltwin_cluster.dblink_get_connections(), '{}')) THEN
+                    PERFORM digitaltwin_cluster.dblink_connect(conn, 'digitaltwin_node_' || nodes[i]);
+                    PERFORM digitaltwin_cluster.dblink_exec(conn, 'LISTEN digitaltwin_alerts');
+                    PERFORM digitaltwin_cluster.dblink_exec(conn, 'LISTEN digitaltwin_outbox');
+                END IF;
+                FOR note IN SELECT * FROM digitaltwin_cluster.dblink_get_notify(conn) LOOP
+                    IF note.notify_name = 'digitaltwin_outbox' THEN
+                        payload := jsonb_build_object('node', nodes[i], 'id', note.extra);
+                    ELSE
+                        BEGIN
+                            payload := note.extra::jsonb || jsonb_build_object('node', nodes[i]);
+                        EXCEPTION WHEN OTHERS THEN
+                            payload := jsonb_build_object('node', nodes[i], 'payload', note.extra);
+                        END;
+                    END IF;
+                    IF octet_length(payload::text) < 8000 THEN
+                        PERFORM pg_notify(note.notify_name, payload::text);
+                    END IF;
+                END LOOP;
+            EXCEPTION WHEN OTHERS THEN
+                -- a node down: said once a second, retried as often
+                RAISE WARNING 'cluster_relay: node %: %', nodes[i], SQLERRM;
+                retry_at[i] := clock_timestamp() + interval '1s';
+                IF conn = ANY (coalesce(digitaltwin_cluster.dblink_get_connections(), '{}')) THEN
+                    PERFORM digitaltwin_cluster.dblink_disconnect(conn);
+                END IF;
+            END;
+        END LOOP;
+        COMMIT;
+        EXIT WHEN clock_timestamp() >= until;
+        PERFORM pg_catalog.pg_sleep(0.005);
+    END LOOP;
+    FOR i IN 1 .. cardinality(nodes) LOOP
+        conn := 'digitaltwin_relay_' || nodes[i];
+        IF conn = ANY (coalesce(digitaltwin_cluster.dblink_get_connections(), '{}')) THEN
+            PERFORM digitaltwin_cluster.dblink_disconnect(conn);
+        END IF;
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE digitaltwin.cluster_relay(interval) IS
+'On a coordinator: forwards every node''s NOTIFY digitaltwin_alerts and digitaltwin_outbox to the coordinator''s channels of the same names, with "node" in the JSON payload, for duration (NULL: until cancelled).  Run it with CALL outside a transaction block, under a supervisor.  Notifications are hints (at most once, none while the relay is down): confirm in cluster_alerts by (node, id).  For superusers.';
+REVOKE ALL ON PROCEDURE digitaltwin.cluster_relay(interval) FROM PUBLIC;

@@ -212,6 +212,50 @@ $nodes[0]->safe_psql('postgres', qq{
 INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', '$ours', '{"v": 1}')});
 pass('node n1 takes a twin it owns');
 
+# one listener for every node (1.11): cluster_relay() forwards each
+# node's alerts to the coordinator's channel, with the node's name
+my ($rin, $rout, $rerr) = ('', '', '');
+my $relay = IPC::Run::start(
+	[ 'psql', '-X', '-d', $coord->connstr('postgres'), '-c', q{CALL digitaltwin.cluster_relay('60s')} ],
+	'<', \$rin, '>', \$rout, '2>', \$rerr);
+for my $n (@nodes)
+{
+	$n->poll_query_until('postgres',
+		q{SELECT count(*) = 1 FROM pg_stat_activity WHERE query = 'LISTEN digitaltwin_outbox'})
+	  or die 'the relay does not listen on the node';
+}
+my ($lin, $lout, $lerr) = ("LISTEN digitaltwin_alerts;\n", '', '');
+my $listener = IPC::Run::start([ 'psql', '-X', '-d', $coord->connstr('postgres') ],
+	'<', \$lin, '>', \$lout, '2>', \$lerr, IPC::Run::timeout(120));
+$listener->pump while length $lin;
+$coord->safe_psql('postgres', q{
+INSERT INTO digitaltwin.cluster_events (model, twin_id, payload)
+SELECT 'acc', 'relay' || i, jsonb_build_object('v', 10 * i) FROM generate_series(1, 20) i;
+SELECT digitaltwin.cluster_wait_idle('60s');
+});
+my @heard;
+for (1 .. 600)
+{
+	$lin .= "SELECT 'ping';\n";
+	$listener->pump while length $lin;
+	$listener->pump until $lout =~ /ping/;
+	@heard = $lout =~ /notification "digitaltwin_alerts" with payload "(.*?)" received/g;
+	last if @heard >= 20;
+	$lout =~ s/ping//g;
+	select(undef, undef, undef, 0.1);
+}
+$lin .= "\\q\n";
+$listener->finish;
+is(scalar(@heard), 20, 'the listener on the coordinator heard the twenty alerts of both nodes');
+my $pairs = join(',', map { /"id": (\d+).*"node": "(n\d)"/ ? "('$2',$1)" : "('?',0)" } @heard);
+is( $coord->safe_psql('postgres', qq{
+SELECT count(*) || '/' || count(DISTINCT a.node) FROM (VALUES $pairs) h(node, id)
+JOIN digitaltwin.cluster_alerts a ON a.node = h.node AND a.id = h.id AND a.twin_id LIKE 'relay%'}),
+	'20/2', '... each one an alert of the node it names');
+$coord->safe_psql('postgres', q{
+SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE query LIKE 'CALL digitaltwin.cluster_relay%'});
+$relay->finish;
+
 # a node down: its twins' events fail with an error naming it; the others
 # go on; the global views refuse rather than answer in part
 my $on_n1 = $coord->safe_psql('postgres', q{
