@@ -68,10 +68,13 @@ include $(PGXS)
 # every source file includes both headers
 $(OBJS): src/dt_internal.h include/digitaltwin.h
 
-# Benchmarks start their own throwaway instance (see bench/run.sh).
-.PHONY: bench
+# Benchmarks start their own throwaway instances (see bench/run.sh, and
+# bench/cluster.sh for 1, 2 and 3 nodes behind a coordinator).
+.PHONY: bench bench-cluster
 bench:
 	bash $(srcdir)/bench/run.sh
+bench-cluster:
+	bash $(srcdir)/bench/cluster.sh
 
 # The C example model is built, installed and tested (sql/c_model.sql) with
 # the extension, so that the public header is always exercised.

@@ -2,11 +2,18 @@
 # Install what building and testing digitaltwin needs, from Debian's
 # packages, when it is missing.  Sourced by test.sh, demo.sh and bench.
 #
-# Sets PG_CONFIG and PGBIN for the caller.
+# Sets PG_CONFIG and PGBIN for the caller: Debian's PostgreSQL, or with
+# DT_PGTREE=<dir> the relocated copy of Debian's tree under <dir> (its
+# usr/lib/postgresql/15), so that a benchmark can build the extension into
+# a private tree and run from it without writing to /usr.
 
 PG_MAJOR=15
-PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
-PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
+PG_CONFIG=${DT_PGTREE:-}/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+PGBIN=${DT_PGTREE:-}/usr/lib/postgresql/$PG_MAJOR/bin
+if [ -n "${DT_PGTREE:-}" ] && [ ! -x "$PG_CONFIG" ]; then
+	echo "DT_PGTREE=$DT_PGTREE: no $PG_CONFIG" >&2
+	exit 1
+fi
 export PG_CONFIG PGBIN
 
 dt_missing_packages() {
