@@ -57,6 +57,140 @@ COMMENT ON TRIGGER cluster_ingest_flush ON digitaltwin.cluster_ingest IS
 REVOKE ALL ON digitaltwin.cluster_ingest FROM PUBLIC;
 GRANT INSERT ON digitaltwin.cluster_ingest TO digitaltwin_writer;
 
+-- cluster_ingest sends each node's rows in one statement into the node's
+-- queue: a foreign table per node, digitaltwin_cluster.queue_<node>, with
+-- batches of 1000 rows (postgres_fdw batches per foreign table; through
+-- cluster_events' 32 partitions a statement sends a few rows per
+-- partition).  Writers insert into it as themselves (their user mapping):
+-- digitaltwin_writer may, as it may insert into cluster_events.
+CREATE FUNCTION digitaltwin._cluster_node_queue(node text, server name)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I (model text, twin_id text COLLATE "C", '
+                   'payload jsonb, event_time timestamptz) SERVER %I '
+                   'OPTIONS (schema_name %L, table_name %L, batch_size %L)',
+                   'queue_' || node, server, 'digitaltwin', 'events', '1000');
+    EXECUTE format('GRANT INSERT ON digitaltwin_cluster.%I TO digitaltwin_writer', 'queue_' || node);
+    GRANT USAGE ON SCHEMA digitaltwin_cluster TO digitaltwin_writer;
+END
+$$;
+COMMENT ON FUNCTION digitaltwin._cluster_node_queue(text, name) IS
+'Internal: creates a node''s queue on a coordinator (the foreign table digitaltwin_cluster.queue_<node> that cluster_ingest sends that node''s rows to).';
+REVOKE ALL ON FUNCTION digitaltwin._cluster_node_queue(text, name) FROM PUBLIC;
+
+-- the nodes registered under 1.10 get theirs, and commit at once
+DO $$
+DECLARE
+    n record;
+BEGIN
+    FOR n IN SELECT c.name, c.server FROM digitaltwin.cluster_nodes c LOOP
+        PERFORM digitaltwin._cluster_node_queue(n.name, n.server);
+        IF NOT EXISTS (SELECT FROM pg_foreign_server s, unnest(s.srvoptions) o
+                       WHERE s.srvname = n.server AND o LIKE 'parallel\_commit=%') THEN
+            EXECUTE format('ALTER SERVER %I OPTIONS (ADD parallel_commit %L)', n.server, 'true');
+        END IF;
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION digitaltwin.cluster_add_node(name text, host text, port integer,
+                                             dbname text DEFAULT current_database())
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    server name := 'digitaltwin_node_' || cluster_add_node.name;
+    twins bigint;
+BEGIN
+    IF cluster_add_node.name IS NULL OR cluster_add_node.name !~ '^[a-z][a-z0-9_]{0,39}$' THEN
+        RAISE EXCEPTION 'invalid node name %', coalesce(quote_literal(cluster_add_node.name), 'NULL')
+            USING ERRCODE = '22023',
+                  HINT = 'A node name is a lower-case letter followed by up to 39 lower-case letters, digits or underscores.';
+    END IF;
+    IF EXISTS (SELECT FROM digitaltwin.cluster_map) THEN
+        RAISE EXCEPTION 'the cluster is already set up'
+            USING ERRCODE = '55000',
+                  DETAIL = 'Adding a node to a cluster in use would move partitions; that is not available yet.';
+    END IF;
+    -- the schema's objects are written as superuser (cluster_setup()): a
+    -- schema someone else made first could hold their own "shard_" table
+    -- with a trigger in place of ours
+    IF EXISTS (SELECT FROM pg_namespace n JOIN pg_roles r ON r.oid = n.nspowner
+               WHERE n.nspname = 'digitaltwin_cluster' AND NOT r.rolsuper) THEN
+        RAISE EXCEPTION 'schema digitaltwin_cluster is not owned by a superuser'
+            USING ERRCODE = '42501',
+                  HINT = 'Drop it or give it to a superuser: the cluster''s objects live there.';
+    END IF;
+    CREATE SCHEMA IF NOT EXISTS digitaltwin_cluster;
+    IF EXISTS (SELECT FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+               WHERE e.extname IN ('postgres_fdw', 'dblink') AND n.nspname <> 'digitaltwin_cluster') THEN
+        RAISE EXCEPTION 'postgres_fdw or dblink is installed in another schema'
+            USING ERRCODE = '55000',
+                  HINT = 'Move it with ALTER EXTENSION ... SET SCHEMA digitaltwin_cluster.';
+    END IF;
+    CREATE EXTENSION IF NOT EXISTS postgres_fdw SCHEMA digitaltwin_cluster;
+    CREATE EXTENSION IF NOT EXISTS dblink SCHEMA digitaltwin_cluster;
+    -- parallel_commit: a statement's nodes commit at once, not in turn
+    EXECUTE format('CREATE SERVER %I FOREIGN DATA WRAPPER postgres_fdw '
+                   'OPTIONS (host %L, port %L, dbname %L, batch_size %L, async_capable %L, fetch_size %L, '
+                   'parallel_commit %L)',
+                   server, host, port::text, dbname, '100', 'true', '10000', 'true');
+    -- each local role connects as the remote role of the same name
+    EXECUTE format('CREATE USER MAPPING FOR PUBLIC SERVER %I', server);
+    INSERT INTO digitaltwin.cluster_nodes (name, host, port, dbname, server)
+    VALUES (cluster_add_node.name, host, port, dbname, server);
+    -- a node starts empty: twins made before the routing might be of
+    -- partitions another node will own, and get a second copy there
+    SELECT r.n INTO twins
+    FROM digitaltwin_cluster.dblink(server::text,
+             'SELECT (SELECT count(*) FROM digitaltwin.twin_state) + '
+             '(SELECT count(*) FROM digitaltwin.events) + '
+             '(SELECT count(*) FROM digitaltwin.held_events) + '
+             '(SELECT count(*) FROM digitaltwin.timer_state)') AS r(n bigint);
+    IF twins > 0 THEN
+        RAISE EXCEPTION 'node % already has twins, events or timers', cluster_add_node.name
+            USING ERRCODE = '55000',
+                  HINT = 'A node joins a cluster empty; drop its models, or start from a new database.';
+    END IF;
+
+    PERFORM digitaltwin._cluster_node_queue(cluster_add_node.name, server);
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I (name text) SERVER %I '
+                   'OPTIONS (schema_name %L, table_name %L)',
+                   'node_name_' || cluster_add_node.name, server, 'digitaltwin', 'cluster_node_name');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I (modulus integer, remainder integer) SERVER %I '
+                   'OPTIONS (schema_name %L, table_name %L)',
+                   'shard_' || cluster_add_node.name, server, 'digitaltwin', 'cluster_shard');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_twins '
+                   'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   'twins_' || cluster_add_node.name, cluster_add_node.name, server,
+                   'digitaltwin', 'cluster_local_twins');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_alerts '
+                   'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   'alerts_' || cluster_add_node.name, cluster_add_node.name, server,
+                   'digitaltwin', 'cluster_local_alerts');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_stats '
+                   'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   'stats_' || cluster_add_node.name, cluster_add_node.name, server,
+                   'digitaltwin', 'cluster_local_stats');
+    EXECUTE format('CREATE FOREIGN TABLE digitaltwin_cluster.%I PARTITION OF digitaltwin.cluster_model_stats '
+                   'FOR VALUES IN (%L) SERVER %I OPTIONS (schema_name %L, table_name %L)',
+                   'model_stats_' || cluster_add_node.name, cluster_add_node.name, server,
+                   'digitaltwin', 'cluster_local_model_stats');
+    -- the node learns its name (and that it owns nothing yet)
+    EXECUTE format('DELETE FROM digitaltwin_cluster.%I', 'node_name_' || cluster_add_node.name);
+    EXECUTE format('INSERT INTO digitaltwin_cluster.%I (name) VALUES (%L)',
+                   'node_name_' || cluster_add_node.name, cluster_add_node.name);
+    EXECUTE format('DELETE FROM digitaltwin_cluster.%I', 'shard_' || cluster_add_node.name);
+END
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_add_node(text, text, integer, text) IS
+'On a coordinator: registers a node (a postgres_fdw server with a user mapping for PUBLIC, in schema digitaltwin_cluster), its queue for cluster_ingest, its partitions of cluster_twins and cluster_alerts, and tells the node its name.  Before cluster_setup().  For superusers.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_add_node(text, text, integer, text) FROM PUBLIC;
+
 -- Growing: move one hash partition's twins to another node.  Inserts
 -- through the coordinator wait (they do not fail) until the move commits:
 -- all partitions' inserts, because swapping a foreign partition takes

@@ -61,7 +61,7 @@ dt_cluster_shard_invalidate(Datum arg, Oid relid)
 }
 
 /* The hash partition of a twin id, as PostgreSQL routes it. */
-static int
+int
 dt_cluster_partition(text *twin_id, int modulus)
 {
 	uint64		hash;

@@ -34,7 +34,8 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "executor/tuptable.h"
-#include "utils/datum.h"
+#include "storage/lmgr.h"
+#include "utils/builtins.h"
 #include "utils/memutils.h"
 
 #include "dt_internal.h"
@@ -70,14 +71,6 @@ static const Oid ingest_array_types[DT_INGEST_COLUMNS] = {
 	TEXTARRAYOID, TEXTARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID
 };
 
-/*
- * Qualified throughout: it runs as the caller, whose search_path may hold
- * anything.
- */
-static const char *ingest_sql =
-"INSERT INTO digitaltwin.cluster_events (model, twin_id, payload, event_time) "
-"SELECT u.m, u.t, u.p, u.e FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-"pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(m, t, p, e)";
 
 static void
 ingest_pop(void)
@@ -168,34 +161,149 @@ ingest_buffer_for_level(int level)
 }
 
 /*
- * Send the buffered rows: one statement, which routes them to the nodes.
- * The arrays are built beside the values, all thrown away after.
+ * Qualified throughout: it runs as the caller, whose search_path may hold
+ * anything.  %s: the target, digitaltwin.cluster_events or a node's queue.
+ */
+static const char *ingest_sql_format =
+"INSERT INTO %s (model, twin_id, payload, event_time) "
+"SELECT u.m, u.t, u.p, u.e FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+"pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(m, t, p, e)";
+
+/* One INSERT of the rows rows[0..n-1] of the buffer into target. */
+static void
+ingest_insert(IngestBuffer *b, const char *target, const int *rows, int n)
+{
+	Datum		args[DT_INGEST_COLUMNS];
+	Oid			argtypes[DT_INGEST_COLUMNS];
+	Datum	   *values = palloc(sizeof(Datum) * n);
+	bool	   *nulls = palloc(sizeof(bool) * n);
+	int			ret;
+
+	for (int c = 0; c < DT_INGEST_COLUMNS; c++)
+	{
+		for (int i = 0; i < n; i++)
+		{
+			values[i] = b->values[c][rows[i]];
+			nulls[i] = b->nulls[c][rows[i]];
+		}
+		args[c] = dt_make_array(values, nulls, n, ingest_types[c]);
+		argtypes[c] = ingest_array_types[c];
+	}
+	ret = SPI_execute_with_args(psprintf(ingest_sql_format, target), DT_INGEST_COLUMNS,
+								argtypes, args, NULL, false, 0);
+	if (ret != SPI_OK_INSERT)
+		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
+}
+
+/*
+ * The map of a set-up cluster: node of each partition (NULL: not set up,
+ * or not a coordinator).  Read as the caller, with a snapshot taken after
+ * the lock on cluster_events that a partition's move holds exclusively:
+ * a move either committed before (its map is read) or waits for this
+ * statement's transaction.
+ */
+static char **
+ingest_read_map(int *modulus)
+{
+	char	  **nodes;
+	int			ret;
+
+	ret = SPI_execute("SELECT m.partition, m.modulus, m.node FROM digitaltwin.cluster_map m",
+					  false, 0);
+	if (ret != SPI_OK_SELECT)
+		elog(ERROR, "SPI_execute failed: %s", SPI_result_code_string(ret));
+	if (SPI_processed == 0)
+		return NULL;
+	*modulus = atoi(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+	nodes = palloc0(sizeof(char *) * *modulus);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		int			partition = atoi(SPI_getvalue(SPI_tuptable->vals[i],
+												  SPI_tuptable->tupdesc, 1));
+
+		if (partition < 0 || partition >= *modulus)
+			elog(ERROR, "digitaltwin.cluster_map has partition %d of %d", partition, *modulus);
+		nodes[partition] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+	}
+	return nodes;
+}
+
+/*
+ * Send the buffered rows.  On a coordinator, one INSERT per node into its
+ * queue (the foreign table digitaltwin_cluster.queue_<node>, batch_size
+ * 1000): postgres_fdw batches per foreign table, so going through
+ * cluster_events' partitions would send a few rows per partition and round
+ * trip.  The partition is computed as PostgreSQL routes the row, and the
+ * node's guard checks it again.  Rows without a twin id, and everything
+ * when there is no map (no cluster set up; a test's local partition), go
+ * through cluster_events, which routes or refuses them.
  */
 static void
 ingest_send(IngestBuffer *b)
 {
-	Datum		args[DT_INGEST_COLUMNS];
-	Oid			argtypes[DT_INGEST_COLUMNS];
 	MemoryContext old;
-	int			ret;
+	char	  **nodes;
+	int			modulus = 0;
+	int		   *rows;
 
 	if (b->nrows == 0)
 		return;
 	old = MemoryContextSwitchTo(b->rows_cxt);
-	for (int c = 0; c < DT_INGEST_COLUMNS; c++)
-	{
-		args[c] = dt_make_array(b->values[c], b->nulls[c], b->nrows, ingest_types[c]);
-		argtypes[c] = ingest_array_types[c];
-	}
-	MemoryContextSwitchTo(old);
-
 	SPI_connect();
-	ret = SPI_execute_with_args(ingest_sql, DT_INGEST_COLUMNS, argtypes, args,
-								NULL, false, 0);
-	if (ret != SPI_OK_INSERT)
-		elog(ERROR, "SPI_execute_with_args failed: %s", SPI_result_code_string(ret));
-	SPI_finish();
+	LockRelationOid(dt_extension_relid("cluster_events"), RowExclusiveLock);
+	nodes = ingest_read_map(&modulus);
+	rows = palloc(sizeof(int) * b->nrows);
+	if (nodes == NULL)
+	{
+		for (int i = 0; i < b->nrows; i++)
+			rows[i] = i;
+		ingest_insert(b, "digitaltwin.cluster_events", rows, b->nrows);
+	}
+	else
+	{
+		int		   *partition = palloc(sizeof(int) * b->nrows);
+		bool	   *sent = palloc0(sizeof(bool) * b->nrows);
+		int			n = 0;
 
+		/* no twin id: cluster_events refuses it as it would any such row */
+		for (int i = 0; i < b->nrows; i++)
+		{
+			if (b->nulls[1][i])
+			{
+				rows[n++] = i;
+				sent[i] = true;
+			}
+			else
+				partition[i] = dt_cluster_partition((text *) DatumGetPointer(b->values[1][i]),
+													modulus);
+		}
+		if (n > 0)
+			ingest_insert(b, "digitaltwin.cluster_events", rows, n);
+
+		/* then the rows of each node, in one statement per node */
+		for (int i = 0; i < b->nrows; i++)
+		{
+			const char *node = nodes[partition[i]];
+
+			if (sent[i])
+				continue;
+			if (node == NULL)
+				elog(ERROR, "digitaltwin.cluster_map has no partition %d", partition[i]);
+			n = 0;
+			for (int j = i; j < b->nrows; j++)
+				if (!sent[j] && nodes[partition[j]] != NULL &&
+					strcmp(nodes[partition[j]], node) == 0)
+				{
+					rows[n++] = j;
+					sent[j] = true;
+				}
+			ingest_insert(b, psprintf("digitaltwin_cluster.%s",
+									  quote_identifier(psprintf("queue_%s", node))),
+						  rows, n);
+		}
+	}
+	SPI_finish();
+	MemoryContextSwitchTo(old);
 	MemoryContextReset(b->rows_cxt);
 	b->nrows = 0;
 	b->bytes = 0;

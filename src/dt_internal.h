@@ -465,6 +465,7 @@ extern char *dt_model_granted_to(Oid role);
 /* cluster.c: a node's shard guard */
 extern void dt_cluster_check_owner(const char *model, text *twin_id);
 extern bool dt_cluster_owns(const char *twin_id);
+extern int	dt_cluster_partition(text *twin_id, int modulus);
 extern void dt_model_grants_drop_role(Oid role);
 
 /* worker-side model cache (model.c) */
