@@ -162,6 +162,7 @@ INSERT INTO digitaltwin.events (model, twin_id, payload)
 SELECT model, twin_id, payload FROM ev WHERE (seq - 1) / $ROWS = (SELECT nextval('slice') - 1);
 EOS
 sed 's/digitaltwin\.events/digitaltwin.cluster_events/' "$BASE/multi_local.sql" >"$BASE/multi_routed.sql"
+sed 's/digitaltwin\.events/digitaltwin.cluster_ingest/' "$BASE/multi_local.sql" >"$BASE/multi_ingest.sql"
 cat >"$BASE/single_routed.sql" <<EOS
 \set t random(1, $TWINS)
 \set b random(60, 130)
@@ -183,6 +184,7 @@ local_all() {
 }
 local_copy() { q "$1" -c "COPY digitaltwin.events (model, twin_id, payload) FROM '$BASE/events_$1.tsv'"; }
 routed_multi() { multi coord multi_routed.sql "$EVENTS"; }
+ingest_multi() { multi coord multi_ingest.sql "$EVENTS"; }
 routed_single() {
 	bench_pgbench coord -c "$CLIENTS" -j 2 -t $((SINGLE_EVENTS / CLIENTS)) -f "$BASE/single_routed.sql"
 }
@@ -301,6 +303,9 @@ for N in $NODES; do
 		r=$(timed wait_cluster routed_copy cluster_ingest)
 		record "COPY cluster_ingest" "$EVENTS" "$r" "COPY into cluster_ingest (batched per node)"
 		SENT=$((SENT + REPEAT * EVENTS))
+		r=$(timed wait_cluster ingest_multi)
+		record "multi-row cluster_ingest" "$EVENTS" "$r" "INSERT into cluster_ingest, $ROWS rows each"
+		SENT=$((SENT + REPEAT * EVENTS))
 	else
 		echo "  COPY cluster_ingest: n/a (no digitaltwin.cluster_ingest on the coordinator)"
 	fi
@@ -356,7 +361,7 @@ c=(); for N in $NODES; do c+=("$(cell "$N|local multi-row, all at once")"); done
 row "local multi-row, all nodes at once" "${c[@]}"
 c=(); for N in $NODES; do c+=("$(k "${SUMC_ING[$N]}") / $(k "${SUMC_E2E[$N]}")"); done
 row "sum of local COPY (one at a time)" "${c[@]}"
-ROUTED=("routed multi-row" "routed single-row" "routed COPY" "COPY cluster_ingest")
+ROUTED=("routed multi-row" "routed single-row" "routed COPY" "COPY cluster_ingest" "multi-row cluster_ingest")
 for m in "${ROUTED[@]}"; do
 	c=(); for N in $NODES; do c+=("$(cell "$N|$m")"); done
 	row "$m" "${c[@]}"
