@@ -132,6 +132,21 @@ sub start_copy_stream
 		'>', \$out, '2>', \$err);
 }
 
+# On a coordinator: how many twins of model acc whose id is LIKE $like
+# differ from the events of table $table (twin, v) applied once each, read
+# through digitaltwin.cluster_twins (every node).
+sub cluster_mismatches
+{
+	my ($coord, $table, $like) = @_;
+	return $coord->safe_psql('postgres', qq{
+SELECT count(*)
+FROM (SELECT twin, count(*) AS n, sum(v) AS s FROM $table GROUP BY twin) e
+FULL JOIN (SELECT twin_id, (state->>'n')::bigint AS n, (state->>'sum')::bigint AS s
+           FROM digitaltwin.cluster_twins WHERE model = 'acc' AND twin_id LIKE '$like') t
+  ON t.twin_id = e.twin
+WHERE e.n IS DISTINCT FROM t.n OR e.s IS DISTINCT FROM t.s});
+}
+
 # Check that the live twins, the durable state and the alerts of database
 # $db (default postgres) equal the effect of applying each committed event
 # of its "sent" exactly once.
