@@ -111,11 +111,8 @@ BEGIN
             USING ERRCODE = '22023',
                   HINT = 'A node name is a lower-case letter followed by up to 39 lower-case letters, digits or underscores.';
     END IF;
-    IF EXISTS (SELECT FROM digitaltwin.cluster_map) THEN
-        RAISE EXCEPTION 'the cluster is already set up'
-            USING ERRCODE = '55000',
-                  DETAIL = 'Adding a node to a cluster in use would move partitions; that is not available yet.';
-    END IF;
+    -- (from 1.11 also to a cluster in use: the node owns no partition, and
+    -- refuses every event, until cluster_move_partition() gives it some)
     -- the schema's objects are written as superuser (cluster_setup()): a
     -- schema someone else made first could hold their own "shard_" table
     -- with a trigger in place of ours
@@ -188,7 +185,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION digitaltwin.cluster_add_node(text, text, integer, text) IS
-'On a coordinator: registers a node (a postgres_fdw server with a user mapping for PUBLIC, in schema digitaltwin_cluster), its queue for cluster_ingest, its partitions of cluster_twins and cluster_alerts, and tells the node its name.  Before cluster_setup().  For superusers.';
+'On a coordinator: registers a node (a postgres_fdw server with a user mapping for PUBLIC, in schema digitaltwin_cluster), its queue for cluster_ingest, its partitions of cluster_twins and cluster_alerts, and tells the node its name.  Before cluster_setup(), or after it: the node then owns no partition until cluster_move_partition() moves some to it.  For superusers.';
 REVOKE ALL ON FUNCTION digitaltwin.cluster_add_node(text, text, integer, text) FROM PUBLIC;
 
 -- Growing: move one hash partition's twins to another node.  Inserts

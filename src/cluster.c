@@ -47,7 +47,8 @@ static bool shard_valid = false;
 static bool callback_registered = false;
 static uint64 shard_generation = 0;	/* bumped by every invalidation */
 static Oid	shard_relid = InvalidOid;
-static int	shard_modulus = 0;	/* 0: not a node of a cluster */
+static int	shard_modulus = 0;	/* 0: owns no partition */
+static bool shard_named = false;	/* a node of a cluster (it has a name) */
 static bool *shard_owned = NULL;	/* [modulus], in TopMemoryContext */
 
 static void
@@ -87,6 +88,7 @@ dt_cluster_shard_load(void)
 	uint64		generation;
 	int			modulus = 0;
 	bool	   *owned = NULL;
+	bool		named = false;
 	uint64		i;
 
 	if (!callback_registered)
@@ -100,6 +102,8 @@ dt_cluster_shard_load(void)
 	{
 		shard_relid = dt_extension_relid("cluster_shard");
 		dt_trusted_enter(&scope);
+		dt_spi_read_latest("SELECT 1 FROM digitaltwin.cluster_node_name");
+		named = SPI_processed > 0;
 		dt_spi_read_latest("SELECT modulus, remainder FROM digitaltwin.cluster_shard "
 						   "ORDER BY modulus");
 		for (i = 0; i < SPI_processed; i++)
@@ -125,6 +129,7 @@ dt_cluster_shard_load(void)
 		pfree(shard_owned);
 	shard_owned = owned;
 	shard_modulus = modulus;
+	shard_named = named;
 	shard_valid = (generation == shard_generation);
 }
 
@@ -139,8 +144,15 @@ dt_cluster_check_owner(const char *model, text *twin_id)
 
 	if (!shard_valid)
 		dt_cluster_shard_load();
-	if (shard_modulus == 0)
+	if (shard_modulus == 0 && !shard_named)
 		return;
+	if (shard_modulus == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CHECK_VIOLATION),
+				 errmsg("twin \"%s\" of model \"%s\" belongs to another node",
+						text_to_cstring(twin_id), model),
+				 errdetail("This node of a cluster owns no partition yet."),
+				 errhint("Send events through digitaltwin.cluster_events on the coordinator.")));
 	partition = dt_cluster_partition(twin_id, shard_modulus);
 	if (!shard_owned[partition])
 		ereport(ERROR,
@@ -167,7 +179,7 @@ dt_cluster_owns(const char *twin_id)
 	if (!shard_valid)
 		dt_cluster_shard_load();
 	if (shard_modulus == 0)
-		return true;
+		return !shard_named;
 	t = cstring_to_text(twin_id);
 	owned = shard_owned[dt_cluster_partition(t, shard_modulus)];
 	pfree(t);

@@ -168,6 +168,34 @@ $coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('60s')});
 is($nodes[0]->safe_psql('postgres', qq{SELECT state->>'sum' FROM digitaltwin.twins WHERE twin_id = '$only_twin'}),
 	'3', '... and serves it');
 
+# growing: a node added to the running cluster owns nothing (and refuses
+# every event) until a partition is moved to it
+my $n3 = DtTest::new_node('n3', "max_prepared_transactions = 10\n");
+$n3->start;
+DtTest::create_model($n3);
+$coord->safe_psql('postgres', sprintf(
+	q{SELECT digitaltwin.cluster_add_node('n3', '%s', %d, 'postgres')}, $n3->host, $n3->port));
+($ret, $out, $err) = $n3->psql('postgres', q{
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', 't1', '{"v": 1}')});
+like($err, qr/owns no partition yet/, 'a node added to a running cluster refuses events until it owns a partition');
+my $before = $coord->safe_psql('postgres', 'SELECT count(*) FROM sent');
+my $stream2 = DtTest::start_pgbench($coord, $script, 2, 5);
+$coord->poll_query_until('postgres', "SELECT count(*) > $before + 500 FROM sent")
+  or die 'the second stream did not start';
+cmp_ok($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_move_partition(6, 'n3')}),
+	'>', 0, 'partition 6 moved to the new node while events stream');
+$stream2->finish;
+is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('120s')}), 't', 'idle');
+is($n3->safe_psql('postgres', 'SELECT string_agg(remainder::text, \',\') FROM digitaltwin.cluster_shard'),
+	'6', 'n3 owns partition 6');
+is( $coord->safe_psql('postgres', q{
+SELECT count(*) FROM digitaltwin.cluster_twins t
+JOIN digitaltwin.cluster_partitions p ON p.partition = digitaltwin.cluster_partition_of(t.twin_id, 8)
+WHERE p.node <> t.node OR (p.partition = 6) <> (t.node = 'n3')}),
+	'0', 'the twins of partition 6, and only they, are on n3');
+is(DtTest::cluster_mismatches($coord, 'sent', 't%'), '0',
+	'each twin equals its events applied once, across both moves');
+
 ($ret, $out, $err) = $coord->psql('postgres', q{SELECT digitaltwin.cluster_move_partition(99, 'n2')},
 	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
 like($err, qr/22023: partition 99 does not exist/, 'an unknown partition is refused');
@@ -176,5 +204,5 @@ like($err, qr/node 'n9' is not registered/, 'an unknown node is refused');
 is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_move_partition(0, 'n2')}),
 	'0', 'moving a partition to its own node does nothing');
 
-$_->stop for ($coord, @nodes);
+$_->stop for ($coord, @nodes, $n3);
 done_testing();
