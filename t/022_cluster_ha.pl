@@ -347,6 +347,17 @@ SELECT digitaltwin.cluster_exec('CREATE TABLE after_failover (i int)')}), '2',
 	'cluster_exec after the failover');
 is($n1s->safe_psql('postgres', q{SELECT count(*) FROM pg_class WHERE relname = 'after_failover'}),
 	'1', '... reached the new primary');
+is($n1s->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts'), '0',
+	'... and left no prepared transaction there');
+
+# the promoted node still refuses the twins of another node
+my $theirs = $coord->safe_psql('postgres', q{
+SELECT 'x' || i FROM generate_series(1, 1000) i
+WHERE digitaltwin.cluster_node_of('x' || i) = 'n2' LIMIT 1});
+($ret, $out, $err) = $n1s->psql('postgres', qq{
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('seq', '$theirs', '{"seq": 1}')});
+like($err, qr/twin "$theirs" of model "seq" belongs to another node/,
+	'the promoted node keeps its shard guard');
 
 open my $stop, '>', $stop_file or die $!;
 close $stop;
