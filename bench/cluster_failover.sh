@@ -21,13 +21,16 @@
 # Builds and installs the extension into PGTREE (a relocatable copy of
 # Debian's PostgreSQL 15 tree) when it is set, else into Debian's tree (as
 # root, installing missing packages).  Parameters (environment): TWINS,
-# WORKERS (2), PGTREE.
+# WORKERS (2), VACUUM (1: VACUUM twin_state on the primary before the
+# standby is made, as a table that has settled; default 0: the twins were
+# just written, the worst case), PGTREE.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/scripts/deps.sh"
 TWINS=${TWINS:-1000000}
 WORKERS=${WORKERS:-2}
+VACUUM=${VACUUM:-0}
 
 if [ -n "${PGTREE:-}" ]; then
 	PG_CONFIG=$PGTREE/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
@@ -85,6 +88,12 @@ dt_psql -c "INSERT INTO digitaltwin.events (model, twin_id, payload)
             FROM generate_series(1, $TWINS) i" >/dev/null
 dt_psql -At -c "SELECT digitaltwin.wait_idle('900s')" | grep -qx t
 echo "  created in $(($(now_ms) - t0)) ms"
+if [ "$VACUUM" = 1 ]; then
+	# as autovacuum leaves a table that has settled: hint bits set and
+	# pages marked all-visible, which the standby receives with the WAL
+	dt_psql -c "VACUUM digitaltwin.twin_state"
+	echo "  twin_state vacuumed"
+fi
 dt_psql -c "CHECKPOINT"
 
 echo "== a synchronous standby"
