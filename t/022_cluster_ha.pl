@@ -100,6 +100,13 @@ FROM digitaltwin.cluster_twins WHERE model = 'acc' AND node = '%s'};
 my %acc_before = map { ($_ => $coord->safe_psql('postgres', sprintf($acc_twins, $_))) } qw(n1 n2);
 my $n2_workers = DtTest::worker_pids($n2);
 
+# a coordinator session with a connection to n1's primary, idle through the
+# failover
+my $idle = $coord->background_psql('postgres');
+my $n1_count = q{SELECT count(*) FROM digitaltwin.cluster_twins WHERE node = 'n1' AND model = 'acc'};
+is($idle->query_safe($n1_count), (split m{/}, $acc_before{n1})[0],
+	'a session reads n1 before the failover');
+
 # ------------------------------------------------------------------
 # The sender: one coordinator session (a psql kept open) streaming events
 # of model 'seq' to twins q1..q200, one INSERT per node of ten twins, each
@@ -336,6 +343,13 @@ pass('the promoted node\'s workers rebuilt its twins');
 
 wait_sender('n1 events after the failover', sub { $_[0]{n1_after_failure} >= 300 });
 pass('the sender\'s session reaches the new primary (its broken connection was replaced)');
+
+# the idle session's connection died with the old primary: postgres_fdw
+# finds it broken when the next transaction uses it, and connects again,
+# to the primary of the two
+is($idle->query_safe($n1_count), (split m{/}, $acc_before{n1})[0],
+	'the session that was connected to the old primary reads the new one at once');
+$idle->quit;
 
 # the global views, cluster_exec and cluster_wait_idle with the new primary
 is( $coord->safe_psql('postgres', q{
