@@ -62,7 +62,9 @@ worker_logs() {
 		grep -o 'digitaltwin worker [0-9]* loaded [0-9]* twins and [0-9]* timers in [0-9.]* ms' | sed 's/^/  /'
 }
 cleanup() {
-	[ -n "${DT_DIR:-}" ] && dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/standby" -m immediate stop >/dev/null 2>&1
+	if [ -n "${DT_DIR:-}" ] && [ -d "$DT_DIR/standby" ]; then
+		dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/standby" -m immediate stop >/dev/null 2>&1 || true
+	fi
 	dt_instance_stop
 }
 trap cleanup EXIT
