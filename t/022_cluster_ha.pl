@@ -10,7 +10,8 @@
 # resending; node n2 goes on taking events while n1 is down; the promoted
 # node's workers rebuild its twins from the replicated durable state; the
 # global views, cluster_exec() and cluster_wait_idle() reach the new
-# primary through the same server.
+# primary through the same server, and so does, at its first query, a
+# coordinator session that was connected to the old primary.
 use strict;
 use warnings;
 
