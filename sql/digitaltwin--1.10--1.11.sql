@@ -188,6 +188,143 @@ COMMENT ON FUNCTION digitaltwin.cluster_add_node(text, text, integer, text) IS
 'On a coordinator: registers a node (a postgres_fdw server with a user mapping for PUBLIC, in schema digitaltwin_cluster), its queue for cluster_ingest, its partitions of cluster_twins and cluster_alerts, and tells the node its name.  Before cluster_setup(), or after it: the node then owns no partition until cluster_move_partition() moves some to it.  For superusers.';
 REVOKE ALL ON FUNCTION digitaltwin.cluster_add_node(text, text, integer, text) FROM PUBLIC;
 
+-- cluster_wait_idle() and cluster_exec() name the node an error comes from
+-- (dblink's own errors do not: a connection refused says host and port).
+CREATE OR REPLACE FUNCTION digitaltwin.cluster_wait_idle(timeout interval DEFAULT '60s')
+RETURNS boolean
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n record;
+    idle boolean;
+    all_idle boolean := true;
+    e_state text;
+    e_message text;
+    e_detail text;
+BEGIN
+    -- dblink, not postgres_fdw: wait_idle() cannot run in the REPEATABLE
+    -- READ transactions postgres_fdw opens on the nodes
+    FOR n IN SELECT c.name, c.server FROM digitaltwin.cluster_nodes c ORDER BY c.name LOOP
+        BEGIN
+            SELECT r.idle INTO idle
+            FROM digitaltwin_cluster.dblink(n.server::text,
+                     format('SELECT digitaltwin.wait_idle(%L)', timeout)) AS r(idle boolean);
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_message = MESSAGE_TEXT,
+                                    e_detail = PG_EXCEPTION_DETAIL;
+            RAISE EXCEPTION 'node %: %', n.name, e_message
+                USING ERRCODE = e_state, DETAIL = coalesce(e_detail, '');
+        END;
+        all_idle := all_idle AND idle;
+    END LOOP;
+    RETURN all_idle;
+END
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_wait_idle(interval) IS
+'On a coordinator: waits on every node, in turn, until the events committed there before the call are processed; false if one timed out.  For superusers.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_wait_idle(interval) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION digitaltwin.cluster_exec(sql text)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    n record;
+    -- the node's name in it too: nodes may be databases of one instance
+    gid_prefix text := format('digitaltwin_exec_%s_%s', txid_current(),
+                              (extract(epoch FROM clock_timestamp()) * 1000000)::bigint);
+    opened text[] := '{}';
+    failed text[] := '{}';
+    c text;
+    tag text;
+    at_node text;
+    e_state text;
+    e_message text;
+    e_detail text;
+    e_hint text;
+BEGIN
+    IF sql IS NULL THEN
+        RAISE EXCEPTION 'sql must not be null' USING ERRCODE = '22004';
+    END IF;
+    IF NOT EXISTS (SELECT FROM digitaltwin.cluster_nodes) THEN
+        RAISE EXCEPTION 'the cluster has no nodes'
+            USING ERRCODE = '55000', HINT = 'Register them with digitaltwin.cluster_add_node() first.';
+    END IF;
+    BEGIN
+        FOR n IN SELECT c2.name, c2.server FROM digitaltwin.cluster_nodes c2 ORDER BY c2.name LOOP
+            c := 'digitaltwin_exec_' || n.name;
+            at_node := n.name;
+            IF c = ANY (coalesce(digitaltwin_cluster.dblink_get_connections(), '{}')) THEN
+                PERFORM digitaltwin_cluster.dblink_disconnect(c);
+            END IF;
+            PERFORM digitaltwin_cluster.dblink_connect(c, n.server::text);
+            opened := opened || c;
+            PERFORM digitaltwin_cluster.dblink_exec(c, 'BEGIN');
+            PERFORM digitaltwin_cluster.dblink_exec(c, sql);
+            -- a COMMIT or ROLLBACK in sql would make this prepare nothing
+            tag := digitaltwin_cluster.dblink_exec(c, format('PREPARE TRANSACTION %L', gid_prefix || '_' || n.name));
+            IF tag IS DISTINCT FROM 'PREPARE TRANSACTION' THEN
+                RAISE EXCEPTION 'node % did not prepare the transaction', n.name
+                    USING ERRCODE = '25000',
+                          DETAIL = 'The statements must not end their transaction (COMMIT, ROLLBACK).';
+            END IF;
+        END LOOP;
+    EXCEPTION WHEN OTHERS OR query_canceled THEN
+        GET STACKED DIAGNOSTICS e_state = RETURNED_SQLSTATE, e_message = MESSAGE_TEXT,
+                                e_detail = PG_EXCEPTION_DETAIL, e_hint = PG_EXCEPTION_HINT;
+        -- no node keeps anything: every one opened is rolled back, prepared
+        -- or not (a prepared transaction outlives its connection)
+        FOREACH c IN ARRAY opened LOOP
+            BEGIN
+                PERFORM digitaltwin_cluster.dblink_exec(c, 'ROLLBACK');
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            BEGIN
+                PERFORM digitaltwin_cluster.dblink_exec(c, format('ROLLBACK PREPARED %L',
+                            gid_prefix || '_' || substr(c, length('digitaltwin_exec_') + 1)));
+            EXCEPTION WHEN OTHERS THEN
+                NULL;   -- not prepared there
+            END;
+            PERFORM digitaltwin_cluster.dblink_disconnect(c);
+        END LOOP;
+        IF e_state = '57014' THEN
+            RAISE;
+        END IF;
+        -- the node's error, naming the node
+        RAISE EXCEPTION 'node %: %', at_node, e_message
+            USING ERRCODE = e_state, DETAIL = coalesce(e_detail, ''), HINT = coalesce(e_hint, '');
+    END;
+    -- every node prepared: commit them all, whatever fails on one
+    FOREACH c IN ARRAY opened LOOP
+        BEGIN
+            PERFORM digitaltwin_cluster.dblink_exec(c, format('COMMIT PREPARED %L',
+                        gid_prefix || '_' || substr(c, length('digitaltwin_exec_') + 1)));
+        EXCEPTION WHEN OTHERS THEN
+            failed := failed || substr(c, length('digitaltwin_exec_') + 1);
+        END;
+        BEGIN
+            PERFORM digitaltwin_cluster.dblink_disconnect(c);
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+    END LOOP;
+    IF cardinality(failed) > 0 THEN
+        RAISE EXCEPTION 'cluster_exec prepared on every node but could not commit on %',
+                        array_to_string(failed, ', ')
+            USING ERRCODE = '08006',
+                  DETAIL = format('The other nodes committed.  The transactions %s_<node> stay prepared there.', gid_prefix),
+                  HINT = 'When the node is back, COMMIT PREPARED its transaction (see pg_prepared_xacts there).';
+    END IF;
+    RETURN cardinality(opened);
+END
+$$;
+COMMENT ON FUNCTION digitaltwin.cluster_exec(text) IS
+'On a coordinator: runs the statements on every node, all or nothing (two-phase commit: needs max_prepared_transactions > 0 on the nodes); returns the number of nodes.  A node lost between its prepare and its commit keeps a prepared transaction named digitaltwin_exec_..., to COMMIT PREPARED when it is back.  For superusers.';
+REVOKE ALL ON FUNCTION digitaltwin.cluster_exec(text) FROM PUBLIC;
+
 -- Growing: move one hash partition's twins to another node.  Inserts
 -- through the coordinator wait (they do not fail) until the move commits:
 -- all partitions' inserts, because swapping a foreign partition takes

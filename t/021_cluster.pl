@@ -188,7 +188,7 @@ is(join(',', map { $_->safe_psql('postgres', q{SELECT count(*) FROM digitaltwin.
 $nodes[1]->safe_psql('postgres', 'CREATE TABLE clash (i int)');
 ($ret, $out, $err) = $coord->psql('postgres', q{SELECT digitaltwin.cluster_exec('CREATE TABLE clash (i int)')});
 isnt($ret, 0, 'a statement that fails on one node fails cluster_exec');
-like($err, qr/already exists/, '... with that node\'s error');
+like($err, qr/node n2: relation "clash" already exists/, '... with that node\'s error, naming it');
 is($nodes[0]->safe_psql('postgres', q{SELECT count(*) FROM pg_class WHERE relname = 'clash'}),
 	'0', '... and the node where it succeeded keeps nothing');
 is(join(',', map { $_->safe_psql('postgres', 'SELECT count(*) FROM pg_prepared_xacts') } @nodes),
@@ -273,6 +273,9 @@ is( $coord->safe_psql('postgres', q{
 SELECT count(*) FROM digitaltwin.cluster_twins WHERE node = 'n1' AND model = 'acc'}),
 	$on_n1, 'the running node can still be read alone (partition pruning)');
 
+($ret, $out, $err) = $coord->psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('5s')},
+	extra_params => [ '-v', 'VERBOSITY=verbose' ]);
+like($err, qr/08001: node n2: could not establish connection/, 'cluster_wait_idle names the node it cannot reach');
 $nodes[1]->start;
 is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('60s')}), 't',
 	'the cluster is idle again once the node is back');
