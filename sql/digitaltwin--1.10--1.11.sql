@@ -81,13 +81,18 @@ COMMENT ON FUNCTION digitaltwin._cluster_node_queue(text, name) IS
 'Internal: creates a node''s queue on a coordinator (the foreign table digitaltwin_cluster.queue_<node> that cluster_ingest sends that node''s rows to).';
 REVOKE ALL ON FUNCTION digitaltwin._cluster_node_queue(text, name) FROM PUBLIC;
 
--- the nodes registered under 1.10 get theirs, and commit at once
+-- the nodes registered under 1.10 get theirs, and commit at once.  Made
+-- in this script, a queue would be a member of the extension, left out of
+-- pg_dump like the extension's own objects: it is the DBA's, as the
+-- servers and partitions cluster_add_node() makes at run time.
 DO $$
 DECLARE
     n record;
 BEGIN
     FOR n IN SELECT c.name, c.server FROM digitaltwin.cluster_nodes c LOOP
         PERFORM digitaltwin._cluster_node_queue(n.name, n.server);
+        EXECUTE format('ALTER EXTENSION digitaltwin DROP FOREIGN TABLE digitaltwin_cluster.%I',
+                       'queue_' || n.name);
         IF NOT EXISTS (SELECT FROM pg_foreign_server s, unnest(s.srvoptions) o
                        WHERE s.srvname = n.server AND o LIKE 'parallel\_commit=%') THEN
             EXECUTE format('ALTER SERVER %I OPTIONS (ADD parallel_commit %L)', n.server, 'true');

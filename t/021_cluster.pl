@@ -285,5 +285,30 @@ is($coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('60s')})
 like($err, qr/cannot drop extension digitaltwin because it is the coordinator of a cluster/,
 	'DROP EXTENSION without CASCADE is refused on a coordinator');
 
-$_->stop for ($coord, @nodes);
+# the coordinator survives pg_dump and pg_restore into a new instance: its
+# nodes, map, servers, queues and foreign partitions, and it routes and
+# reads as before
+my $dump = $coord->basedir . '/coordinator.dump';
+$coord->command_ok([ 'pg_dump', '-Fc', '-f', $dump, '-d', $coord->connstr('postgres') ],
+	'pg_dump of the coordinator');
+my $coord2 = DtTest::new_node('coord2');
+$coord2->start;
+$coord2->command_ok([ 'pg_restore', '--exit-on-error', '-d', $coord2->connstr('postgres'), $dump ],
+	'pg_restore into a new instance');
+my $map_sql = q{SELECT string_agg(partition || ':' || node, ',' ORDER BY partition) FROM digitaltwin.cluster_partitions};
+is($coord2->safe_psql('postgres', $map_sql), $coord->safe_psql('postgres', $map_sql),
+	'the restored coordinator has the same map');
+$coord->stop;
+my $t42 = $coord2->safe_psql('postgres', q{
+SELECT state->>'n' FROM digitaltwin.cluster_twins WHERE twin_id = 't42'});
+$coord2->safe_psql('postgres', q{
+INSERT INTO digitaltwin.cluster_events (model, twin_id, payload) VALUES ('acc', 't42', '{"v": 1}');
+INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload) VALUES ('acc', 't42', '{"v": 1}');
+SELECT digitaltwin.cluster_wait_idle('60s');
+});
+is($coord2->safe_psql('postgres', q{
+SELECT state->>'n' FROM digitaltwin.cluster_twins WHERE twin_id = 't42' AND node = digitaltwin.cluster_node_of('t42')}),
+	$t42 + 2, 'and routes (cluster_events, cluster_ingest) and reads as the old one');
+
+$_->stop for ($coord2, @nodes);
 done_testing();
