@@ -73,6 +73,19 @@ INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload, event_time)
 VALUES ('m7', 'ok', '{}', now()), ('m7', 'bad', '{}', NULL);
 SELECT count(*) FROM ingest_local WHERE model = 'm7';
 
+-- a trigger on cluster_events that inserts into the view while the view's
+-- rows are being sent: refused (not added to the rows being sent)
+CREATE FUNCTION ingest_again() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload) VALUES ('m9', 'again', '{}');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER again AFTER INSERT ON ingest_local FOR EACH ROW EXECUTE FUNCTION ingest_again();
+INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload) VALUES ('m9', 'first', '{}');
+DROP TRIGGER again ON ingest_local;
+DROP FUNCTION ingest_again();
+SELECT count(*) FROM ingest_local WHERE model = 'm9';
+
 -- the view reads nothing; the trigger functions are not for other tables
 SELECT count(*) FROM digitaltwin.cluster_ingest;
 CREATE TABLE not_ingest (a text, b text, c jsonb, d timestamptz);

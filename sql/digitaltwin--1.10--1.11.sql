@@ -333,28 +333,38 @@ REVOKE ALL ON FUNCTION digitaltwin.cluster_exec(text) FROM PUBLIC;
 -- Growing: move one hash partition's twins to another node.  Inserts
 -- through the coordinator wait (they do not fail) until the move commits:
 -- all partitions' inserts, because swapping a foreign partition takes
--- cluster_events' ACCESS EXCLUSIVE lock, and taking it only at the end,
--- after inserts of the partition were held, would deadlock with them.
+-- cluster_events' ACCESS EXCLUSIVE lock; taken first (within timeout), it
+-- also serializes moves, and the map is read under it.
 --
 -- The steps, each a committed transaction on one node, so that running
 -- the function again after any failure finishes the move (or it is
--- undone: the source owns the partition again):
---   1. the source stops taking the partition's events: it leaves its
---      cluster_shard (its batches in flight and inserts in flight end
---      first); its workers fire no timer of those twins from then on;
---   2. the source processes the events of the partition it has (wait_idle);
---   3. the target takes the twins, timers and held events, and the
+-- undone: the source owns the partition again).  Who owns the partition
+-- is asked of the nodes, not taken from the map, which is the last to
+-- change:
+--   1. the source processes the partition's events (wait_idle), then, in
+--      one transaction that holds its batches (models) and inserts (the
+--      queue) and finds none of them left, leaves its cluster_shard: from
+--      then on its guard refuses the partition's events and its workers
+--      fire none of those twins' timers;
+--   2. the target takes the twins, timers and held events, and the
 --      partition, in one transaction (its workers reload at its commit);
---   4. the source deletes them (its workers reload);
---   5. the coordinator routes the partition to the target.
--- Model ids differ between nodes: rows go by model name.  Timers' fire
--- ids and held events' ids are event ids of the node: the target gives
--- them new ones.
+--   3. the source deletes them (its workers reload);
+--   4. the coordinator routes the partition to the target.
+-- Model ids differ between nodes: rows go by model name, and a model's
+-- state type must have the same name on both (and be a built-in base type:
+-- an image of an enum, a composite or an array of a user-defined type
+-- holds OIDs of its node).  Timers' fire ids and held events' ids are
+-- event ids of the node: the target gives them new ones.  The remote
+-- sessions run with a pinned search_path and ISO date styles, as the
+-- values travel as text.
 CREATE FUNCTION digitaltwin.cluster_move_partition(partition integer, to_node text,
                                                    timeout interval DEFAULT '60s')
 RETURNS bigint
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
+SET datestyle = 'ISO, YMD'
+SET intervalstyle = 'postgres'
+SET lock_timeout = 0
 AS $$
 DECLARE
     p integer := cluster_move_partition.partition;
@@ -363,20 +373,27 @@ DECLARE
     dst record;
     src_c text := 'digitaltwin_move_source';
     dst_c text := 'digitaltwin_move_target';
-    dst_owns boolean;
+    session_setup text := 'SET search_path = pg_catalog, pg_temp; SET datestyle = ''ISO, YMD''; '
+                          'SET intervalstyle = ''postgres''; SET bytea_output = ''hex''';
+    deadline timestamptz;
+    owners text[] := '{}';
+    owns boolean;
+    node_name text;
+    finishing boolean := false;
     idle boolean;
     moved bigint := 0;
     missing text;
+    types record;
     twins record;
     timers record;
     held record;
     of_partition text;
 BEGIN
-    SELECT c.modulus INTO m FROM digitaltwin.cluster_map c WHERE c.partition = p;
-    SELECT n.name, n.server INTO src
-    FROM digitaltwin.cluster_map c JOIN digitaltwin.cluster_nodes n ON n.name = c.node
-    WHERE c.partition = p;
-    IF NOT FOUND THEN
+    IF timeout IS NULL OR timeout <= '0'::interval THEN
+        RAISE EXCEPTION 'timeout must be positive' USING ERRCODE = '22023';
+    END IF;
+    deadline := clock_timestamp() + timeout;
+    IF NOT EXISTS (SELECT FROM digitaltwin.cluster_map c WHERE c.partition = p) THEN
         RAISE EXCEPTION 'partition % does not exist', coalesce(p::text, 'NULL')
             USING ERRCODE = '22023',
                   HINT = 'digitaltwin.cluster_partitions lists them (cluster_setup() makes them).';
@@ -386,51 +403,133 @@ BEGIN
         RAISE EXCEPTION 'node % is not registered', coalesce(quote_literal(to_node), 'NULL')
             USING ERRCODE = '22023', HINT = 'digitaltwin.cluster_nodes lists the nodes.';
     END IF;
-    IF timeout IS NULL OR timeout <= '0'::interval THEN
-        RAISE EXCEPTION 'timeout must be positive' USING ERRCODE = '22023';
+
+    PERFORM set_config('lock_timeout', (extract(epoch FROM timeout) * 1000)::bigint::text, true);
+    LOCK TABLE digitaltwin.cluster_events IN ACCESS EXCLUSIVE MODE;
+    PERFORM set_config('lock_timeout', '0', true);
+    SELECT c.modulus INTO m FROM digitaltwin.cluster_map c WHERE c.partition = p FOR UPDATE;
+    SELECT n.name, n.server INTO src
+    FROM digitaltwin.cluster_map c JOIN digitaltwin.cluster_nodes n ON n.name = c.node
+    WHERE c.partition = p;
+    of_partition := format('digitaltwin.cluster_partition_of(twin_id, %s) OPERATOR(pg_catalog.=) %s', m, p);
+
+    -- who owns it, according to the nodes
+    FOR node_name IN SELECT n.name FROM digitaltwin.cluster_nodes n ORDER BY n.name LOOP
+        EXECUTE format('SELECT EXISTS (SELECT FROM digitaltwin_cluster.%I WHERE modulus = $1 AND remainder = $2)',
+                       'shard_' || node_name) INTO owns USING m, p;
+        IF owns THEN
+            owners := owners || node_name;
+        END IF;
+    END LOOP;
+    IF cardinality(owners) > 1 THEN
+        RAISE EXCEPTION 'partition % is owned by several nodes: %', p, array_to_string(owners, ', ')
+            USING ERRCODE = '55000',
+                  HINT = 'Keep it on the node that has its twins: delete it from the others'' digitaltwin.cluster_shard.';
     END IF;
-    IF src.name = dst.name THEN
+    IF cardinality(owners) = 1 AND owners[1] <> src.name THEN
+        -- a move to owners[1] committed there and not here: finish it
+        IF owners[1] <> dst.name THEN
+            RAISE EXCEPTION 'partition % is being moved to node %', p, owners[1]
+                USING ERRCODE = '55000',
+                      HINT = format('Finish that move first: SELECT digitaltwin.cluster_move_partition(%s, %L).',
+                                    p, owners[1]);
+        END IF;
+        finishing := true;
+    END IF;
+
+    IF src.name = dst.name AND cardinality(owners) = 1 THEN
         RETURN 0;
     END IF;
-    of_partition := format('digitaltwin.cluster_partition_of(twin_id, %s) = %s', m, p);
 
-    FOREACH missing IN ARRAY ARRAY[src_c, dst_c] LOOP
-        IF missing = ANY (coalesce(digitaltwin_cluster.dblink_get_connections(), '{}')) THEN
-            PERFORM digitaltwin_cluster.dblink_disconnect(missing);
+    FOREACH node_name IN ARRAY ARRAY[src_c, dst_c] LOOP
+        IF node_name = ANY (coalesce(digitaltwin_cluster.dblink_get_connections(), '{}')) THEN
+            PERFORM digitaltwin_cluster.dblink_disconnect(node_name);
         END IF;
     END LOOP;
     PERFORM digitaltwin_cluster.dblink_connect(src_c, src.server::text);
+    PERFORM digitaltwin_cluster.dblink_exec(src_c, session_setup);
     PERFORM digitaltwin_cluster.dblink_connect(dst_c, dst.server::text);
+    PERFORM digitaltwin_cluster.dblink_exec(dst_c, session_setup);
 
-    -- 0. most of the source's backlog, before anything waits
-    SELECT r.idle INTO idle FROM digitaltwin_cluster.dblink(src_c,
-        format('SELECT digitaltwin.wait_idle(%L)', timeout)) AS r(idle boolean);
+    IF src.name = dst.name THEN
+        -- a move away from it stopped after its first step: it takes the
+        -- partition back, and its workers reload (parked timers fire again)
+        PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
+            'INSERT INTO digitaltwin.cluster_shard (modulus, remainder) VALUES (%s, %s) '
+            'ON CONFLICT DO NOTHING; DELETE FROM digitaltwin.twin_state WHERE false', m, p));
+        PERFORM digitaltwin_cluster.dblink_disconnect(src_c);
+        PERFORM digitaltwin_cluster.dblink_disconnect(dst_c);
+        RETURN 0;
+    END IF;
 
-    LOCK TABLE digitaltwin.cluster_events IN EXCLUSIVE MODE;
-
-    SELECT r.owns INTO dst_owns FROM digitaltwin_cluster.dblink(dst_c,
-        format('SELECT EXISTS (SELECT FROM digitaltwin.cluster_shard WHERE modulus = %s AND remainder = %s)', m, p))
-        AS r(owns boolean);
-    IF NOT dst_owns THEN
+    IF NOT finishing THEN
         BEGIN
-            -- 1.
-            -- (models: waits for the batches in flight, which may fire a
-            -- timer of the partition, and holds new ones until the shard
-            -- changed; events: waits for the inserts in flight)
-            PERFORM digitaltwin_cluster.dblink_exec(src_c, 'BEGIN');
-            PERFORM digitaltwin_cluster.dblink_exec(src_c, 'LOCK TABLE digitaltwin.models IN EXCLUSIVE MODE');
-            PERFORM digitaltwin_cluster.dblink_exec(src_c, 'LOCK TABLE digitaltwin.events IN SHARE MODE');
-            PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
-                'DELETE FROM digitaltwin.cluster_shard WHERE modulus = %s AND remainder = %s', m, p));
-            PERFORM digitaltwin_cluster.dblink_exec(src_c, 'COMMIT');
-            -- 2.
-            SELECT r.idle INTO idle FROM digitaltwin_cluster.dblink(src_c,
-                format('SELECT digitaltwin.wait_idle(%L)', timeout)) AS r(idle boolean);
-            IF NOT idle THEN
-                RAISE EXCEPTION 'node % did not process the events of partition % within %', src.name, p, timeout
-                    USING ERRCODE = '57014', HINT = 'Try again, with a longer timeout.';
+            -- 1. the source processes what it has of the partition, and
+            -- leaves it once nothing is left (a batch in between may have
+            -- queued more: again)
+            LOOP
+                SELECT r.idle INTO idle FROM digitaltwin_cluster.dblink(src_c,
+                    format('SELECT digitaltwin.wait_idle(%L)', greatest(deadline - clock_timestamp(), '1ms')))
+                    AS r(idle boolean);
+                IF NOT idle THEN
+                    RAISE EXCEPTION 'node % did not process the events of partition % within %', src.name, p, timeout
+                        USING ERRCODE = '57014', HINT = 'Try again, with a longer timeout.';
+                END IF;
+                BEGIN
+                    PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
+                        'DO $step$ BEGIN '
+                        'PERFORM set_config(''lock_timeout'', %L, true); '
+                        'LOCK TABLE digitaltwin.models IN EXCLUSIVE MODE; '
+                        'LOCK TABLE digitaltwin.events IN SHARE MODE; '
+                        'IF EXISTS (SELECT FROM digitaltwin.events WHERE %s) THEN '
+                        '    RAISE EXCEPTION ''digitaltwin: events of the partition are queued''; '
+                        'END IF; '
+                        'DELETE FROM digitaltwin.cluster_shard WHERE modulus = %s AND remainder = %s; '
+                        'END $step$',
+                        greatest((extract(epoch FROM deadline - clock_timestamp()) * 1000)::bigint, 1)::text,
+                        of_partition, m, p));
+                    EXIT;
+                EXCEPTION WHEN OTHERS THEN
+                    IF SQLERRM NOT LIKE '%events of the partition are queued%'
+                       OR clock_timestamp() >= deadline THEN
+                        RAISE;
+                    END IF;
+                END;
+            END LOOP;
+
+            -- the models of the partition's twins (none can start there
+            -- now), and their state types
+            SELECT * INTO types FROM digitaltwin_cluster.dblink(src_c, format(
+                'SELECT array_agg(m.name ORDER BY m.name), '
+                '       array_agg(format_type(m.state_type::oid, NULL) ORDER BY m.name), '
+                '       string_agg(CASE WHEN n.nspname <> ''pg_catalog'' OR t.typtype <> ''b'' '
+                '                       OR t.typcategory = ''A'' THEN m.name END, '', '') '
+                'FROM digitaltwin.models m JOIN pg_type t ON t.oid = m.state_type::oid '
+                'JOIN pg_namespace n ON n.oid = t.typnamespace '
+                'WHERE m.id IN (SELECT model_id FROM digitaltwin.twin_state WHERE %1$s '
+                '               UNION SELECT model_id FROM digitaltwin.timer_state WHERE %1$s '
+                '               UNION SELECT model_id FROM digitaltwin.held_events WHERE %1$s)',
+                of_partition)) AS r(models text[], types text[], unmovable text);
+            IF types.unmovable IS NOT NULL THEN
+                RAISE EXCEPTION 'cannot move the twins of model % to another node', types.unmovable
+                    USING ERRCODE = '0A000',
+                          DETAIL = 'Their state type is not a built-in base type: its values hold object ids of their node.',
+                          HINT = 'Use a jsonb (or another built-in) state for models of a cluster that grows.';
             END IF;
-            -- 3.
+            SELECT r.missing INTO missing FROM digitaltwin_cluster.dblink(dst_c, format(
+                'SELECT string_agg(u.n || CASE WHEN m.name IS NULL THEN '''' '
+                '       ELSE '' (state type '' || format_type(m.state_type::oid, NULL) || '')'' END, '', '') '
+                'FROM unnest(%L::text[], %L::text[]) u(n, t) LEFT JOIN digitaltwin.models m ON m.name = u.n '
+                'WHERE m.name IS NULL OR format_type(m.state_type::oid, NULL) <> u.t',
+                coalesce(types.models, '{}'), coalesce(types.types, '{}'))) AS r(missing text);
+            IF missing IS NOT NULL THEN
+                RAISE EXCEPTION 'node % has no model %', dst.name, missing
+                    USING ERRCODE = '55000',
+                          DETAIL = 'The target needs each model of the partition''s twins, with the same state type.',
+                          HINT = 'Register the models on every node, with digitaltwin.cluster_create_model().';
+            END IF;
+
+            -- 2.
             SELECT * INTO twins FROM digitaltwin_cluster.dblink(src_c, format(
                 'SELECT array_agg(m.name), array_agg(s.twin_id), array_agg(s.state), '
                 'array_agg(s.event_count), array_agg(s.updated_at) '
@@ -449,23 +548,14 @@ BEGIN
                 'array_agg(h.payload ORDER BY h.id), array_agg(h.enqueued_at ORDER BY h.id), '
                 'array_agg(h.depth ORDER BY h.id), array_agg(h.event_time ORDER BY h.id), '
                 'array_agg(h.sender_model ORDER BY h.id), array_agg(h.sender_twin ORDER BY h.id), '
-                'array_agg(h.held_at ORDER BY h.id) '
+                'array_agg(h.held_at ORDER BY h.id), array_agg(h.retry_of ORDER BY h.id) '
                 'FROM digitaltwin.held_events h WHERE %s', of_partition))
                 AS r(models text[], ids text[], payloads jsonb[], enqueued timestamptz[], depths integer[],
-                     times timestamptz[], sender_models text[], sender_twins text[], held_at timestamptz[]);
+                     times timestamptz[], sender_models text[], sender_twins text[], held_at timestamptz[],
+                     retry_of bigint[]);
             moved := coalesce(cardinality(twins.ids), 0);
 
             PERFORM digitaltwin_cluster.dblink_exec(dst_c, 'BEGIN');
-            SELECT r.missing INTO missing FROM digitaltwin_cluster.dblink(dst_c, format(
-                'SELECT string_agg(DISTINCT u.n, '', '') FROM unnest(%L::text[]) u(n) '
-                'WHERE NOT EXISTS (SELECT FROM digitaltwin.models m WHERE m.name = u.n)',
-                coalesce(twins.models, '{}') || coalesce(timers.models, '{}') || coalesce(held.models, '{}')))
-                AS r(missing text);
-            IF missing IS NOT NULL THEN
-                RAISE EXCEPTION 'node % has no model %', dst.name, missing
-                    USING ERRCODE = '55000',
-                          HINT = 'Register the models on every node, with digitaltwin.cluster_create_model().';
-            END IF;
             PERFORM digitaltwin_cluster.dblink_exec(dst_c, format(
                 'INSERT INTO digitaltwin.twin_state (model_id, twin_id, state, event_count, updated_at) '
                 'SELECT m.id, u.t, u.s, u.c, u.u FROM ROWS FROM (unnest(%L::text[]), unnest(%L::text[]), '
@@ -484,25 +574,25 @@ BEGIN
             -- the model is paused on the target too, else join its queue
             PERFORM digitaltwin_cluster.dblink_exec(dst_c, format(
                 'CREATE TEMP TABLE moved_held ON COMMIT DROP AS '
-                'SELECT m.id AS model_id, u.n, u.t, u.p, u.q, u.d, u.e, u.sm, u.st, u.h, u.o, m.paused '
+                'SELECT m.id AS model_id, u.n, u.t, u.p, u.q, u.d, u.e, u.sm, u.st, u.h, u.r, u.o, m.paused '
                 'FROM ROWS FROM (unnest(%L::text[]), unnest(%L::text[]), unnest(%L::jsonb[]), '
                 'unnest(%L::timestamptz[]), unnest(%L::integer[]), unnest(%L::timestamptz[]), '
-                'unnest(%L::text[]), unnest(%L::text[]), unnest(%L::timestamptz[])) WITH ORDINALITY '
-                'AS u(n, t, p, q, d, e, sm, st, h, o) JOIN digitaltwin.models m ON m.name = u.n',
+                'unnest(%L::text[]), unnest(%L::text[]), unnest(%L::timestamptz[]), unnest(%L::bigint[])) '
+                'WITH ORDINALITY AS u(n, t, p, q, d, e, sm, st, h, r, o) JOIN digitaltwin.models m ON m.name = u.n',
                 held.models, held.ids, held.payloads, held.enqueued, held.depths, held.times,
-                held.sender_models, held.sender_twins, held.held_at));
+                held.sender_models, held.sender_twins, held.held_at, held.retry_of));
             PERFORM digitaltwin_cluster.dblink_exec(dst_c,
                 'INSERT INTO digitaltwin.held_events (id, model_id, model, twin_id, payload, enqueued_at, '
-                'depth, event_time, sender_model, sender_twin, held_at) '
-                'SELECT nextval(''digitaltwin.events_id_seq''), model_id, n, t, p, q, d, e, sm, st, h '
+                'depth, event_time, sender_model, sender_twin, held_at, retry_of) '
+                'SELECT nextval(''digitaltwin.events_id_seq''), model_id, n, t, p, q, d, e, sm, st, h, r '
                 'FROM pg_temp.moved_held WHERE paused ORDER BY o');
             -- (the partition first: the target's guard takes them)
             PERFORM digitaltwin_cluster.dblink_exec(dst_c, format(
                 'INSERT INTO digitaltwin.cluster_shard (modulus, remainder) VALUES (%s, %s)', m, p));
             PERFORM digitaltwin_cluster.dblink_exec(dst_c,
                 'INSERT INTO digitaltwin.events (model, twin_id, payload, enqueued_at, depth, event_time, '
-                'sender_model, sender_twin) '
-                'SELECT n, t, p, q, d, e, sm, st FROM pg_temp.moved_held WHERE NOT paused ORDER BY o');
+                'sender_model, sender_twin, retry_of) '
+                'SELECT n, t, p, q, d, e, sm, st, r FROM pg_temp.moved_held WHERE NOT paused ORDER BY o');
             PERFORM digitaltwin_cluster.dblink_exec(dst_c, 'COMMIT');
         EXCEPTION WHEN OTHERS OR query_canceled THEN
             -- not moved: the source takes the partition back, and its
@@ -513,15 +603,10 @@ BEGIN
                 NULL;
             END;
             BEGIN
-                PERFORM digitaltwin_cluster.dblink_exec(src_c, 'ROLLBACK');
-            EXCEPTION WHEN OTHERS THEN
-                NULL;
-            END;
-            BEGIN
-                SELECT r.owns INTO dst_owns FROM digitaltwin_cluster.dblink(dst_c,
+                SELECT r.owns INTO owns FROM digitaltwin_cluster.dblink(dst_c,
                     format('SELECT EXISTS (SELECT FROM digitaltwin.cluster_shard WHERE modulus = %s AND remainder = %s)', m, p))
                     AS r(owns boolean);
-                IF NOT dst_owns THEN
+                IF NOT owns THEN
                     PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
                         'INSERT INTO digitaltwin.cluster_shard (modulus, remainder) VALUES (%s, %s) '
                         'ON CONFLICT DO NOTHING; DELETE FROM digitaltwin.twin_state WHERE false', m, p));
@@ -535,18 +620,18 @@ BEGIN
         END;
     END IF;
 
-    -- 4. (also when a move that failed after step 3 is run again)
+    -- 3. (also when a move that failed after step 2 is run again)
     PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
-        'DO $move$ BEGIN IF NOT EXISTS (SELECT FROM digitaltwin.cluster_shard '
+        'DO $step$ BEGIN IF NOT EXISTS (SELECT FROM digitaltwin.cluster_shard '
         'WHERE modulus = %1$s AND remainder = %2$s) THEN '
         'DELETE FROM digitaltwin.twin_state WHERE %3$s; '
         'DELETE FROM digitaltwin.timer_state WHERE %3$s; '
-        'DELETE FROM digitaltwin.held_events WHERE %3$s; END IF; END $move$',
+        'DELETE FROM digitaltwin.held_events WHERE %3$s; END IF; END $step$',
         m, p, of_partition));
     PERFORM digitaltwin_cluster.dblink_disconnect(src_c);
     PERFORM digitaltwin_cluster.dblink_disconnect(dst_c);
 
-    -- 5.
+    -- 4.
     EXECUTE format('ALTER TABLE digitaltwin.cluster_events DETACH PARTITION digitaltwin_cluster.%I',
                    'events_p' || p);
     EXECUTE format('DROP FOREIGN TABLE digitaltwin_cluster.%I', 'events_p' || p);
@@ -623,6 +708,8 @@ BEGIN
             END;
         END LOOP;
         COMMIT;
+        -- a new transaction: the caller's search_path again
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
         EXIT WHEN clock_timestamp() >= until;
         PERFORM pg_catalog.pg_sleep(0.005);
     END LOOP;

@@ -63,6 +63,7 @@ typedef struct IngestBuffer
 
 static IngestBuffer *ingest_top = NULL;
 static bool callbacks_registered = false;
+static bool ingest_sending = false;	/* in ingest_send(): see the row trigger */
 
 static const Oid ingest_types[DT_INGEST_COLUMNS] = {
 	TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID
@@ -102,6 +103,7 @@ ingest_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PREPARE:
 			/* the contexts went with TopTransactionContext */
 			ingest_top = NULL;
+			ingest_sending = false;
 			break;
 	}
 }
@@ -121,6 +123,8 @@ ingest_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	}
 	else if (event == SUBXACT_EVENT_ABORT_SUB || event == SUBXACT_EVENT_COMMIT_SUB)
 	{
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+			ingest_sending = false;
 		/* on a commit, empty ones only (the check above) */
 		while (ingest_top != NULL && ingest_top->nest_level >= level)
 			ingest_pop();
@@ -249,6 +253,7 @@ ingest_send(IngestBuffer *b)
 	if (b->nrows == 0)
 		return;
 	old = MemoryContextSwitchTo(b->rows_cxt);
+	ingest_sending = true;
 	SPI_connect();
 	LockRelationOid(dt_extension_relid("cluster_events"), RowExclusiveLock);
 	nodes = ingest_read_map(&modulus);
@@ -303,6 +308,7 @@ ingest_send(IngestBuffer *b)
 		}
 	}
 	SPI_finish();
+	ingest_sending = false;
 	MemoryContextSwitchTo(old);
 	MemoryContextReset(b->rows_cxt);
 	b->nrows = 0;
@@ -340,6 +346,17 @@ digitaltwin_cluster_ingest_row(PG_FUNCTION_ARGS)
 	MemoryContext old;
 
 	ingest_require_trigger(fcinfo, true);
+
+	/*
+	 * A trigger on cluster_events (or a partition) that inserts into the
+	 * view while its rows are being sent would add to the buffer being
+	 * sent: refused.
+	 */
+	if (ingest_sending)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot insert into digitaltwin.cluster_ingest while its rows are being sent"),
+				 errdetail("A trigger on digitaltwin.cluster_events or one of its partitions inserts into the view.")));
 	slot = trigdata->tg_trigslot;
 	slot_getallattrs(slot);
 
@@ -383,8 +400,11 @@ digitaltwin_cluster_ingest_flush(PG_FUNCTION_ARGS)
 	if (ingest_top != NULL &&
 		ingest_top->nest_level == GetCurrentTransactionNestLevel())
 	{
-		ingest_send(ingest_top);
-		ingest_pop();
+		IngestBuffer *b = ingest_top;
+
+		ingest_send(b);
+		if (ingest_top == b)
+			ingest_pop();
 	}
 	return PointerGetDatum(NULL);
 }
