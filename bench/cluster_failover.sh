@@ -3,7 +3,7 @@
 # long after its standby's promotion are the node's twins live again?
 #
 #   bash bench/cluster_failover.sh
-#   PGTREE=/tmp/mytree bash bench/cluster_failover.sh
+#   DT_PGTREE=/tmp/mytree bash bench/cluster_failover.sh
 #
 # A primary with TWINS twins (default 1,000,000: one event each, a small
 # jsonb state) and a synchronous streaming standby.  The primary crashes
@@ -18,12 +18,12 @@
 # then the same after a plain restart of the promoted node, for comparison.
 # Run by hand, once: it is not part of the test suite.
 #
-# Builds and installs the extension into PGTREE (a relocatable copy of
+# Builds and installs the extension into DT_PGTREE (a relocatable copy of
 # Debian's PostgreSQL 15 tree) when it is set, else into Debian's tree (as
 # root, installing missing packages).  Parameters (environment): TWINS,
 # WORKERS (2), VACUUM (1: VACUUM twin_state on the primary before the
 # standby is made, as a table that has settled; default 0: the twins were
-# just written, the worst case), PGTREE.
+# just written, the worst case), DT_PGTREE (scripts/deps.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -32,13 +32,8 @@ TWINS=${TWINS:-1000000}
 WORKERS=${WORKERS:-2}
 VACUUM=${VACUUM:-0}
 
-if [ -n "${PGTREE:-}" ]; then
-	PG_CONFIG=$PGTREE/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
-	PGBIN=$PGTREE/usr/lib/postgresql/$PG_MAJOR/bin
-	export PG_CONFIG PGBIN
-else
-	dt_install_deps
-fi
+# (deps.sh points PG_CONFIG and PGBIN into DT_PGTREE when it is set)
+[ -n "${DT_PGTREE:-}" ] || dt_install_deps
 dt_build_install "$ROOT"
 
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
