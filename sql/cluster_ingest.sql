@@ -68,6 +68,21 @@ INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload)
 SELECT 'm6', ingest_inner(i), '{}' FROM generate_series(1, 4) i;
 SELECT string_agg(twin_id, ',' ORDER BY twin_id) FROM ingest_local WHERE model = 'm6';
 
+-- a statement that fails half-way inside an exception block: the rows it
+-- had kept are thrown away with its subtransaction, the rest commits
+DO $$
+BEGIN
+    INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload) VALUES ('m10', 'before', '{}');
+    BEGIN
+        INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload)
+        SELECT 'm10', 'half' || i, jsonb_build_object('v', 1 / (3 - i)) FROM generate_series(1, 5) i;
+    EXCEPTION WHEN division_by_zero THEN
+        NULL;
+    END;
+    INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload) VALUES ('m10', 'after', '{}');
+END $$;
+SELECT string_agg(twin_id, ',' ORDER BY twin_id) FROM ingest_local WHERE model = 'm10';
+
 -- a row that cannot be routed fails the statement, which leaves nothing
 INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload, event_time)
 VALUES ('m7', 'ok', '{}', now()), ('m7', 'bad', '{}', NULL);
