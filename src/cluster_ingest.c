@@ -9,14 +9,14 @@
  * into digitaltwin.cluster_events pays a round trip to a node per event.
  * The view's INSTEAD OF row trigger keeps the rows in memory instead, and
  * every DT_INGEST_ROWS rows, and at the end of the statement (its AFTER
- * STATEMENT trigger), one INSERT ... SELECT FROM unnest() into
- * cluster_events routes them: postgres_fdw then sends each partition's rows
- * to its node in batches of the foreign table's batch_size, each node's in
- * the one remote transaction the coordinator's transaction holds there.
+ * STATEMENT trigger), sends them with one INSERT ... SELECT FROM unnest()
+ * per node into that node's queue (ingest_send): postgres_fdw batches per
+ * foreign table, each node's rows in the one remote transaction the
+ * coordinator's transaction holds there.
  *
- * Nothing is kept past its statement.  The INSERT runs as the caller, with
- * the caller's rights on cluster_events and its user mappings: the view
- * adds no right.  A buffer belongs to the (sub)transaction level of the
+ * Nothing is kept past its statement.  The INSERTs run as the caller, with
+ * the caller's rights on the queues and its user mappings: the view adds
+ * no right.  A buffer belongs to the (sub)transaction level of the
  * statement that filled it; a row arriving at a deeper level (a function
  * in the statement that inserts into the view inside an exception block)
  * gets its own buffer, so that the abort of that subtransaction throws away
@@ -288,10 +288,11 @@ ingest_send(IngestBuffer *b)
 		/* then the rows of each node, in one statement per node */
 		for (int i = 0; i < b->nrows; i++)
 		{
-			const char *node = nodes[partition[i]];
+			const char *node;
 
 			if (sent[i])
 				continue;
+			node = nodes[partition[i]];
 			if (node == NULL)
 				elog(ERROR, "digitaltwin.cluster_map has no partition %d", partition[i]);
 			n = 0;

@@ -146,6 +146,16 @@ is( $coord->safe_psql('postgres', q{
 SELECT count(*) FROM digitaltwin.cluster_twins WHERE twin_id LIKE 'e%'}),
 	'0', '... and its rows sent before (two batches) are on no node');
 
+# a row without a twin id among others: the statement fails, and none of
+# its rows lands on any node
+($ret, $out, $err) = $coord->psql('postgres', q{
+INSERT INTO digitaltwin.cluster_ingest (model, twin_id, payload)
+VALUES ('acc', 'nullcase1', '{"v": 1}'), ('acc', NULL, '{"v": 1}'), ('acc', 'nullcase2', '{"v": 1}')});
+isnt($ret, 0, 'a row without a twin id fails its statement into cluster_ingest');
+$coord->safe_psql('postgres', q{SELECT digitaltwin.cluster_wait_idle('60s')});
+is($coord->safe_psql('postgres', q{SELECT count(*) FROM digitaltwin.cluster_twins WHERE twin_id LIKE 'nullcase%'}),
+	'0', '... and leaves nothing');
+
 # aggregates run on each node (partitionwise aggregation, pushed down)
 my $plan = $coord->safe_psql('postgres', q{
 SET enable_partitionwise_aggregate = on;
