@@ -134,54 +134,60 @@ dt_cluster_shard_load(void)
 }
 
 /*
- * The guard: refuse an event whose twin this node does not own.  Cheap
- * when the node is not in a cluster (one flag) and when it is (one hash).
+ * Whether this node owns a twin: true when it is not a node of a cluster;
+ * false, with *partition -1, when it is one that owns no partition yet.
+ * Cheap when the node is not in a cluster (one flag) and when it is (one
+ * hash).
  */
+static bool
+dt_cluster_owns_text(text *twin_id, int *partition)
+{
+	if (!shard_valid)
+		dt_cluster_shard_load();
+	*partition = -1;
+	if (shard_modulus == 0)
+		return !shard_named;
+	*partition = dt_cluster_partition(twin_id, shard_modulus);
+	return shard_owned[*partition];
+}
+
+/* The guard: refuse an event whose twin this node does not own. */
 void
 dt_cluster_check_owner(const char *model, text *twin_id)
 {
 	int			partition;
 
-	if (!shard_valid)
-		dt_cluster_shard_load();
-	if (shard_modulus == 0 && !shard_named)
+	if (dt_cluster_owns_text(twin_id, &partition))
 		return;
-	if (shard_modulus == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("twin \"%s\" of model \"%s\" belongs to another node",
-						text_to_cstring(twin_id), model),
-				 errdetail("This node of a cluster owns no partition yet."),
-				 errhint("Send events through digitaltwin.cluster_events on the coordinator.")));
-	partition = dt_cluster_partition(twin_id, shard_modulus);
-	if (!shard_owned[partition])
-		ereport(ERROR,
-				(errcode(ERRCODE_CHECK_VIOLATION),
-				 errmsg("twin \"%s\" of model \"%s\" belongs to another node",
-						text_to_cstring(twin_id), model),
-				 errdetail("Its twin id is in cluster partition %d (modulus %d), which this node does not own.",
-						   partition, shard_modulus),
-				 errhint("Send events through digitaltwin.cluster_events on the coordinator.")));
+	ereport(ERROR,
+			(errcode(ERRCODE_CHECK_VIOLATION),
+			 errmsg("twin \"%s\" of model \"%s\" belongs to another node",
+					text_to_cstring(twin_id), model),
+			 partition < 0 ?
+			 errdetail("This node of a cluster owns no partition yet.") :
+			 errdetail("Its twin id is in cluster partition %d (modulus %d), which this node does not own.",
+					   partition, shard_modulus),
+			 errhint("Send events through digitaltwin.cluster_events on the coordinator.")));
 }
 
 /*
- * Whether this node owns a twin (true when it is not in a cluster).  A
- * worker asks before firing a timer: while cluster_move_partition() moves
- * a partition away, its twins' timers must not fire here, where the twin
- * is about to be deleted, and there, where it is being copied.
+ * The same for a worker about to fire a timer: while
+ * cluster_move_partition() moves a partition away, its twins' timers must
+ * not fire here, where the twin is about to be deleted, and there, where
+ * it is being copied.
  */
 bool
 dt_cluster_owns(const char *twin_id)
 {
 	text	   *t;
+	int			partition;
 	bool		owned;
 
-	if (!shard_valid)
-		dt_cluster_shard_load();
-	if (shard_modulus == 0)
-		return !shard_named;
+	/* off a cluster, no text made for every timer */
+	if (shard_valid && shard_modulus == 0 && !shard_named)
+		return true;
 	t = cstring_to_text(twin_id);
-	owned = shard_owned[dt_cluster_partition(t, shard_modulus)];
+	owned = dt_cluster_owns_text(t, &partition);
 	pfree(t);
 	return owned;
 }
