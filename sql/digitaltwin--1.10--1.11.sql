@@ -375,6 +375,9 @@ DECLARE
     dst_c text := 'digitaltwin_move_target';
     session_setup text := 'SET search_path = pg_catalog, pg_temp; SET datestyle = ''ISO, YMD''; '
                           'SET intervalstyle = ''postgres''; SET bytea_output = ''hex''';
+    -- the source takes the partition back; its workers reload (its parked
+    -- timers of the partition fire again)
+    reown text;
     deadline timestamptz;
     owners text[] := '{}';
     owns boolean;
@@ -412,6 +415,8 @@ BEGIN
     FROM digitaltwin.cluster_map c JOIN digitaltwin.cluster_nodes n ON n.name = c.node
     WHERE c.partition = p;
     of_partition := format('digitaltwin.cluster_partition_of(twin_id, %s) OPERATOR(pg_catalog.=) %s', m, p);
+    reown := format('INSERT INTO digitaltwin.cluster_shard (modulus, remainder) VALUES (%s, %s) '
+                    'ON CONFLICT DO NOTHING; DELETE FROM digitaltwin.twin_state WHERE false', m, p);
 
     -- who owns it, according to the nodes
     FOR node_name IN SELECT n.name FROM digitaltwin.cluster_nodes n ORDER BY n.name LOOP
@@ -452,11 +457,8 @@ BEGIN
     PERFORM digitaltwin_cluster.dblink_exec(dst_c, session_setup);
 
     IF src.name = dst.name THEN
-        -- a move away from it stopped after its first step: it takes the
-        -- partition back, and its workers reload (parked timers fire again)
-        PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
-            'INSERT INTO digitaltwin.cluster_shard (modulus, remainder) VALUES (%s, %s) '
-            'ON CONFLICT DO NOTHING; DELETE FROM digitaltwin.twin_state WHERE false', m, p));
+        -- a move away from it stopped after its first step
+        PERFORM digitaltwin_cluster.dblink_exec(src_c, reown);
         PERFORM digitaltwin_cluster.dblink_disconnect(src_c);
         PERFORM digitaltwin_cluster.dblink_disconnect(dst_c);
         RETURN 0;
@@ -595,8 +597,7 @@ BEGIN
                 'SELECT n, t, p, q, d, e, sm, st, r FROM pg_temp.moved_held WHERE NOT paused ORDER BY o');
             PERFORM digitaltwin_cluster.dblink_exec(dst_c, 'COMMIT');
         EXCEPTION WHEN OTHERS OR query_canceled THEN
-            -- not moved: the source takes the partition back, and its
-            -- workers reload (its parked timers of the partition fire again)
+            -- not moved: the source takes the partition back
             BEGIN
                 PERFORM digitaltwin_cluster.dblink_exec(dst_c, 'ROLLBACK');
             EXCEPTION WHEN OTHERS THEN
@@ -607,9 +608,7 @@ BEGIN
                     format('SELECT EXISTS (SELECT FROM digitaltwin.cluster_shard WHERE modulus = %s AND remainder = %s)', m, p))
                     AS r(owns boolean);
                 IF NOT owns THEN
-                    PERFORM digitaltwin_cluster.dblink_exec(src_c, format(
-                        'INSERT INTO digitaltwin.cluster_shard (modulus, remainder) VALUES (%s, %s) '
-                        'ON CONFLICT DO NOTHING; DELETE FROM digitaltwin.twin_state WHERE false', m, p));
+                    PERFORM digitaltwin_cluster.dblink_exec(src_c, reown);
                 END IF;
             EXCEPTION WHEN OTHERS THEN
                 NULL;   -- reported below: running the move again finishes or undoes it
