@@ -29,14 +29,7 @@ CREATE EXTENSION digitaltwin VERSION '1.10';
 CREATE TABLE sent (twin text NOT NULL, v int NOT NULL);
 });
 
-for my $i (0 .. $#nodes)
-{
-	my $n = $nodes[$i];
-	my $name = 'n' . ($i + 1);
-	$coord->safe_psql('postgres', sprintf(
-		q{SELECT digitaltwin.cluster_add_node('%s', '%s', %d, 'postgres')},
-		$name, $n->host, $n->port));
-}
+DtTest::cluster_add_node($coord, 'n' . ($_ + 1), $nodes[$_]) for 0 .. $#nodes;
 # a node joins empty: one that has twins already is refused (they might
 # belong to partitions another node will own)
 my $n3 = DtTest::new_node('n3');

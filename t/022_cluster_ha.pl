@@ -35,9 +35,7 @@ $_->start for ($coord, $n1, $n2);
 
 DtTest::create_model($_) for ($n1, $n2);
 $coord->safe_psql('postgres', 'CREATE EXTENSION digitaltwin');
-$coord->safe_psql('postgres', sprintf(
-	q{SELECT digitaltwin.cluster_add_node('%s', '%s', %d, 'postgres')},
-	$_->[0], $_->[1]->host, $_->[1]->port)) for (['n1', $n1], ['n2', $n2]);
+DtTest::cluster_add_node($coord, @$_) for (['n1', $n1], ['n2', $n2]);
 $coord->safe_psql('postgres', 'SELECT digitaltwin.cluster_setup(8)');
 
 # The model of the stream: each event carries its twin's next sequence

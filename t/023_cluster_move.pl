@@ -15,21 +15,9 @@ use Test::More;
 use Time::HiRes qw(time);
 
 my ($ret, $out, $err);
-my $coord = DtTest::new_node('coord');
-my @nodes = map { DtTest::new_node($_, "max_prepared_transactions = 10\n") } qw(n1 n2);
-$_->start for ($coord, @nodes);
-DtTest::create_model($_) for @nodes;
-$coord->safe_psql('postgres', q{
-CREATE EXTENSION digitaltwin;
-CREATE TABLE sent (id bigserial PRIMARY KEY, twin text NOT NULL, v int NOT NULL);
-});
-for my $i (0 .. $#nodes)
-{
-	$coord->safe_psql('postgres', sprintf(
-		q{SELECT digitaltwin.cluster_add_node('n%d', '%s', %d, 'postgres')},
-		$i + 1, $nodes[$i]->host, $nodes[$i]->port));
-}
-$coord->safe_psql('postgres', 'SELECT digitaltwin.cluster_setup(8)');
+my ($coord, @nodes) = DtTest::start_cluster([qw(n1 n2)], 8);
+$coord->safe_psql('postgres',
+	'CREATE TABLE sent (id bigserial PRIMARY KEY, twin text NOT NULL, v int NOT NULL)');
 
 # a model with a one-shot timer, and a copy of acc to pause on n1 only
 $coord->safe_psql('postgres', q{
@@ -173,8 +161,7 @@ is($nodes[0]->safe_psql('postgres', qq{SELECT state->>'sum' FROM digitaltwin.twi
 my $n3 = DtTest::new_node('n3', "max_prepared_transactions = 10\n");
 $n3->start;
 DtTest::create_model($n3);
-$coord->safe_psql('postgres', sprintf(
-	q{SELECT digitaltwin.cluster_add_node('n3', '%s', %d, 'postgres')}, $n3->host, $n3->port));
+DtTest::cluster_add_node($coord, 'n3', $n3);
 ($ret, $out, $err) = $n3->psql('postgres', q{
 INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('acc', 't1', '{"v": 1}')});
 like($err, qr/owns no partition yet/, 'a node added to a running cluster refuses events until it owns a partition');

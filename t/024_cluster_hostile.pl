@@ -19,18 +19,7 @@ use Test::More;
 use Time::HiRes qw(time);
 
 my ($ret, $out, $err);
-my $coord = DtTest::new_node('coord', "restart_after_crash = on\n");
-my @nodes = map { DtTest::new_node($_, "max_prepared_transactions = 10\n") } qw(n1 n2 n3);
-$_->start for ($coord, @nodes);
-DtTest::create_model($_) for @nodes;
-$coord->safe_psql('postgres', 'CREATE EXTENSION digitaltwin');
-for my $i (0 .. $#nodes)
-{
-	$coord->safe_psql('postgres', sprintf(
-		q{SELECT digitaltwin.cluster_add_node('n%d', '%s', %d, 'postgres')},
-		$i + 1, $nodes[$i]->host, $nodes[$i]->port));
-}
-$coord->safe_psql('postgres', 'SELECT digitaltwin.cluster_setup(8)');
+my ($coord, @nodes) = DtTest::start_cluster([qw(n1 n2 n3)], 8, "restart_after_crash = on\n");
 # models on every node: a one-shot timer, a forwarder (a message to
 # another twin), and an enum state; n2 gets one more type first, so that
 # its OIDs differ from the other nodes' (as on any real cluster)

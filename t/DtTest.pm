@@ -132,6 +132,33 @@ sub start_copy_stream
 		'>', \$out, '2>', \$err);
 }
 
+# On coordinator $coord: register $node as node $name.
+sub cluster_add_node
+{
+	my ($coord, $name, $node) = @_;
+	$coord->safe_psql('postgres', sprintf(
+		q{SELECT digitaltwin.cluster_add_node('%s', '%s', %d, 'postgres')},
+		$name, $node->host, $node->port));
+	return;
+}
+
+# A coordinator "coord" (extra configuration $coord_conf) and nodes named
+# @$names, started, each with the model of create_model() and prepared
+# transactions, registered and set up with $partitions partitions; returns
+# ($coord, @nodes).
+sub start_cluster
+{
+	my ($names, $partitions, $coord_conf) = @_;
+	my $coord = new_node('coord', $coord_conf);
+	my @nodes = map { new_node($_, "max_prepared_transactions = 10\n") } @$names;
+	$_->start for ($coord, @nodes);
+	create_model($_) for @nodes;
+	$coord->safe_psql('postgres', 'CREATE EXTENSION digitaltwin');
+	cluster_add_node($coord, $names->[$_], $nodes[$_]) for 0 .. $#nodes;
+	$coord->safe_psql('postgres', "SELECT digitaltwin.cluster_setup($partitions)");
+	return ($coord, @nodes);
+}
+
 # On a coordinator: how many twins of model acc whose id is LIKE $like
 # differ from the events of table $table (twin, v) applied once each, read
 # through digitaltwin.cluster_twins (every node).
