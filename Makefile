@@ -18,6 +18,7 @@ OBJS = \
 	src/lifecycle.o \
 	src/protect.o \
 	src/queue.o \
+	src/fetch.o \
 	src/stage.o \
 	src/alerts.o \
 	src/outbox.o \
@@ -44,7 +45,8 @@ DATA = sql/digitaltwin--1.0.sql sql/digitaltwin--1.0--1.1.sql \
 	sql/digitaltwin--1.5--1.6.sql sql/digitaltwin--1.6--1.7.sql \
 	sql/digitaltwin--1.7--1.8.sql sql/digitaltwin--1.8--1.9.sql \
 	sql/digitaltwin--1.9--1.10.sql \
-	sql/digitaltwin--1.10--1.11.sql
+	sql/digitaltwin--1.10--1.11.sql \
+	sql/digitaltwin--1.11--1.12.sql
 HEADERS_digitaltwin = include/digitaltwin.h
 
 PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
@@ -53,7 +55,7 @@ PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 # example_<name>, that loads the example's model.sql and generate.sql and
 # checks its alerts against an independent query (see examples/README.md).
 EXAMPLES = example_card_fraud example_healthcare
-REGRESS = setup databases models events processing alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats model_rights hostile_rights cluster_ingest $(EXAMPLES) drop
+REGRESS = setup databases models events processing queue_pages alerts dead_letters views c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats model_rights hostile_rights cluster_ingest $(EXAMPLES) drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders outbox_gateways typed_view_drop rights_cache reset_stats_open
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

@@ -29,8 +29,8 @@
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
-/* the extension version this header comes with: 1.11 is 11100 */
-#define DIGITALTWIN_VERSION_NUM 11100
+/* the extension version this header comes with: 1.12 is 11200 */
+#define DIGITALTWIN_VERSION_NUM 11200
 
 /* Longest twin id accepted, in bytes. */
 #define DT_TWIN_ID_MAXLEN 63

@@ -513,13 +513,19 @@ typedef struct DtEvent
 	char		sqlstate[6];
 } DtEvent;
 
-extern int	dt_fetch_events(int partition, int partitions, int limit,
-							DtEvent **events);
-extern void dt_delete_events(DtEvent *events, int nevents);
+extern Oid	dt_queue_partition_relid(uint64 generation);
 extern void dt_queue_maintain(void);
 extern void dt_queue_forget_generation(void);
 extern void dt_event_check(const char *model, text *twin_id, Datum payload,
 						   bool payload_isnull);
+
+/* ----------------------------------------------------------------
+ * fetch.c: the workers' reading and deleting of queued events
+ * ----------------------------------------------------------------
+ */
+extern int	dt_fetch_events(int partition, int partitions, int limit,
+							DtEvent **events);
+extern void dt_delete_events(DtEvent *events, int nevents);
 
 /* ----------------------------------------------------------------
  * stage.c: twin states of the current batch, in worker-local memory
