@@ -82,6 +82,7 @@ typedef struct DtPageMemo
 	XLogRecPtr	lsn;			/* DT_PAGE_UNKNOWN: read it */
 	int64		min_pending;	/* smallest id of ours on it, or
 								 * DT_NOTHING_PENDING */
+	Buffer		buffer;			/* where it was (checked before use) */
 } DtPageMemo;
 
 /* one per queue partition, in TopMemoryContext */
@@ -217,7 +218,10 @@ dt_memo_for(int source, Relation rel, int partition, int partitions,
 		memo->partition = partition;
 		memo->partitions = partitions;
 		for (i = 0; i < memo->npages; i++)
+		{
 			memo->pages[i].lsn = DT_PAGE_UNKNOWN;
+			memo->pages[i].buffer = InvalidBuffer;
+		}
 	}
 	if (npages > memo->npages)
 	{
@@ -228,7 +232,10 @@ dt_memo_for(int source, Relation rel, int partition, int partitions,
 		else
 			memo->pages = repalloc_huge(memo->pages, sizeof(DtPageMemo) * size);
 		for (i = memo->npages; i < size; i++)
+		{
 			memo->pages[i].lsn = DT_PAGE_UNKNOWN;
+			memo->pages[i].buffer = InvalidBuffer;
+		}
 		memo->npages = size;
 	}
 	return memo;
@@ -320,6 +327,22 @@ dt_fetch_read_page(DtFetchState *fs, int source, Relation rel, Buffer buffer,
 	memo->min_pending = min_pending;
 }
 
+/*
+ * Pin a page of the queue.  Most pages are only looked at (their LSN has
+ * not moved), and looking a page up in the buffer mapping table cost more
+ * than the rest of a fetch together: try the buffer it was in last time,
+ * which ReadRecentBuffer() checks still holds it.
+ */
+static Buffer
+dt_fetch_pin_page(Relation rel, BlockNumber blkno, DtPageMemo *pm)
+{
+	if (BufferIsValid(pm->buffer) &&
+		ReadRecentBuffer(rel->rd_node, MAIN_FORKNUM, blkno, pm->buffer))
+		return pm->buffer;
+	pm->buffer = ReadBuffer(rel, blkno);
+	return pm->buffer;
+}
+
 /* Read the pages of one queue partition that may hold events for us. */
 static void
 dt_fetch_scan_partition(DtFetchState *fs, int source, Relation rel)
@@ -335,7 +358,7 @@ dt_fetch_scan_partition(DtFetchState *fs, int source, Relation rel)
 		Buffer		buffer;
 
 		CHECK_FOR_INTERRUPTS();
-		buffer = ReadBuffer(rel, blkno);
+		buffer = dt_fetch_pin_page(rel, blkno, pm);
 		LockBuffer(buffer, BUFFER_LOCK_SHARE);
 		if (!use_memo || pm->lsn != BufferGetLSNAtomic(buffer) ||
 			pm->min_pending < dt_fetch_bar(fs))
