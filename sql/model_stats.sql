@@ -158,6 +158,90 @@ SELECT digitaltwin.drop_model('slow_meter', force => true);
 SELECT count(*) AS rows_left FROM digitaltwin.model_counters WHERE model_id = :slow_id;
 SELECT digitaltwin.drop_model('meter', force => true);
 DROP TABLE meter_sent;
+
+-- A worker's first batch of a model inserts its row (the upsert); the
+-- next ones add to it through the table AM: the same figures, the same
+-- reset rule.  One twin, so one worker; one event per batch, so that
+-- the model calls are exact.
+CREATE FUNCTION fast_meter(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF event ? 'bad' THEN
+        RAISE EXCEPTION 'fast_meter refuses %', event->>'bad' USING ERRCODE = '22023';
+    END IF;
+    IF event ? 'hot' THEN
+        PERFORM digitaltwin.alert('warning', 'hot ' || twin_id);
+    END IF;
+    IF event ? 'slow' THEN
+        PERFORM pg_sleep(0.2);
+    END IF;
+    RETURN jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1);
+END $$;
+SELECT digitaltwin.create_model('fast_a', 'fast_meter(text,jsonb,jsonb)');
+SELECT digitaltwin.create_model('fast_b', 'fast_meter(text,jsonb,jsonb)');
+CREATE VIEW fast_counters AS
+SELECT m.name, count(*) AS rows, sum(c.events_processed) AS events,
+       sum(c.dead_letters) AS dead, sum(c.alerts) AS alerts, sum(c.model_calls) AS calls,
+       max(c.model_time_max_ms) >= 200 AS slow_max,
+       bool_and(c.model_time_ms >= c.model_time_max_ms) AS time_ge_max,
+       max(c.last_error) AS last_error,
+       bool_and((c.last_error IS NULL) = (c.last_error_at IS NULL)
+                AND coalesce(c.last_error_at <= c.last_batch_at, true)) AS error_at_ok,
+       bool_and(c.stats_reset IS NOT DISTINCT FROM r.reset_at) AS reset_ok,
+       (SELECT ROW(s.events_processed, s.dead_letters, s.alerts, s.model_calls, s.last_error)
+               IS NOT DISTINCT FROM ROW(sum(c.events_processed), sum(c.dead_letters), sum(c.alerts),
+                     sum(c.model_calls), max(c.last_error))
+        FROM digitaltwin.model_stats s WHERE s.model = m.name) AS view_ok
+FROM digitaltwin.models m
+JOIN digitaltwin.model_counters c ON c.model_id = m.id
+LEFT JOIN digitaltwin.model_stats_resets r ON r.model_id = m.id
+WHERE m.name IN ('fast_a', 'fast_b')
+GROUP BY m.name, m.id ORDER BY m.name;
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT * FROM fast_counters;
+-- batches of the same model add up: an alert, a dead letter, a slow call
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{"hot": true}');
+SELECT digitaltwin.wait_idle('30s');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{"bad": 1}');
+SELECT digitaltwin.wait_idle('30s');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{"slow": true}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT * FROM fast_counters;
+-- one batch, two models: one row added to, one inserted
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{}'), ('fast_b', 'f1', '{}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT * FROM fast_counters;
+-- after a reset, the next batch starts the row again (no slow call, no
+-- error any more), and the one after adds to it
+SELECT digitaltwin.reset_stats('fast_a');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT * FROM fast_counters;
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{"bad": 2}');
+SELECT digitaltwin.wait_idle('30s');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{"hot": true}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT * FROM fast_counters;
+-- a row deleted by its owner: the next batch makes a new one, which
+-- counts from the model's reset
+DELETE FROM digitaltwin.model_counters c USING digitaltwin.models m
+WHERE m.id = c.model_id AND m.name = 'fast_a';
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT * FROM fast_counters;
+-- drop_model() deletes the rows; a model of the same name counts anew
+SELECT digitaltwin.drop_model('fast_a', force => true);
+SELECT digitaltwin.create_model('fast_a', 'fast_meter(text,jsonb,jsonb)');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{"hot": true}');
+SELECT digitaltwin.wait_idle('30s');
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('fast_a', 'f1', '{}');
+SELECT digitaltwin.wait_idle('30s');
+SELECT * FROM fast_counters;
+DROP VIEW fast_counters;
+SELECT digitaltwin.drop_model('fast_a', force => true);
+SELECT digitaltwin.drop_model('fast_b', force => true);
+DROP FUNCTION fast_meter(text, jsonb, jsonb);
 DROP FUNCTION meter(text, jsonb, jsonb), slow_meter(text, jsonb, jsonb);
 DROP OWNED BY dt_stats_ops, dt_stats_reader, dt_stats_writer;
 DROP ROLE dt_stats_ops, dt_stats_reader, dt_stats_writer;

@@ -47,6 +47,7 @@
 
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "digitaltwin.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -135,6 +136,35 @@ extern void dt_announce_add(DtAnnouncements *a, const char *payload);
 extern void dt_announce_send(DtAnnouncements *a, const char *channel);
 extern void dt_announce_forget(DtAnnouncements *a);
 extern void dt_spi_cursor_each(Portal portal, dt_row_fn fn, void *arg);
+
+/* rows of the extension's tables by primary key, through the table AM */
+typedef struct DtKeyScan
+{
+	Relation	rel;
+	Relation	index;			/* the primary key */
+	int			nkeys;			/* its columns */
+	IndexScanDesc scan;
+	TupleTableSlot *slot;		/* the row found */
+} DtKeyScan;
+
+extern void dt_key_scan_open(DtKeyScan *ks, Oid relid, LOCKMODE lockmode,
+							 Snapshot snapshot);
+extern bool dt_key_scan_fetch(DtKeyScan *ks, ScanKey keys);
+extern void dt_key_scan_close(DtKeyScan *ks);
+
+typedef struct DtRowUpdater
+{
+	DtKeyScan	find;			/* find.slot: the row to update */
+	Snapshot	snapshot;
+	EState	   *estate;
+	ResultRelInfo *rri;
+	TupleTableSlot *newslot;	/* its new version */
+} DtRowUpdater;
+
+extern void dt_row_updater_open(DtRowUpdater *u, Oid relid, Snapshot snapshot);
+extern bool dt_row_updater_find(DtRowUpdater *u, ScanKey keys);
+extern bool dt_row_updater_write(DtRowUpdater *u);
+extern void dt_row_updater_close(DtRowUpdater *u);
 
 /* the search_path of every statement the extension runs with other rights */
 #define DT_TRUSTED_SEARCH_PATH "pg_catalog, pg_temp"

@@ -24,11 +24,8 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
-#include "access/table.h"
-#include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "executor/executor.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -666,87 +663,46 @@ dt_rows_execute(DtStateRows *rows, SPIPlanPtr plan, int nargs, int expected_ret)
 
 /*
  * Update the rows of twins that twin_state has already, straight through
- * the table AM: the primary key finds each row (one index scan, rescanned
- * per twin), the new version is written with simple_table_tuple_update, and
- * index entries are added only when the update could not be HOT.  This is
- * what an UPDATE statement would do, without forming, materialising and
- * joining arrays of a whole batch's states (a quarter of the statement's
- * cost).  No trigger needs to fire: the only one, the foreign key's check,
- * is skipped by PostgreSQL too when the key does not change.  This worker
- * is the only writer of its twins' rows; a row deleted meanwhile (its model
+ * the table AM (dt_row_updater_open): the primary key finds each row, and
+ * the new version is written as an UPDATE statement would.  This is what
+ * that statement would do, without forming, materialising and joining
+ * arrays of a whole batch's states (a quarter of the statement's cost).
+ * No trigger needs to fire: the only one, the foreign key's check, is
+ * skipped by PostgreSQL too when the key does not change.  This worker is
+ * the only writer of its twins' rows; a row deleted meanwhile (its model
  * dropped) is an error, and the batch is retried.
  */
 static void
 dt_stage_update_rows(DtStagedTwin **twins, int n)
 {
-	Relation	rel;
-	Relation	index;
-	EState	   *estate;
-	ResultRelInfo *rri;
-	TupleTableSlot *oldslot;
-	TupleTableSlot *newslot;
-	IndexScanDesc scan;
+	DtRowUpdater u;
 	ScanKeyData keys[2];
-	Snapshot	snapshot = GetActiveSnapshot();
 	int			i;
 
 	if (n == 0)
 		return;
-	rel = table_open(dt_extension_relid("twin_state"), RowExclusiveLock);
-	index = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
-	estate = CreateExecutorState();
-	estate->es_snapshot = snapshot;
-	rri = makeNode(ResultRelInfo);
-	/* no range table entry: to ExecInsertIndexTuples no column changed */
-	InitResultRelInfo(rri, rel, 0, NULL, 0);
-	ExecOpenIndices(rri, false);
-	oldslot = table_slot_create(rel, NULL);
-	newslot = table_slot_create(rel, NULL);
-	scan = index_beginscan(rel, index, snapshot, 2, 0);
-
+	dt_row_updater_open(&u, dt_extension_relid("twin_state"), GetActiveSnapshot());
 	for (i = 0; i < n; i++)
 	{
 		DtStagedTwin *twin = twins[i];
-		bool		update_indexes;
-		int			a;
+		TupleTableSlot *newslot = u.newslot;
 
 		ScanKeyInit(&keys[0], 1, BTEqualStrategyNumber, F_INT4EQ,
 					Int32GetDatum(twin->model->id));
 		ScanKeyEntryInitialize(&keys[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
-							   index->rd_indcollation[1], F_TEXTEQ,
+							   u.find.index->rd_indcollation[1], F_TEXTEQ,
 							   CStringGetTextDatum(twin->twin_id));
-		index_rescan(scan, keys, 2, NULL, 0);
-		if (!index_getnext_slot(scan, ForwardScanDirection, oldslot))
+		if (!dt_row_updater_find(&u, keys))
 			elog(ERROR, "digitaltwin: twin \"%s\" of model \"%s\" is missing from twin_state",
 				 twin->twin_id, twin->model->name);
-
-		slot_getallattrs(oldslot);
-		ExecClearTuple(newslot);
-		for (a = 0; a < newslot->tts_tupleDescriptor->natts; a++)
-		{
-			newslot->tts_values[a] = oldslot->tts_values[a];
-			newslot->tts_isnull[a] = oldslot->tts_isnull[a];
-		}
 		newslot->tts_values[2] = PointerGetDatum(dt_stage_persisted_value(twin));
 		newslot->tts_values[3] = Int64GetDatum(twin->event_count);
 		newslot->tts_values[4] = TimestampTzGetDatum(twin->updated_at);
-		ExecStoreVirtualTuple(newslot);
-
-		simple_table_tuple_update(rel, &oldslot->tts_tid, newslot, snapshot,
-								  &update_indexes);
-		if (update_indexes && rri->ri_NumIndices > 0)
-			(void) ExecInsertIndexTuples(rri, newslot, estate, true, false, NULL, NIL);
-		ResetPerTupleExprContext(estate);
+		if (!dt_row_updater_write(&u))
+			elog(ERROR, "digitaltwin: the row of twin \"%s\" of model \"%s\" in twin_state changed concurrently",
+				 twin->twin_id, twin->model->name);
 	}
-
-	index_endscan(scan);
-	ExecDropSingleTupleTableSlot(oldslot);
-	ExecDropSingleTupleTableSlot(newslot);
-	ExecCloseIndices(rri);
-	FreeExecutorState(estate);
-	index_close(index, NoLock);
-	table_close(rel, NoLock);
-	CommandCounterIncrement();
+	dt_row_updater_close(&u);
 }
 
 /*

@@ -11,11 +11,15 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "commands/async.h"
+#include "executor/executor.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
 #include "utils/guc.h"
@@ -24,6 +28,7 @@
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/syscache.h"
@@ -477,4 +482,133 @@ dt_announce_send(DtAnnouncements *a, const char *channel)
 	PG_END_TRY();
 	MemoryContextSwitchTo(old);
 	dt_announce_forget(a);
+}
+
+/* ----------------------------------------------------------------
+ * Rows of the extension's tables by primary key, through the table AM
+ * ----------------------------------------------------------------
+ */
+
+/*
+ * Look up rows of a table by its primary key, one index scan rescanned
+ * per key: where a worker reads or writes a few rows per batch, a planned
+ * statement would cost more than the work (stage.c, model_stats.c).  keys
+ * passed to dt_key_scan_fetch() cover every column of the key, numbered
+ * as the index's.
+ */
+void
+dt_key_scan_open(DtKeyScan *ks, Oid relid, LOCKMODE lockmode, Snapshot snapshot)
+{
+	ks->rel = table_open(relid, lockmode);
+	ks->index = index_open(RelationGetPrimaryKeyIndex(ks->rel), AccessShareLock);
+	ks->nkeys = IndexRelationGetNumberOfKeyAttributes(ks->index);
+	ks->slot = table_slot_create(ks->rel, NULL);
+	ks->scan = index_beginscan(ks->rel, ks->index, snapshot, ks->nkeys, 0);
+}
+
+/*
+ * The row of the key, as the scan's snapshot sees it, with every column
+ * deformed into ks->slot (valid until the next fetch); false if none.
+ */
+bool
+dt_key_scan_fetch(DtKeyScan *ks, ScanKey keys)
+{
+	index_rescan(ks->scan, keys, ks->nkeys, NULL, 0);
+	if (!index_getnext_slot(ks->scan, ForwardScanDirection, ks->slot))
+		return false;
+	slot_getallattrs(ks->slot);
+	return true;
+}
+
+/* The locks are kept to the end of the transaction. */
+void
+dt_key_scan_close(DtKeyScan *ks)
+{
+	index_endscan(ks->scan);
+	ExecDropSingleTupleTableSlot(ks->slot);
+	index_close(ks->index, NoLock);
+	table_close(ks->rel, NoLock);
+}
+
+/*
+ * Update rows of a table found by primary key, as an UPDATE statement
+ * would, without planning one: the new version is written with
+ * table_tuple_update, and index entries are added only when the update
+ * could not be HOT.  No trigger fires: callers use it on tables whose only
+ * triggers are their foreign keys' checks, which PostgreSQL skips too when
+ * the key does not change (and callers change no key).  Constraints are
+ * not checked either: callers write only values that satisfy them.
+ */
+void
+dt_row_updater_open(DtRowUpdater *u, Oid relid, Snapshot snapshot)
+{
+	dt_key_scan_open(&u->find, relid, RowExclusiveLock, snapshot);
+	u->snapshot = snapshot;
+	u->estate = CreateExecutorState();
+	u->estate->es_snapshot = snapshot;
+	u->rri = makeNode(ResultRelInfo);
+	/* no range table entry: to ExecInsertIndexTuples no column changed */
+	InitResultRelInfo(u->rri, u->find.rel, 0, NULL, 0);
+	ExecOpenIndices(u->rri, false);
+	u->newslot = table_slot_create(u->find.rel, NULL);
+}
+
+/*
+ * Find the row of the key; its values are copied into u->newslot (not yet
+ * stored), for the caller to change before dt_row_updater_write().
+ */
+bool
+dt_row_updater_find(DtRowUpdater *u, ScanKey keys)
+{
+	TupleTableSlot *oldslot = u->find.slot;
+	int			natts = oldslot->tts_tupleDescriptor->natts;
+
+	if (!dt_key_scan_fetch(&u->find, keys))
+		return false;
+	ExecClearTuple(u->newslot);
+	memcpy(u->newslot->tts_values, oldslot->tts_values, sizeof(Datum) * natts);
+	memcpy(u->newslot->tts_isnull, oldslot->tts_isnull, sizeof(bool) * natts);
+	return true;
+}
+
+/*
+ * Replace the row found last with u->newslot's values.  False if another
+ * transaction updated or deleted the row since the snapshot was taken (it
+ * has committed: the update waits for it); what the caller does then
+ * depends on who else may write the table.
+ */
+bool
+dt_row_updater_write(DtRowUpdater *u)
+{
+	TM_FailureData tmfd;
+	LockTupleMode lockmode;
+	bool		update_indexes;
+	TM_Result	result;
+
+	ExecStoreVirtualTuple(u->newslot);
+	result = table_tuple_update(u->find.rel, &u->find.slot->tts_tid, u->newslot,
+								GetCurrentCommandId(true), u->snapshot,
+								InvalidSnapshot, true, &tmfd, &lockmode,
+								&update_indexes);
+	if (result == TM_Updated || result == TM_Deleted)
+		return false;
+	if (result != TM_Ok)
+		elog(ERROR, "digitaltwin: unexpected result %d updating a row of %s",
+			 (int) result, RelationGetRelationName(u->find.rel));
+	if (update_indexes && u->rri->ri_NumIndices > 0)
+		(void) ExecInsertIndexTuples(u->rri, u->newslot, u->estate, true, false,
+									 NULL, NIL);
+	ResetPerTupleExprContext(u->estate);
+	return true;
+}
+
+/* The updates are made visible to the transaction's next commands. */
+void
+dt_row_updater_close(DtRowUpdater *u)
+{
+	ExecDropSingleTupleTableSlot(u->newslot);
+	ExecCloseIndices(u->rri);
+	FreeExecutorState(u->estate);
+	dt_key_scan_close(&u->find);
+	CommandCounterIncrement();
 }
