@@ -74,7 +74,7 @@ int			dt_batch_delay_ms = 0;
 int			dt_model_timeout_ms = 5000;
 int			dt_max_payload_kb = 1024;
 int			dt_max_state_kb = 1024;
-int			dt_queue_rotation_ms = 10000;
+int			dt_queue_rotation_ms = 1000;
 int			dt_log_partition_s = 3600;
 int			dt_alert_retention_s = 7 * 24 * 3600;
 int			dt_dead_letter_retention_s = 30 * 24 * 3600;
@@ -192,9 +192,9 @@ dt_define_gucs(void)
 
 	DefineCustomIntVariable("digitaltwin.queue_rotation",
 							"Time after which new events go to the next partition of the queue.",
-							"Consumed partitions are truncated; a shorter time keeps the queue smaller, at the cost of more truncations.",
+							"Consumed partitions are truncated; a shorter time keeps the queue smaller, and the workers read fewer of its pages for each batch, at the cost of more truncations.",
 							&dt_queue_rotation_ms,
-							10000, 100, 24 * 3600 * 1000,
+							1000, 100, 24 * 3600 * 1000,
 							PGC_SIGHUP,
 							GUC_UNIT_MS,
 							NULL, NULL, NULL);
