@@ -271,6 +271,7 @@ dt_fetch_read_page(DtFetchState *fs, int source, Relation rel, Buffer buffer,
 	OffsetNumber off;
 	bool		known = !PageIsNew(page);
 	int64		min_pending = DT_NOTHING_PENDING;
+	TransactionId running = InvalidTransactionId;
 
 	for (off = FirstOffsetNumber; off <= maxoff; off = OffsetNumberNext(off))
 	{
@@ -285,6 +286,18 @@ dt_fetch_read_page(DtFetchState *fs, int source, Relation rel, Buffer buffer,
 		tuple.t_len = ItemIdGetLength(itemid);
 		tuple.t_tableOid = RelationGetRelid(rel);
 		ItemPointerSet(&tuple.t_self, BufferGetBlockNumber(buffer), off);
+
+		/*
+		 * The rows of a large COPY in progress: one transaction's, page after
+		 * page.  Once one of them was found in progress (after our snapshot
+		 * was taken), the next rows of that transaction are invisible to us
+		 * too, and leave the page unknown: no need to ask the proc array for
+		 * each.
+		 */
+		if (TransactionIdIsValid(running) &&
+			HeapTupleHeaderGetRawXmin(tuple.t_data) == running &&
+			!HeapTupleHeaderXminCommitted(tuple.t_data))
+			continue;
 
 		switch (HeapTupleSatisfiesVacuum(&tuple, InvalidTransactionId, buffer))
 		{
@@ -306,8 +319,15 @@ dt_fetch_read_page(DtFetchState *fs, int source, Relation rel, Buffer buffer,
 				dt_fetch_offer(fs, source, id, &tuple);
 				continue;
 			case HEAPTUPLE_INSERT_IN_PROGRESS:
-			case HEAPTUPLE_DELETE_IN_PROGRESS:
 				/* may go either way: read the page again next time */
+				known = false;
+				if (!TransactionIdIsCurrentTransactionId(HeapTupleHeaderGetRawXmin(tuple.t_data)))
+				{
+					running = HeapTupleHeaderGetRawXmin(tuple.t_data);
+					continue;
+				}
+				/* FALLTHROUGH */
+			case HEAPTUPLE_DELETE_IN_PROGRESS:
 				known = false;
 
 				/*
