@@ -302,8 +302,24 @@ dt_fetch_read_page(DtFetchState *fs, int source, Relation rel, Buffer buffer,
 		switch (HeapTupleSatisfiesVacuum(&tuple, InvalidTransactionId, buffer))
 		{
 			case HEAPTUPLE_DEAD:
+				/* never committed: gone for every fetch */
+				continue;
 			case HEAPTUPLE_RECENTLY_DEAD:
-				/* consumed, or never committed: gone for every later fetch */
+				/* consumed: gone for every later fetch */
+				if (!dt_event_is_ours(&tuple, desc, fs->partition, fs->partitions) ||
+					!HeapTupleSatisfiesVisibility(&tuple, fs->snapshot, buffer))
+					continue;
+
+				/*
+				 * ... but deleted (or updated, by the queue's owner) after our
+				 * snapshot was taken: offered as the snapshot sees it, its
+				 * delete in the batch fails and the batch is retried, as
+				 * before 1.12; skipping it would let the fetch claim to have
+				 * seen every event of ours while a new version of it waits.
+				 */
+				known = false;
+				id = DatumGetInt64(heap_getattr(&tuple, DT_EVENT_ATT_ID, desc, &isnull));
+				dt_fetch_offer(fs, source, id, &tuple);
 				continue;
 			case HEAPTUPLE_LIVE:
 				if (!dt_event_is_ours(&tuple, desc, fs->partition, fs->partitions))
@@ -344,6 +360,9 @@ dt_fetch_read_page(DtFetchState *fs, int source, Relation rel, Buffer buffer,
 		}
 	}
 	memo->lsn = known ? BufferGetLSNAtomic(buffer) : DT_PAGE_UNKNOWN;
+	/* a page never WAL-logged since its file was created: read it again */
+	if (memo->lsn == InvalidXLogRecPtr)
+		memo->lsn = DT_PAGE_UNKNOWN;
 	memo->min_pending = min_pending;
 }
 
@@ -354,13 +373,36 @@ dt_fetch_read_page(DtFetchState *fs, int source, Relation rel, Buffer buffer,
  * which ReadRecentBuffer() checks still holds it.
  */
 static Buffer
-dt_fetch_pin_page(Relation rel, BlockNumber blkno, DtPageMemo *pm)
+dt_fetch_pin_page(Relation rel, BlockNumber blkno, DtPageMemo *pm,
+				  BufferAccessStrategy strategy)
 {
 	if (BufferIsValid(pm->buffer) &&
 		ReadRecentBuffer(rel->rd_node, MAIN_FORKNUM, blkno, pm->buffer))
 		return pm->buffer;
-	pm->buffer = ReadBuffer(rel, blkno);
+	pm->buffer = ReadBufferExtended(rel, MAIN_FORKNUM, blkno, RBM_NORMAL, strategy);
 	return pm->buffer;
+}
+
+/*
+ * A backlog larger than a quarter of shared_buffers is read through a ring
+ * of buffers, as a sequential scan would be, so that reading it for every
+ * batch does not push the twins' pages out of shared memory.
+ */
+static BufferAccessStrategy
+dt_fetch_strategy(BlockNumber npages)
+{
+	static BufferAccessStrategy bulk = NULL;
+
+	if (npages <= (BlockNumber) (NBuffers / 4))
+		return NULL;
+	if (bulk == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		bulk = GetAccessStrategy(BAS_BULKREAD);
+		MemoryContextSwitchTo(old);
+	}
+	return bulk;
 }
 
 /* Read the pages of one queue partition that may hold events for us. */
@@ -370,6 +412,7 @@ dt_fetch_scan_partition(DtFetchState *fs, int source, Relation rel)
 	BlockNumber npages = RelationGetNumberOfBlocks(rel);
 	bool		use_memo = RelationNeedsWAL(rel);
 	DtQueueMemo *memo = dt_memo_for(source, rel, fs->partition, fs->partitions, npages);
+	BufferAccessStrategy strategy = dt_fetch_strategy(npages);
 	BlockNumber blkno;
 
 	for (blkno = 0; blkno < npages; blkno++)
@@ -378,7 +421,7 @@ dt_fetch_scan_partition(DtFetchState *fs, int source, Relation rel)
 		Buffer		buffer;
 
 		CHECK_FOR_INTERRUPTS();
-		buffer = dt_fetch_pin_page(rel, blkno, pm);
+		buffer = dt_fetch_pin_page(rel, blkno, pm, strategy);
 		LockBuffer(buffer, BUFFER_LOCK_SHARE);
 		if (!use_memo || pm->lsn != BufferGetLSNAtomic(buffer) ||
 			pm->min_pending < dt_fetch_bar(fs))
@@ -457,6 +500,31 @@ dt_fetch_grow_buffer(int size)
 	fetch_buffer_size = size;
 }
 
+/*
+ * The fetch's max-heap, kept for the life of the worker (an idle poll
+ * would otherwise allocate one of batch_size entries for nothing).
+ */
+static binaryheap *
+dt_fetch_heap(int limit)
+{
+	static binaryheap *heap = NULL;
+
+	if (heap != NULL && heap->bh_space < limit)
+	{
+		binaryheap_free(heap);
+		heap = NULL;
+	}
+	if (heap == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+		heap = binaryheap_allocate(limit, dt_candidate_cmp, NULL);
+		MemoryContextSwitchTo(old);
+	}
+	binaryheap_reset(heap);
+	return heap;
+}
+
 static int
 dt_candidate_qsort_cmp(const void *a, const void *b)
 {
@@ -493,7 +561,7 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 	fs.partitions = partitions;
 	fs.cxt = AllocSetContextCreate(CurrentMemoryContext, "digitaltwin fetch",
 								   ALLOCSET_DEFAULT_SIZES);
-	fs.heap = binaryheap_allocate(limit, dt_candidate_cmp, NULL);
+	fs.heap = dt_fetch_heap(limit);
 
 	parent = table_open(dt_extension_relid("events"), AccessShareLock);
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -520,7 +588,6 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 	PopActiveSnapshot();
 	table_close(parent, NoLock);
 	pfree(found);
-	binaryheap_free(fs.heap);
 	MemoryContextDelete(fs.cxt);
 	*events = fetch_buffer;
 	return n;

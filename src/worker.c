@@ -1348,6 +1348,14 @@ digitaltwin_worker_main(Datum main_arg)
 	 * ends with the call, so this one is always back for the next statement.
 	 */
 	SetConfigOption("search_path", DT_TRUSTED_SEARCH_PATH, PGC_SUSET, PGC_S_OVERRIDE);
+
+	/*
+	 * Each fetch takes a new snapshot after its batch was counted (wait_idle
+	 * relies on it): whatever the database's default_transaction_isolation
+	 * says, a batch is READ COMMITTED.
+	 */
+	SetConfigOption("default_transaction_isolation", "read committed",
+					PGC_SUSET, PGC_S_OVERRIDE);
 	dt_model_timeouts_init();
 
 	SpinLockAcquire(&my_slot->mutex);
