@@ -137,3 +137,54 @@ BEGIN;
 SELECT digitaltwin.send('counter', 'x', '{}') IS NOT NULL AS sent;
 SELECT digitaltwin.wait_idle('1s');
 ROLLBACK;
+
+-- A worker remembers where it last wrote each twin's row of twin_state and
+-- looks there first; the place is only a hint, checked against the twin's
+-- key: rows ended and vacuumed away, their places taken by other twins'
+-- rows, every row moved by VACUUM FULL.  Live and durable states agree.
+CREATE FUNCTION place_counter(twin_id text, state jsonb, event jsonb) RETURNS jsonb
+LANGUAGE sql AS $$
+    SELECT CASE WHEN event ? 'end' THEN NULL
+                ELSE jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1) END
+$$;
+SELECT digitaltwin.create_model('place', 'place_counter(text,jsonb,jsonb)');
+CREATE FUNCTION place_round(ids text[], payload jsonb) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO digitaltwin.events (model, twin_id, payload)
+    SELECT 'place', id, payload FROM unnest(ids) id;
+    RETURN true;
+END $$;
+CREATE VIEW place_ids AS
+SELECT array_agg('p' || i) FILTER (WHERE i <= 10) AS p_low,
+       array_agg('p' || i) AS p_all,
+       array_agg('q' || i) FILTER (WHERE i <= 10) AS q
+FROM generate_series(1, 20) i;
+SELECT place_round(p_all, '{}') FROM place_ids;
+SELECT digitaltwin.wait_idle('30s');
+SELECT place_round(p_all, '{}') FROM place_ids;
+SELECT digitaltwin.wait_idle('30s');
+SELECT place_round(p_low, '{"end": true}') FROM place_ids;
+SELECT digitaltwin.wait_idle('30s');
+VACUUM digitaltwin.twin_state;
+SELECT place_round(q, '{}') FROM place_ids;
+SELECT digitaltwin.wait_idle('30s');
+SELECT place_round(p_low, '{}') FROM place_ids;
+SELECT digitaltwin.wait_idle('30s');
+SELECT place_round(q || p_all, '{}') FROM place_ids;
+SELECT digitaltwin.wait_idle('30s');
+VACUUM FULL digitaltwin.twin_state;
+SELECT place_round(q || p_all, '{}') FROM place_ids;
+SELECT digitaltwin.wait_idle('30s');
+SELECT left(v.twin_id, 1) AS kind, (v.state->>'n')::int AS n, count(*) AS twins,
+       bool_and(s.event_count = v.event_count AND s.event_count = (v.state->>'n')::int) AS durable_agrees
+FROM digitaltwin.twins v
+JOIN digitaltwin.models m ON m.name = v.model
+JOIN digitaltwin.twin_state s ON s.model_id = m.id AND s.twin_id = v.twin_id
+WHERE v.model = 'place' GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT count(*) AS durable_rows FROM digitaltwin.twin_state s
+JOIN digitaltwin.models m ON m.id = s.model_id WHERE m.name = 'place';
+DROP VIEW place_ids;
+DROP FUNCTION place_round(text[], jsonb);
+SELECT digitaltwin.drop_model('place', force => true);
+DROP FUNCTION place_counter(text, jsonb, jsonb);

@@ -145,11 +145,13 @@ typedef struct DtKeyScan
 	int			nkeys;			/* its columns */
 	IndexScanDesc scan;
 	TupleTableSlot *slot;		/* the row found */
+	BlockNumber nblocks;		/* of the table when opened */
 } DtKeyScan;
 
 extern void dt_key_scan_open(DtKeyScan *ks, Oid relid, LOCKMODE lockmode,
 							 Snapshot snapshot);
 extern bool dt_key_scan_fetch(DtKeyScan *ks, ScanKey keys);
+extern bool dt_key_scan_fetch_at(DtKeyScan *ks, ItemPointer tid, ScanKey keys);
 extern void dt_key_scan_close(DtKeyScan *ks);
 
 typedef struct DtRowUpdater
@@ -163,6 +165,7 @@ typedef struct DtRowUpdater
 
 extern void dt_row_updater_open(DtRowUpdater *u, Oid relid, Snapshot snapshot);
 extern bool dt_row_updater_find(DtRowUpdater *u, ScanKey keys);
+extern bool dt_row_updater_find_at(DtRowUpdater *u, ItemPointer tid, ScanKey keys);
 extern bool dt_row_updater_write(DtRowUpdater *u);
 extern void dt_row_updater_close(DtRowUpdater *u);
 

@@ -12,6 +12,7 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/tableam.h"
@@ -29,6 +30,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "storage/bufmgr.h"
 #include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/syscache.h"
@@ -504,6 +506,7 @@ dt_key_scan_open(DtKeyScan *ks, Oid relid, LOCKMODE lockmode, Snapshot snapshot)
 	ks->nkeys = IndexRelationGetNumberOfKeyAttributes(ks->index);
 	ks->slot = table_slot_create(ks->rel, NULL);
 	ks->scan = index_beginscan(ks->rel, ks->index, snapshot, ks->nkeys, 0);
+	ks->nblocks = RelationGetNumberOfBlocks(ks->rel);
 }
 
 /*
@@ -518,6 +521,55 @@ dt_key_scan_fetch(DtKeyScan *ks, ScanKey keys)
 		return false;
 	slot_getallattrs(ks->slot);
 	return true;
+}
+
+/* Does the row in ks->slot (all columns deformed) have this key? */
+static bool
+dt_key_scan_matches(DtKeyScan *ks, ScanKey keys)
+{
+	int			i;
+
+	for (i = 0; i < ks->nkeys; i++)
+	{
+		AttrNumber	attno = ks->index->rd_index->indkey.values[i];
+
+		if (ks->slot->tts_isnull[attno - 1] ||
+			!DatumGetBool(FunctionCall2Coll(&keys[i].sk_func, keys[i].sk_collation,
+											ks->slot->tts_values[attno - 1],
+											keys[i].sk_argument)))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * As dt_key_scan_fetch(), trying first where the row was last seen: 'tid',
+ * remembered by the caller, which may be stale (the row updated since, the
+ * table vacuumed or rewritten, the place taken by another row).  It is
+ * used only when a row visible to the snapshot is there and has the key;
+ * only one version of a row is visible to a snapshot, so that is the row.
+ * Looking a row up by its primary key was most of the cost of updating it
+ * where the same rows are updated batch after batch.  The page is pruned
+ * as an index scan would, so that the next update can still be HOT.
+ */
+bool
+dt_key_scan_fetch_at(DtKeyScan *ks, ItemPointer tid, ScanKey keys)
+{
+	if (ItemPointerIsValid(tid) &&
+		ItemPointerGetBlockNumber(tid) < ks->nblocks)
+	{
+		Buffer		buffer = ReadBuffer(ks->rel, ItemPointerGetBlockNumber(tid));
+
+		heap_page_prune_opt(ks->rel, buffer);
+		ReleaseBuffer(buffer);
+		if (table_tuple_fetch_row_version(ks->rel, tid, ks->scan->xs_snapshot, ks->slot))
+		{
+			slot_getallattrs(ks->slot);
+			if (dt_key_scan_matches(ks, keys))
+				return true;
+		}
+	}
+	return dt_key_scan_fetch(ks, keys);
 }
 
 /* The locks are kept to the end of the transaction. */
@@ -560,10 +612,18 @@ dt_row_updater_open(DtRowUpdater *u, Oid relid, Snapshot snapshot)
 bool
 dt_row_updater_find(DtRowUpdater *u, ScanKey keys)
 {
+	return dt_row_updater_find_at(u, NULL, keys);
+}
+
+/* The same, trying first where the row was (see dt_key_scan_fetch_at). */
+bool
+dt_row_updater_find_at(DtRowUpdater *u, ItemPointer tid, ScanKey keys)
+{
 	TupleTableSlot *oldslot = u->find.slot;
 	int			natts = oldslot->tts_tupleDescriptor->natts;
 
-	if (!dt_key_scan_fetch(&u->find, keys))
+	if (!(tid ? dt_key_scan_fetch_at(&u->find, tid, keys) :
+		  dt_key_scan_fetch(&u->find, keys)))
 		return false;
 	ExecClearTuple(u->newslot);
 	memcpy(u->newslot->tts_values, oldslot->tts_values, sizeof(Datum) * natts);
@@ -572,7 +632,8 @@ dt_row_updater_find(DtRowUpdater *u, ScanKey keys)
 }
 
 /*
- * Replace the row found last with u->newslot's values.  False if another
+ * Replace the row found last with u->newslot's values (u->newslot->tts_tid
+ * is then where the new version is).  False if another
  * transaction updated or deleted the row since the snapshot was taken (it
  * has committed: the update waits for it); what the caller does then
  * depends on who else may write the table.
