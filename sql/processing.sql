@@ -142,12 +142,8 @@ ROLLBACK;
 -- looks there first; the place is only a hint, checked against the twin's
 -- key: rows ended and vacuumed away, their places taken by other twins'
 -- rows, every row moved by VACUUM FULL.  Live and durable states agree.
-CREATE FUNCTION place_counter(twin_id text, state jsonb, event jsonb) RETURNS jsonb
-LANGUAGE sql AS $$
-    SELECT CASE WHEN event ? 'end' THEN NULL
-                ELSE jsonb_build_object('n', coalesce((state->>'n')::int, 0) + 1) END
-$$;
-SELECT digitaltwin.create_model('place', 'place_counter(text,jsonb,jsonb)');
+-- the model of the sessions above: NULL on 'end' ends the twin
+SELECT digitaltwin.create_model('place', 'session(text,jsonb,jsonb)');
 CREATE FUNCTION place_round(ids text[], payload jsonb) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -187,4 +183,3 @@ JOIN digitaltwin.models m ON m.id = s.model_id WHERE m.name = 'place';
 DROP VIEW place_ids;
 DROP FUNCTION place_round(text[], jsonb);
 SELECT digitaltwin.drop_model('place', force => true);
-DROP FUNCTION place_counter(text, jsonb, jsonb);
