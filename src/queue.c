@@ -413,6 +413,27 @@ dt_queue_apply_retention(const char *table, const char *column, int retention_s)
 }
 
 /*
+ * Whether the extension is there to maintain, with the registry locked as
+ * every batch locks it first (worker.c): DROP EXTENSION takes the registry
+ * before the tables maintenance touches (protect.c), so maintenance that
+ * held queue_state or a queue partition while waiting for the registry
+ * would deadlock with the drop.  A drop waited for leaves nothing to do;
+ * the snapshot is taken again once the lock is held.
+ */
+static bool
+dt_queue_maintenance_may_run(void)
+{
+	if (!OidIsValid(get_extension_oid("digitaltwin", true)))
+		return false;
+	LockRelationOid(dt_models_relid(), RowShareLock);
+	if (!OidIsValid(get_extension_oid("digitaltwin", true)))
+		return false;
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	return true;
+}
+
+/*
  * One round of queue maintenance, at most once a second, in its own
  * transaction.  Called by worker 0 between batches.
  */
@@ -437,7 +458,7 @@ dt_queue_maintain(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "digitaltwin: queue maintenance");
 
-	if (OidIsValid(get_extension_oid("digitaltwin", true)))
+	if (dt_queue_maintenance_may_run())
 	{
 		/* worker 0 is its only writer: no row lock, no write when idle */
 		if (SPI_execute("SELECT generation, drained_through, rotated_at "
