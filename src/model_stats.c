@@ -323,6 +323,29 @@ dt_has_own_triggers(Relation rel)
 	return false;
 }
 
+/*
+ * Whether model_counters still has the columns of version 1.10, in order
+ * and of their types: the fast path writes them by position.
+ */
+static bool
+dt_counters_shape_known(TupleDesc desc)
+{
+	static const Oid types[DT_COUNTERS_NATTS] = {INT4OID, INT4OID, INT8OID, INT8OID,
+		INT8OID, INT8OID, FLOAT8OID, FLOAT8OID, TIMESTAMPTZOID, TEXTOID,
+	TIMESTAMPTZOID, TIMESTAMPTZOID};
+	int			i;
+
+	if (desc->natts != DT_COUNTERS_NATTS)
+		return false;
+	for (i = 0; i < DT_COUNTERS_NATTS; i++)
+	{
+		if (TupleDescAttr(desc, i)->attisdropped ||
+			TupleDescAttr(desc, i)->atttypid != types[i])
+			return false;
+	}
+	return true;
+}
+
 /* a + b as int8pl computes it, overflow included */
 static Datum
 dt_counter_sum(Datum a, int64 b)
@@ -441,7 +464,7 @@ dt_counters_update(TimestampTz now)
 	 * by the upsert, which names its columns and fires what a statement
 	 * fires.
 	 */
-	if (RelationGetDescr(u.find.rel)->natts != DT_COUNTERS_NATTS ||
+	if (!dt_counters_shape_known(RelationGetDescr(u.find.rel)) ||
 		dt_has_own_triggers(u.find.rel))
 	{
 		dt_row_updater_close(&u);
