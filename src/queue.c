@@ -30,7 +30,6 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
-#include "access/genam.h"
 #include "access/tableam.h"
 #include "access/table.h"
 #include "access/xact.h"
@@ -40,7 +39,6 @@
 #include "storage/lmgr.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
-#include "executor/tuptable.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
@@ -65,7 +63,6 @@ PG_FUNCTION_INFO_V1(digitaltwin_queue_partition);
 
 static bool wake_at_commit = false;
 static bool xact_callback_registered = false;
-
 
 static TimestampTz last_maintenance = 0;
 static TimestampTz next_truncate_attempt = 0;
