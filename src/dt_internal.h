@@ -145,7 +145,7 @@ typedef struct DtKeyScan
 	int			nkeys;			/* its columns */
 	IndexScanDesc scan;
 	TupleTableSlot *slot;		/* the row found */
-	BlockNumber nblocks;		/* of the table when opened */
+	BlockNumber nblocks;		/* of the table, once a place was tried */
 } DtKeyScan;
 
 extern void dt_key_scan_open(DtKeyScan *ks, Oid relid, LOCKMODE lockmode,

@@ -506,7 +506,7 @@ dt_key_scan_open(DtKeyScan *ks, Oid relid, LOCKMODE lockmode, Snapshot snapshot)
 	ks->nkeys = IndexRelationGetNumberOfKeyAttributes(ks->index);
 	ks->slot = table_slot_create(ks->rel, NULL);
 	ks->scan = index_beginscan(ks->rel, ks->index, snapshot, ks->nkeys, 0);
-	ks->nblocks = RelationGetNumberOfBlocks(ks->rel);
+	ks->nblocks = InvalidBlockNumber;	/* looked up by the first place tried */
 }
 
 /*
@@ -543,33 +543,45 @@ dt_key_scan_matches(DtKeyScan *ks, ScanKey keys)
 }
 
 /*
- * As dt_key_scan_fetch(), trying first where the row was last seen: 'tid',
+ * The row of the key if it is at 'tid' (NULL or invalid: nowhere), a place
  * remembered by the caller, which may be stale (the row updated since, the
- * table vacuumed or rewritten, the place taken by another row).  It is
- * used only when a row visible to the snapshot is there and has the key;
- * only one version of a row is visible to a snapshot, so that is the row.
- * Looking a row up by its primary key was most of the cost of updating it
- * where the same rows are updated batch after batch.  The page is pruned
- * as an index scan would, so that the next update can still be HOT.
+ * table vacuumed or rewritten, the place taken by another row): used only
+ * when a row visible to the snapshot is there and has the key; only one
+ * version of a row is visible to a snapshot, so that is the row.  The page
+ * is pruned as an index scan would, so that the next update can still be
+ * HOT.
+ */
+static bool
+dt_key_scan_try_place(DtKeyScan *ks, ItemPointer tid, ScanKey keys)
+{
+	BlockNumber blkno;
+	Buffer		buffer;
+
+	if (tid == NULL || !ItemPointerIsValid(tid))
+		return false;
+	blkno = ItemPointerGetBlockNumber(tid);
+	if (ks->nblocks == InvalidBlockNumber)
+		ks->nblocks = RelationGetNumberOfBlocks(ks->rel);
+	if (blkno >= ks->nblocks)
+		return false;
+	buffer = ReadBuffer(ks->rel, blkno);
+	heap_page_prune_opt(ks->rel, buffer);
+	ReleaseBuffer(buffer);
+	if (!table_tuple_fetch_row_version(ks->rel, tid, ks->scan->xs_snapshot, ks->slot))
+		return false;
+	slot_getallattrs(ks->slot);
+	return dt_key_scan_matches(ks, keys);
+}
+
+/*
+ * As dt_key_scan_fetch(), trying first where the row was last seen:
+ * looking a row up by its primary key was most of the cost of updating it
+ * where the same rows are updated batch after batch.
  */
 bool
 dt_key_scan_fetch_at(DtKeyScan *ks, ItemPointer tid, ScanKey keys)
 {
-	if (ItemPointerIsValid(tid) &&
-		ItemPointerGetBlockNumber(tid) < ks->nblocks)
-	{
-		Buffer		buffer = ReadBuffer(ks->rel, ItemPointerGetBlockNumber(tid));
-
-		heap_page_prune_opt(ks->rel, buffer);
-		ReleaseBuffer(buffer);
-		if (table_tuple_fetch_row_version(ks->rel, tid, ks->scan->xs_snapshot, ks->slot))
-		{
-			slot_getallattrs(ks->slot);
-			if (dt_key_scan_matches(ks, keys))
-				return true;
-		}
-	}
-	return dt_key_scan_fetch(ks, keys);
+	return dt_key_scan_try_place(ks, tid, keys) || dt_key_scan_fetch(ks, keys);
 }
 
 /* The locks are kept to the end of the transaction. */
@@ -622,8 +634,7 @@ dt_row_updater_find_at(DtRowUpdater *u, ItemPointer tid, ScanKey keys)
 	TupleTableSlot *oldslot = u->find.slot;
 	int			natts = oldslot->tts_tupleDescriptor->natts;
 
-	if (!(tid ? dt_key_scan_fetch_at(&u->find, tid, keys) :
-		  dt_key_scan_fetch(&u->find, keys)))
+	if (!dt_key_scan_fetch_at(&u->find, tid, keys))
 		return false;
 	ExecClearTuple(u->newslot);
 	memcpy(u->newslot->tts_values, oldslot->tts_values, sizeof(Datum) * natts);
