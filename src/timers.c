@@ -859,23 +859,18 @@ dt_timers_fire_failed(const DtEvent *ev)
 		dt_timer_advance(op, GetCurrentTimestamp());
 }
 
-/* An index scan of timer_state's primary key, for one timer at a time. */
+/* timer_state's rows by primary key (dt_key_scan_open), one timer at a time */
 typedef struct DtTimerRows
 {
-	Relation	rel;
-	Relation	index;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
+	DtKeyScan	ks;				/* ks.slot: the row found */
 	ScanKeyData keys[3];
 } DtTimerRows;
 
 static void
 dt_timer_rows_open(DtTimerRows *r)
 {
-	r->rel = table_open(dt_extension_relid("timer_state"), RowExclusiveLock);
-	r->index = index_open(RelationGetPrimaryKeyIndex(r->rel), RowExclusiveLock);
-	r->slot = table_slot_create(r->rel, NULL);
-	r->scan = index_beginscan(r->rel, r->index, GetActiveSnapshot(), 3, 0);
+	dt_key_scan_open(&r->ks, dt_extension_relid("timer_state"), RowExclusiveLock,
+					 GetActiveSnapshot());
 }
 
 static bool
@@ -884,13 +879,12 @@ dt_timer_rows_find(DtTimerRows *r, const DtTimerKey *key)
 	ScanKeyInit(&r->keys[0], DT_TIMER_ATT_MODEL_ID, BTEqualStrategyNumber, F_INT4EQ,
 				Int32GetDatum(key->model_id));
 	ScanKeyEntryInitialize(&r->keys[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
-						   r->index->rd_indcollation[1], F_TEXTEQ,
+						   r->ks.index->rd_indcollation[1], F_TEXTEQ,
 						   CStringGetTextDatum(key->twin_id));
 	ScanKeyEntryInitialize(&r->keys[2], 0, 3, BTEqualStrategyNumber, InvalidOid,
-						   r->index->rd_indcollation[2], F_TEXTEQ,
+						   r->ks.index->rd_indcollation[2], F_TEXTEQ,
 						   CStringGetTextDatum(key->name));
-	index_rescan(r->scan, r->keys, 3, NULL, 0);
-	return index_getnext_slot(r->scan, ForwardScanDirection, r->slot);
+	return dt_key_scan_fetch(&r->ks, r->keys);
 }
 
 /*
@@ -900,16 +894,13 @@ dt_timer_rows_find(DtTimerRows *r, const DtTimerKey *key)
 static void
 dt_timer_rows_delete_found(DtTimerRows *r)
 {
-	simple_table_tuple_delete(r->rel, &r->slot->tts_tid, GetActiveSnapshot());
+	simple_table_tuple_delete(r->ks.rel, &r->ks.slot->tts_tid, GetActiveSnapshot());
 }
 
 static void
 dt_timer_rows_close(DtTimerRows *r)
 {
-	index_endscan(r->scan);
-	ExecDropSingleTupleTableSlot(r->slot);
-	index_close(r->index, NoLock);
-	table_close(r->rel, NoLock);
+	dt_key_scan_close(&r->ks);
 	CommandCounterIncrement();
 }
 
@@ -938,12 +929,12 @@ dt_timer_claimed(DtEvent *ev, DtTimer *t, DtTimerRows *r, DtModel *model)
 	ev->twin_id = pstrdup(t->key.twin_id);
 	ev->timer = pstrdup(t->key.name);
 	ev->timer_model_id = t->key.model_id;
-	ev->timer_due = DatumGetTimestampTz(slot_getattr(r->slot, DT_TIMER_ATT_DUE_AT, &isnull));
+	ev->timer_due = DatumGetTimestampTz(slot_getattr(r->ks.slot, DT_TIMER_ATT_DUE_AT, &isnull));
 	ev->enqueued_at = ev->timer_due;
 	ev->event_time = ev->timer_due;
-	ev->payload = DatumGetJsonbPCopy(slot_getattr(r->slot, DT_TIMER_ATT_PAYLOAD, &isnull));
-	ev->id = DatumGetInt64(slot_getattr(r->slot, DT_TIMER_ATT_FIRE_ID, &isnull));
-	ev->depth = DatumGetInt32(slot_getattr(r->slot, DT_TIMER_ATT_DEPTH, &isnull));
+	ev->payload = DatumGetJsonbPCopy(slot_getattr(r->ks.slot, DT_TIMER_ATT_PAYLOAD, &isnull));
+	ev->id = DatumGetInt64(slot_getattr(r->ks.slot, DT_TIMER_ATT_FIRE_ID, &isnull));
+	ev->depth = DatumGetInt32(slot_getattr(r->ks.slot, DT_TIMER_ATT_DEPTH, &isnull));
 
 	op = dt_timer_op(&t->key, true);
 	op->state = DT_OP_FIRING;
@@ -953,7 +944,7 @@ dt_timer_claimed(DtEvent *ev, DtTimer *t, DtTimerRows *r, DtModel *model)
 	op->payload = ev->payload;
 	op->fire_id = ev->id;
 	op->depth = ev->depth;
-	d = slot_getattr(r->slot, DT_TIMER_ATT_EVERY, &isnull);
+	d = slot_getattr(r->ks.slot, DT_TIMER_ATT_EVERY, &isnull);
 	op->has_every = !isnull;
 	if (!isnull)
 		op->every = *DatumGetIntervalP(d);
@@ -1026,7 +1017,7 @@ dt_timers_claim(TimestampTz now, int limit, DtEvent **events)
 			dt_index_remove(&key);
 			continue;
 		}
-		row_due = DatumGetTimestampTz(slot_getattr(r.slot, DT_TIMER_ATT_DUE_AT, &isnull));
+		row_due = DatumGetTimestampTz(slot_getattr(r.ks.slot, DT_TIMER_ATT_DUE_AT, &isnull));
 		if (row_due > now)
 		{
 			/* changed behind the worker's back: believe the table */
