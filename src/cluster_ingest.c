@@ -82,6 +82,19 @@ ingest_pop(void)
 	MemoryContextDelete(b->cxt);
 }
 
+/*
+ * Every statement sends its rows at its end: a buffer of this nesting
+ * level or deeper that still holds rows at a commit is a bug.
+ */
+static void
+ingest_check_sent(int level)
+{
+	for (IngestBuffer *b = ingest_top; b != NULL && b->nest_level >= level; b = b->outer)
+		if (b->nrows > 0)
+			elog(ERROR, "%d rows of digitaltwin.cluster_ingest were not sent",
+				 b->nrows);
+}
+
 static void
 ingest_xact_callback(XactEvent event, void *arg)
 {
@@ -90,11 +103,7 @@ ingest_xact_callback(XactEvent event, void *arg)
 		case XACT_EVENT_PRE_COMMIT:
 		case XACT_EVENT_PARALLEL_PRE_COMMIT:
 		case XACT_EVENT_PRE_PREPARE:
-			/* every statement sends its rows at its end */
-			for (IngestBuffer *b = ingest_top; b != NULL; b = b->outer)
-				if (b->nrows > 0)
-					elog(ERROR, "%d rows of digitaltwin.cluster_ingest were not sent",
-						 b->nrows);
+			ingest_check_sent(0);
 			break;
 		case XACT_EVENT_COMMIT:
 		case XACT_EVENT_PARALLEL_COMMIT:
@@ -115,12 +124,7 @@ ingest_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 	int			level = GetCurrentTransactionNestLevel();
 
 	if (event == SUBXACT_EVENT_PRE_COMMIT_SUB)
-	{
-		for (IngestBuffer *b = ingest_top; b != NULL && b->nest_level >= level; b = b->outer)
-			if (b->nrows > 0)
-				elog(ERROR, "%d rows of digitaltwin.cluster_ingest were not sent",
-					 b->nrows);
-	}
+		ingest_check_sent(level);
 	else if (event == SUBXACT_EVENT_ABORT_SUB || event == SUBXACT_EVENT_COMMIT_SUB)
 	{
 		if (event == SUBXACT_EVENT_ABORT_SUB)
