@@ -20,6 +20,7 @@ OBJS = \
 	src/queue.o \
 	src/fetch.o \
 	src/stage.o \
+	src/durable.o \
 	src/alerts.o \
 	src/outbox.o \
 	src/messages.o \

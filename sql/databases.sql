@@ -73,6 +73,26 @@ ROLLBACK;
 INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('db_count', 'd2', '{}');
 SELECT digitaltwin.wait_idle('60s');
 SELECT twin_id, state FROM digitaltwin.twins WHERE model = 'db_count' ORDER BY 1;
+-- a worker reads twin_state's pages itself when it reloads, as the
+-- extension created the table; altered by a superuser (a column added,
+-- then dropped), the table is read by a query, by column names
+ALTER TABLE digitaltwin.twin_state ADD COLUMN note text;
+UPDATE digitaltwin.twin_state s SET state = d1.state, note = 'repaired'
+FROM digitaltwin.twin_state d1
+WHERE d1.model_id = s.model_id AND d1.twin_id = 'd1' AND s.twin_id = 'd0'
+  AND s.model_id = (SELECT id FROM digitaltwin.models WHERE name = 'db_count');
+SELECT wait_for($$(SELECT state FROM digitaltwin.twins
+                   WHERE model = 'db_count' AND twin_id = 'd0') = '{"n": 12}'$$);
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('db_count', 'd0', '{}');
+SELECT digitaltwin.wait_idle('60s');
+ALTER TABLE digitaltwin.twin_state DROP COLUMN note;
+UPDATE digitaltwin.twin_state s SET state = d0.state
+FROM digitaltwin.twin_state d0
+WHERE d0.model_id = s.model_id AND d0.twin_id = 'd0' AND s.twin_id = 'd2'
+  AND s.model_id = (SELECT id FROM digitaltwin.models WHERE name = 'db_count');
+SELECT wait_for($$(SELECT state FROM digitaltwin.twins
+                   WHERE model = 'db_count' AND twin_id = 'd2') = '{"n": 13}'$$);
+SELECT twin_id, state, event_count FROM digitaltwin.twins WHERE model = 'db_count' ORDER BY 1;
 
 -- a transaction that wrote twin_state cannot be prepared: COMMIT PREPARED
 -- would not tell the workers to reload

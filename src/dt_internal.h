@@ -217,6 +217,7 @@ typedef struct DtSharedKey
 	int32		model_id;
 	uint16		id_len;
 	bool		id_is_local;	/* id.local is set, not id.shared */
+	uint8		id_tag;			/* a byte of the id's hash (dt_id_tag) */
 	union
 	{
 		const char *local;
@@ -607,11 +608,18 @@ extern Datum dt_state_image_read(const char *src, Size len, int16 typlen, bool t
 extern void dt_check_state(DtModel *model, Datum state);
 extern bytea *dt_state_to_bytea(Datum value, int16 typlen, bool typbyval);
 
+
+/* ----------------------------------------------------------------
+ * durable.c: reading twin_state
+ * ----------------------------------------------------------------
+ */
 typedef void (*dt_durable_fn) (void *arg, int32 model_id,
 							   const char *twin_id, int idlen,
 							   const char *image, Size len,
 							   int64 event_count, TimestampTz updated_at);
 extern void dt_durable_scan(int partition, int partitions, int32 model_id,
+							dt_durable_fn fn, void *arg);
+extern void dt_durable_load(int partition, int partitions,
 							dt_durable_fn fn, void *arg);
 
 /* ----------------------------------------------------------------

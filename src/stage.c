@@ -21,23 +21,17 @@
 #include "postgres.h"
 
 #include "access/detoast.h"
-#include "access/genam.h"
 #include "access/htup_details.h"
-#include "access/stratnum.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
 #include "utils/hsearch.h"
-#include "utils/jsonb.h"
-#include "utils/lsyscache.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
-#include "utils/typcache.h"
 
 #include "dt_internal.h"
 
@@ -180,208 +174,6 @@ dt_stage_own_datum(Datum value, int16 typlen, bool typbyval)
 		result = datumCopy(value, typbyval, typlen);
 	MemoryContextSwitchTo(old);
 	return result;
-}
-
-/*
- * The row type that durable states of a composite state type (or of a
- * domain over one) are read as, looked up once per state type of a scan.
- */
-typedef struct DtRowType
-{
-	Oid			type;			/* the model's state type */
-	Oid			rowtype;		/* its composite base type, else invalid */
-	int			natts;
-#ifdef VersionedDatumOffsetNumber
-	XLogRecPtr	version;		/* of the row type's last change */
-#endif
-} DtRowType;
-
-static void
-dt_rowtype_lookup(DtRowType *rt, Oid type)
-{
-	Oid			base = getBaseType(type);
-
-	rt->type = type;
-	rt->rowtype = InvalidOid;
-	if (get_typtype(base) == TYPTYPE_COMPOSITE)
-	{
-		TupleDesc	rowdesc = lookup_rowtype_tupdesc(base, -1);
-
-		rt->rowtype = base;
-		rt->natts = rowdesc->natts;
-#ifdef VersionedDatumOffsetNumber
-		rt->version = TupleDescGetVersion(rowdesc);
-#endif
-		ReleaseTupleDesc(rowdesc);
-	}
-}
-
-/*
- * A composite state image as its model's current row type: written for
- * another OID of the type, it was restored (pg_dump) and gets the type's
- * OID.  On a server that versions row types (the datum carries the LSN of
- * its type's last change; an older one is refused as outdated), a version
- * newer than the type's own cannot come from this server either: restored,
- * the OID being the same by chance.  An older version with the same OID is
- * left alone: on this server that is a state whose type was altered under
- * it, which must fail, not be relabelled.  Returns the image to use: the
- * value itself, or a relabelled copy (SPI's tuple stays intact).
- */
-static bytea *
-dt_relabel_restored_row(bytea *value, Datum state, const DtRowType *rt,
-						text *twin_id)
-{
-	HeapTupleHeader td = (HeapTupleHeader) value;
-	bool		foreign;
-
-	if (VARSIZE(value) < SizeofHeapTupleHeader)
-		elog(ERROR, "digitaltwin: durable state of twin \"%s\" is not a row",
-			 text_to_cstring(twin_id));
-	foreign = HeapTupleHeaderGetTypeId(td) != rt->rowtype;
-#ifdef VersionedDatumOffsetNumber
-	if (!foreign && HeapTupleHeaderIsVersionedDatum(td) &&
-		!XLogRecPtrIsInvalid(rt->version) &&
-		HeapTupleHeaderGetVersion(td) > rt->version)
-		foreign = true;
-#endif
-	if (!foreign)
-		return value;
-
-	/*
-	 * pg_dump recreates a type without its dropped attributes: a row with
-	 * more attributes than the type has now would be read at the wrong
-	 * offsets.  Refused, as no state can be made of it.
-	 */
-	if (HeapTupleHeaderGetNatts(td) > rt->natts)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATATYPE_MISMATCH),
-				 errmsg("durable state of twin \"%s\" has %d attributes, its type %s has %d",
-						text_to_cstring(twin_id), HeapTupleHeaderGetNatts(td),
-						format_type_be(rt->rowtype), rt->natts),
-				 errdetail("The state was written for a version of the type with dropped attributes, which a logical restore does not recreate."),
-				 errhint("Restore from a physical backup, or drop the model with digitaltwin.drop_model() and create it again.")));
-
-	if ((Pointer) value == DatumGetPointer(state))
-	{
-		value = palloc(VARSIZE(td));
-		memcpy(value, td, VARSIZE(td));
-	}
-	td = (HeapTupleHeader) value;
-	HeapTupleHeaderSetTypeId(td, rt->rowtype);
-#ifdef VersionedDatumOffsetNumber
-	HeapTupleHeaderSetDatum(td);
-	if (!XLogRecPtrIsInvalid(rt->version))
-		HeapTupleHeaderSetVersion(td, rt->version);
-	else
-	{
-		HeapTupleHeaderSetTypMod(td, -1);
-		ItemPointerSetInvalid(&td->t_ctid);
-	}
-#else
-	HeapTupleHeaderSetTypMod(td, -1);
-#endif
-	return value;
-}
-
-/*
- * Read the durable states of twin_state, optionally restricted to the twins
- * of one worker partition (partition >= 0), and call fn for each with the
- * state's image (see dt_stage_persisted_value).  The image is valid only
- * during the call, and not necessarily MAXALIGNed.  Runs its own SPI
- * connection; fn runs inside it.
- *
- * The image of a composite state (or of a domain over a composite type) is
- * a HeapTupleHeader, which names its row type by OID.  After a logical
- * restore (pg_dump, pg_restore into another database) the type has another
- * OID, while twin_state holds the old one: the image is given the model's
- * current row type here (dt_relabel_restored_row), where every durable
- * state enters the workers and the live view.  OIDs deeper inside a value
- * (a nested composite, an array or range of a user-defined type, an enum)
- * are not rewritten: README, "Backup and restore".
- *
- * The query runs in workers and for readers alike: every name and operator
- * in it is schema-qualified, whatever the search_path.
- */
-/* what dt_durable_scan() passes to dt_durable_row() */
-typedef struct DtDurableScan
-{
-	dt_durable_fn fn;
-	void	   *arg;
-	DtRowType	rt;
-} DtDurableScan;
-
-static void
-dt_durable_row(HeapTuple tup, TupleDesc desc, void *arg)
-{
-	DtDurableScan *scan = arg;
-	bool		isnull;
-	text	   *twin_id = DatumGetTextPP(SPI_getbinval(tup, desc, 2, &isnull));
-	Datum		state = SPI_getbinval(tup, desc, 3, &isnull);
-	int32		model_id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-	int64		event_count = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-	TimestampTz updated_at = DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull));
-	Datum		rowtype;
-	bytea	   *value;
-
-	/* a varlena state's image is the whole value, 4-byte header included */
-	if (DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)))
-	{
-		value = DatumGetByteaP(state);
-		rowtype = SPI_getbinval(tup, desc, 7, &isnull);
-		if (!isnull)
-		{
-			if (DatumGetObjectId(rowtype) != scan->rt.type)
-				dt_rowtype_lookup(&scan->rt, DatumGetObjectId(rowtype));
-			if (OidIsValid(scan->rt.rowtype))
-				value = dt_relabel_restored_row(value, state, &scan->rt, twin_id);
-		}
-		scan->fn(scan->arg, model_id, VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
-				 (char *) value, VARSIZE(value), event_count, updated_at);
-		/* a detoasted or relabelled copy: one at a time, not a million */
-		if ((Pointer) value != DatumGetPointer(state))
-			pfree(value);
-	}
-	else
-	{
-		value = DatumGetByteaPP(state);
-		scan->fn(scan->arg, model_id, VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
-				 VARDATA_ANY(value), VARSIZE_ANY_EXHDR(value), event_count, updated_at);
-	}
-}
-
-void
-dt_durable_scan(int partition, int partitions, int32 model_id,
-				dt_durable_fn fn, void *arg)
-{
-	Oid			types[3] = {INT4OID, INT4OID, INT4OID};
-	Datum		args[3];
-	DtDurableScan scan;
-
-	scan.fn = fn;
-	scan.arg = arg;
-	memset(&scan.rt, 0, sizeof(scan.rt));	/* no type looked up yet */
-	args[0] = Int32GetDatum(partitions);
-	args[1] = Int32GetDatum(partition);
-	args[2] = Int32GetDatum(model_id);
-	SPI_connect();
-	dt_spi_cursor_each(SPI_cursor_open_with_args(NULL,
-												 "SELECT s.model_id, s.twin_id, s.state, s.event_count, s.updated_at, "
-												 "       t.typlen OPERATOR(pg_catalog.=) -1 AND NOT t.typbyval, "
-												 "       CASE WHEN t.typtype OPERATOR(pg_catalog.=) 'c' "
-												 "              OR t.typtype OPERATOR(pg_catalog.=) 'd' "
-												 "            THEN t.oid END "
-												 "FROM digitaltwin.twin_state s "
-												 "JOIN digitaltwin.models m ON m.id OPERATOR(pg_catalog.=) s.model_id "
-												 "JOIN pg_catalog.pg_type t "
-												 "  ON t.oid OPERATOR(pg_catalog.=) m.state_type::pg_catalog.oid "
-												 "WHERE ($2 OPERATOR(pg_catalog.<) 0 "
-												 "   OR digitaltwin.partition_of(s.twin_id, $1) OPERATOR(pg_catalog.=) $2) "
-												 "AND ($3 OPERATOR(pg_catalog.=) 0 OR s.model_id OPERATOR(pg_catalog.=) $3) "
-												 /* one model's twins (a migration): in a stable order */
-												 "ORDER BY CASE WHEN $3 OPERATOR(pg_catalog.<>) 0 THEN s.twin_id END",
-												 3, types, args, NULL, true, 0),
-					   dt_durable_row, &scan);
-	SPI_finish();
 }
 
 /* ----------------------------------------------------------------

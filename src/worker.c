@@ -713,8 +713,14 @@ dt_worker_rebuild(void)
 	SpinLockRelease(&my_slot->mutex);
 	dt_store_purge_partition(my_partition, dt_shared->nworkers);
 	dt_twin_count_forget(my_partition, NULL);
-	/* the state versions the images are tagged with: this snapshot's */
-	(void) dt_models_refresh(false);
+	/*
+	 * The models as this snapshot has them, whatever the cache says: the
+	 * load keeps only rows of models it knows (as a join would), and tags
+	 * the images with their state versions.  Rows written into the
+	 * registry by COPY (a restore of the extension's data) invalidate no
+	 * cache, and the rebuild that restore calls for must see them.
+	 */
+	(void) dt_models_refresh(true);
 
 	ctl.keysize = sizeof(int32);
 	ctl.entrysize = sizeof(DtLoadCount);
@@ -722,7 +728,7 @@ dt_worker_rebuild(void)
 	progress.loaded = 0;
 	progress.per_model = hash_create("digitaltwin twins loaded per model", 16, &ctl,
 									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	dt_durable_scan(my_partition, dt_shared->nworkers, 0, dt_worker_load_twin, &progress);
+	dt_durable_load(my_partition, dt_shared->nworkers, dt_worker_load_twin, &progress);
 	dt_timers_load(my_partition, dt_shared->nworkers);
 	hash_seq_init(&status, progress.per_model);
 	while ((count = hash_seq_search(&status)) != NULL)
