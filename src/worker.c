@@ -1026,6 +1026,15 @@ dt_worker_run_batch(void)
 	MemoryContextSwitchTo(batch_cxt);
 
 	limit = careful_limit > 0 ? Min(careful_limit, dt_batch_size) : dt_batch_size;
+
+	/*
+	 * Running out of memory in the fetch (its candidates are copies of the
+	 * events' rows) cuts the next batch down as a failure later in the
+	 * batch does.  A fetch of a single event that fails is not a batch of
+	 * one to doom: no event is known yet, so it is retried.
+	 */
+	batch_nevents = limit > 1 ? limit : 0;
+	batch_first_id = 0;
 	nevents = dt_fetch_events(my_partition, dt_shared->nworkers, limit, &events);
 	last_id = nevents > 0 ? events[nevents - 1].id : 0;
 	/* forget the twins of dropped models as soon as we notice the drop */
