@@ -163,6 +163,10 @@ typedef struct DtRowUpdater
 	TupleTableSlot *newslot;	/* its new version */
 } DtRowUpdater;
 
+/* a tuple of a pinned heap page, by offset (false: no tuple there) */
+extern bool dt_page_tuple(Relation rel, Buffer buffer, OffsetNumber off,
+						  HeapTuple tuple);
+
 extern void dt_row_updater_open(DtRowUpdater *u, Oid relid, Snapshot snapshot);
 extern bool dt_row_updater_find(DtRowUpdater *u, ScanKey keys);
 extern bool dt_row_updater_find_at(DtRowUpdater *u, ItemPointer tid, ScanKey keys);

@@ -372,15 +372,10 @@ dt_load_page_offsets(Relation rel, Buffer buffer, Snapshot snapshot,
 	all_visible = PageIsAllVisible(page) && !snapshot->takenDuringRecovery;
 	for (off = FirstOffsetNumber; off <= maxoff; off = OffsetNumberNext(off))
 	{
-		ItemId		lp = PageGetItemId(page, off);
 		HeapTupleData tuple;
 
-		if (!ItemIdIsNormal(lp))
+		if (!dt_page_tuple(rel, buffer, off, &tuple))
 			continue;
-		tuple.t_data = (HeapTupleHeader) PageGetItem(page, lp);
-		tuple.t_len = ItemIdGetLength(lp);
-		tuple.t_tableOid = RelationGetRelid(rel);
-		ItemPointerSet(&tuple.t_self, BufferGetBlockNumber(buffer), off);
 		if (!dt_load_row_may_be_ours(&tuple, desc, partition, partitions))
 			continue;
 		if (!all_visible &&
@@ -397,8 +392,6 @@ static void
 dt_load_row(DtDurableScan *scan, DtLoadModel *lm, Relation rel,
 			Buffer buffer, OffsetNumber off, int partition, int partitions)
 {
-	Page		page = BufferGetPage(buffer);
-	ItemId		lp = PageGetItemId(page, off);
 	TupleDesc	desc = RelationGetDescr(rel);
 	HeapTupleData tuple;
 	Datum		values[DT_STATE_NATTS];
@@ -406,10 +399,8 @@ dt_load_row(DtDurableScan *scan, DtLoadModel *lm, Relation rel,
 	text	   *twin_id;
 	int32		model_id;
 
-	tuple.t_data = (HeapTupleHeader) PageGetItem(page, lp);
-	tuple.t_len = ItemIdGetLength(lp);
-	tuple.t_tableOid = RelationGetRelid(rel);
-	ItemPointerSet(&tuple.t_self, BufferGetBlockNumber(buffer), off);
+	if (!dt_page_tuple(rel, buffer, off, &tuple))
+		return;					/* it was normal under the lock; our pin keeps it */
 	heap_deform_tuple(&tuple, desc, values, nulls);
 	/* NOT NULL columns: a NULL here is a row no query would join either */
 	if (nulls[DT_STATE_ATT_MODEL_ID - 1] || nulls[DT_STATE_ATT_TWIN_ID - 1] ||

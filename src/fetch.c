@@ -275,17 +275,12 @@ dt_fetch_read_page(DtFetchState *fs, int source, Relation rel, Buffer buffer,
 
 	for (off = FirstOffsetNumber; off <= maxoff; off = OffsetNumberNext(off))
 	{
-		ItemId		itemid = PageGetItemId(page, off);
 		HeapTupleData tuple;
 		bool		isnull;
 		int64		id;
 
-		if (!ItemIdIsNormal(itemid))
+		if (!dt_page_tuple(rel, buffer, off, &tuple))
 			continue;
-		tuple.t_data = (HeapTupleHeader) PageGetItem(page, itemid);
-		tuple.t_len = ItemIdGetLength(itemid);
-		tuple.t_tableOid = RelationGetRelid(rel);
-		ItemPointerSet(&tuple.t_self, BufferGetBlockNumber(buffer), off);
 
 		/*
 		 * The rows of a large COPY in progress: one transaction's, page after

@@ -523,6 +523,26 @@ dt_key_scan_fetch(DtKeyScan *ks, ScanKey keys)
 	return true;
 }
 
+/*
+ * The tuple at offset off of a pinned heap page, set up as the heap's scans
+ * set theirs up (its data points into the page); false if the line pointer
+ * holds none (unused, dead or a redirect).
+ */
+bool
+dt_page_tuple(Relation rel, Buffer buffer, OffsetNumber off, HeapTuple tuple)
+{
+	Page		page = BufferGetPage(buffer);
+	ItemId		lp = PageGetItemId(page, off);
+
+	if (!ItemIdIsNormal(lp))
+		return false;
+	tuple->t_data = (HeapTupleHeader) PageGetItem(page, lp);
+	tuple->t_len = ItemIdGetLength(lp);
+	tuple->t_tableOid = RelationGetRelid(rel);
+	ItemPointerSet(&tuple->t_self, BufferGetBlockNumber(buffer), off);
+	return true;
+}
+
 /* Does the row in ks->slot (all columns deformed) have this key? */
 static bool
 dt_key_scan_matches(DtKeyScan *ks, ScanKey keys)
