@@ -264,6 +264,41 @@ RESET statement_timeout;
 SELECT digitaltwin.wait_idle('60s');
 SELECT error, sqlstate FROM digitaltwin.dead_letters WHERE model = 'prot_slow';
 
+-- a model whose init function was dropped behind the event trigger's back
+-- (a superuser disabled it) is broken, but its twins are still loaded from
+-- twin_state when the workers start, with its state type's layout, and
+-- read whole
+CREATE FUNCTION prot.gone_init(twin_id text) RETURNS jsonb
+LANGUAGE sql AS $$ SELECT '{"n": 40}'::jsonb $$;
+CREATE FUNCTION prot.gone_step(twin_id text, state jsonb, event jsonb)
+RETURNS jsonb LANGUAGE sql AS $$ SELECT jsonb_build_object('n', (state->>'n')::int + 1) $$;
+SELECT digitaltwin.create_model('prot_gone', 'prot.gone_step(text,jsonb,jsonb)',
+                                'prot.gone_init(text)');
+SELECT digitaltwin.create_model('prot_beat', 'prot.gone_step(text,jsonb,jsonb)',
+                                'prot.gone_init(text)');
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'prot_gone', 'g' || i, '{}' FROM generate_series(1, 4) i;
+SELECT digitaltwin.wait_idle('60s');
+ALTER EVENT TRIGGER digitaltwin_protect_models DISABLE;
+DROP FUNCTION prot.gone_init(text);
+ALTER EVENT TRIGGER digitaltwin_protect_models ENABLE;
+-- restarted workers (their model cache is new) load the twins, before
+-- the batch these events make for each of them
+SELECT clock_timestamp() AS before_restart \gset
+SELECT count(pg_terminate_backend(pid)) AS terminated FROM pg_stat_activity
+WHERE backend_type = 'digitaltwin worker' AND datname = current_database();
+SELECT wait_for(format($$(SELECT count(*) FROM pg_stat_activity
+                          WHERE backend_type = 'digitaltwin worker'
+                            AND datname = current_database()
+                            AND backend_start > %L) = 2$$, :'before_restart'));
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'prot_beat', 'b' || i, '{}' FROM generate_series(1, 8) i;
+SELECT digitaltwin.wait_idle('60s');
+SELECT twin_id, state, event_count FROM digitaltwin.twins
+WHERE model = 'prot_gone' ORDER BY 1;
+SELECT digitaltwin.drop_model('prot_gone', force => true);
+SELECT digitaltwin.drop_model('prot_beat', force => true);
+
 -- clean up
 SELECT digitaltwin.drop_model('prot_slow', force => true);
 SELECT digitaltwin.drop_model('prot_vitals', force => true);

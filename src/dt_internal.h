@@ -92,6 +92,7 @@ extern int	dt_alert_retention_s;
 extern int	dt_dead_letter_retention_s;
 extern int	dt_max_twins_per_model;
 extern bool dt_allow_superuser_models;
+extern bool dt_live_view_huge_pages;
 extern int	dt_max_message_depth;
 extern int	dt_outbox_retention_s;
 extern void dt_define_gucs(void);

@@ -28,6 +28,7 @@
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -94,8 +95,11 @@ dt_relabel_restored_row(bytea *value, Datum state, const DtRowType *rt,
 	bool		foreign;
 
 	if (VARSIZE(value) < SizeofHeapTupleHeader)
-		elog(ERROR, "digitaltwin: durable state of twin \"%s\" is not a row",
-			 text_to_cstring(twin_id));
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("durable state of twin \"%s\" is not a row of type %s",
+						text_to_cstring(twin_id), format_type_be(rt->rowtype)),
+				 errhint("Repair or delete the row of digitaltwin.twin_state.")));
 	foreign = HeapTupleHeaderGetTypeId(td) != rt->rowtype;
 #ifdef VersionedDatumOffsetNumber
 	if (!foreign && HeapTupleHeaderIsVersionedDatum(td) &&
@@ -194,6 +198,7 @@ dt_durable_row(HeapTuple tup, TupleDesc desc, void *arg)
 {
 	bool		isnull;
 	Datum		rowtype = SPI_getbinval(tup, desc, 7, &isnull);
+	Oid			rowtype_oid = isnull ? InvalidOid : DatumGetObjectId(rowtype);
 
 	dt_durable_deliver(arg,
 					   DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)),
@@ -202,7 +207,7 @@ dt_durable_row(HeapTuple tup, TupleDesc desc, void *arg)
 					   DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull)),
 					   DatumGetTimestampTz(SPI_getbinval(tup, desc, 5, &isnull)),
 					   DatumGetBool(SPI_getbinval(tup, desc, 6, &isnull)),
-					   isnull ? InvalidOid : DatumGetObjectId(rowtype));
+					   rowtype_oid);
 }
 
 /*
@@ -277,14 +282,21 @@ static const Oid dt_state_att_types[DT_STATE_NATTS] = {
 };
 
 /*
- * twin_state as the extension created it.  A superuser who added or
- * dropped a column there gets the query, which reads the columns by name.
+ * twin_state as the extension created it: a plain heap table with its five
+ * columns.  Anything else (a column added or dropped by a superuser, the
+ * table created with another access method because default_table_access_method
+ * said so, or moved to one) is read by the query, which reads any table
+ * by column names.
  */
 static bool
-dt_durable_shape_known(TupleDesc desc)
+dt_durable_shape_known(Relation rel)
 {
+	TupleDesc	desc = RelationGetDescr(rel);
 	int			i;
 
+	if (rel->rd_rel->relkind != RELKIND_RELATION ||
+		rel->rd_rel->relam != HEAP_TABLE_AM_OID)
+		return false;
 	if (desc->natts != DT_STATE_NATTS)
 		return false;
 	for (i = 0; i < DT_STATE_NATTS; i++)
@@ -300,7 +312,11 @@ dt_durable_shape_known(TupleDesc desc)
 /*
  * A model's state type as dt_durable_deliver() needs it: what the query
  * joins from digitaltwin.models and pg_type, here from the worker's model
- * cache (read with the same snapshot as the rows).
+ * cache.  The cache is read just before with a snapshot of its own, not the
+ * rows': the batch's ROW SHARE lock on the registry keeps out the switches
+ * that change a model's state type or version (lifecycle.c), and a model
+ * created or dropped in between has no rows here, or rows that its drop
+ * deletes and the next batch forgets.
  */
 typedef struct DtLoadModel
 {
@@ -368,6 +384,7 @@ dt_load_page_offsets(Relation rel, Buffer buffer, Snapshot snapshot,
 	int			n = 0;
 
 	LockBuffer(buffer, BUFFER_LOCK_SHARE);
+	TestForOldSnapshot(snapshot, rel, page);
 	maxoff = PageGetMaxOffsetNumber(page);
 	all_visible = PageIsAllVisible(page) && !snapshot->takenDuringRecovery;
 	for (off = FirstOffsetNumber; off <= maxoff; off = OffsetNumberNext(off))
@@ -443,7 +460,7 @@ dt_durable_load(int partition, int partitions, dt_durable_fn fn, void *arg)
 	BlockNumber blkno;
 	OffsetNumber offsets[MaxHeapTuplesPerPage];
 
-	if (!dt_durable_shape_known(RelationGetDescr(rel)))
+	if (!dt_durable_shape_known(rel))
 	{
 		table_close(rel, AccessShareLock);
 		dt_durable_scan(partition, partitions, 0, fn, arg);

@@ -80,6 +80,7 @@ int			dt_alert_retention_s = 7 * 24 * 3600;
 int			dt_dead_letter_retention_s = 30 * 24 * 3600;
 int			dt_max_twins_per_model = 0;
 bool		dt_allow_superuser_models = false;
+bool		dt_live_view_huge_pages = true;
 int			dt_max_message_depth = 16;
 int			dt_outbox_retention_s = 7 * 24 * 3600;
 
@@ -241,6 +242,17 @@ dt_define_gucs(void)
 							 &dt_allow_superuser_models,
 							 false,
 							 PGC_SIGHUP,
+							 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("digitaltwin.live_view_huge_pages",
+							 "Whether a large copy of the live twins is advised to use transparent huge pages.",
+							 "A scan of digitaltwin.twins copies what it reads into memory mapped for it; from 4 MB up, with this on, "
+							 "that memory is advised MADV_HUGEPAGE: one page fault per 2 MB instead of per 4 kB. "
+							 "Where the kernel compacts memory synchronously for such advice and memory is fragmented, turning it off avoids those stalls.",
+							 &dt_live_view_huge_pages,
+							 true,
+							 PGC_USERSET,
 							 0,
 							 NULL, NULL, NULL);
 

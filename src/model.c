@@ -572,6 +572,12 @@ dt_model_resolve(DtModel *m, MemoryContext cxt)
 {
 	HeapTuple	tup;
 
+	/*
+	 * The layout first: a broken model's twins are still loaded from
+	 * twin_state and shown by the live view, which read it (durable.c).
+	 */
+	get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
+	m->is_jsonb = (m->state_type == JSONBOID);
 	m->broken = false;
 	tup = SearchSysCache1(PROCOID, ObjectIdGetDatum(m->process));
 	if (!HeapTupleIsValid(tup))
@@ -595,8 +601,6 @@ dt_model_resolve(DtModel *m, MemoryContext cxt)
 		ReleaseSysCache(tup);
 		fmgr_info_cxt(m->init, &m->init_fn, cxt);
 	}
-	get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
-	m->is_jsonb = (m->state_type == JSONBOID);
 }
 
 /* digitaltwin.models has the columns of version 1.8 (versions, pause) */
@@ -668,6 +672,8 @@ dt_models_refresh(bool force)
 		Datum		d;
 
 		m = hash_search(model_cache, name, HASH_ENTER, NULL);
+		/* dynahash does not clear a new entry: no field is left to chance */
+		memset(m, 0, sizeof(DtModel));
 		m->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 		m->process = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		d = SPI_getbinval(tup, desc, 4, &isnull);

@@ -280,14 +280,15 @@ dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len)
  * A byte of the twin id's hash, kept in the key: comparing keys then reads
  * the id's own chunk (a cache miss each) only for one in 256 of the other
  * twins met in a bucket's chain.  dshash compares a key with each entry of
- * the chain, not their hashes first.  Not the top bits, which pick the
- * bucket (so are nearly the same along a chain), nor the lowest, which
- * pick the worker partition.
+ * the chain, not their hashes first.  The top bits of the hash pick the
+ * bucket, as many as the table has doublings (21 for a million twins), so
+ * they are nearly the same along a chain: the byte mixes all 32 bits.
  */
 static inline uint8
 dt_id_tag(const char *twin_id, int idlen)
 {
-	return (uint8) (hash_bytes((const unsigned char *) twin_id, idlen) >> 8);
+	return (uint8) murmurhash32(hash_bytes((const unsigned char *) twin_id,
+										   idlen));
 }
 
 /* The form of a twin's key used to look it up in the shared hash. */

@@ -204,6 +204,9 @@ dt_live_map(MemoryContext owner, Size size, DtLiveMap **mapp)
 	char	   *p;
 	char	   *start;
 
+	/* without the advice, a mapping of our own is no better than palloc */
+	if (!dt_live_view_huge_pages)
+		return NULL;
 	/* before the mapping: nothing can fail between mmap and the callback */
 	map = MemoryContextAlloc(owner, sizeof(DtLiveMap));
 
@@ -229,7 +232,11 @@ dt_live_map(MemoryContext owner, Size size, DtLiveMap **mapp)
 	MemoryContextRegisterResetCallback(owner, &map->callback);
 
 #ifdef MADV_HUGEPAGE
-	/* with huge pages "never", or no room for one: 4 kB pages, as palloc's */
+	/*
+	 * With huge pages "never", or no room for one: 4 kB pages, as palloc's.
+	 * With defrag "madvise" the kernel may compact memory to find a huge
+	 * page at the fault: digitaltwin.live_view_huge_pages turns this off.
+	 */
 	(void) madvise(start, len, MADV_HUGEPAGE);
 #endif
 	if (mapp != NULL)

@@ -679,7 +679,7 @@ dt_worker_load_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
 	DtModel    *model = dt_model_lookup_id(model_id);
 	bool		found;
 
-	/* the cache was read with the scan's snapshot (dt_worker_rebuild) */
+	/* the cache was refreshed by dt_worker_rebuild, just before the scan */
 	dt_store_load_twin(model_id, twin_id, idlen, image, len,
 					   model ? (uint16) model->state_version : 0,
 					   event_count, updated_at, my_slot);
@@ -982,6 +982,9 @@ dt_worker_run_batch(void)
 	int			limit;
 	int			i;
 
+	/* no event is this batch's before its fetch (a rebuild may fail first) */
+	batch_nevents = 0;
+	batch_first_id = 0;
 	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	SPI_connect();
@@ -1191,18 +1194,23 @@ dt_worker_note_resource_failure(ErrorData *edata)
 {
 	bool		resources = edata->sqlerrcode == ERRCODE_OUT_OF_MEMORY ||
 		ERRCODE_TO_CATEGORY(edata->sqlerrcode) == ERRCODE_PROGRAM_LIMIT_EXCEEDED;
+	int			n = batch_nevents;
 
-	if (!resources || batch_nevents == 0)
+	/*
+	 * Whatever the error, the batch is over: a later failure (the next
+	 * batch's rebuild running out of memory) must not doom its event.
+	 */
+	batch_nevents = 0;
+	if (!resources || n == 0)
 		return false;
-	if (batch_nevents == 1)
+	if (n == 1)
 	{
 		if (!dt_doom_event(batch_first_id, DT_DOOM_NO_MEMORY, edata->sqlerrcode,
 						   edata->message ? edata->message : "out of memory"))
 			return false;
 	}
 	else
-		careful_limit = batch_nevents / 2;
-	batch_nevents = 0;
+		careful_limit = n / 2;
 	return true;
 }
 
