@@ -171,6 +171,11 @@ FROM (VALUES (1), (2)) AS r(k),
               WHERE model = 'wide' AND event_count >= r.k
                 AND (state->>'n')::int = event_count) t
 ORDER BY k;
+-- the same without huge pages: palloc'd memory, the same rows
+SET digitaltwin.live_view_huge_pages = off;
+SELECT count(*) AS twins, sum(event_count) AS events, count(DISTINCT twin_id) AS ids
+FROM digitaltwin.twins WHERE model = 'wide';
+RESET digitaltwin.live_view_huge_pages;
 SELECT count(*) / 0 FROM digitaltwin.twins WHERE model = 'wide';
 BEGIN;
 DECLARE wide CURSOR FOR SELECT twin_id, state FROM digitaltwin.twins WHERE model = 'wide' ORDER BY twin_id;
