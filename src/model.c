@@ -574,7 +574,7 @@ dt_model_resolve(DtModel *m, MemoryContext cxt)
 
 	/*
 	 * The layout first: a broken model's twins are still loaded from
-	 * twin_state and shown by the live view, which read it (durable.c).
+	 * twin_state (durable.c), and their images are read by it.
 	 */
 	get_typlenbyval(m->state_type, &m->typlen, &m->typbyval);
 	m->is_jsonb = (m->state_type == JSONBOID);
@@ -674,6 +674,7 @@ dt_models_refresh(bool force)
 		m = hash_search(model_cache, name, HASH_ENTER, NULL);
 		/* dynahash does not clear a new entry: no field is left to chance */
 		memset(m, 0, sizeof(DtModel));
+		strlcpy(m->name, name, NAMEDATALEN);	/* the key, at once */
 		m->id = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
 		m->process = DatumGetObjectId(SPI_getbinval(tup, desc, 3, &isnull));
 		d = SPI_getbinval(tup, desc, 4, &isnull);
@@ -691,7 +692,6 @@ dt_models_refresh(bool force)
 		m->keep_history = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
 		if (m->log_events || m->keep_history)
 			dt_models_logging++;
-		strlcpy(m->name, name, NAMEDATALEN);
 		dt_model_resolve(m, model_cache_cxt);
 	}
 	return true;

@@ -714,7 +714,7 @@ dt_worker_rebuild(void)
 	dt_store_purge_partition(my_partition, dt_shared->nworkers);
 	dt_twin_count_forget(my_partition, NULL);
 	/*
-	 * The models as this snapshot has them, whatever the cache says: the
+	 * The models as they are now, whatever the cache says: the
 	 * load keeps only rows of models it knows (as a join would), and tags
 	 * the images with their state versions.  Rows written into the
 	 * registry by COPY (a restore of the extension's data) invalidate no
@@ -1040,6 +1040,15 @@ dt_worker_run_batch(void)
 	batch_first_id = 0;
 	nevents = dt_fetch_events(my_partition, dt_shared->nworkers, limit, &events);
 	last_id = nevents > 0 ? events[nevents - 1].id : 0;
+
+	/*
+	 * The models run with a snapshot at least as new as the fetch's, which
+	 * is taken after the batch's own (a rebuild may run in between): a
+	 * model must see what its event's sender committed before the event,
+	 * such as the record a first event's init function reads.
+	 */
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
 	/* forget the twins of dropped models as soon as we notice the drop */
 	if (dt_models_cover(events, nevents))
 	{
