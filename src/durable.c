@@ -442,8 +442,8 @@ dt_load_row(DtDurableScan *scan, DtLoadModel *lm, Relation rel,
 /*
  * Call fn for the durable state of every twin of one worker partition, as
  * dt_durable_scan(partition, partitions, 0, ...) does, with the active
- * snapshot.  For workers, with the model cache refreshed under that
- * snapshot (dt_models_refresh).  fn runs in a memory context reset after
+ * snapshot.  For workers, with the model cache refreshed just before
+ * (dt_models_refresh).  fn runs in a memory context reset after
  * each page; the image is valid only during the call.
  */
 void
@@ -501,7 +501,6 @@ dt_durable_load(int partition, int partitions, dt_durable_fn fn, void *arg)
 		ReleaseBuffer(buffer);
 	}
 	MemoryContextDelete(rows_cxt);
-	if (strategy != NULL)
-		FreeAccessStrategy(strategy);
+	FreeAccessStrategy(strategy);
 	table_close(rel, AccessShareLock);
 }
