@@ -533,8 +533,9 @@ dt_candidate_qsort_cmp(const void *a, const void *b)
  * Read up to 'limit' of the oldest visible events of a partition of twins
  * into *events, in id order, valid until the next fetch.
  *
- * The fetch takes its own snapshot, after dt_worker_start_batch() counted
- * it (see wait_idle), as a READ COMMITTED statement would.  It reads the
+ * The fetch reads with the active snapshot, which the worker takes after
+ * dt_worker_start_batch() counted the batch (see wait_idle), as a READ
+ * COMMITTED statement would, and which its models then run with.  It reads the
  * three queue partitions straight through the buffer manager (see the
  * header), without planning or starting an executor for every batch (a
  * batch of a few events spent more on that than on the events).
@@ -559,7 +560,6 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 	fs.heap = dt_fetch_heap(limit);
 
 	parent = table_open(dt_extension_relid("events"), AccessShareLock);
-	PushActiveSnapshot(GetTransactionSnapshot());
 	fs.snapshot = GetActiveSnapshot();
 	for (i = 0; i < DT_QUEUE_PARTITIONS; i++)
 	{
@@ -580,7 +580,6 @@ dt_fetch_events(int partition, int partitions, int limit, DtEvent **events)
 
 	for (i = 0; i < DT_QUEUE_PARTITIONS; i++)
 		table_close(rels[i], NoLock);
-	PopActiveSnapshot();
 	table_close(parent, NoLock);
 	pfree(found);
 	MemoryContextDelete(fs.cxt);

@@ -1028,6 +1028,15 @@ dt_worker_run_batch(void)
 	phase = DT_PHASE_WORKING;
 	MemoryContextSwitchTo(batch_cxt);
 
+	/*
+	 * One snapshot for the fetch and the models, taken after the batch was
+	 * counted (see wait_idle) and after any rebuild: a model must see what
+	 * its event's sender committed before the event, such as the record a
+	 * first event's init function reads.
+	 */
+	PopActiveSnapshot();
+	PushActiveSnapshot(GetTransactionSnapshot());
+
 	limit = careful_limit > 0 ? Min(careful_limit, dt_batch_size) : dt_batch_size;
 
 	/*
@@ -1037,18 +1046,8 @@ dt_worker_run_batch(void)
 	 * one to doom: no event is known yet, so it is retried.
 	 */
 	batch_nevents = limit > 1 ? limit : 0;
-	batch_first_id = 0;
 	nevents = dt_fetch_events(my_partition, dt_shared->nworkers, limit, &events);
 	last_id = nevents > 0 ? events[nevents - 1].id : 0;
-
-	/*
-	 * The models run with a snapshot at least as new as the fetch's, which
-	 * is taken after the batch's own (a rebuild may run in between): a
-	 * model must see what its event's sender committed before the event,
-	 * such as the record a first event's init function reads.
-	 */
-	PopActiveSnapshot();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	/* forget the twins of dropped models as soon as we notice the drop */
 	if (dt_models_cover(events, nevents))
 	{
