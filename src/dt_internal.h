@@ -164,6 +164,7 @@ typedef struct DtRowUpdater
 	TupleTableSlot *newslot;	/* its new version */
 } DtRowUpdater;
 
+extern bool dt_columns_are(TupleDesc desc, const Oid *types, int ntypes);
 /* a tuple of a pinned heap page, by offset (false: no tuple there) */
 extern bool dt_page_tuple(Relation rel, Buffer buffer, OffsetNumber off,
 						  HeapTuple tuple);

@@ -291,22 +291,9 @@ static const Oid dt_state_att_types[DT_STATE_NATTS] = {
 static bool
 dt_durable_shape_known(Relation rel)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
-	int			i;
-
-	if (rel->rd_rel->relkind != RELKIND_RELATION ||
-		rel->rd_rel->relam != HEAP_TABLE_AM_OID)
-		return false;
-	if (desc->natts != DT_STATE_NATTS)
-		return false;
-	for (i = 0; i < DT_STATE_NATTS; i++)
-	{
-		Form_pg_attribute att = TupleDescAttr(desc, i);
-
-		if (att->attisdropped || att->atttypid != dt_state_att_types[i])
-			return false;
-	}
-	return true;
+	return rel->rd_rel->relkind == RELKIND_RELATION &&
+		rel->rd_rel->relam == HEAP_TABLE_AM_OID &&
+		dt_columns_are(RelationGetDescr(rel), dt_state_att_types, DT_STATE_NATTS);
 }
 
 /*

@@ -333,17 +333,8 @@ dt_counters_shape_known(TupleDesc desc)
 	static const Oid types[DT_COUNTERS_NATTS] = {INT4OID, INT4OID, INT8OID, INT8OID,
 		INT8OID, INT8OID, FLOAT8OID, FLOAT8OID, TIMESTAMPTZOID, TEXTOID,
 	TIMESTAMPTZOID, TIMESTAMPTZOID};
-	int			i;
 
-	if (desc->natts != DT_COUNTERS_NATTS)
-		return false;
-	for (i = 0; i < DT_COUNTERS_NATTS; i++)
-	{
-		if (TupleDescAttr(desc, i)->attisdropped ||
-			TupleDescAttr(desc, i)->atttypid != types[i])
-			return false;
-	}
-	return true;
+	return dt_columns_are(desc, types, DT_COUNTERS_NATTS);
 }
 
 /* a + b as int8pl computes it, overflow included */

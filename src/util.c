@@ -524,6 +524,28 @@ dt_key_scan_fetch(DtKeyScan *ks, ScanKey keys)
 }
 
 /*
+ * Whether a table's columns are exactly these types, in this order, none
+ * dropped: the shape the extension created, which code that reads or
+ * writes its rows by position relies on.
+ */
+bool
+dt_columns_are(TupleDesc desc, const Oid *types, int ntypes)
+{
+	int			i;
+
+	if (desc->natts != ntypes)
+		return false;
+	for (i = 0; i < ntypes; i++)
+	{
+		Form_pg_attribute att = TupleDescAttr(desc, i);
+
+		if (att->attisdropped || att->atttypid != types[i])
+			return false;
+	}
+	return true;
+}
+
+/*
  * The tuple at offset off of a pinned heap page, set up as the heap's scans
  * set theirs up (its data points into the page); false if the line pointer
  * holds none (unused, dead or a redirect).
