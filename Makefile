@@ -35,6 +35,7 @@ OBJS = \
 	src/partitions.o \
 	src/views.o \
 	src/live_fdw.o \
+	src/rebuild.o \
 	src/worker.o \
 	src/launcher.o \
 	src/digitaltwin.o

@@ -335,7 +335,7 @@ until [ "$(dt_psql -At -c "SELECT sum(twins) FROM digitaltwin.stats WHERE worker
 done
 recovery=$(grep -o 'loaded [0-9]* twins and [0-9]* timers in [0-9.]* ms' "$DT_DIR/server.log" | tail -n "$WORKERS" |
 	awk '{ if ($8 > m) m = $8; n += $2 } END { printf "%d twins in %.0f ms", n, m }')
-echo "  recovery: $recovery (workers load in parallel)"
+echo "  recovery: $recovery (one worker loads every partition at start)"
 RECOVERY_MS=$(awk '{ print $(NF - 1) }' <<<"$recovery")
 echo "recovery,restart,$BIG_TWINS,,,$recovery" >>"$CSV"
 mem=$(dt_psql -At -c "SELECT round(memory_bytes::numeric / twins, 1) || ' bytes per twin, state ' ||

@@ -105,6 +105,11 @@ dt_database_take_locked(Oid dboid, const char *name)
 	db->creation_aborted = false;
 	db->dropping_xid = InvalidTransactionId;
 	db->extension_dropped = false;
+	/* no worker of the entry runs: the next ones start with a load at start */
+	SpinLockAcquire(&db->start_load_mutex);
+	db->start_load = DT_START_LOAD_OPEN;
+	db->start_loaded = 0;
+	SpinLockRelease(&db->start_load_mutex);
 	return db;
 }
 

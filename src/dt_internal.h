@@ -19,6 +19,7 @@
  *	  rules.c	 rules-based models: create_rule_model(), alter_rule_model()
  *	  queue.c	 event validation trigger, commit wake-up, batch fetch, wait_idle
  *	  stage.c	 worker-local staging of twin states within a batch
+ *	  durable.c	 reading twin_state: the workers' load, the readers' scan
  *	  lifecycle.c versions (alter_model), pause and resume, logging
  *				 switches, drop_model()
  *	  alerts.c	 alert(), staged alerts, dead letters
@@ -34,6 +35,7 @@
  *	  rehearsal.c rehearse(): a candidate version over the event log, sandboxed
  *	  views.c	 set-returning functions behind the live views
  *	  live_fdw.c foreign data wrapper behind the live view digitaltwin.twins
+ *	  rebuild.c	 partitions rebuilt from twin_state; the load at start
  *	  worker.c	 background worker loop and batch transaction
  *	  launcher.c the launcher: workers of every database that has the extension
  *	  digitaltwin.c  module load: parameters, shared memory hooks, launcher
@@ -298,6 +300,18 @@ typedef enum DtDbState
 	DT_DB_REFUSED				/* has the extension but is not served: 'reason' */
 } DtDbState;
 
+/*
+ * The load at start (rebuild.c): the first worker of a database to rebuild
+ * loads every partition, the others take theirs from it.
+ */
+typedef enum DtStartLoad
+{
+	DT_START_LOAD_OPEN = 0,		/* no worker has rebuilt yet */
+	DT_START_LOAD_LOADING,		/* start_loader loads every partition */
+	DT_START_LOAD_DONE,			/* loaded: start_loaded may be taken */
+	DT_START_LOAD_CLOSED		/* the loader failed: each loads its own */
+} DtStartLoad;
+
 typedef struct DtDatabase
 {
 	Oid			dboid;
@@ -320,6 +334,14 @@ typedef struct DtDatabase
 	dshash_table_handle counts_handle;	/* twins per model and partition */
 	LWLock		counts_lock;	/* makes a limit check and its increment one step */
 	ConditionVariable progress_cv;	/* broadcast after each batch */
+	/* the load at start (rebuild.c); under start_load_mutex */
+	slock_t		start_load_mutex;
+	DtStartLoad start_load;
+	int			start_loader;	/* the partition of the worker loading */
+	uint64		start_loaded;	/* bit p: partition p loaded, not taken yet */
+	uint64		start_load_generation;	/* reload_generation it saw */
+	Oid			start_load_extension;	/* whose twins it loaded */
+	ConditionVariable start_load_cv;	/* broadcast when LOADING ends */
 	pg_atomic_uint64 queue_generation;	/* DT_GENERATION_UNKNOWN: read the table */
 	DtWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } DtDatabase;
@@ -627,6 +649,24 @@ extern void dt_durable_scan(int partition, int partitions, int32 model_id,
 							dt_durable_fn fn, void *arg);
 extern void dt_durable_load(int partition, int partitions,
 							dt_durable_fn fn, void *arg);
+
+/* ----------------------------------------------------------------
+ * rebuild.c: partitions rebuilt from twin_state, the load at start
+ * ----------------------------------------------------------------
+ */
+typedef enum DtRebuildRole
+{
+	DT_REBUILD_OWN,				/* load your own partition */
+	DT_REBUILD_ALL,				/* load every partition: dt_rebuild_all() */
+	DT_REBUILD_TAKEN			/* your partition was loaded for you */
+} DtRebuildRole;
+
+extern int64 dt_rebuild_partition(int partition, Oid extension);
+extern DtRebuildRole dt_rebuild_role(int partition, uint64 generation,
+									 Oid extension);
+extern int64 dt_rebuild_all(int partition, uint64 generation, Oid extension,
+							int64 *others);
+extern void dt_rebuild_give_up(void);
 
 /* ----------------------------------------------------------------
  * lifecycle.c: versions, pause (the workers' side)

@@ -346,7 +346,8 @@ dt_load_row_may_be_ours(HeapTuple tuple, TupleDesc desc, int partition,
 	Pointer		id = DatumGetPointer(heap_getattr(tuple, DT_STATE_ATT_TWIN_ID,
 												  desc, &isnull));
 
-	if (isnull || VARATT_IS_COMPRESSED(id) || VARATT_IS_EXTERNAL(id))
+	if (partition < 0 || isnull || VARATT_IS_COMPRESSED(id) ||
+		VARATT_IS_EXTERNAL(id))
 		return true;
 	return dt_partition_of(VARDATA_ANY(id), VARSIZE_ANY_EXHDR(id),
 						   partitions) == partition;
@@ -412,7 +413,8 @@ dt_load_row(DtDurableScan *scan, DtLoadModel *lm, Relation rel,
 		nulls[DT_STATE_ATT_UPDATED_AT - 1])
 		return;
 	twin_id = DatumGetTextPP(values[DT_STATE_ATT_TWIN_ID - 1]);
-	if (dt_partition_of(VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
+	if (partition >= 0 &&
+		dt_partition_of(VARDATA_ANY(twin_id), VARSIZE_ANY_EXHDR(twin_id),
 						partitions) != partition)
 		return;
 	model_id = DatumGetInt32(values[DT_STATE_ATT_MODEL_ID - 1]);
@@ -427,7 +429,8 @@ dt_load_row(DtDurableScan *scan, DtLoadModel *lm, Relation rel,
 }
 
 /*
- * Call fn for the durable state of every twin of one worker partition, as
+ * Call fn for the durable state of every twin of one worker partition (of
+ * every partition: partition < 0), as
  * dt_durable_scan(partition, partitions, 0, ...) does, with the active
  * snapshot.  For workers, with the model cache refreshed just before
  * (dt_models_refresh).  fn runs in a memory context reset after

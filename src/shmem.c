@@ -165,6 +165,8 @@ dt_database_init(DtDatabase *db, dsa_area *area)
 	pg_atomic_init_u32(&db->reload_pending, 0);
 	pg_atomic_init_u64(&db->queue_generation, DT_GENERATION_UNKNOWN);
 	ConditionVariableInit(&db->progress_cv);
+	SpinLockInit(&db->start_load_mutex);
+	ConditionVariableInit(&db->start_load_cv);
 	LWLockInitialize(&db->counts_lock, dt_shared->tranche_id);
 	for (i = 0; i < dt_shared->nworkers; i++)
 	{

@@ -203,6 +203,8 @@ dt_worker_exit(int code, Datum arg)
 {
 	int64		stopped = dt_model_stopped_event();
 
+	/* the workers waiting for this one's load at start load their own */
+	dt_rebuild_give_up();
 	/* chunks prepared for a batch that will never be published */
 	dt_stage_abandon();
 	if (stopped != 0)
@@ -656,98 +658,49 @@ dt_apply_events(DtEvent *events, int n)
  * Rebuilding the partition from the durable state
  * ----------------------------------------------------------------
  */
-/* twins loaded by a rebuild, in all and per model */
-typedef struct DtLoadCount
-{
-	int32		model_id;		/* hash key */
-	int64		twins;
-} DtLoadCount;
-
-typedef struct DtLoadProgress
-{
-	int64		loaded;
-	HTAB	   *per_model;
-} DtLoadProgress;
-
-static void
-dt_worker_load_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
-					const char *image, Size len, int64 event_count,
-					TimestampTz updated_at)
-{
-	DtLoadProgress *progress = arg;
-	DtLoadCount *count;
-	DtModel    *model = dt_model_lookup_id(model_id);
-	bool		found;
-
-	/* the cache was refreshed by dt_worker_rebuild, just before the scan */
-	dt_store_load_twin(model_id, twin_id, idlen, image, len,
-					   model ? (uint16) model->state_version : 0,
-					   event_count, updated_at, my_slot);
-	count = hash_search(progress->per_model, &model_id, HASH_ENTER, &found);
-	if (!found)
-		count->twins = 0;
-	count->twins++;
-	progress->loaded++;
-}
-
+/*
+ * Purge this worker's partition and load it again from twin_state, with
+ * the batch's snapshot; after a restart, from the load at start of every
+ * partition (rebuild.c), done here or by another worker.
+ */
 static void
 dt_worker_rebuild(void)
 {
-	DtLoadProgress progress;
-	HASHCTL		ctl;
-	HASH_SEQ_STATUS status;
-	DtLoadCount *count;
 	instr_time	start;
 	instr_time	duration;
 	int64		loaded;
+	int64		others = 0;
+	DtRebuildRole role;
 
 	INSTR_TIME_SET_CURRENT(start);
-
-	/*
-	 * Readers take this partition from twin_state until it is loaded; a
-	 * reader already copying it sees the epoch move and copies again.
-	 */
-	SpinLockAcquire(&my_slot->mutex);
-	my_slot->store_extension = InvalidOid;
-	my_slot->load_epoch++;
-	SpinLockRelease(&my_slot->mutex);
-	dt_store_purge_partition(my_partition, dt_shared->nworkers);
-	dt_twin_count_forget(my_partition, NULL);
-	/*
-	 * The models as they are now, whatever the cache says: the
-	 * load keeps only rows of models it knows (as a join would), and tags
-	 * the images with their state versions.  Rows written into the
-	 * registry by COPY (a restore of the extension's data) invalidate no
-	 * cache, and the rebuild that restore calls for must see them.
-	 */
-	(void) dt_models_refresh(true);
-
-	ctl.keysize = sizeof(int32);
-	ctl.entrysize = sizeof(DtLoadCount);
-	ctl.hcxt = CurrentMemoryContext;
-	progress.loaded = 0;
-	progress.per_model = hash_create("digitaltwin twins loaded per model", 16, &ctl,
-									 HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	dt_durable_load(my_partition, dt_shared->nworkers, dt_worker_load_twin, &progress);
+	pgstat_report_activity(STATE_RUNNING, "digitaltwin: loading twins");
+	role = dt_rebuild_role(my_partition, seen_reload_generation, known_extension);
+	if (role == DT_REBUILD_ALL)
+		loaded = dt_rebuild_all(my_partition, seen_reload_generation,
+								known_extension, &others);
+	else if (role == DT_REBUILD_OWN)
+		loaded = dt_rebuild_partition(my_partition, known_extension);
+	else
+	{
+		SpinLockAcquire(&my_slot->mutex);
+		loaded = my_slot->twins;
+		SpinLockRelease(&my_slot->mutex);
+	}
 	dt_timers_load(my_partition, dt_shared->nworkers);
-	hash_seq_init(&status, progress.per_model);
-	while ((count = hash_seq_search(&status)) != NULL)
-		dt_twin_count_add(count->model_id, my_partition, count->twins);
-	loaded = progress.loaded;
-	hash_destroy(progress.per_model);
-
 	need_rebuild = false;
-	SpinLockAcquire(&my_slot->mutex);
-	my_slot->store_extension = known_extension;
-	my_slot->load_epoch++;
-	SpinLockRelease(&my_slot->mutex);
+	pgstat_report_activity(STATE_RUNNING, "digitaltwin: processing events");
 
 	INSTR_TIME_SET_CURRENT(duration);
 	INSTR_TIME_SUBTRACT(duration, start);
 	ereport(LOG,
 			(errmsg("digitaltwin worker %d loaded " INT64_FORMAT " twins and " INT64_FORMAT " timers in %.1f ms",
 					my_partition, loaded, dt_timers_pending(),
-					INSTR_TIME_GET_MILLISEC(duration))));
+					INSTR_TIME_GET_MILLISEC(duration)),
+			 role == DT_REBUILD_ALL ?
+			 errdetail("It loaded every partition at start: " INT64_FORMAT " more twins, of the other workers.",
+					   others) :
+			 role == DT_REBUILD_TAKEN ?
+			 errdetail("Its twins were loaded at start by another worker.") : 0));
 }
 
 /* ----------------------------------------------------------------
@@ -1241,6 +1194,7 @@ dt_worker_recover(void)
 	edata = CopyErrorData();
 	EmitErrorReport();
 	AbortCurrentTransaction();
+	dt_rebuild_give_up();
 
 	dt_current_event = NULL;
 	dt_stage_abandon();
