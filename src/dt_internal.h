@@ -307,7 +307,7 @@ typedef enum DtDbState
 typedef enum DtStartLoad
 {
 	DT_START_LOAD_OPEN = 0,		/* no worker has rebuilt yet */
-	DT_START_LOAD_LOADING,		/* start_loader loads every partition */
+	DT_START_LOAD_LOADING,		/* a worker loads every partition */
 	DT_START_LOAD_DONE,			/* loaded: start_loaded may be taken */
 	DT_START_LOAD_CLOSED		/* the loader failed: each loads its own */
 } DtStartLoad;
@@ -337,7 +337,6 @@ typedef struct DtDatabase
 	/* the load at start (rebuild.c); under start_load_mutex */
 	slock_t		start_load_mutex;
 	DtStartLoad start_load;
-	int			start_loader;	/* the partition of the worker loading */
 	uint64		start_loaded;	/* bit p: partition p loaded, not taken yet */
 	uint64		start_load_generation;	/* reload_generation it saw */
 	Oid			start_load_extension;	/* whose twins it loaded */
@@ -666,7 +665,8 @@ extern DtRebuildRole dt_rebuild_role(int partition, uint64 generation,
 									 Oid extension);
 extern int64 dt_rebuild_all(int partition, uint64 generation, Oid extension,
 							int64 *others);
-extern void dt_rebuild_give_up(void);
+extern int64 dt_rebuild_take(int partition, Oid extension);
+extern void dt_rebuild_give_up(bool purge);
 
 /* ----------------------------------------------------------------
  * lifecycle.c: versions, pause (the workers' side)

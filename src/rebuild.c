@@ -31,10 +31,24 @@
  * own.  A partition is taken once: a worker that starts again later (its
  * predecessor may have committed) loads its own.
  *
+ * The loader marks only its own partition loaded (store_extension); each
+ * other partition is marked by its worker when it takes it, so a partition
+ * whose worker does not run (yet) is read from twin_state by the readers,
+ * as before the load, and a reload it misses cannot leave it stale.
+ *
  * When the loader fails (an ERROR, or it exits), the others load their own
  * partitions: a rebuild purges its partition first, so whatever the loader
- * put there goes; readers did not use it, as those partitions were not yet
- * marked loaded (store_extension).
+ * put there goes; readers did not use it, as it was not marked.  After an
+ * ERROR the loader purges it itself first, so that a partition whose
+ * worker does not run holds no twins, memory or counts.
+ *
+ * Waiting on a condition variable hides the wait from the deadlock
+ * detector, so the loader must never wait for a heavyweight lock that only
+ * a waiter holds.  A waiter holds what its batch took before its rebuild
+ * (ROW SHARE on the registry, read locks), the loader the same and then
+ * reads the registry and twin_state: whatever DDL waits for a waiter's
+ * lock waits for the loader's too, and a lock the loader asks for again is
+ * granted ahead of it.  Keep it so: take nothing new before the rebuild.
  *
  *-------------------------------------------------------------------------
  */
@@ -204,7 +218,6 @@ dt_rebuild_role(int partition, uint64 generation, Oid extension)
 		{
 			case DT_START_LOAD_OPEN:
 				db->start_load = DT_START_LOAD_LOADING;
-				db->start_loader = partition;
 				loading_all = true;
 				role = DT_REBUILD_ALL;
 				break;
@@ -233,9 +246,10 @@ dt_rebuild_role(int partition, uint64 generation, Oid extension)
 
 /*
  * The load at start, by the worker of 'partition' whose dt_rebuild_role()
- * said DT_REBUILD_ALL: every partition purged, loaded and marked, then
- * left for its worker to take.  Returns the twins loaded into this
- * worker's partition; *others, those of the other partitions.
+ * said DT_REBUILD_ALL: every partition purged and loaded, this worker's
+ * marked, the others left for their workers to take (dt_rebuild_take).
+ * Returns the twins loaded into this worker's partition; *others, those
+ * of the other partitions.
  */
 int64
 dt_rebuild_all(int partition, uint64 generation, Oid extension, int64 *others)
@@ -250,9 +264,9 @@ dt_rebuild_all(int partition, uint64 generation, Oid extension, int64 *others)
 		dt_rebuild_unmark(p);
 	dt_rebuild_load(-1, &progress);
 	*others = 0;
+	dt_rebuild_mark(partition, extension);
 	for (p = 0; p < dt_shared->nworkers; p++)
 	{
-		dt_rebuild_mark(p, extension);
 		if (p != partition)
 		{
 			loaded |= UINT64CONST(1) << p;
@@ -272,17 +286,41 @@ dt_rebuild_all(int partition, uint64 generation, Oid extension, int64 *others)
 }
 
 /*
+ * A partition the load at start filled for this worker, which
+ * dt_rebuild_role() said to take: mark it loaded.  Returns its twins.
+ */
+int64
+dt_rebuild_take(int partition, Oid extension)
+{
+	DtWorkerSlot *slot = &dt_db->slots[partition];
+	int64		twins;
+
+	/* as a load of its own would (see dt_rebuild_load) */
+	(void) dt_models_refresh(true);
+	dt_rebuild_mark(partition, extension);
+	SpinLockAcquire(&slot->mutex);
+	twins = slot->twins;
+	SpinLockRelease(&slot->mutex);
+	return twins;
+}
+
+/*
  * The loader failed (an ERROR, or it exits): the waiting workers load
- * their own partitions.  Nothing to do in any other process.
+ * their own partitions.  After an ERROR (purge: the transaction aborted,
+ * no lock is held) the other partitions are emptied first, before any
+ * waiter starts its own load.  Nothing to do in any other process.
  */
 void
-dt_rebuild_give_up(void)
+dt_rebuild_give_up(bool purge)
 {
 	DtDatabase *db = dt_db;
+	int			p;
 
 	if (!loading_all)
 		return;
 	loading_all = false;
+	for (p = 0; purge && p < dt_shared->nworkers; p++)
+		dt_rebuild_unmark(p);
 	SpinLockAcquire(&db->start_load_mutex);
 	db->start_load = DT_START_LOAD_CLOSED;
 	db->start_loaded = 0;

@@ -203,8 +203,11 @@ dt_worker_exit(int code, Datum arg)
 {
 	int64		stopped = dt_model_stopped_event();
 
-	/* the workers waiting for this one's load at start load their own */
-	dt_rebuild_give_up();
+	/*
+	 * The workers waiting for this one's load at start load their own (no
+	 * purge of what it loaded: an exit may come with locks still held).
+	 */
+	dt_rebuild_give_up(false);
 	/* chunks prepared for a batch that will never be published */
 	dt_stage_abandon();
 	if (stopped != 0)
@@ -681,11 +684,7 @@ dt_worker_rebuild(void)
 	else if (role == DT_REBUILD_OWN)
 		loaded = dt_rebuild_partition(my_partition, known_extension);
 	else
-	{
-		SpinLockAcquire(&my_slot->mutex);
-		loaded = my_slot->twins;
-		SpinLockRelease(&my_slot->mutex);
-	}
+		loaded = dt_rebuild_take(my_partition, known_extension);
 	dt_timers_load(my_partition, dt_shared->nworkers);
 	need_rebuild = false;
 	pgstat_report_activity(STATE_RUNNING, "digitaltwin: processing events");
@@ -1194,7 +1193,7 @@ dt_worker_recover(void)
 	edata = CopyErrorData();
 	EmitErrorReport();
 	AbortCurrentTransaction();
-	dt_rebuild_give_up();
+	dt_rebuild_give_up(true);
 
 	dt_current_event = NULL;
 	dt_stage_abandon();
