@@ -27,10 +27,7 @@ INSERT INTO sent (twin, v) VALUES ('t3', 30);
 });
 DtTest::check_exactly_once($node, 'before restart');
 
-my $live_query = q{
-SELECT string_agg(twin_id || '=' || state::text || '#' || event_count, ',' ORDER BY twin_id)
-FROM digitaltwin.twins};
-my $before = $node->safe_psql('postgres', $live_query);
+my $before = DtTest::live_twins($node);
 my $twins = $node->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.twins');
 cmp_ok($twins, '>=', 90, 'twins in shared memory before restart');
 
@@ -41,7 +38,7 @@ $node->restart;
 $node->poll_query_until('postgres',
 	"SELECT count(*) = $twins FROM digitaltwin.twins")
   or die 'twins were not reloaded';
-is($node->safe_psql('postgres', $live_query), $before,
+is(DtTest::live_twins($node), $before,
 	'live twins after restart equal those before, state and event count');
 ok($node->log_contains(qr/digitaltwin worker \d loaded \d+ twins/),
 	'workers logged the reload');

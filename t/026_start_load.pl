@@ -28,10 +28,7 @@ SELECT digitaltwin.create_model('pt', 'pt(text,pt_state,jsonb)');
 $node->safe_psql('postgres', DtTest::send_sql(3000, 200));
 DtTest::check_exactly_once($node, 'before restart');
 
-my $live_query = q{
-SELECT string_agg(twin_id || '=' || state::text || '#' || event_count, ',' ORDER BY twin_id)
-FROM digitaltwin.twins};
-my $before = $node->safe_psql('postgres', $live_query);
+my $before = DtTest::live_twins($node);
 my $twins = $node->safe_psql('postgres', 'SELECT count(*) FROM digitaltwin.twins');
 
 # --- 1. the load at start ----------------------------------------------------
@@ -48,7 +45,7 @@ is($per_worker{0} + $per_worker{1}, $twins,
 	'the two partitions together hold every twin');
 is($node->safe_psql('postgres', q{SELECT sum(twins) FROM digitaltwin.worker_stats()}),
 	$twins, 'each worker counts the twins of its own partition');
-is($node->safe_psql('postgres', $live_query), $before,
+is(DtTest::live_twins($node), $before,
 	'live twins after the load at start equal those before');
 $node->safe_psql('postgres', DtTest::send_sql(2000, 250));
 DtTest::check_exactly_once($node, 'after the load at start');

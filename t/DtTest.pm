@@ -174,6 +174,17 @@ FULL JOIN (SELECT twin_id, (state->>'n')::bigint AS n, (state->>'sum')::bigint A
 WHERE e.n IS DISTINCT FROM t.n OR e.s IS DISTINCT FROM t.s});
 }
 
+# Every live twin of database $db (default postgres) as one string: id,
+# state and event count, in id order; to compare the live view across a
+# restart.
+sub live_twins
+{
+	my ($node, $db) = @_;
+	return $node->safe_psql($db // 'postgres', q{
+SELECT string_agg(twin_id || '=' || state::text || '#' || event_count, ',' ORDER BY twin_id)
+FROM digitaltwin.twins});
+}
+
 # Check that the live twins, the durable state and the alerts of database
 # $db (default postgres) equal the effect of applying each committed event
 # of its "sent" exactly once.
