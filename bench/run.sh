@@ -328,15 +328,23 @@ dt_psql -c "INSERT INTO digitaltwin.events (model, twin_id, payload)
 wait_idle
 t1=$(now_ms)
 record "digitaltwin, new twins" "insert-select" "$BIG_TWINS" $((t1 - t0)) "every event creates a twin"
-dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/data" -l "$DT_DIR/server.log" -w restart -m fast >/dev/null
-dt_psql -At -c "SELECT 1" >/dev/null
-until [ "$(dt_psql -At -c "SELECT sum(twins) FROM digitaltwin.stats WHERE worker IS NOT NULL")" -ge "$BIG_TWINS" ]; do
-	sleep 0.2
+# $REPEAT restarts; each: the slowest worker's load (a worker that waited
+# for the load at start counts its wait), then the median of them
+recoveries=()
+for _ in $(seq "$REPEAT"); do
+	dt_as_user "$PGBIN/pg_ctl" -D "$DT_DIR/data" -l "$DT_DIR/server.log" -w restart -m fast >/dev/null
+	dt_psql -At -c "SELECT 1" >/dev/null
+	until [ "$(dt_psql -At -c "SELECT sum(twins) FROM digitaltwin.stats WHERE worker IS NOT NULL")" -ge "$BIG_TWINS" ]; do
+		sleep 0.2
+	done
+	recovery=$(grep -o 'loaded [0-9]* twins and [0-9]* timers in [0-9.]* ms' "$DT_DIR/server.log" | tail -n "$WORKERS" |
+		awk '{ if ($8 > m) m = $8; n += $2 } END { printf "%d twins in %.0f ms", n, m }')
+	echo "  recovery: $recovery (one worker loads every partition at start)"
+	recoveries+=("$(awk '{ print $(NF - 1) }' <<<"$recovery")")
 done
-recovery=$(grep -o 'loaded [0-9]* twins and [0-9]* timers in [0-9.]* ms' "$DT_DIR/server.log" | tail -n "$WORKERS" |
-	awk '{ if ($8 > m) m = $8; n += $2 } END { printf "%d twins in %.0f ms", n, m }')
-echo "  recovery: $recovery (one worker loads every partition at start)"
-RECOVERY_MS=$(awk '{ print $(NF - 1) }' <<<"$recovery")
+RECOVERY_MS=$(printf '%s\n' "${recoveries[@]}" | sort -n | awk '{ t[NR] = $1 } END { print t[int((NR + 1) / 2)] }')
+recovery="$BIG_TWINS twins in $RECOVERY_MS ms, median of $REPEAT restarts (${recoveries[*]} ms)"
+echo "  recovery: $recovery"
 echo "recovery,restart,$BIG_TWINS,,,$recovery" >>"$CSV"
 mem=$(dt_psql -At -c "SELECT round(memory_bytes::numeric / twins, 1) || ' bytes per twin, state ' ||
                              (SELECT avg(length(state))::int FROM digitaltwin.twin_state) || ' bytes (jsonb)'
