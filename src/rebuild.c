@@ -83,7 +83,6 @@ typedef struct DtLoadCount
 typedef struct DtLoadProgress
 {
 	int			partition;		/* the one loaded; -1: every partition */
-	int			partitions;
 	int64		loaded[DT_MAX_WORKERS]; /* twins per partition */
 	HTAB	   *per_model;
 } DtLoadProgress;
@@ -101,7 +100,7 @@ dt_rebuild_load_twin(void *arg, int32 model_id, const char *twin_id, int idlen,
 	bool		found;
 
 	if (partition < 0)
-		partition = dt_partition_of(twin_id, idlen, progress->partitions);
+		partition = dt_partition_of(twin_id, idlen, dt_shared->nworkers);
 	/* the caller refreshed the model cache just before the scan */
 	dt_store_load_twin(model_id, twin_id, idlen, image, len,
 					   model ? (uint16) model->state_version : 0,
@@ -166,7 +165,6 @@ dt_rebuild_load(int partition, DtLoadProgress *progress)
 
 	memset(progress, 0, sizeof(*progress));
 	progress->partition = partition;
-	progress->partitions = dt_shared->nworkers;
 	ctl.keysize = sizeof(DtLoadCountKey);
 	ctl.entrysize = sizeof(DtLoadCount);
 	ctl.hcxt = CurrentMemoryContext;
