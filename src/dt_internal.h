@@ -7,7 +7,8 @@
  * above it in this list, and util.c none):
  *	  util.c	 helpers: preload check, kept plans, the trusted scope
  *	  guc.c		 configuration parameters
- *	  shmem.c	 shared memory: database entries, worker slots, twin hashes
+ *	  twin_table.c the shared table of twins: stripes of open addressing in DSA
+ *	  shmem.c	 shared memory: database entries, worker slots, the twins' store
  *	  databases.c which databases are served: entries, refusals, holds
  *	  reload.c	 twin_state written by others: the workers reload
  *	  model.c	 model registry, caches of models, calling model functions
@@ -215,40 +216,57 @@ typedef struct DtTwinKey
 } DtTwinKey;
 
 /*
- * Key of a twin in the shared hash.  The twin id lives in its own DSA chunk
- * of just its length, so that an entry does not pay for a padded id.  A key
- * used to look an entry up points to the id in local memory instead; the
- * hash and compare functions accept both forms.
- */
-typedef struct DtSharedKey
-{
-	int32		model_id;
-	uint16		id_len;
-	bool		id_is_local;	/* id.local is set, not id.shared */
-	uint8		id_tag;			/* a byte of the id's hash (dt_id_tag) */
-	union
-	{
-		const char *local;
-		dsa_pointer shared;
-	}			id;
-} DtSharedKey;
-
-/*
- * A twin in shared memory.  The state image lives in its own DSA chunk; it
- * is replaced (never modified in place) under the entry's partition lock, so
- * readers holding that lock always see one whole state.
+ * A twin in shared memory (twin_table.c): one DSA chunk holding this
+ * header, the twin id (id_len bytes, not NUL-terminated) and the state
+ * image (state_len bytes) right after it.  A linked entry is written only
+ * under its stripe's exclusive lock; a state of another length is a new
+ * chunk that replaces the entry, so readers holding the stripe's lock
+ * always see one whole state.
  */
 typedef struct DtTwinEntry
 {
-	DtSharedKey key;
-	dsa_pointer state;
+	uint32		hash;			/* dt_twin_hash() of model and id */
+	int32		model_id;
 	uint32		state_len;
-	bool		pending;		/* inserted by an uncommitted batch */
 	uint16		state_version;	/* its model's state_version, modulo 2^16,
 								 * when the image was made (lifecycle.c) */
+	uint8		id_len;
+	uint8		unused;
 	int64		event_count;
 	TimestampTz updated_at;
+	char		data[FLEXIBLE_ARRAY_MEMBER];	/* id, then state */
 } DtTwinEntry;
+
+#define DT_ENTRY_STATE(entry) ((entry)->data + (entry)->id_len)
+
+/* the table's stripes: one lock and one array of slots each */
+#define DT_TABLE_STRIPES 128
+
+typedef struct DtTableStripe
+{
+	LWLock		lock;
+	uint32		nslots;			/* 0, or a power of two */
+	uint32		used;			/* slots holding an entry */
+	uint32		tombstones;		/* slots of deleted entries */
+	uint32		reserved;		/* slots promised to batches in flight */
+	dsa_pointer slots;			/* nslots dsa_pointers */
+} DtTableStripe;
+
+typedef struct DtTwinTable
+{
+	DtTableStripe stripes[DT_TABLE_STRIPES];
+} DtTwinTable;
+
+typedef struct DtTableScan
+{
+	dsa_area   *area;
+	DtTwinTable *table;
+	bool		exclusive;
+	int			stripe;			/* locked while < DT_TABLE_STRIPES */
+	uint32		pos;			/* next slot to look at */
+	uint32		nslots;
+	dsa_pointer *slots;
+} DtTableScan;
 
 typedef struct DtWorkerSlot
 {
@@ -287,7 +305,7 @@ typedef struct DtWorkerSlot
  * Entries are assigned to databases by the launcher (launcher.c) and the
  * backends that ask for one (databases.c); a database's backends and
  * workers only ever touch their own entry, so no database sees another's
- * twins.  The fields before 'twins_handle' change only under
+ * twins.  The fields before 'counts_handle' change only under
  * DtShared.lock; 'incarnation' changes at each assignment, so that a
  * backend can tell that the entry it remembered was given to another
  * database (or to its own again, after DROP and CREATE EXTENSION).
@@ -330,7 +348,6 @@ typedef struct DtDatabase
 	pg_atomic_uint64 reload_generation; /* twin_state changed by others ... */
 	pg_atomic_uint32 reload_pending;	/* ... or such a change is committing */
 	/* its store: see shmem.c */
-	dshash_table_handle twins_handle;
 	dshash_table_handle counts_handle;	/* twins per model and partition */
 	LWLock		counts_lock;	/* makes a limit check and its increment one step */
 	ConditionVariable progress_cv;	/* broadcast after each batch */
@@ -342,6 +359,7 @@ typedef struct DtDatabase
 	Oid			start_load_extension;	/* whose twins it loaded */
 	ConditionVariable start_load_cv;	/* broadcast when LOADING ends */
 	pg_atomic_uint64 queue_generation;	/* DT_GENERATION_UNKNOWN: read the table */
+	DtTwinTable twins;		/* its twins (twin_table.c) */
 	DtWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } DtDatabase;
 
@@ -364,6 +382,29 @@ typedef struct DtShared
 	/* the DtDatabase entries follow, then the in-place DSA area */
 } DtShared;
 
+/* twin_table.c */
+extern void dt_table_init(DtTwinTable *table, int tranche_id);
+extern DtTwinEntry *dt_table_find(dsa_area *area, DtTwinTable *table, uint32 hash,
+								  int32 model_id, const char *twin_id, int idlen,
+								  LWLockMode mode);
+extern void dt_table_release(DtTwinTable *table, const DtTwinEntry *entry);
+extern bool dt_table_reserve(dsa_area *area, DtTwinTable *table, uint32 hash,
+							 int32 model_id, const char *twin_id, int idlen,
+							 bool *no_memory);
+extern void dt_table_unreserve(DtTwinTable *table, uint32 hash);
+extern dsa_pointer dt_table_link(dsa_area *area, DtTwinTable *table,
+								 dsa_pointer chunk, bool reserved,
+								 DtTwinEntry *old, bool *no_memory);
+extern dsa_pointer dt_table_unlink(dsa_area *area, DtTwinTable *table, uint32 hash,
+								   int32 model_id, const char *twin_id, int idlen,
+								   DtTwinEntry *old);
+extern void dt_table_scan_init(DtTableScan *scan, dsa_area *area,
+							   DtTwinTable *table, bool exclusive);
+extern DtTwinEntry *dt_table_scan_next(DtTableScan *scan);
+extern dsa_pointer dt_table_scan_unlink(DtTableScan *scan);
+extern void dt_table_scan_end(DtTableScan *scan);
+extern void dt_table_reset(dsa_area *area, DtTwinTable *table);
+
 extern DtShared *dt_shared;
 extern DtDatabase *dt_db;		/* this process's database, or NULL */
 
@@ -373,11 +414,12 @@ extern DtDatabase *dt_database_entry(int index);
 extern void dt_attach_store(void);
 extern void dt_store_purge_database(void);
 extern void dt_slot_clear(DtWorkerSlot *slot);
-extern dshash_table *dt_twins;
 extern dsa_area *dt_area;
 
 extern void dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len);
 extern const char *dt_entry_twin_id(const DtTwinEntry *entry);
+extern uint32 dt_twin_hash(int32 model_id, const char *twin_id, int idlen);
+extern void dt_store_scan_begin(DtTableScan *scan);
 extern int	dt_partition_of(const char *twin_id, int len, int partitions);
 
 /* loading and purging one worker's twins (worker start) */
@@ -393,9 +435,10 @@ extern void dt_store_purge_models(int partition, int partitions,
 extern void dt_store_quota_begin(void);
 extern void dt_store_quota_check(int64 growth);
 extern Size dt_store_twin_overhead(int id_len);
-extern dsa_pointer dt_store_alloc_image(const char *image, Size len);
+extern dsa_pointer dt_store_alloc_entry(const DtTwinKey *key, const char *image,
+									   Size len);
 extern bool dt_store_reserve_entry(const DtTwinKey *key);
-extern void dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
+extern void dt_store_install(dsa_pointer entry, bool reserved,
 							 uint16 state_version, int64 event_count,
 							 TimestampTz updated_at, DtWorkerSlot *slot);
 extern void dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
@@ -432,7 +475,7 @@ extern void dt_model_progress_publish(int partition, const DtModelProgress *prog
 									  int n);
 extern int	dt_model_live_collect(DtModelLive **out);
 
-/* a twin's entry, its partition lock held until dt_store_release() */
+/* a twin's entry, its stripe's lock held until dt_store_release() */
 extern DtTwinEntry *dt_store_find(int32 model_id, const char *twin_id, int idlen);
 extern void dt_store_release(DtTwinEntry *entry);
 

@@ -17,7 +17,7 @@
  *
  * Rows are copied in one pass over the shared hash into an array of the
  * used columns (views.c), at the first fetch, and returned from there: a
- * dshash sequential scan holds a partition lock from one entry to the
+ * scan of the shared table holds a stripe's lock from one entry to the
  * next, and the executor must not run a query's expressions (user code)
  * while this backend holds an LWLock, nor sit in a nested loop with
  * interrupts held off.  The copy lets a rescan (the inner side of a nested

@@ -13,11 +13,12 @@
  * The load at start.  After a restart every worker would rebuild at once,
  * and two cores filling one shared hash were measured slower together than
  * one alone (docs/performance.md, "Recovery"): each twin takes allocations
- * from the DSA area's pools and an insert under a dshash partition lock,
- * whose cache lines then pass between the cores at every twin, and
- * dshash's resizes stop every inserter.  So the first worker of a database
- * entry to rebuild loads every partition in one pass over twin_state, while
- * the others wait, then take their partition as it was loaded.
+ * from the DSA area's pools and an insert under a stripe's lock of the
+ * shared table, whose cache lines then pass between the cores at every
+ * twin (measured with dshash, whose resizes also stopped every inserter).
+ * So the first worker of a database entry to rebuild loads every
+ * partition in one pass over twin_state, while the others wait, then take
+ * their partition as it was loaded.
  *
  * Why a partition loaded by another worker is current: a partition's rows
  * of twin_state are written by its own worker, and by the transactions that

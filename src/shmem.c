@@ -3,28 +3,28 @@
  * shmem.c
  *	  Shared memory of digitaltwin: worker slots and the twin hash.
  *
- * Twins live in dshash tables inside a DSA area that is created in place in
- * the main shared memory segment at postmaster start (as PG15's shared
- * memory statistics do), so it is reset by a crash-restart together with
- * everything else; dsa_set_size_limit() bounds it by digitaltwin.max_memory.
- * Each database entry (DtDatabase, digitaltwin.max_databases of them) has
- * its own pair of tables, created with the area: the databases share the
+ * Twins live in a table of our own (twin_table.c) whose entries are DSA
+ * chunks, in an area that is created in place in the main shared memory
+ * segment at postmaster start (as PG15's shared memory statistics do), so
+ * it is reset by a crash-restart together with everything else;
+ * dsa_set_size_limit() bounds it by digitaltwin.max_memory.  Each database
+ * entry (DtDatabase, digitaltwin.max_databases of them) has its own table
+ * of twins and its own dshash of counts per model: the databases share the
  * memory, never a table, so a twin is found only through its database's
  * entry.  A process works with one entry at a time, dt_db.
  *
  * Locking rules:
- *	- A twin entry is written only by the worker that owns its partition, and
- *	  only while holding the entry's dshash partition lock exclusively.
- *	- A state image is never modified in place: the owner allocates a new DSA
- *	  chunk, fills it, swaps the pointer under the partition lock and frees
- *	  the old chunk.  Readers copy the image while holding the partition lock
- *	  (shared), so they see one whole state.
- *	- At most one dshash entry is held at a time.  The only nested lock is
- *	  the DSA area's own lock, taken inside the partition lock by dsa_free(),
- *	  by the allocation of a new entry's twin id, by dshash's own allocations
- *	  and by dsa_get_address() when it maps a segment (key comparison reads
- *	  the stored twin id); nothing takes them the other way round.
- *	- No user code and no SPI run while a partition lock is held.
+ *	- A twin entry is written only by the worker that owns its partition
+ *	  (or, at start, by the worker loading every partition while the others
+ *	  wait: rebuild.c), and only under its stripe's exclusive lock.
+ *	- A state image of a new length is a new entry: the owner prepares the
+ *	  chunk (header, id, image) unseen, links it in place of the old one
+ *	  under the stripe's lock and frees the old one after.  Readers copy
+ *	  what they need under the stripe's lock (shared), so they see one
+ *	  whole state.
+ *	- One stripe lock at a time; inside it only the DSA area's own lock
+ *	  (twin_table.c).  counts_lock comes before the counts' dshash locks.
+ *	- No user code and no SPI run while a stripe lock is held.
  *
  *-------------------------------------------------------------------------
  */
@@ -49,9 +49,8 @@
 DtShared   *dt_shared = NULL;
 DtDatabase *dt_db = NULL;
 dsa_area   *dt_area = NULL;
-dshash_table *dt_twins = NULL;
 static dshash_table *dt_counts = NULL;
-static DtDatabase *attached_db = NULL;	/* whose tables dt_twins, dt_counts are */
+static DtDatabase *attached_db = NULL;	/* whose counts dt_counts are */
 
 /*
  * Twins per model, counted per worker partition: each worker counts its own
@@ -85,27 +84,16 @@ static const dshash_parameters dt_count_params = {
 };
 
 static void dt_store_out_of_memory(void) pg_attribute_noreturn();
-static int	dt_shared_key_compare(const void *a, const void *b, size_t size, void *arg);
-static dshash_hash dt_shared_key_hash(const void *key, size_t size, void *arg);
-
-static const dshash_parameters dt_twin_params = {
-	sizeof(DtSharedKey),
-	sizeof(DtTwinEntry),
-	dt_shared_key_compare,
-	dt_shared_key_hash,
-	0							/* tranche id, set at run time */
-};
 
 /*
- * What one twin costs in the shared area besides its state: the entry,
- * dshash's item header (next pointer and hash), its share of the bucket
- * array (dshash keeps 0.375 to 0.75 entries per bucket: counted as two
- * bucket pointers), and the twin id's chunk (DSA rounds small chunks up to
- * a multiple of 8 bytes).
+ * What one twin costs in the shared area besides its state: its entry's
+ * header and id (twin_table.c), and its share of the slots (a stripe keeps
+ * 3/8 to 3/4 of them used: counted as two).  DSA rounds a chunk up to its
+ * size class, which is not counted, as dshash's and the state chunk's
+ * rounding were not before.
  */
 #define DT_TWIN_OVERHEAD(id_len) \
-	(sizeof(DtTwinEntry) + sizeof(dsa_pointer) + sizeof(dshash_hash) + \
-	 2 * sizeof(dsa_pointer) + TYPEALIGN(8, (id_len)))
+	(offsetof(DtTwinEntry, data) + (id_len) + 2 * sizeof(dsa_pointer))
 
 static Size
 dt_database_size(void)
@@ -179,11 +167,7 @@ dt_database_init(DtDatabase *db, dsa_area *area)
 		pg_atomic_init_u64(&slot->batches, 0);
 	}
 
-	params = dt_twin_params;
-	params.tranche_id = dt_shared->tranche_id;
-	table = dshash_create(area, &params, NULL);
-	db->twins_handle = dshash_get_hash_table_handle(table);
-	dshash_detach(table);
+	dt_table_init(&db->twins, dt_shared->tranche_id);
 	params = dt_count_params;
 	params.tranche_id = dt_shared->tranche_id;
 	table = dshash_create(area, &params, NULL);
@@ -232,8 +216,8 @@ dt_shmem_startup(void)
 }
 
 /*
- * Attach this process to the twin tables of its database, dt_db: the area
- * once, the tables again whenever dt_db is another entry.
+ * Attach this process to the store of its database, dt_db: the area once,
+ * the counts again whenever dt_db is another entry.
  */
 void
 dt_attach_store(void)
@@ -243,7 +227,7 @@ dt_attach_store(void)
 
 	dt_require_preload();
 	Assert(dt_db != NULL);
-	if (dt_twins != NULL && attached_db == dt_db)
+	if (dt_counts != NULL && attached_db == dt_db)
 		return;
 
 	old = MemoryContextSwitchTo(TopMemoryContext);
@@ -253,15 +237,11 @@ dt_attach_store(void)
 		dt_area = dsa_attach_in_place(dt_inplace_area(), NULL);
 		dsa_pin_mapping(dt_area);
 	}
-	if (dt_twins != NULL)
+	if (dt_counts != NULL)
 	{
-		dshash_detach(dt_twins);
 		dshash_detach(dt_counts);
-		dt_twins = dt_counts = NULL;
+		dt_counts = NULL;
 	}
-	params = dt_twin_params;
-	params.tranche_id = dt_shared->tranche_id;
-	dt_twins = dshash_attach(dt_area, &params, dt_db->twins_handle, NULL);
 	params = dt_count_params;
 	params.tranche_id = dt_shared->tranche_id;
 	dt_counts = dshash_attach(dt_area, &params, dt_db->counts_handle, NULL);
@@ -278,86 +258,26 @@ dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len)
 	memcpy(key->twin_id, twin_id, len);
 }
 
-/*
- * A byte of the twin id's hash, kept in the key: comparing keys then reads
- * the id's own chunk (a cache miss each) only for one in 256 of the other
- * twins met in a bucket's chain.  dshash compares a key with each entry of
- * the chain, not their hashes first.  The top bits of the hash pick the
- * bucket, as many as the table has doublings (21 for a million twins), so
- * they are nearly the same along a chain: the byte mixes all 32 bits.
- */
-static inline uint8
-dt_id_tag(const char *twin_id, int idlen)
+/* The hash of a twin in the shared table: of its model and its id. */
+uint32
+dt_twin_hash(int32 model_id, const char *twin_id, int idlen)
 {
-	return (uint8) murmurhash32(hash_bytes((const unsigned char *) twin_id,
-										   idlen));
+	return hash_combine(murmurhash32((uint32) model_id),
+						hash_bytes((const unsigned char *) twin_id, idlen));
 }
 
-/* The form of a twin's key used to look it up in the shared hash. */
-static void
-dt_local_key(DtSharedKey *skey, int32 model_id, const char *twin_id, int idlen)
-{
-	skey->model_id = model_id;
-	skey->id_len = (uint16) idlen;
-	skey->id_is_local = true;
-	skey->id_tag = dt_id_tag(twin_id, idlen);
-	skey->id.local = twin_id;
-}
-
-static void
-dt_lookup_key(DtSharedKey *skey, const DtTwinKey *key)
-{
-	dt_local_key(skey, key->model_id, key->twin_id, strlen(key->twin_id));
-}
-
-static const char *
-dt_shared_key_id(const DtSharedKey *key)
-{
-	if (key->id_is_local)
-		return key->id.local;
-	return (const char *) dsa_get_address(dt_area, key->id.shared);
-}
-
-/* The twin id of an entry, not NUL-terminated: entry->key.id_len bytes. */
+/* The twin id of an entry, not NUL-terminated: entry->id_len bytes. */
 const char *
 dt_entry_twin_id(const DtTwinEntry *entry)
 {
-	return dt_shared_key_id(&entry->key);
+	return entry->data;
 }
 
-static int
-dt_shared_key_compare(const void *a, const void *b, size_t size, void *arg)
+/* A read-only scan of dt_db's twins, one stripe locked at a time. */
+void
+dt_store_scan_begin(DtTableScan *scan)
 {
-	const DtSharedKey *ka = a;
-	const DtSharedKey *kb = b;
-
-	if (ka->model_id != kb->model_id || ka->id_len != kb->id_len ||
-		ka->id_tag != kb->id_tag)
-		return 1;
-	return memcmp(dt_shared_key_id(ka), dt_shared_key_id(kb), ka->id_len);
-}
-
-static dshash_hash
-dt_shared_key_hash(const void *key, size_t size, void *arg)
-{
-	const DtSharedKey *k = key;
-
-	return hash_combine(murmurhash32((uint32) k->model_id),
-						hash_bytes((const unsigned char *) dt_shared_key_id(k),
-								   k->id_len));
-}
-
-/*
- * Free an entry's chunks and delete it.  The caller holds its partition
- * lock; dshash_delete_entry() releases it, dshash_delete_current() not.
- */
-static void
-dt_entry_free(DtTwinEntry *entry)
-{
-	if (DsaPointerIsValid(entry->state))
-		dsa_free(dt_area, entry->state);
-	Assert(!entry->key.id_is_local);
-	dsa_free(dt_area, entry->key.id.shared);
+	dt_table_scan_init(scan, dt_area, &dt_db->twins, false);
 }
 
 /*
@@ -378,7 +298,7 @@ dt_partition_of(const char *twin_id, int len, int partitions)
 static int
 dt_entry_partition(const DtTwinEntry *entry, int partitions)
 {
-	return dt_partition_of(dt_entry_twin_id(entry), entry->key.id_len, partitions);
+	return dt_partition_of(entry->data, entry->id_len, partitions);
 }
 
 static void
@@ -391,48 +311,78 @@ dt_slot_account(DtWorkerSlot *slot, int64 twins, int64 bytes)
 }
 
 /*
- * A twin's entry by model and id, or NULL.  The entry's partition lock is
- * held (shared) until dt_store_release(): copy what is needed and release,
+ * A twin's entry by model and id, or NULL.  The entry's stripe lock is held
+ * (shared) until dt_store_release(): copy what is needed and release,
  * calling no user code in between.
  */
 DtTwinEntry *
 dt_store_find(int32 model_id, const char *twin_id, int idlen)
 {
-	DtSharedKey skey;
-
-	dt_local_key(&skey, model_id, twin_id, idlen);
-	return dshash_find(dt_twins, &skey, false);
+	return dt_table_find(dt_area, &dt_db->twins,
+						 dt_twin_hash(model_id, twin_id, idlen),
+						 model_id, twin_id, idlen, LW_SHARED);
 }
 
 void
 dt_store_release(DtTwinEntry *entry)
 {
-	dshash_release_lock(dt_twins, entry);
+	dt_table_release(&dt_db->twins, entry);
 }
 
 bool
 dt_store_fetch(const DtTwinKey *key, MemoryContext cxt, char **image,
 			   Size *len, int64 *event_count)
 {
-	DtSharedKey skey;
 	DtTwinEntry *entry;
-	bool		found = false;
 
-	dt_lookup_key(&skey, key);
-	entry = dshash_find(dt_twins, &skey, false);
+	entry = dt_store_find(key->model_id, key->twin_id, strlen(key->twin_id));
 	if (entry == NULL)
 		return false;
-	if (!entry->pending && DsaPointerIsValid(entry->state))
+	/* palloc may ERROR; the abort path releases the stripe's lock */
+	*image = MemoryContextAlloc(cxt, entry->state_len);
+	memcpy(*image, DT_ENTRY_STATE(entry), entry->state_len);
+	*len = entry->state_len;
+	*event_count = entry->event_count;
+	dt_store_release(entry);
+	return true;
+}
+
+/*
+ * Unlink and free, in an exclusive scan of dt_db's twins, every entry that
+ * 'drop' picks (NULL: all); returns how many twins and bytes went.
+ */
+static void
+dt_store_drop_where(bool (*drop) (const DtTwinEntry *entry, void *arg),
+					void *arg, int64 *twins, int64 *bytes)
+{
+	DtTableScan scan;
+	DtTwinEntry *entry;
+
+	*twins = *bytes = 0;
+	dt_table_scan_init(&scan, dt_area, &dt_db->twins, true);
+	while ((entry = dt_table_scan_next(&scan)) != NULL)
 	{
-		/* palloc may ERROR; the abort path releases the partition lock */
-		*image = MemoryContextAlloc(cxt, entry->state_len);
-		memcpy(*image, dsa_get_address(dt_area, entry->state), entry->state_len);
-		*len = entry->state_len;
-		*event_count = entry->event_count;
-		found = true;
+		if (drop != NULL && !drop(entry, arg))
+			continue;
+		(*twins)++;
+		*bytes += entry->state_len + DT_TWIN_OVERHEAD(entry->id_len);
+		dsa_free(dt_area, dt_table_scan_unlink(&scan));
 	}
-	dshash_release_lock(dt_twins, entry);
-	return found;
+}
+
+typedef struct DtDropArg
+{
+	int			partition;
+	int			partitions;
+	bool		(*is_live) (int32 model_id);
+} DtDropArg;
+
+static bool
+dt_entry_in_partition(const DtTwinEntry *entry, void *arg)
+{
+	DtDropArg  *d = arg;
+
+	return dt_entry_partition(entry, d->partitions) == d->partition;
 }
 
 /*
@@ -443,19 +393,12 @@ dt_store_fetch(const DtTwinKey *key, MemoryContext cxt, char **image,
 void
 dt_store_purge_partition(int partition, int partitions)
 {
-	dshash_seq_status status;
-	DtTwinEntry *entry;
+	DtDropArg	d = {partition, partitions, NULL};
 	DtWorkerSlot *slot = &dt_db->slots[partition];
+	int64		twins;
+	int64		bytes;
 
-	dshash_seq_init(&status, dt_twins, true);
-	while ((entry = dshash_seq_next(&status)) != NULL)
-	{
-		if (dt_entry_partition(entry, partitions) != partition)
-			continue;
-		dt_entry_free(entry);
-		dshash_delete_current(&status);
-	}
-	dshash_seq_term(&status);
+	dt_store_drop_where(dt_entry_in_partition, &d, &twins, &bytes);
 
 	SpinLockAcquire(&slot->mutex);
 	slot->twins = 0;
@@ -473,17 +416,13 @@ void
 dt_store_purge_database(void)
 {
 	dshash_seq_status status;
-	DtTwinEntry *entry;
 	DtCountEntry *count;
+	int64		twins;
+	int64		bytes;
 	int			i;
 
-	dshash_seq_init(&status, dt_twins, true);
-	while ((entry = dshash_seq_next(&status)) != NULL)
-	{
-		dt_entry_free(entry);
-		dshash_delete_current(&status);
-	}
-	dshash_seq_term(&status);
+	dt_store_drop_where(NULL, NULL, &twins, &bytes);
+	dt_table_reset(dt_area, &dt_db->twins);
 
 	LWLockAcquire(&dt_db->counts_lock, LW_EXCLUSIVE);
 	dshash_seq_init(&status, dt_counts, true);
@@ -531,6 +470,15 @@ dt_slot_clear(DtWorkerSlot *slot)
 	pg_atomic_write_u64(&slot->batches, 0);
 }
 
+static bool
+dt_entry_of_dropped_model(const DtTwinEntry *entry, void *arg)
+{
+	DtDropArg  *d = arg;
+
+	return dt_entry_partition(entry, d->partitions) == d->partition &&
+		!d->is_live(entry->model_id);
+}
+
 /*
  * Forget the twins of models that no longer exist (drop_model).
  */
@@ -538,26 +486,11 @@ void
 dt_store_purge_models(int partition, int partitions,
 					  bool (*is_live) (int32 model_id))
 {
-	dshash_seq_status status;
-	DtTwinEntry *entry;
-	int64		twins = 0;
-	int64		bytes = 0;
+	DtDropArg	d = {partition, partitions, is_live};
+	int64		twins;
+	int64		bytes;
 
-	dshash_seq_init(&status, dt_twins, true);
-	while ((entry = dshash_seq_next(&status)) != NULL)
-	{
-		if (dt_entry_partition(entry, partitions) != partition ||
-			is_live(entry->key.model_id))
-			continue;
-		if (!entry->pending)
-		{
-			twins++;
-			bytes += entry->state_len + DT_TWIN_OVERHEAD(entry->key.id_len);
-		}
-		dt_entry_free(entry);
-		dshash_delete_current(&status);
-	}
-	dshash_seq_term(&status);
+	dt_store_drop_where(dt_entry_of_dropped_model, &d, &twins, &bytes);
 	dt_slot_account(&dt_db->slots[partition], -twins, -bytes);
 }
 
@@ -628,100 +561,72 @@ dt_store_quota_check(int64 growth)
 	quota_batch_bytes += growth;
 }
 
+/*
+ * Prepare a twin's entry, not linked yet: header, id and state image in one
+ * chunk.  The caller fills what the batch decides after commit.
+ */
 dsa_pointer
-dt_store_alloc_image(const char *image, Size len)
+dt_store_alloc_entry(const DtTwinKey *key, const char *image, Size len)
 {
+	int			idlen = strlen(key->twin_id);
 	dsa_pointer dp;
+	DtTwinEntry *entry;
 
-	dp = dsa_allocate_extended(dt_area, len, DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
+	Assert(idlen <= DT_TWIN_ID_MAXLEN);
+	dp = dsa_allocate_extended(dt_area, offsetof(DtTwinEntry, data) + idlen + len,
+							   DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
 	if (!DsaPointerIsValid(dp))
 		dt_store_out_of_memory();
-	memcpy(dsa_get_address(dt_area, dp), image, len);
+	entry = dsa_get_address(dt_area, dp);
+	memset(entry, 0, offsetof(DtTwinEntry, data));
+	entry->hash = dt_twin_hash(key->model_id, key->twin_id, idlen);
+	entry->model_id = key->model_id;
+	entry->id_len = (uint8) idlen;
+	entry->state_len = (uint32) len;
+	memcpy(entry->data, key->twin_id, idlen);
+	memcpy(entry->data + idlen, image, len);
 	return dp;
 }
 
 /*
- * Give a locked entry its new state image, release it, free the image it
- * had and count the change in the worker's slot (a pending entry was not
- * counted yet).
+ * Link a prepared entry, free the one it replaces and count the change in
+ * the worker's slot.  Only a new twin without a promised slot can need
+ * memory: at the load, an ERROR; after a batch's commit, where nothing may
+ * fail, it cannot happen (the twin existed when its batch prepared, and
+ * only its worker unlinks it).
  */
 static void
-dt_entry_set_state(DtTwinEntry *entry, dsa_pointer image, Size len,
-				   uint16 state_version, int64 event_count,
-				   TimestampTz updated_at, DtWorkerSlot *slot)
+dt_store_link(dsa_pointer chunk, bool reserved, bool after_commit,
+			  DtWorkerSlot *slot)
 {
-	bool		was_new = entry->pending;
-	dsa_pointer old = entry->state;
-	Size		old_len = entry->state_len;
-	uint16		id_len = entry->key.id_len;
+	DtTwinEntry *entry = dsa_get_address(dt_area, chunk);
+	DtTwinEntry old;
+	dsa_pointer replaced;
+	bool		no_memory;
 
-	entry->state = image;
-	entry->state_len = len;
-	entry->state_version = state_version;
-	entry->event_count = event_count;
-	entry->updated_at = updated_at;
-	entry->pending = false;
-	dshash_release_lock(dt_twins, entry);
-
-	if (DsaPointerIsValid(old))
-		dsa_free(dt_area, old);
-	if (was_new)
-		dt_slot_account(slot, 1, len + DT_TWIN_OVERHEAD(id_len));
-	else
-		dt_slot_account(slot, 0, (int64) len - (int64) old_len);
-}
-
-/*
- * Find or insert a twin's entry, returned locked.  The id gets its own
- * chunk before the entry exists: an entry linked into the hash with a key
- * pointing into this backend's memory would be read by every backend, and
- * allocating may ERROR (dsa_allocate may fail to create a segment even
- * with DSA_ALLOC_NO_OOM); on an error, image (if valid) is freed too.  An
- * existing twin does not need the chunk: *unused_id is to be freed after
- * the lock is released (InvalidDsaPointer when the entry is new).
- */
-static DtTwinEntry *
-dt_store_find_or_insert(int32 model_id, const char *twin_id, int idlen,
-						dsa_pointer image, bool *found, dsa_pointer *unused_id)
-{
-	DtSharedKey skey;
-	DtTwinEntry *entry;
-	dsa_pointer id = dsa_allocate_extended(dt_area, idlen, DSA_ALLOC_NO_OOM);
-
-	if (!DsaPointerIsValid(id))
+	replaced = dt_table_link(dt_area, &dt_db->twins, chunk, reserved, &old,
+							 &no_memory);
+	if (no_memory)
 	{
-		if (DsaPointerIsValid(image))
-			dsa_free(dt_area, image);
+		if (after_commit)
+			elog(PANIC, "digitaltwin: twin entry to replace vanished");
+		dsa_free(dt_area, chunk);
 		dt_store_out_of_memory();
 	}
-	memcpy(dsa_get_address(dt_area, id), twin_id, idlen);
-	skey.model_id = model_id;
-	skey.id_len = (uint16) idlen;
-	skey.id_is_local = false;
-	skey.id_tag = dt_id_tag(twin_id, idlen);
-	skey.id.shared = id;
-
-	PG_TRY();
+	if (DsaPointerIsValid(replaced))
 	{
-		entry = dshash_find_or_insert(dt_twins, &skey, found);
+		dsa_free(dt_area, replaced);
+		dt_slot_account(slot, 0, (int64) entry->state_len - (int64) old.state_len);
 	}
-	PG_CATCH();
-	{
-		dsa_free(dt_area, id);
-		if (DsaPointerIsValid(image))
-			dsa_free(dt_area, image);
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	*unused_id = *found ? id : InvalidDsaPointer;
-	return entry;
+	else
+		dt_slot_account(slot, 1, entry->state_len + DT_TWIN_OVERHEAD(entry->id_len));
 }
 
 /*
- * Load one twin from the durable state (worker start).  One hash operation
- * per twin, not the three of a batch's publication (reserve, install,
- * count): nothing is committed in between here, and a reader does not take
- * the partition from shared memory before it is loaded whole (load_epoch).
+ * Load one twin from the durable state (worker start).  One operation on
+ * the table per twin: nothing is committed in between here, and a reader
+ * does not take the partition from shared memory before it is loaded
+ * whole (load_epoch).
  */
 void
 dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
@@ -729,58 +634,45 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 				   int64 event_count, TimestampTz updated_at,
 				   DtWorkerSlot *slot)
 {
+	DtTwinKey	key;
+	dsa_pointer chunk;
 	DtTwinEntry *entry;
-	dsa_pointer dp;
-	dsa_pointer id;
-	bool		found;
 
 	Assert(idlen <= DT_TWIN_ID_MAXLEN);
-	dp = dt_store_alloc_image(image, len);
-	entry = dt_store_find_or_insert(model_id, twin_id, idlen, dp, &found, &id);
-	if (!found)
-	{
-		entry->pending = true;
-		entry->state = InvalidDsaPointer;
-		entry->state_len = 0;
-	}
-	/* (found: a twin a batch published before a rebuild) */
-	dt_entry_set_state(entry, dp, len, state_version, event_count, updated_at, slot);
-	if (DsaPointerIsValid(id))
-		dsa_free(dt_area, id);
+	dt_make_key(&key, model_id, twin_id, idlen);
+	chunk = dt_store_alloc_entry(&key, image, len);
+	entry = dsa_get_address(dt_area, chunk);
+	entry->state_version = state_version;
+	entry->event_count = event_count;
+	entry->updated_at = updated_at;
+	/* (a twin already there: one a batch published before a rebuild) */
+	dt_store_link(chunk, false, false, slot);
 }
 
 /*
- * Make sure an entry exists for a twin that a batch is about to publish, so
- * that publication after commit needs no allocation.  A new entry stays
- * 'pending' (invisible to readers) until published or abandoned.
- * Returns true if the entry was created here.
+ * Before commit: make sure a twin that a batch is about to publish has a
+ * slot, so that publication after commit needs no memory.  Returns true if
+ * the twin is new and a slot was promised to it (dt_store_unreserve()
+ * gives it back if the batch fails).
  */
 bool
 dt_store_reserve_entry(const DtTwinKey *key)
 {
-	DtTwinEntry *entry;
-	dsa_pointer id;
-	bool		found;
+	int			idlen = strlen(key->twin_id);
+	bool		no_memory;
+	bool		reserved;
 
-	entry = dt_store_find_or_insert(key->model_id, key->twin_id, strlen(key->twin_id),
-									InvalidDsaPointer, &found, &id);
-	if (!found)
-	{
-		entry->pending = true;
-		entry->state = InvalidDsaPointer;
-		entry->state_len = 0;
-		entry->event_count = 0;
-		entry->updated_at = 0;
-	}
-	dshash_release_lock(dt_twins, entry);
-	if (DsaPointerIsValid(id))
-		dsa_free(dt_area, id);
-	return !found;
+	reserved = dt_table_reserve(dt_area, &dt_db->twins,
+								dt_twin_hash(key->model_id, key->twin_id, idlen),
+								key->model_id, key->twin_id, idlen, &no_memory);
+	if (no_memory)
+		dt_store_out_of_memory();
+	return reserved;
 }
 
 /*
  * After commit: overwrite a twin's state with an image of the same length,
- * in its chunk.  Readers copy an image only under the partition lock, which
+ * in its entry.  Readers copy an image only under the stripe's lock, which
  * is held exclusively here, so they see the old state or the new one whole.
  * Needs no memory: a twin whose state keeps its size goes on being updated
  * when digitaltwin.max_memory is exhausted.
@@ -789,37 +681,37 @@ void
 dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
 				   uint16 state_version, int64 event_count, TimestampTz updated_at)
 {
-	DtSharedKey skey;
+	int			idlen = strlen(key->twin_id);
 	DtTwinEntry *entry;
 
-	dt_lookup_key(&skey, key);
-	entry = dshash_find(dt_twins, &skey, true);
-	if (entry == NULL || entry->state_len != len || !DsaPointerIsValid(entry->state))
+	entry = dt_table_find(dt_area, &dt_db->twins,
+						  dt_twin_hash(key->model_id, key->twin_id, idlen),
+						  key->model_id, key->twin_id, idlen, LW_EXCLUSIVE);
+	if (entry == NULL || entry->state_len != len)
 		elog(PANIC, "digitaltwin: twin entry to overwrite vanished or changed size");
-	memcpy(dsa_get_address(dt_area, entry->state), image, len);
+	memcpy(DT_ENTRY_STATE(entry), image, len);
 	entry->state_version = state_version;
 	entry->event_count = event_count;
 	entry->updated_at = updated_at;
-	dshash_release_lock(dt_twins, entry);
+	dt_table_release(&dt_db->twins, entry);
 }
 
 /*
- * After commit: install a prepared image.  Cannot fail: the entry and the
- * chunk exist already.
+ * After commit: link a prepared entry (dt_store_alloc_entry), in place of
+ * the twin's old one if it had one.  Cannot fail: the chunk exists, and a
+ * new twin's slot was promised (reserved).
  */
 void
-dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
-				 uint16 state_version, int64 event_count,
-				 TimestampTz updated_at, DtWorkerSlot *slot)
+dt_store_install(dsa_pointer chunk, bool reserved, uint16 state_version,
+				 int64 event_count, TimestampTz updated_at, DtWorkerSlot *slot)
 {
-	DtSharedKey skey;
-	DtTwinEntry *entry;
+	DtTwinEntry *entry = dsa_get_address(dt_area, chunk);
 
-	dt_lookup_key(&skey, key);
-	entry = dshash_find(dt_twins, &skey, true);
-	if (entry == NULL)
-		elog(PANIC, "digitaltwin: reserved twin entry vanished");
-	dt_entry_set_state(entry, image, len, state_version, event_count, updated_at, slot);
+	/* not linked yet: no other process can see it */
+	entry->state_version = state_version;
+	entry->event_count = event_count;
+	entry->updated_at = updated_at;
+	dt_store_link(chunk, reserved, true, slot);
 }
 
 /*
@@ -828,44 +720,29 @@ dt_store_install(const DtTwinKey *key, dsa_pointer image, Size len,
 void
 dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot)
 {
-	DtSharedKey skey;
-	DtTwinEntry *entry;
-	int64		bytes;
-	bool		was_pending;
+	int			idlen = strlen(key->twin_id);
+	DtTwinEntry old;
+	dsa_pointer chunk;
 
-	dt_lookup_key(&skey, key);
-	entry = dshash_find(dt_twins, &skey, true);
-	if (entry == NULL)
+	chunk = dt_table_unlink(dt_area, &dt_db->twins,
+							dt_twin_hash(key->model_id, key->twin_id, idlen),
+							key->model_id, key->twin_id, idlen, &old);
+	if (!DsaPointerIsValid(chunk))
 		return;
-	bytes = entry->state_len + DT_TWIN_OVERHEAD(entry->key.id_len);
-	was_pending = entry->pending;
-	dt_entry_free(entry);
-	dshash_delete_entry(dt_twins, entry);
-
-	if (!was_pending)
-		dt_slot_account(slot, -1, -bytes);
+	dsa_free(dt_area, chunk);
+	dt_slot_account(slot, -1, -(int64) (old.state_len + DT_TWIN_OVERHEAD(old.id_len)));
 }
 
 /*
- * After abort: drop an entry reserved by the failed batch, if still pending.
+ * After abort: give back the slot promised to a new twin of the failed
+ * batch.
  */
 void
 dt_store_unreserve(const DtTwinKey *key)
 {
-	DtSharedKey skey;
-	DtTwinEntry *entry;
-
-	dt_lookup_key(&skey, key);
-	entry = dshash_find(dt_twins, &skey, true);
-	if (entry == NULL)
-		return;
-	if (entry->pending)
-	{
-		dt_entry_free(entry);
-		dshash_delete_entry(dt_twins, entry);
-	}
-	else
-		dshash_release_lock(dt_twins, entry);
+	dt_table_unreserve(&dt_db->twins,
+					   dt_twin_hash(key->model_id, key->twin_id,
+									strlen(key->twin_id)));
 }
 
 /* ----------------------------------------------------------------

@@ -636,7 +636,7 @@ dt_stage_prepare_publish(void)
 		dt_store_quota_check(twin->durable ?
 							 (int64) twin->new_len - (int64) twin->shared_len :
 							 (int64) (twin->new_len + dt_store_twin_overhead(strlen(twin->key.twin_id))));
-		twin->new_image = dt_store_alloc_image(twin->image, twin->new_len);
+		twin->new_image = dt_store_alloc_entry(&twin->key, twin->image, twin->new_len);
 		twin->inserted_entry = dt_store_reserve_entry(&twin->key);
 	}
 }
@@ -660,7 +660,7 @@ dt_stage_publish(DtWorkerSlot *slot)
 							   (uint16) twin->model->state_version,
 							   twin->event_count, twin->updated_at);
 		else if (DsaPointerIsValid(twin->new_image))
-			dt_store_install(&twin->key, twin->new_image, twin->new_len,
+			dt_store_install(twin->new_image, twin->inserted_entry,
 							 (uint16) twin->model->state_version,
 							 twin->event_count, twin->updated_at, slot);
 		else

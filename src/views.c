@@ -608,7 +608,7 @@ dt_live_version_differs(DtLiveCollect *c, DtViewModel *m, DtTwinEntry *entry)
 {
 	if (entry->state_version == m->state_version)
 		return false;
-	c->durable[dt_partition_of(dt_entry_twin_id(entry), entry->key.id_len, c->nparts)] = true;
+	c->durable[dt_partition_of(dt_entry_twin_id(entry), entry->id_len, c->nparts)] = true;
 	c->version_moved = true;
 	return true;
 }
@@ -763,24 +763,24 @@ dt_live_finish(DtLiveCollect *c)
 
 /*
  * Copy every live twin into out, in the current memory context.  Only the
- * columns needed[] are copied, the others are left NULL: a twin's id and
- * state each live in their own DSA chunk, so a query that does not use them
- * (count(*), an average of event_count) touches one cache line per twin
- * instead of three.
+ * columns needed[] are copied, the others are left NULL: a query that does
+ * not use a twin's id or state (count(*), an average of event_count) reads
+ * only its entry's header, one cache line per twin.
  *
  * Like pg_buffercache, this copies first and returns rows after, so that
  * no lock is held while the executor runs; the copy takes about 40 bytes
  * per twin, plus the ids and states when they are used.  The loop over the
- * shared hash does nothing but copy: entries are scattered over the DSA
- * area, each one a cache miss, and a short loop body lets the processor
- * have several of those misses in flight (a million twins: about 0.1 s for
- * the loop alone against 0.4 s when it formed a tuple per twin).
+ * shared table does nothing but copy: entries are scattered over the DSA
+ * area, each one a cache miss; the scan asks for entries a few slots ahead
+ * (twin_table.c) and a short loop body lets the processor have several of
+ * those misses in flight (a million twins: about 0.1 s for the loop alone
+ * against 0.4 s when it formed a tuple per twin).
  */
 void
 dt_view_collect_twins(DtLiveRows *out, const bool *needed)
 {
 	DtLiveCollect c;
-	dshash_seq_status status;
+	DtTableScan scan;
 	DtTwinEntry *entry;
 	DtViewModel *m;
 
@@ -794,17 +794,15 @@ dt_view_collect_twins(DtLiveRows *out, const bool *needed)
 			break;
 
 		m = NULL;
-		dshash_seq_init(&status, dt_twins, false);
-		while ((entry = dshash_seq_next(&status)) != NULL)
+		dt_store_scan_begin(&scan);
+		while ((entry = dt_table_scan_next(&scan)) != NULL)
 		{
-			if (entry->pending || !DsaPointerIsValid(entry->state))
-				continue;
 			if (!c.all_current &&
 				!c.current[dt_partition_of(dt_entry_twin_id(entry),
-										   entry->key.id_len, c.nparts)])
+										   entry->id_len, c.nparts)])
 				continue;
-			if (m == NULL || m->id != entry->key.model_id)
-				m = hash_search(c.models, &entry->key.model_id, HASH_FIND, NULL);
+			if (m == NULL || m->id != entry->model_id)
+				m = hash_search(c.models, &entry->model_id, HASH_FIND, NULL);
 			/* a model dropped after the workers last looked */
 			if (m == NULL)
 				continue;
@@ -818,12 +816,10 @@ dt_view_collect_twins(DtLiveRows *out, const bool *needed)
 			}
 			dt_live_add(&c, m,
 						needed[DT_TWIN_COL_TWIN_ID] ? dt_entry_twin_id(entry) : NULL,
-						entry->key.id_len,
-						needed[DT_TWIN_COL_STATE] ?
-						dsa_get_address(dt_area, entry->state) : NULL,
+						entry->id_len,
+						needed[DT_TWIN_COL_STATE] ? DT_ENTRY_STATE(entry) : NULL,
 						entry->state_len, entry->event_count, entry->updated_at);
 		}
-		dshash_seq_term(&status);
 	} while (!dt_live_pass_held(&c, -1));
 	dt_live_finish(&c);
 }
@@ -863,10 +859,8 @@ dt_view_lookup_twin(DtLiveRows *out, const bool *needed, const char *twin_id,
 
 			if (entry == NULL)
 				continue;
-			if (!entry->pending && DsaPointerIsValid(entry->state) &&
-				!dt_live_version_differs(&c, m, entry))
-				dt_live_add(&c, m, twin_id, idlen,
-							dsa_get_address(dt_area, entry->state),
+			if (!dt_live_version_differs(&c, m, entry))
+				dt_live_add(&c, m, twin_id, idlen, DT_ENTRY_STATE(entry),
 							entry->state_len, entry->event_count,
 							entry->updated_at);
 			dt_store_release(entry);
