@@ -18,11 +18,11 @@ SELECT digitaltwin.create_model('churn', 'churn(text,jsonb,jsonb)');
 -- state the one its events made (n counts them); and the memory the
 -- workers account for back to what the twins cost: the image (a jsonb
 -- datum: twin_state keeps it without its 4-byte header) + the entry's
--- 32-byte header + id + two slots; other files' twins, whose states may
+-- 27-byte header + id + two slots; other files' twins, whose states may
 -- be of other types, are left out by measuring from before this file's
 CREATE TEMP TABLE memory_before AS
 SELECT (SELECT sum(memory_bytes) FROM digitaltwin.stats WHERE worker IS NOT NULL) -
-       (SELECT coalesce(sum(octet_length(state) + 4 + 32 + octet_length(twin_id) + 16), 0)
+       (SELECT coalesce(sum(octet_length(state) + 4 + 27 + octet_length(twin_id) + 16), 0)
         FROM digitaltwin.twin_state) AS unexplained;
 CREATE FUNCTION churn_differs() RETURNS TABLE (twins bigint, differing bigint,
                                                states_ok bool, memory_ok bool)
@@ -39,7 +39,7 @@ LANGUAGE sql AS $$
                                   (TABLE durable EXCEPT ALL SELECT twin_id, event_count FROM live)) d),
            (SELECT bool_and((state->>'n')::bigint = event_count) IS NOT FALSE FROM live),
            (SELECT sum(memory_bytes) FROM digitaltwin.stats WHERE worker IS NOT NULL) -
-           (SELECT coalesce(sum(octet_length(state) + 4 + 32 + octet_length(twin_id) + 16), 0)
+           (SELECT coalesce(sum(octet_length(state) + 4 + 27 + octet_length(twin_id) + 16), 0)
             FROM digitaltwin.twin_state) = (SELECT unexplained FROM memory_before)
 $$;
 

@@ -217,23 +217,22 @@ typedef struct DtTwinKey
 
 /*
  * A twin in shared memory (twin_table.c): one DSA chunk holding this
- * header, the twin id (id_len bytes, not NUL-terminated) and the state
- * image (state_len bytes) right after it.  A linked entry is written only
+ * header (27 bytes: offsetof(DtTwinEntry, data)), the twin id (id_len
+ * bytes, not NUL-terminated) and the state image (state_len bytes, not
+ * aligned: readers copy it) right after it.  A linked entry is written only
  * under its stripe's exclusive lock; a state of another length is a new
  * chunk that replaces the entry, so readers holding the stripe's lock
  * always see one whole state.
  */
 typedef struct DtTwinEntry
 {
-	uint32		hash;			/* dt_twin_hash() of model and id */
+	int64		event_count;
+	TimestampTz updated_at;
 	int32		model_id;
 	uint32		state_len;
 	uint16		state_version;	/* its model's state_version, modulo 2^16,
 								 * when the image was made (lifecycle.c) */
 	uint8		id_len;
-	uint8		unused;
-	int64		event_count;
-	TimestampTz updated_at;
 	char		data[FLEXIBLE_ARRAY_MEMBER];	/* id, then state */
 } DtTwinEntry;
 
@@ -251,6 +250,15 @@ typedef struct DtTableStripe
 	uint32		reserved;		/* slots promised to batches in flight */
 	dsa_pointer slots;			/* nslots dsa_pointers */
 } DtTableStripe;
+
+/* a twin as the table looks it up (dt_table_key) */
+typedef struct DtTableKey
+{
+	int32		model_id;
+	int			idlen;
+	const char *id;
+	uint32		hash;
+} DtTableKey;
 
 typedef struct DtTwinTable
 {
@@ -384,20 +392,19 @@ typedef struct DtShared
 
 /* twin_table.c */
 extern void dt_table_init(DtTwinTable *table, int tranche_id);
-extern DtTwinEntry *dt_table_find(dsa_area *area, DtTwinTable *table, uint32 hash,
-								  int32 model_id, const char *twin_id, int idlen,
-								  LWLockMode mode);
+extern void dt_table_key(DtTableKey *key, int32 model_id, const char *twin_id,
+						 int idlen);
+extern DtTwinEntry *dt_table_find(dsa_area *area, DtTwinTable *table,
+								  const DtTableKey *key, LWLockMode mode);
 extern void dt_table_release(DtTwinTable *table, const DtTwinEntry *entry);
-extern bool dt_table_reserve(dsa_area *area, DtTwinTable *table, uint32 hash,
-							 int32 model_id, const char *twin_id, int idlen,
-							 bool *no_memory);
-extern void dt_table_unreserve(DtTwinTable *table, uint32 hash);
+extern bool dt_table_reserve(dsa_area *area, DtTwinTable *table,
+							 const DtTableKey *key, bool *no_memory);
+extern void dt_table_unreserve(DtTwinTable *table, const DtTableKey *key);
 extern dsa_pointer dt_table_link(dsa_area *area, DtTwinTable *table,
 								 dsa_pointer chunk, bool reserved,
 								 DtTwinEntry *old, bool *no_memory);
-extern dsa_pointer dt_table_unlink(dsa_area *area, DtTwinTable *table, uint32 hash,
-								   int32 model_id, const char *twin_id, int idlen,
-								   DtTwinEntry *old);
+extern dsa_pointer dt_table_unlink(dsa_area *area, DtTwinTable *table,
+								   const DtTableKey *key, DtTwinEntry *old);
 extern void dt_table_scan_init(DtTableScan *scan, dsa_area *area,
 							   DtTwinTable *table, bool exclusive);
 extern DtTwinEntry *dt_table_scan_next(DtTableScan *scan);
@@ -418,7 +425,6 @@ extern dsa_area *dt_area;
 
 extern void dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len);
 extern const char *dt_entry_twin_id(const DtTwinEntry *entry);
-extern uint32 dt_twin_hash(int32 model_id, const char *twin_id, int idlen);
 extern void dt_store_scan_begin(DtTableScan *scan);
 extern int	dt_partition_of(const char *twin_id, int len, int partitions);
 

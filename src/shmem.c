@@ -87,7 +87,7 @@ static void dt_store_out_of_memory(void) pg_attribute_noreturn();
 
 /*
  * What one twin costs in the shared area besides its state: its entry's
- * header and id (twin_table.c), and its share of the slots (a stripe keeps
+ * header (27 bytes) and id (twin_table.c), and its share of the slots (a stripe keeps
  * 3/8 to 3/4 of them used: counted as two).  DSA rounds a chunk up to its
  * size class, which is not counted, as dshash's and the state chunk's
  * rounding were not before.
@@ -258,12 +258,11 @@ dt_make_key(DtTwinKey *key, int32 model_id, const char *twin_id, int len)
 	memcpy(key->twin_id, twin_id, len);
 }
 
-/* The hash of a twin in the shared table: of its model and its id. */
-uint32
-dt_twin_hash(int32 model_id, const char *twin_id, int idlen)
+/* A twin's key for the shared table. */
+static void
+dt_table_key_of(DtTableKey *tkey, const DtTwinKey *key)
 {
-	return hash_combine(murmurhash32((uint32) model_id),
-						hash_bytes((const unsigned char *) twin_id, idlen));
+	dt_table_key(tkey, key->model_id, key->twin_id, strlen(key->twin_id));
 }
 
 /* The twin id of an entry, not NUL-terminated: entry->id_len bytes. */
@@ -318,9 +317,10 @@ dt_slot_account(DtWorkerSlot *slot, int64 twins, int64 bytes)
 DtTwinEntry *
 dt_store_find(int32 model_id, const char *twin_id, int idlen)
 {
-	return dt_table_find(dt_area, &dt_db->twins,
-						 dt_twin_hash(model_id, twin_id, idlen),
-						 model_id, twin_id, idlen, LW_SHARED);
+	DtTableKey	tkey;
+
+	dt_table_key(&tkey, model_id, twin_id, idlen);
+	return dt_table_find(dt_area, &dt_db->twins, &tkey, LW_SHARED);
 }
 
 void
@@ -579,7 +579,6 @@ dt_store_alloc_entry(const DtTwinKey *key, const char *image, Size len)
 		dt_store_out_of_memory();
 	entry = dsa_get_address(dt_area, dp);
 	memset(entry, 0, offsetof(DtTwinEntry, data));
-	entry->hash = dt_twin_hash(key->model_id, key->twin_id, idlen);
 	entry->model_id = key->model_id;
 	entry->id_len = (uint8) idlen;
 	entry->state_len = (uint32) len;
@@ -658,13 +657,12 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 bool
 dt_store_reserve_entry(const DtTwinKey *key)
 {
-	int			idlen = strlen(key->twin_id);
+	DtTableKey	tkey;
 	bool		no_memory;
 	bool		reserved;
 
-	reserved = dt_table_reserve(dt_area, &dt_db->twins,
-								dt_twin_hash(key->model_id, key->twin_id, idlen),
-								key->model_id, key->twin_id, idlen, &no_memory);
+	dt_table_key_of(&tkey, key);
+	reserved = dt_table_reserve(dt_area, &dt_db->twins, &tkey, &no_memory);
 	if (no_memory)
 		dt_store_out_of_memory();
 	return reserved;
@@ -681,12 +679,11 @@ void
 dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
 				   uint16 state_version, int64 event_count, TimestampTz updated_at)
 {
-	int			idlen = strlen(key->twin_id);
+	DtTableKey	tkey;
 	DtTwinEntry *entry;
 
-	entry = dt_table_find(dt_area, &dt_db->twins,
-						  dt_twin_hash(key->model_id, key->twin_id, idlen),
-						  key->model_id, key->twin_id, idlen, LW_EXCLUSIVE);
+	dt_table_key_of(&tkey, key);
+	entry = dt_table_find(dt_area, &dt_db->twins, &tkey, LW_EXCLUSIVE);
 	if (entry == NULL || entry->state_len != len)
 		elog(PANIC, "digitaltwin: twin entry to overwrite vanished or changed size");
 	memcpy(DT_ENTRY_STATE(entry), image, len);
@@ -720,13 +717,12 @@ dt_store_install(dsa_pointer chunk, bool reserved, uint16 state_version,
 void
 dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot)
 {
-	int			idlen = strlen(key->twin_id);
+	DtTableKey	tkey;
 	DtTwinEntry old;
 	dsa_pointer chunk;
 
-	chunk = dt_table_unlink(dt_area, &dt_db->twins,
-							dt_twin_hash(key->model_id, key->twin_id, idlen),
-							key->model_id, key->twin_id, idlen, &old);
+	dt_table_key_of(&tkey, key);
+	chunk = dt_table_unlink(dt_area, &dt_db->twins, &tkey, &old);
 	if (!DsaPointerIsValid(chunk))
 		return;
 	dsa_free(dt_area, chunk);
@@ -740,9 +736,10 @@ dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot)
 void
 dt_store_unreserve(const DtTwinKey *key)
 {
-	dt_table_unreserve(&dt_db->twins,
-					   dt_twin_hash(key->model_id, key->twin_id,
-									strlen(key->twin_id)));
+	DtTableKey	tkey;
+
+	dt_table_key_of(&tkey, key);
+	dt_table_unreserve(&dt_db->twins, &tkey);
 }
 
 /* ----------------------------------------------------------------

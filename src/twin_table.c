@@ -3,7 +3,7 @@
  * twin_table.c
  *	  The shared table of twins: open addressing in stripes, in DSA.
  *
- * A twin is one DSA chunk (DtTwinEntry): a 32-byte header, the twin id and
+ * A twin is one DSA chunk (DtTwinEntry): a 27-byte header, the twin id and
  * the state image, one after the other.  The table holds only pointers to
  * them.  It is split into DT_TABLE_STRIPES stripes by the low bits of the
  * twin's hash, each with its own LWLock and its own array of slots (a
@@ -15,7 +15,7 @@
  * chunk for the id (its key type is fixed in size) and a chunk for the
  * state, 96 bytes beyond the state; its scan follows a chain per bucket,
  * one cache miss per entry with nothing to overlap them.  Here a twin
- * costs its header, its id and its share of the slots (61 bytes for a
+ * costs its header, its id and its share of the slots (56 bytes for a
  * 13-byte id), a scan walks a plain array and asks for the entries a few
  * slots ahead before it reads them, and a twin read whole (id, counters
  * and state) is one chunk.
@@ -43,6 +43,8 @@
  */
 #include "postgres.h"
 
+#include "common/hashfn.h"
+
 #include "dt_internal.h"
 
 /* a slot whose entry was deleted: probing goes on past it */
@@ -53,6 +55,28 @@
 
 /* entries a scan asks the processor for ahead of the one it returns */
 #define DT_SCAN_PREFETCH	8
+
+/*
+ * The key of a twin in the table: model, id and their hash.  The hash is
+ * not kept in the entry (5 bytes of every twin): it is computed again when
+ * the slots are rebuilt, and a probe compares the model and the id, which
+ * are in the entry's first cache line anyway.
+ */
+void
+dt_table_key(DtTableKey *key, int32 model_id, const char *twin_id, int idlen)
+{
+	key->model_id = model_id;
+	key->id = twin_id;
+	key->idlen = idlen;
+	key->hash = hash_combine(murmurhash32((uint32) model_id),
+							 hash_bytes((const unsigned char *) twin_id, idlen));
+}
+
+static void
+dt_entry_key(DtTableKey *key, const DtTwinEntry *entry)
+{
+	dt_table_key(key, entry->model_id, entry->data, entry->id_len);
+}
 
 static inline DtTableStripe *
 dt_table_stripe(DtTwinTable *table, uint32 hash)
@@ -73,11 +97,10 @@ dt_table_slots(dsa_area *area, const DtTableStripe *stripe)
 }
 
 static inline bool
-dt_entry_matches(const DtTwinEntry *entry, uint32 hash, int32 model_id,
-				 const char *twin_id, int idlen)
+dt_entry_matches(const DtTwinEntry *entry, const DtTableKey *key)
 {
-	return entry->hash == hash && entry->model_id == model_id &&
-		entry->id_len == idlen && memcmp(entry->data, twin_id, idlen) == 0;
+	return entry->model_id == key->model_id && entry->id_len == key->idlen &&
+		memcmp(entry->data, key->id, key->idlen) == 0;
 }
 
 /* what a stripe holds or has promised, and may hold at most */
@@ -112,12 +135,12 @@ dt_table_init(DtTwinTable *table, int tranche_id)
  * true if found.  The caller holds the stripe's lock and nslots > 0.
  */
 static bool
-dt_table_probe(dsa_area *area, DtTableStripe *stripe, uint32 hash,
-			   int32 model_id, const char *twin_id, int idlen, uint32 *pos)
+dt_table_probe(dsa_area *area, DtTableStripe *stripe, const DtTableKey *key,
+			   uint32 *pos)
 {
 	dsa_pointer *slots = dt_table_slots(area, stripe);
 	uint32		mask = stripe->nslots - 1;
-	uint32		i = dt_table_home(stripe, hash);
+	uint32		i = dt_table_home(stripe, key->hash);
 	bool		have_free = false;
 
 	for (;;)
@@ -138,8 +161,7 @@ dt_table_probe(dsa_area *area, DtTableStripe *stripe, uint32 hash,
 				have_free = true;
 			}
 		}
-		else if (dt_entry_matches(dsa_get_address(area, s), hash, model_id,
-								  twin_id, idlen))
+		else if (dt_entry_matches(dsa_get_address(area, s), key))
 		{
 			*pos = i;
 			return true;
@@ -184,12 +206,13 @@ dt_table_rebuild(dsa_area *area, DtTableStripe *stripe, uint32 more)
 
 		for (i = 0; i < stripe->nslots; i++)
 		{
+			DtTableKey	key;
 			uint32		j;
 
 			if (!DT_SLOT_IS_ENTRY(from[i]))
 				continue;
-			j = (((DtTwinEntry *) dsa_get_address(area, from[i]))->hash /
-				 DT_TABLE_STRIPES) & mask;
+			dt_entry_key(&key, dsa_get_address(area, from[i]));
+			j = (key.hash / DT_TABLE_STRIPES) & mask;
 			while (to[j] != InvalidDsaPointer)
 				j = (j + 1) & mask;
 			to[j] = from[i];
@@ -216,15 +239,14 @@ dt_table_make_room(dsa_area *area, DtTableStripe *stripe)
  * NULL (nothing locked) if there is none.
  */
 DtTwinEntry *
-dt_table_find(dsa_area *area, DtTwinTable *table, uint32 hash, int32 model_id,
-			  const char *twin_id, int idlen, LWLockMode mode)
+dt_table_find(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
+			  LWLockMode mode)
 {
-	DtTableStripe *stripe = dt_table_stripe(table, hash);
+	DtTableStripe *stripe = dt_table_stripe(table, key->hash);
 	uint32		pos;
 
 	LWLockAcquire(&stripe->lock, mode);
-	if (stripe->nslots > 0 &&
-		dt_table_probe(area, stripe, hash, model_id, twin_id, idlen, &pos))
+	if (stripe->nslots > 0 && dt_table_probe(area, stripe, key, &pos))
 		return dsa_get_address(area, dt_table_slots(area, stripe)[pos]);
 	LWLockRelease(&stripe->lock);
 	return NULL;
@@ -233,7 +255,10 @@ dt_table_find(dsa_area *area, DtTwinTable *table, uint32 hash, int32 model_id,
 void
 dt_table_release(DtTwinTable *table, const DtTwinEntry *entry)
 {
-	LWLockRelease(&dt_table_stripe(table, entry->hash)->lock);
+	DtTableKey	key;
+
+	dt_entry_key(&key, entry);
+	LWLockRelease(&dt_table_stripe(table, key.hash)->lock);
 }
 
 /*
@@ -244,18 +269,16 @@ dt_table_release(DtTwinTable *table, const DtTwinEntry *entry)
  * false in *no_memory (and nothing promised) when the slots cannot grow.
  */
 bool
-dt_table_reserve(dsa_area *area, DtTwinTable *table, uint32 hash,
-				 int32 model_id, const char *twin_id, int idlen,
+dt_table_reserve(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
 				 bool *no_memory)
 {
-	DtTableStripe *stripe = dt_table_stripe(table, hash);
+	DtTableStripe *stripe = dt_table_stripe(table, key->hash);
 	uint32		pos;
 	bool		reserved = false;
 
 	*no_memory = false;
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
-	if (stripe->nslots > 0 &&
-		dt_table_probe(area, stripe, hash, model_id, twin_id, idlen, &pos))
+	if (stripe->nslots > 0 && dt_table_probe(area, stripe, key, &pos))
 		 /* exists */ ;
 	else if (dt_table_make_room(area, stripe))
 	{
@@ -269,9 +292,9 @@ dt_table_reserve(dsa_area *area, DtTwinTable *table, uint32 hash,
 }
 
 void
-dt_table_unreserve(DtTwinTable *table, uint32 hash)
+dt_table_unreserve(DtTwinTable *table, const DtTableKey *key)
 {
-	DtTableStripe *stripe = dt_table_stripe(table, hash);
+	DtTableStripe *stripe = dt_table_stripe(table, key->hash);
 
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
 	if (stripe->reserved > 0)
@@ -292,22 +315,23 @@ dsa_pointer
 dt_table_link(dsa_area *area, DtTwinTable *table, dsa_pointer chunk,
 			  bool reserved, DtTwinEntry *old, bool *no_memory)
 {
-	DtTwinEntry *entry = dsa_get_address(area, chunk);
-	DtTableStripe *stripe = dt_table_stripe(table, entry->hash);
+	DtTableKey	key;
+	DtTableStripe *stripe;
 	dsa_pointer replaced = InvalidDsaPointer;
 	dsa_pointer *slots;
 	uint32		pos;
 
+	dt_entry_key(&key, dsa_get_address(area, chunk));
+	stripe = dt_table_stripe(table, key.hash);
 	*no_memory = false;
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
-	if (stripe->nslots > 0 &&
-		dt_table_probe(area, stripe, entry->hash, entry->model_id,
-					   entry->data, entry->id_len, &pos))
+	if (stripe->nslots > 0 && dt_table_probe(area, stripe, &key, &pos))
 	{
 		slots = dt_table_slots(area, stripe);
 		replaced = slots[pos];
 		if (old != NULL)
-			memcpy(old, dsa_get_address(area, replaced), sizeof(DtTwinEntry));
+			memcpy(old, dsa_get_address(area, replaced),
+				   offsetof(DtTwinEntry, data));
 		slots[pos] = chunk;
 		/* (reserved: the twin came back, by a load, since the promise) */
 		if (reserved && stripe->reserved > 0)
@@ -331,8 +355,7 @@ dt_table_link(dsa_area *area, DtTwinTable *table, dsa_pointer chunk,
 	else
 	{
 		/* the slots may have been rebuilt: probe again */
-		(void) dt_table_probe(area, stripe, entry->hash, entry->model_id,
-							  entry->data, entry->id_len, &pos);
+		(void) dt_table_probe(area, stripe, &key, &pos);
 	}
 	slots = dt_table_slots(area, stripe);
 	if (slots[pos] == DT_SLOT_TOMBSTONE)
@@ -372,20 +395,18 @@ dt_table_clear_slot(dsa_area *area, DtTableStripe *stripe, uint32 pos)
  * (InvalidDsaPointer if there was none), and copies its header into *old.
  */
 dsa_pointer
-dt_table_unlink(dsa_area *area, DtTwinTable *table, uint32 hash,
-				int32 model_id, const char *twin_id, int idlen,
+dt_table_unlink(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
 				DtTwinEntry *old)
 {
-	DtTableStripe *stripe = dt_table_stripe(table, hash);
+	DtTableStripe *stripe = dt_table_stripe(table, key->hash);
 	dsa_pointer chunk = InvalidDsaPointer;
 	uint32		pos;
 
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
-	if (stripe->nslots > 0 &&
-		dt_table_probe(area, stripe, hash, model_id, twin_id, idlen, &pos))
+	if (stripe->nslots > 0 && dt_table_probe(area, stripe, key, &pos))
 	{
 		chunk = dt_table_slots(area, stripe)[pos];
-		memcpy(old, dsa_get_address(area, chunk), sizeof(DtTwinEntry));
+		memcpy(old, dsa_get_address(area, chunk), offsetof(DtTwinEntry, data));
 		dt_table_clear_slot(area, stripe, pos);
 	}
 	LWLockRelease(&stripe->lock);
