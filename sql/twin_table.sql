@@ -49,6 +49,30 @@ SELECT 'churn', 'c-' || i, jsonb_build_object('pad', i % 7) FROM generate_series
 SELECT digitaltwin.wait_idle('60s');
 SELECT * FROM churn_differs();
 
+-- readers while the workers write: every state read whole, with the
+-- event count published with it (n counts the events too), while ten
+-- events per twin replace states by longer and shorter ones
+CREATE FUNCTION torn_reads(passes int) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    bad bigint := 0;
+    n bigint;
+BEGIN
+    FOR k IN 1..passes LOOP
+        SELECT count(*) INTO n FROM digitaltwin.twins
+        WHERE model = 'churn' AND (state->>'n')::bigint <> event_count;
+        bad := bad + n;
+    END LOOP;
+    RETURN bad;
+END $$;
+INSERT INTO digitaltwin.events (model, twin_id, payload)
+SELECT 'churn', 'c-' || i, jsonb_build_object('pad', (i * j) % 40)
+FROM generate_series(1, 10) j, generate_series(1, 3000) i ORDER BY j, i;
+SELECT torn_reads(20) AS torn;
+SELECT digitaltwin.wait_idle('60s');
+SELECT torn_reads(1) AS torn, sum(event_count) AS events FROM digitaltwin.twins WHERE model = 'churn';
+SELECT * FROM churn_differs();
+
 -- rounds of churn: end a third, grow a third, keep a third's size, and
 -- create new twins, so that deleted slots pile up and are reused (each
 -- round commits before the next looks at the twins)
@@ -82,7 +106,7 @@ WHERE model = 'churn' AND twin_id IN ('c-2', 'c-4', 'c-7');
 SELECT count(*) FILTER (WHERE twin_id LIKE 'c-%') AS first_left,
        count(*) FILTER (WHERE twin_id LIKE 'n%') AS new_ones,
        count(*) FILTER (WHERE twin_id LIKE 'c-%' AND substr(twin_id, 3)::int % 3 <> 0) AS ended_found,
-       count(*) FILTER (WHERE state->>'pad' = repeat('x', 30) AND event_count = 3) AS grown_then_kept
+       count(*) FILTER (WHERE state->>'pad' = repeat('x', 30) AND event_count = 13) AS grown_then_kept
 FROM digitaltwin.twins WHERE model = 'churn';
 
 -- end them all: nothing left, no memory accounted
@@ -97,7 +121,31 @@ INSERT INTO digitaltwin.events (model, twin_id, payload)
 SELECT 'churn', 'c-' || i, '{"pad": 1}' FROM generate_series(1, 3000) i;
 SELECT digitaltwin.wait_idle('60s');
 SELECT * FROM churn_differs();
+-- a durable row written by hand with an id longer than any event's
+-- (63 bytes at most): the worker reloading it stops with a clear error
+-- instead of overrunning its buffers, and goes on once the row is repaired
+CREATE FUNCTION worker_error_like(pattern text) RETURNS bool
+LANGUAGE plpgsql AS $$
+BEGIN
+    FOR k IN 1..300 LOOP
+        IF EXISTS (SELECT 1 FROM digitaltwin.stats WHERE last_error LIKE pattern) THEN
+            RETURN true;
+        END IF;
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    RETURN false;
+END $$;
+INSERT INTO digitaltwin.twin_state (model_id, twin_id, state, event_count, updated_at)
+SELECT model_id, repeat('L', 70), state, 1, now() FROM digitaltwin.twin_state s
+JOIN digitaltwin.models m ON m.id = s.model_id WHERE m.name = 'churn' AND s.twin_id = 'c-1';
+SELECT worker_error_like('%has an id of 70 bytes%') AS reported;
+DELETE FROM digitaltwin.twin_state WHERE twin_id = repeat('L', 70);
+INSERT INTO digitaltwin.events (model, twin_id, payload) VALUES ('churn', 'c-1', '{"pad": 2}');
+SELECT digitaltwin.wait_idle('60s');
+SELECT * FROM churn_differs();
+DROP FUNCTION worker_error_like(text);
 SELECT digitaltwin.drop_model('churn', force => true);
 DROP FUNCTION churn_differs();
 DROP FUNCTION churn_round(int);
+DROP FUNCTION torn_reads(int);
 DROP FUNCTION churn(text, jsonb, jsonb);

@@ -238,6 +238,11 @@ typedef struct DtTwinEntry
 
 #define DT_ENTRY_STATE(entry) ((entry)->data + (entry)->id_len)
 
+StaticAssertDecl(offsetof(DtTwinEntry, data) == 27,
+				 "the overhead per twin in the docs counts a 27-byte header");
+StaticAssertDecl(DT_TWIN_ID_MAXLEN <= PG_UINT8_MAX,
+				 "a twin id's length is kept in one byte");
+
 /* the table's stripes: one lock and one array of slots each */
 #define DT_TABLE_STRIPES 128
 
@@ -260,9 +265,16 @@ typedef struct DtTableKey
 	uint32		hash;
 } DtTableKey;
 
+/* a stripe per cache line: workers writing different stripes do not share one */
+typedef union DtTableStripePadded
+{
+	DtTableStripe stripe;
+	char		pad[PG_CACHE_LINE_SIZE];
+} DtTableStripePadded;
+
 typedef struct DtTwinTable
 {
-	DtTableStripe stripes[DT_TABLE_STRIPES];
+	DtTableStripePadded stripes[DT_TABLE_STRIPES];
 } DtTwinTable;
 
 typedef struct DtTableScan
@@ -398,11 +410,10 @@ extern DtTwinEntry *dt_table_find(dsa_area *area, DtTwinTable *table,
 								  const DtTableKey *key, LWLockMode mode);
 extern void dt_table_release(DtTwinTable *table, const DtTwinEntry *entry);
 extern bool dt_table_reserve(dsa_area *area, DtTwinTable *table,
-							 const DtTableKey *key, bool *no_memory);
+							 const DtTableKey *key);
 extern void dt_table_unreserve(DtTwinTable *table, const DtTableKey *key);
 extern dsa_pointer dt_table_link(dsa_area *area, DtTwinTable *table,
-								 dsa_pointer chunk, bool reserved,
-								 DtTwinEntry *old, bool *no_memory);
+								 dsa_pointer chunk, DtTwinEntry *old);
 extern dsa_pointer dt_table_unlink(dsa_area *area, DtTwinTable *table,
 								   const DtTableKey *key, DtTwinEntry *old);
 extern void dt_table_scan_init(DtTableScan *scan, dsa_area *area,
@@ -443,8 +454,8 @@ extern void dt_store_quota_check(int64 growth);
 extern Size dt_store_twin_overhead(int id_len);
 extern dsa_pointer dt_store_alloc_entry(const DtTwinKey *key, const char *image,
 									   Size len);
-extern bool dt_store_reserve_entry(const DtTwinKey *key);
-extern void dt_store_install(dsa_pointer entry, bool reserved,
+extern void dt_store_reserve_entry(const DtTwinKey *key);
+extern void dt_store_install(dsa_pointer entry,
 							 uint16 state_version, int64 event_count,
 							 TimestampTz updated_at, DtWorkerSlot *slot);
 extern void dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
@@ -654,9 +665,9 @@ typedef struct DtStagedTwin
 	/* prepared for publication */
 	char	   *image;			/* state image (see dt_stage_persisted_value) */
 	Size		image_len;
-	dsa_pointer new_image;
+	dsa_pointer new_image;		/* its entry, prepared (dt_store_alloc_entry) */
 	Size		new_len;
-	bool		inserted_entry;
+	bool		reserved_slot;	/* a slot promised to it (dt_store_reserve_entry) */
 	bool		durable;		/* twin_state has its row (it was in shared memory) */
 	Size		shared_len;		/* length of its image in shared memory, if durable */
 	bool		overwrite;		/* publish by overwriting that image in place */

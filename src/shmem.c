@@ -31,6 +31,7 @@
 #include "postgres.h"
 
 #include "common/hashfn.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
@@ -562,70 +563,78 @@ dt_store_quota_check(int64 growth)
 }
 
 /*
- * Prepare a twin's entry, not linked yet: header, id and state image in one
- * chunk.  The caller fills what the batch decides after commit.
+ * A twin's entry, not linked yet: header, id and state image in one chunk.
+ * InvalidDsaPointer when the memory cannot be had.
  */
-dsa_pointer
-dt_store_alloc_entry(const DtTwinKey *key, const char *image, Size len)
+static dsa_pointer
+dt_entry_alloc(const DtTableKey *tkey, const char *image, Size len)
 {
-	int			idlen = strlen(key->twin_id);
 	dsa_pointer dp;
 	DtTwinEntry *entry;
 
-	Assert(idlen <= DT_TWIN_ID_MAXLEN);
-	dp = dsa_allocate_extended(dt_area, offsetof(DtTwinEntry, data) + idlen + len,
+	Assert(tkey->idlen <= DT_TWIN_ID_MAXLEN);
+	dp = dsa_allocate_extended(dt_area,
+							   offsetof(DtTwinEntry, data) + tkey->idlen + len,
 							   DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
 	if (!DsaPointerIsValid(dp))
-		dt_store_out_of_memory();
+		return dp;
 	entry = dsa_get_address(dt_area, dp);
 	memset(entry, 0, offsetof(DtTwinEntry, data));
-	entry->model_id = key->model_id;
-	entry->id_len = (uint8) idlen;
+	entry->model_id = tkey->model_id;
+	entry->id_len = (uint8) tkey->idlen;
 	entry->state_len = (uint32) len;
-	memcpy(entry->data, key->twin_id, idlen);
-	memcpy(entry->data + idlen, image, len);
+	memcpy(entry->data, tkey->id, tkey->idlen);
+	memcpy(entry->data + tkey->idlen, image, len);
 	return dp;
 }
 
 /*
- * Link a prepared entry, free the one it replaces and count the change in
- * the worker's slot.  Only a new twin without a promised slot can need
- * memory: at the load, an ERROR; after a batch's commit, where nothing may
- * fail, it cannot happen (the twin existed when its batch prepared, and
- * only its worker unlinks it).
+ * Before commit: prepare a twin's entry.  The caller fills what the batch
+ * decides after commit.
  */
-static void
-dt_store_link(dsa_pointer chunk, bool reserved, bool after_commit,
-			  DtWorkerSlot *slot)
+dsa_pointer
+dt_store_alloc_entry(const DtTwinKey *key, const char *image, Size len)
 {
-	DtTwinEntry *entry = dsa_get_address(dt_area, chunk);
-	DtTwinEntry old;
-	dsa_pointer replaced;
-	bool		no_memory;
+	DtTableKey	tkey;
+	dsa_pointer dp;
 
-	replaced = dt_table_link(dt_area, &dt_db->twins, chunk, reserved, &old,
-							 &no_memory);
-	if (no_memory)
-	{
-		if (after_commit)
-			elog(PANIC, "digitaltwin: twin entry to replace vanished");
-		dsa_free(dt_area, chunk);
+	dt_table_key_of(&tkey, key);
+	dp = dt_entry_alloc(&tkey, image, len);
+	if (!DsaPointerIsValid(dp))
 		dt_store_out_of_memory();
-	}
-	if (DsaPointerIsValid(replaced))
-	{
-		dsa_free(dt_area, replaced);
-		dt_slot_account(slot, 0, (int64) entry->state_len - (int64) old.state_len);
-	}
-	else
-		dt_slot_account(slot, 1, entry->state_len + DT_TWIN_OVERHEAD(entry->id_len));
+	return dp;
 }
 
 /*
- * Load one twin from the durable state (worker start).  One operation on
- * the table per twin: nothing is committed in between here, and a reader
- * does not take the partition from shared memory before it is loaded
- * whole (load_epoch).
+ * Link a prepared entry into the slot promised to it, free the one it
+ * replaces and count the change in the worker's slot.  Cannot fail.
+ */
+static void
+dt_store_link(dsa_pointer chunk, DtWorkerSlot *slot)
+{
+	DtTwinEntry *entry = dsa_get_address(dt_area, chunk);
+	uint32		state_len = entry->state_len;
+	int			id_len = entry->id_len;
+	DtTwinEntry old;
+	dsa_pointer replaced;
+
+	/* (what the entry says is read above: once linked, it is not ours) */
+	replaced = dt_table_link(dt_area, &dt_db->twins, chunk, &old);
+	if (DsaPointerIsValid(replaced))
+	{
+		dsa_free(dt_area, replaced);
+		dt_slot_account(slot, 0, (int64) state_len - (int64) old.state_len);
+	}
+	else
+		dt_slot_account(slot, 1, state_len + DT_TWIN_OVERHEAD(id_len));
+}
+
+/*
+ * Load one twin from the durable state (worker start).  As a batch
+ * publishes, without a commit in between: a slot is promised first, so that
+ * an error leaves no chunk behind (only the promise, which costs nothing
+ * but an earlier growth of its stripe); a reader does not take the
+ * partition from shared memory before it is loaded whole (load_epoch).
  */
 void
 dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
@@ -633,39 +642,50 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 				   int64 event_count, TimestampTz updated_at,
 				   DtWorkerSlot *slot)
 {
-	DtTwinKey	key;
+	DtTableKey	tkey;
 	dsa_pointer chunk;
 	DtTwinEntry *entry;
 
-	Assert(idlen <= DT_TWIN_ID_MAXLEN);
-	dt_make_key(&key, model_id, twin_id, idlen);
-	chunk = dt_store_alloc_entry(&key, image, len);
+	/* a row written by hand: no event could have made that twin */
+	if (idlen > DT_TWIN_ID_MAXLEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("durable state of a twin of model %d has an id of %d bytes",
+						model_id, idlen),
+				 errdetail("A twin id has at most %d bytes; the id starts with \"%.*s\".",
+						   DT_TWIN_ID_MAXLEN,
+						   pg_mbcliplen(twin_id, idlen, DT_TWIN_ID_MAXLEN), twin_id),
+				 errhint("Repair or delete the row of digitaltwin.twin_state.")));
+	dt_table_key(&tkey, model_id, twin_id, idlen);
+	if (!dt_table_reserve(dt_area, &dt_db->twins, &tkey))
+		dt_store_out_of_memory();
+	chunk = dt_entry_alloc(&tkey, image, len);
+	if (!DsaPointerIsValid(chunk))
+	{
+		dt_table_unreserve(&dt_db->twins, &tkey);
+		dt_store_out_of_memory();
+	}
 	entry = dsa_get_address(dt_area, chunk);
 	entry->state_version = state_version;
 	entry->event_count = event_count;
 	entry->updated_at = updated_at;
 	/* (a twin already there: one a batch published before a rebuild) */
-	dt_store_link(chunk, false, false, slot);
+	dt_store_link(chunk, slot);
 }
 
 /*
- * Before commit: make sure a twin that a batch is about to publish has a
- * slot, so that publication after commit needs no memory.  Returns true if
- * the twin is new and a slot was promised to it (dt_store_unreserve()
- * gives it back if the batch fails).
+ * Before commit: have a slot promised to a twin's next entry, so that
+ * publication after commit needs no memory (dt_store_unreserve() gives it
+ * back if the batch fails).
  */
-bool
+void
 dt_store_reserve_entry(const DtTwinKey *key)
 {
 	DtTableKey	tkey;
-	bool		no_memory;
-	bool		reserved;
 
 	dt_table_key_of(&tkey, key);
-	reserved = dt_table_reserve(dt_area, &dt_db->twins, &tkey, &no_memory);
-	if (no_memory)
+	if (!dt_table_reserve(dt_area, &dt_db->twins, &tkey))
 		dt_store_out_of_memory();
-	return reserved;
 }
 
 /*
@@ -695,12 +715,12 @@ dt_store_overwrite(const DtTwinKey *key, const char *image, Size len,
 
 /*
  * After commit: link a prepared entry (dt_store_alloc_entry), in place of
- * the twin's old one if it had one.  Cannot fail: the chunk exists, and a
- * new twin's slot was promised (reserved).
+ * the twin's old one if it had one.  Cannot fail: the chunk exists, and its
+ * slot was promised (dt_store_reserve_entry).
  */
 void
-dt_store_install(dsa_pointer chunk, bool reserved, uint16 state_version,
-				 int64 event_count, TimestampTz updated_at, DtWorkerSlot *slot)
+dt_store_install(dsa_pointer chunk, uint16 state_version, int64 event_count,
+				 TimestampTz updated_at, DtWorkerSlot *slot)
 {
 	DtTwinEntry *entry = dsa_get_address(dt_area, chunk);
 
@@ -708,7 +728,7 @@ dt_store_install(dsa_pointer chunk, bool reserved, uint16 state_version,
 	entry->state_version = state_version;
 	entry->event_count = event_count;
 	entry->updated_at = updated_at;
-	dt_store_link(chunk, reserved, true, slot);
+	dt_store_link(chunk, slot);
 }
 
 /*
@@ -730,8 +750,7 @@ dt_store_remove(const DtTwinKey *key, DtWorkerSlot *slot)
 }
 
 /*
- * After abort: give back the slot promised to a new twin of the failed
- * batch.
+ * After abort: give back the slot promised to a twin of the failed batch.
  */
 void
 dt_store_unreserve(const DtTwinKey *key)

@@ -217,7 +217,7 @@ dt_stage_get(DtModel *model, const char *twin_id)
 	twin->dirty = false;
 	twin->new_image = InvalidDsaPointer;
 	twin->new_len = 0;
-	twin->inserted_entry = false;
+	twin->reserved_slot = false;
 	twin->image = NULL;
 	twin->overwrite = false;
 	/* published twins and rows of twin_state exist together */
@@ -611,7 +611,8 @@ dt_stage_foreach_changed(void (*fn) (DtStagedTwin *twin, void *arg), void *arg)
 
 /*
  * Before commit: copy each new state into shared memory (not yet visible)
- * and reserve entries for new twins.  May ERROR when memory is exhausted;
+ * and have a slot of the shared table promised to it, so that publishing
+ * after commit needs no memory.  May ERROR when memory is exhausted;
  * dt_stage_abandon() then gives everything back.
  */
 void
@@ -637,7 +638,8 @@ dt_stage_prepare_publish(void)
 							 (int64) twin->new_len - (int64) twin->shared_len :
 							 (int64) (twin->new_len + dt_store_twin_overhead(strlen(twin->key.twin_id))));
 		twin->new_image = dt_store_alloc_entry(&twin->key, twin->image, twin->new_len);
-		twin->inserted_entry = dt_store_reserve_entry(&twin->key);
+		dt_store_reserve_entry(&twin->key);
+		twin->reserved_slot = true;
 	}
 }
 
@@ -660,7 +662,7 @@ dt_stage_publish(DtWorkerSlot *slot)
 							   (uint16) twin->model->state_version,
 							   twin->event_count, twin->updated_at);
 		else if (DsaPointerIsValid(twin->new_image))
-			dt_store_install(twin->new_image, twin->inserted_entry,
+			dt_store_install(twin->new_image,
 							 (uint16) twin->model->state_version,
 							 twin->event_count, twin->updated_at, slot);
 		else
@@ -668,7 +670,7 @@ dt_stage_publish(DtWorkerSlot *slot)
 		if (twin->counted && !twin->has_state)
 			dt_twin_count_add(twin->model->id, stage_partition, -1);
 		twin->new_image = InvalidDsaPointer;
-		twin->inserted_entry = false;
+		twin->reserved_slot = false;
 	}
 	staged = NULL;
 }
@@ -689,13 +691,13 @@ dt_stage_abandon(void)
 	{
 		if (DsaPointerIsValid(twin->new_image))
 			dsa_free(dt_area, twin->new_image);
-		if (twin->inserted_entry)
+		if (twin->reserved_slot)
 			dt_store_unreserve(&twin->key);
 		if (twin->counted && !twin->counted_at_start)
 			dt_twin_count_add(twin->model->id, stage_partition, -1);
 		twin->counted = twin->counted_at_start;
 		twin->new_image = InvalidDsaPointer;
-		twin->inserted_entry = false;
+		twin->reserved_slot = false;
 	}
 	staged = NULL;
 }

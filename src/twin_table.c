@@ -30,8 +30,11 @@
  *	- One stripe lock at a time.  Inside it, only the DSA area's own lock
  *	  (dsa_allocate, dsa_free, dsa_get_address mapping a segment).
  *
- * Capacity: a new twin is linked after its batch commits, where nothing may
- * fail, so a batch reserves a slot for it before commit (dt_table_reserve):
+ * Capacity: a twin's entry is linked after its batch commits, where nothing
+ * may fail, so a batch reserves a slot for it before commit (dt_table_reserve),
+ * whether the twin exists or not (a twin that exists then gives the slot
+ * back when its new entry replaces the old; so no link after commit needs
+ * memory, whatever happened to the twin in between):
  * in every stripe, live slots + tombstones + reservations stay at most
  * three quarters of the slots, and the array grows (or is rebuilt without
  * its tombstones) only then.  A deleted slot becomes a tombstone, or empty
@@ -81,7 +84,7 @@ dt_entry_key(DtTableKey *key, const DtTwinEntry *entry)
 static inline DtTableStripe *
 dt_table_stripe(DtTwinTable *table, uint32 hash)
 {
-	return &table->stripes[hash & (DT_TABLE_STRIPES - 1)];
+	return &table->stripes[hash & (DT_TABLE_STRIPES - 1)].stripe;
 }
 
 static inline uint32
@@ -118,7 +121,7 @@ dt_table_init(DtTwinTable *table, int tranche_id)
 
 	for (i = 0; i < DT_TABLE_STRIPES; i++)
 	{
-		DtTableStripe *stripe = &table->stripes[i];
+		DtTableStripe *stripe = &table->stripes[i].stripe;
 
 		LWLockInitialize(&stripe->lock, tranche_id);
 		stripe->nslots = 0;
@@ -262,33 +265,38 @@ dt_table_release(DtTwinTable *table, const DtTwinEntry *entry)
 }
 
 /*
- * Before commit: promise a slot to a twin that does not exist yet, so that
- * linking it after commit needs no memory.  Returns false if the twin
- * exists (nothing promised), true if a slot was promised: give it back with
- * dt_table_unreserve() or use it with dt_table_link(..., true).  Fails with
- * false in *no_memory (and nothing promised) when the slots cannot grow.
+ * Before commit: promise a slot to a twin's next entry, so that linking it
+ * after commit needs no memory.  Give it back with dt_table_unreserve() or
+ * use it with dt_table_link(..., true).  Returns false, nothing promised,
+ * when the slots cannot grow.
  */
 bool
-dt_table_reserve(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
-				 bool *no_memory)
+dt_table_reserve(dsa_area *area, DtTwinTable *table, const DtTableKey *key)
 {
 	DtTableStripe *stripe = dt_table_stripe(table, key->hash);
-	uint32		pos;
-	bool		reserved = false;
+	bool		reserved;
 
-	*no_memory = false;
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
-	if (stripe->nslots > 0 && dt_table_probe(area, stripe, key, &pos))
-		 /* exists */ ;
-	else if (dt_table_make_room(area, stripe))
-	{
+	reserved = dt_table_make_room(area, stripe);
+	if (reserved)
 		stripe->reserved++;
-		reserved = true;
-	}
-	else
-		*no_memory = true;
 	LWLockRelease(&stripe->lock);
 	return reserved;
+}
+
+/*
+ * A promise used or given back: it must have been made.  (An unreserve
+ * without a promise is only reported: nothing depends on it.)
+ */
+static void
+dt_table_keep_promise(DtTableStripe *stripe, int elevel)
+{
+	if (stripe->reserved == 0 || stripe->nslots == 0)
+	{
+		elog(elevel, "digitaltwin: a slot of the twins' table was used or given back without being promised");
+		return;
+	}
+	stripe->reserved--;
 }
 
 void
@@ -297,23 +305,20 @@ dt_table_unreserve(DtTwinTable *table, const DtTableKey *key)
 	DtTableStripe *stripe = dt_table_stripe(table, key->hash);
 
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
-	if (stripe->reserved > 0)
-		stripe->reserved--;
+	dt_table_keep_promise(stripe, WARNING);
 	LWLockRelease(&stripe->lock);
 }
 
 /*
  * Link a prepared entry (a chunk whose header and id are filled) into the
- * table, in place of the twin's entry if it has one.  Returns the chunk it
- * replaced, to be freed by the caller (InvalidDsaPointer if the twin is
- * new); the entry it replaced is read under the lock into *old, if not
- * NULL.  With 'reserved' the new twin's slot was promised before
- * (dt_table_reserve) and nothing can fail; without, the slots may have to
- * grow: false in *no_memory, nothing linked, when they cannot.
+ * table, in place of the twin's entry if it has one, using the slot
+ * promised to it (dt_table_reserve): nothing can fail.  Returns the chunk
+ * it replaced, to be freed by the caller (InvalidDsaPointer if the twin is
+ * new), and copies that entry's header into *old.
  */
 dsa_pointer
 dt_table_link(dsa_area *area, DtTwinTable *table, dsa_pointer chunk,
-			  bool reserved, DtTwinEntry *old, bool *no_memory)
+			  DtTwinEntry *old)
 {
 	DtTableKey	key;
 	DtTableStripe *stripe;
@@ -323,47 +328,25 @@ dt_table_link(dsa_area *area, DtTwinTable *table, dsa_pointer chunk,
 
 	dt_entry_key(&key, dsa_get_address(area, chunk));
 	stripe = dt_table_stripe(table, key.hash);
-	*no_memory = false;
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
-	if (stripe->nslots > 0 && dt_table_probe(area, stripe, &key, &pos))
+	/* without the promise, the probe could find no empty slot to stop at */
+	dt_table_keep_promise(stripe, PANIC);
+	slots = dt_table_slots(area, stripe);
+	if (dt_table_probe(area, stripe, &key, &pos))
 	{
-		slots = dt_table_slots(area, stripe);
+		/* the old entry's slot is the new one's: the promise is not used */
 		replaced = slots[pos];
-		if (old != NULL)
-			memcpy(old, dsa_get_address(area, replaced),
-				   offsetof(DtTwinEntry, data));
-		slots[pos] = chunk;
-		/* (reserved: the twin came back, by a load, since the promise) */
-		if (reserved && stripe->reserved > 0)
-			stripe->reserved--;
-		LWLockRelease(&stripe->lock);
-		return replaced;
-	}
-
-	if (reserved)
-	{
-		Assert(stripe->reserved > 0 && stripe->nslots > 0);
-		if (stripe->reserved > 0)
-			stripe->reserved--;
-	}
-	else if (!dt_table_make_room(area, stripe))
-	{
-		*no_memory = true;
-		LWLockRelease(&stripe->lock);
-		return InvalidDsaPointer;
+		memcpy(old, dsa_get_address(area, replaced), offsetof(DtTwinEntry, data));
 	}
 	else
 	{
-		/* the slots may have been rebuilt: probe again */
-		(void) dt_table_probe(area, stripe, &key, &pos);
+		if (slots[pos] == DT_SLOT_TOMBSTONE)
+			stripe->tombstones--;
+		stripe->used++;
 	}
-	slots = dt_table_slots(area, stripe);
-	if (slots[pos] == DT_SLOT_TOMBSTONE)
-		stripe->tombstones--;
 	slots[pos] = chunk;
-	stripe->used++;
 	LWLockRelease(&stripe->lock);
-	return InvalidDsaPointer;
+	return replaced;
 }
 
 /* Empty a slot (caller holds the stripe exclusively). */
@@ -463,14 +446,14 @@ dt_table_scan_next(DtTableScan *scan)
 				return dsa_get_address(scan->area, s);
 		}
 		if (scan->stripe >= 0)
-			LWLockRelease(&scan->table->stripes[scan->stripe].lock);
+			LWLockRelease(&scan->table->stripes[scan->stripe].stripe.lock);
 		if (++scan->stripe == DT_TABLE_STRIPES)
 		{
 			scan->nslots = 0;
 			return NULL;
 		}
 		{
-			DtTableStripe *stripe = &scan->table->stripes[scan->stripe];
+			DtTableStripe *stripe = &scan->table->stripes[scan->stripe].stripe;
 			uint32		i;
 
 			LWLockAcquire(&stripe->lock,
@@ -497,7 +480,7 @@ dt_table_scan_next(DtTableScan *scan)
 dsa_pointer
 dt_table_scan_unlink(DtTableScan *scan)
 {
-	DtTableStripe *stripe = &scan->table->stripes[scan->stripe];
+	DtTableStripe *stripe = &scan->table->stripes[scan->stripe].stripe;
 	dsa_pointer chunk = scan->slots[scan->pos - 1];
 
 	Assert(scan->exclusive && DT_SLOT_IS_ENTRY(chunk));
@@ -510,7 +493,7 @@ void
 dt_table_scan_end(DtTableScan *scan)
 {
 	if (scan->stripe >= 0 && scan->stripe < DT_TABLE_STRIPES)
-		LWLockRelease(&scan->table->stripes[scan->stripe].lock);
+		LWLockRelease(&scan->table->stripes[scan->stripe].stripe.lock);
 	scan->stripe = DT_TABLE_STRIPES;
 	scan->nslots = 0;
 }
@@ -526,7 +509,7 @@ dt_table_reset(dsa_area *area, DtTwinTable *table)
 
 	for (i = 0; i < DT_TABLE_STRIPES; i++)
 	{
-		DtTableStripe *stripe = &table->stripes[i];
+		DtTableStripe *stripe = &table->stripes[i].stripe;
 
 		LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
 		Assert(stripe->used == 0);
