@@ -409,6 +409,12 @@ extern void dt_table_key(DtTableKey *key, int32 model_id, const char *twin_id,
 extern DtTwinEntry *dt_table_find(dsa_area *area, DtTwinTable *table,
 								  const DtTableKey *key, LWLockMode mode);
 extern void dt_table_release(DtTwinTable *table, const DtTwinEntry *entry);
+extern dsa_pointer dt_table_entry_alloc(dsa_area *area, const DtTableKey *key,
+										const char *image, Size len);
+extern bool dt_table_load(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
+						  const DtTwinEntry *header, const char *image, Size len,
+						  dsa_pointer *chunk, dsa_pointer *replaced,
+						  DtTwinEntry *old);
 extern bool dt_table_reserve(dsa_area *area, DtTwinTable *table,
 							 const DtTableKey *key);
 extern void dt_table_unreserve(DtTwinTable *table, const DtTableKey *key);

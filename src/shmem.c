@@ -563,32 +563,6 @@ dt_store_quota_check(int64 growth)
 }
 
 /*
- * A twin's entry, not linked yet: header, id and state image in one chunk.
- * InvalidDsaPointer when the memory cannot be had.
- */
-static dsa_pointer
-dt_entry_alloc(const DtTableKey *tkey, const char *image, Size len)
-{
-	dsa_pointer dp;
-	DtTwinEntry *entry;
-
-	Assert(tkey->idlen <= DT_TWIN_ID_MAXLEN);
-	dp = dsa_allocate_extended(dt_area,
-							   offsetof(DtTwinEntry, data) + tkey->idlen + len,
-							   DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
-	if (!DsaPointerIsValid(dp))
-		return dp;
-	entry = dsa_get_address(dt_area, dp);
-	memset(entry, 0, offsetof(DtTwinEntry, data));
-	entry->model_id = tkey->model_id;
-	entry->id_len = (uint8) tkey->idlen;
-	entry->state_len = (uint32) len;
-	memcpy(entry->data, tkey->id, tkey->idlen);
-	memcpy(entry->data + tkey->idlen, image, len);
-	return dp;
-}
-
-/*
  * Before commit: prepare a twin's entry.  The caller fills what the batch
  * decides after commit.
  */
@@ -599,41 +573,29 @@ dt_store_alloc_entry(const DtTwinKey *key, const char *image, Size len)
 	dsa_pointer dp;
 
 	dt_table_key_of(&tkey, key);
-	dp = dt_entry_alloc(&tkey, image, len);
+	dp = dt_table_entry_alloc(dt_area, &tkey, image, len);
 	if (!DsaPointerIsValid(dp))
 		dt_store_out_of_memory();
 	return dp;
 }
 
-/*
- * Link a prepared entry into the slot promised to it, free the one it
- * replaces and count the change in the worker's slot.  Cannot fail.
- */
+/* Count a twin linked (replacing 'old' if 'replaced') in a worker's slot. */
 static void
-dt_store_link(dsa_pointer chunk, DtWorkerSlot *slot)
+dt_store_account_link(DtWorkerSlot *slot, uint32 state_len, int id_len,
+					  dsa_pointer replaced, const DtTwinEntry *old)
 {
-	DtTwinEntry *entry = dsa_get_address(dt_area, chunk);
-	uint32		state_len = entry->state_len;
-	int			id_len = entry->id_len;
-	DtTwinEntry old;
-	dsa_pointer replaced;
-
-	/* (what the entry says is read above: once linked, it is not ours) */
-	replaced = dt_table_link(dt_area, &dt_db->twins, chunk, &old);
 	if (DsaPointerIsValid(replaced))
 	{
 		dsa_free(dt_area, replaced);
-		dt_slot_account(slot, 0, (int64) state_len - (int64) old.state_len);
+		dt_slot_account(slot, 0, (int64) state_len - (int64) old->state_len);
 	}
 	else
 		dt_slot_account(slot, 1, state_len + DT_TWIN_OVERHEAD(id_len));
 }
 
 /*
- * Load one twin from the durable state (worker start).  As a batch
- * publishes, without a commit in between: a slot is promised first, so that
- * an error leaves no chunk behind (only the promise, which costs nothing
- * but an earlier growth of its stripe); a reader does not take the
+ * Load one twin from the durable state (worker start): one operation on
+ * the table per twin (dt_table_load).  A reader does not take the
  * partition from shared memory before it is loaded whole (load_epoch).
  */
 void
@@ -643,8 +605,10 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 				   DtWorkerSlot *slot)
 {
 	DtTableKey	tkey;
+	DtTwinEntry header;
+	DtTwinEntry old;
 	dsa_pointer chunk;
-	DtTwinEntry *entry;
+	dsa_pointer replaced;
 
 	/* a row written by hand: no event could have made that twin */
 	if (idlen > DT_TWIN_ID_MAXLEN)
@@ -657,20 +621,14 @@ dt_store_load_twin(int32 model_id, const char *twin_id, int idlen,
 						   pg_mbcliplen(twin_id, idlen, DT_TWIN_ID_MAXLEN), twin_id),
 				 errhint("Repair or delete the row of digitaltwin.twin_state.")));
 	dt_table_key(&tkey, model_id, twin_id, idlen);
-	if (!dt_table_reserve(dt_area, &dt_db->twins, &tkey))
+	header.state_version = state_version;
+	header.event_count = event_count;
+	header.updated_at = updated_at;
+	if (!dt_table_load(dt_area, &dt_db->twins, &tkey, &header, image, len,
+					   &chunk, &replaced, &old))
 		dt_store_out_of_memory();
-	chunk = dt_entry_alloc(&tkey, image, len);
-	if (!DsaPointerIsValid(chunk))
-	{
-		dt_table_unreserve(&dt_db->twins, &tkey);
-		dt_store_out_of_memory();
-	}
-	entry = dsa_get_address(dt_area, chunk);
-	entry->state_version = state_version;
-	entry->event_count = event_count;
-	entry->updated_at = updated_at;
 	/* (a twin already there: one a batch published before a rebuild) */
-	dt_store_link(chunk, slot);
+	dt_store_account_link(slot, (uint32) len, idlen, replaced, &old);
 }
 
 /*
@@ -723,12 +681,17 @@ dt_store_install(dsa_pointer chunk, uint16 state_version, int64 event_count,
 				 TimestampTz updated_at, DtWorkerSlot *slot)
 {
 	DtTwinEntry *entry = dsa_get_address(dt_area, chunk);
+	uint32		state_len = entry->state_len;
+	int			id_len = entry->id_len;
+	DtTwinEntry old;
+	dsa_pointer replaced;
 
-	/* not linked yet: no other process can see it */
+	/* not linked yet: no other process can see it (nor, once linked, ours) */
 	entry->state_version = state_version;
 	entry->event_count = event_count;
 	entry->updated_at = updated_at;
-	dt_store_link(chunk, slot);
+	replaced = dt_table_link(dt_area, &dt_db->twins, chunk, &old);
+	dt_store_account_link(slot, state_len, id_len, replaced, &old);
 }
 
 /*

@@ -238,6 +238,33 @@ dt_table_make_room(dsa_area *area, DtTableStripe *stripe)
 }
 
 /*
+ * A twin's entry, not linked yet: header, id and state image in one chunk;
+ * the caller fills the rest of the header.  InvalidDsaPointer when the
+ * memory cannot be had.
+ */
+dsa_pointer
+dt_table_entry_alloc(dsa_area *area, const DtTableKey *key, const char *image,
+					 Size len)
+{
+	dsa_pointer dp;
+	DtTwinEntry *entry;
+
+	Assert(key->idlen <= DT_TWIN_ID_MAXLEN);
+	dp = dsa_allocate_extended(area, offsetof(DtTwinEntry, data) + key->idlen + len,
+							   DSA_ALLOC_NO_OOM | DSA_ALLOC_HUGE);
+	if (!DsaPointerIsValid(dp))
+		return dp;
+	entry = dsa_get_address(area, dp);
+	memset(entry, 0, offsetof(DtTwinEntry, data));
+	entry->model_id = key->model_id;
+	entry->id_len = (uint8) key->idlen;
+	entry->state_len = (uint32) len;
+	memcpy(entry->data, key->id, key->idlen);
+	memcpy(entry->data + key->idlen, image, len);
+	return dp;
+}
+
+/*
  * The entry of a twin, its stripe locked in 'mode' until dt_table_release();
  * NULL (nothing locked) if there is none.
  */
@@ -347,6 +374,54 @@ dt_table_link(dsa_area *area, DtTwinTable *table, dsa_pointer chunk,
 	slots[pos] = chunk;
 	LWLockRelease(&stripe->lock);
 	return replaced;
+}
+
+/*
+ * Load a twin (a worker's start): make its entry from 'header' (the fields
+ * after the id are ignored), the key and the image, and link it, in place
+ * of the twin's entry if it has one, all under one lock: the slot is made
+ * room for before the chunk is allocated, so an error leaves nothing
+ * behind.  Returns false, nothing changed, when the memory cannot be had;
+ * else the chunk linked in *chunk and the one replaced in *replaced (to be
+ * freed by the caller, with its header in *old) or InvalidDsaPointer.
+ */
+bool
+dt_table_load(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
+			  const DtTwinEntry *header, const char *image, Size len,
+			  dsa_pointer *chunk, dsa_pointer *replaced, DtTwinEntry *old)
+{
+	DtTableStripe *stripe = dt_table_stripe(table, key->hash);
+	DtTwinEntry *entry;
+	dsa_pointer *slots;
+	uint32		pos;
+
+	*replaced = InvalidDsaPointer;
+	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
+	if (!dt_table_make_room(area, stripe) ||
+		!DsaPointerIsValid(*chunk = dt_table_entry_alloc(area, key, image, len)))
+	{
+		LWLockRelease(&stripe->lock);
+		return false;
+	}
+	entry = dsa_get_address(area, *chunk);
+	entry->state_version = header->state_version;
+	entry->event_count = header->event_count;
+	entry->updated_at = header->updated_at;
+	slots = dt_table_slots(area, stripe);
+	if (dt_table_probe(area, stripe, key, &pos))
+	{
+		*replaced = slots[pos];
+		memcpy(old, dsa_get_address(area, *replaced), offsetof(DtTwinEntry, data));
+	}
+	else
+	{
+		if (slots[pos] == DT_SLOT_TOMBSTONE)
+			stripe->tombstones--;
+		stripe->used++;
+	}
+	slots[pos] = *chunk;
+	LWLockRelease(&stripe->lock);
+	return true;
 }
 
 /* Empty a slot (caller holds the stripe exclusively). */
