@@ -43,9 +43,12 @@ LANGUAGE sql AS $$
             FROM digitaltwin.twin_state) = (SELECT unexplained FROM memory_before)
 $$;
 
--- 3000 twins: every stripe's slots grow a few times
+-- 23000 twins, about 22 per stripe: nearly every stripe's slots grow from 16
+-- to 64 (the g- twins are there for that, the c- ones for what follows)
 INSERT INTO digitaltwin.events (model, twin_id, payload)
-SELECT 'churn', 'c-' || i, jsonb_build_object('pad', i % 7) FROM generate_series(1, 3000) i;
+SELECT 'churn', 'c-' || i, jsonb_build_object('pad', i % 7) FROM generate_series(1, 3000) i
+UNION ALL
+SELECT 'churn', 'g-' || i, jsonb_build_object('pad', i % 7) FROM generate_series(1, 20000) i;
 SELECT digitaltwin.wait_idle('60s');
 SELECT * FROM churn_differs();
 

@@ -243,8 +243,14 @@ StaticAssertDecl(offsetof(DtTwinEntry, data) == 27,
 StaticAssertDecl(DT_TWIN_ID_MAXLEN <= PG_UINT8_MAX,
 				 "a twin id's length is kept in one byte");
 
-/* the table's stripes: one lock and one array of slots each */
-#define DT_TABLE_STRIPES 128
+/*
+ * The table's stripes: one lock and one array of slots each.  A scan holds
+ * one stripe's lock while it copies the stripe, and a worker publishing a
+ * batch meets it about once per DT_TABLE_STRIPES twins, waiting half a
+ * stripe's copy: the wait per batch falls with the square of the number
+ * of stripes (1024: 1,000 twins each for a million, under a millisecond).
+ */
+#define DT_TABLE_STRIPES 1024
 
 typedef struct DtTableStripe
 {
@@ -265,12 +271,18 @@ typedef struct DtTableKey
 	uint32		hash;
 } DtTableKey;
 
-/* a stripe per cache line: workers writing different stripes do not share one */
+/*
+ * A stripe per 64 bytes (a cache line of the usual processors; not
+ * PG_CACHE_LINE_SIZE, 128, which would double the table's 64 kB per
+ * database entry): processes writing different stripes do not share a line.
+ */
 typedef union DtTableStripePadded
 {
 	DtTableStripe stripe;
-	char		pad[PG_CACHE_LINE_SIZE];
+	char		pad[64];
 } DtTableStripePadded;
+
+StaticAssertDecl(sizeof(DtTableStripe) <= 64, "a stripe fits its 64 bytes");
 
 typedef struct DtTwinTable
 {
