@@ -274,15 +274,22 @@ typedef struct DtTableKey
 /*
  * A stripe per 64 bytes (a cache line of the usual processors; not
  * PG_CACHE_LINE_SIZE, 128, which would double the table's 64 kB per
- * database entry): processes writing different stripes do not share a line.
+ * database entry): processes writing different stripes do not share a
+ * line.  The database entries are placed at multiples of 64 (shmem.c).
  */
+#define DT_STRIPE_SIZE 64
+
 typedef union DtTableStripePadded
 {
 	DtTableStripe stripe;
-	char		pad[64];
-} DtTableStripePadded;
+	char		pad[DT_STRIPE_SIZE];
+}
+#ifdef pg_attribute_aligned
+			pg_attribute_aligned(DT_STRIPE_SIZE)
+#endif
+DtTableStripePadded;
 
-StaticAssertDecl(sizeof(DtTableStripe) <= 64, "a stripe fits its 64 bytes");
+StaticAssertDecl(sizeof(DtTableStripe) <= DT_STRIPE_SIZE, "a stripe fits its line");
 
 typedef struct DtTwinTable
 {
@@ -394,6 +401,11 @@ typedef struct DtDatabase
 	DtTwinTable twins;		/* its twins (twin_table.c) */
 	DtWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } DtDatabase;
+
+#ifdef pg_attribute_aligned
+StaticAssertDecl(offsetof(DtDatabase, twins) % DT_STRIPE_SIZE == 0,
+				 "the stripes of a database entry start a line");
+#endif
 
 typedef struct DtShared
 {

@@ -96,17 +96,23 @@ static void dt_store_out_of_memory(void) pg_attribute_noreturn();
 #define DT_TWIN_OVERHEAD(id_len) \
 	(offsetof(DtTwinEntry, data) + (id_len) + 2 * sizeof(dsa_pointer))
 
+/*
+ * Database entries start at multiples of DT_STRIPE_SIZE from the segment's
+ * start (which ShmemInitStruct aligns to PG_CACHE_LINE_SIZE), so that each
+ * stripe of their tables has its cache line.
+ */
 static Size
 dt_database_size(void)
 {
-	return MAXALIGN(add_size(offsetof(DtDatabase, slots),
-							 mul_size(sizeof(DtWorkerSlot), Max(dt_workers, 1))));
+	return TYPEALIGN(DT_STRIPE_SIZE,
+					 add_size(offsetof(DtDatabase, slots),
+							  mul_size(sizeof(DtWorkerSlot), Max(dt_workers, 1))));
 }
 
 static Size
 dt_databases_offset(void)
 {
-	return MAXALIGN(sizeof(DtShared));
+	return TYPEALIGN(DT_STRIPE_SIZE, sizeof(DtShared));
 }
 
 static Size

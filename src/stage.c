@@ -655,22 +655,32 @@ dt_stage_publish(DtWorkerSlot *slot)
 	hash_seq_init(&status, staged);
 	while ((twin = hash_seq_search(&status)) != NULL)
 	{
+		dsa_pointer entry = twin->new_image;
+
 		if (!twin->dirty)
 			continue;
+
+		/*
+		 * Forgotten before it is used: if what follows fails, the abandon
+		 * of the recovery must neither free a linked entry nor give its
+		 * promise back a second time.
+		 */
+		twin->new_image = InvalidDsaPointer;
+		twin->reserved_slot = false;
 		if (twin->overwrite)
 			dt_store_overwrite(&twin->key, twin->image, twin->new_len,
 							   (uint16) twin->model->state_version,
 							   twin->event_count, twin->updated_at);
-		else if (DsaPointerIsValid(twin->new_image))
-			dt_store_install(twin->new_image,
-							 (uint16) twin->model->state_version,
+		else if (DsaPointerIsValid(entry))
+			dt_store_install(entry, (uint16) twin->model->state_version,
 							 twin->event_count, twin->updated_at, slot);
 		else
 			dt_store_remove(&twin->key, slot);
 		if (twin->counted && !twin->has_state)
+		{
+			twin->counted = false;
 			dt_twin_count_add(twin->model->id, stage_partition, -1);
-		twin->new_image = InvalidDsaPointer;
-		twin->reserved_slot = false;
+		}
 	}
 	staged = NULL;
 }
@@ -689,15 +699,20 @@ dt_stage_abandon(void)
 	hash_seq_init(&status, staged);
 	while ((twin = hash_seq_search(&status)) != NULL)
 	{
-		if (DsaPointerIsValid(twin->new_image))
-			dsa_free(dt_area, twin->new_image);
-		if (twin->reserved_slot)
-			dt_store_unreserve(&twin->key);
-		if (twin->counted && !twin->counted_at_start)
-			dt_twin_count_add(twin->model->id, stage_partition, -1);
-		twin->counted = twin->counted_at_start;
+		dsa_pointer entry = twin->new_image;
+		bool		reserved = twin->reserved_slot;
+		bool		uncount = twin->counted && !twin->counted_at_start;
+
+		/* forgotten first: a failure below must not make a second abandon repeat it */
 		twin->new_image = InvalidDsaPointer;
 		twin->reserved_slot = false;
+		twin->counted = twin->counted_at_start;
+		if (DsaPointerIsValid(entry))
+			dsa_free(dt_area, entry);
+		if (reserved)
+			dt_store_unreserve(&twin->key);
+		if (uncount)
+			dt_twin_count_add(twin->model->id, stage_partition, -1);
 	}
 	staged = NULL;
 }

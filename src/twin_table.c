@@ -379,11 +379,13 @@ dt_table_link(dsa_area *area, DtTwinTable *table, dsa_pointer chunk,
 /*
  * Load a twin (a worker's start): make its entry from 'header' (the fields
  * after the id are ignored), the key and the image, and link it, in place
- * of the twin's entry if it has one, all under one lock: the slot is made
- * room for before the chunk is allocated, so an error leaves nothing
- * behind.  Returns false, nothing changed, when the memory cannot be had;
- * else the chunk linked in *chunk and the one replaced in *replaced (to be
- * freed by the caller, with its header in *old) or InvalidDsaPointer.
+ * of the twin's entry if it has one, all under one lock.  The chunk is
+ * allocated last, once the slot is found (the probe reads other entries,
+ * which may map a segment: an error), so that an error leaves no chunk
+ * behind.  Returns false when the memory cannot be had (the stripe may
+ * have been rebuilt, nothing else changed); else the chunk linked in
+ * *chunk and the one replaced in *replaced (to be freed by the caller,
+ * with its header in *old) or InvalidDsaPointer.
  */
 bool
 dt_table_load(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
@@ -394,11 +396,18 @@ dt_table_load(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
 	DtTwinEntry *entry;
 	dsa_pointer *slots;
 	uint32		pos;
+	bool		found;
 
 	*replaced = InvalidDsaPointer;
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
-	if (!dt_table_make_room(area, stripe) ||
-		!DsaPointerIsValid(*chunk = dt_table_entry_alloc(area, key, image, len)))
+	if (!dt_table_make_room(area, stripe))
+	{
+		LWLockRelease(&stripe->lock);
+		return false;
+	}
+	found = dt_table_probe(area, stripe, key, &pos);
+	*chunk = dt_table_entry_alloc(area, key, image, len);
+	if (!DsaPointerIsValid(*chunk))
 	{
 		LWLockRelease(&stripe->lock);
 		return false;
@@ -408,7 +417,7 @@ dt_table_load(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
 	entry->event_count = header->event_count;
 	entry->updated_at = header->updated_at;
 	slots = dt_table_slots(area, stripe);
-	if (dt_table_probe(area, stripe, key, &pos))
+	if (found)
 	{
 		*replaced = slots[pos];
 		memcpy(old, dsa_get_address(area, *replaced), offsetof(DtTwinEntry, data));

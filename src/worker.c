@@ -203,6 +203,9 @@ dt_worker_exit(int code, Datum arg)
 {
 	int64		stopped = dt_model_stopped_event();
 
+	/* an exit from outside a transaction (publishing) may hold LWLocks */
+	LWLockReleaseAll();
+
 	/*
 	 * The workers waiting for this one's load at start load their own (no
 	 * purge of what it loaded: an exit may come with locks still held).
@@ -1188,6 +1191,15 @@ dt_worker_recover(void)
 	HOLD_INTERRUPTS();
 	disable_all_timeouts(false);
 	QueryCancelPending = false;
+
+	/*
+	 * An error while publishing comes after the commit: there is no
+	 * transaction for the abort below to release the LWLocks (a stripe of
+	 * the shared table) or the condition variable, and dt_stage_abandon()
+	 * takes stripe locks again.
+	 */
+	LWLockReleaseAll();
+	ConditionVariableCancelSleep();
 
 	MemoryContextSwitchTo(TopMemoryContext);
 	edata = CopyErrorData();
