@@ -30,15 +30,16 @@
  *	- One stripe lock at a time.  Inside it, only the DSA area's own lock
  *	  (dsa_allocate, dsa_free, dsa_get_address mapping a segment).
  *
- * Capacity: a twin's entry is linked after its batch commits, where nothing
- * may fail, so a batch reserves a slot for it before commit (dt_table_reserve),
- * whether the twin exists or not (a twin that exists then gives the slot
- * back when its new entry replaces the old; so no link after commit needs
- * memory, whatever happened to the twin in between):
- * in every stripe, live slots + tombstones + reservations stay at most
- * three quarters of the slots, and the array grows (or is rebuilt without
- * its tombstones) only then.  A deleted slot becomes a tombstone, or empty
- * if the slot after it is empty (and so do the tombstones just before it).
+ * Capacity: a twin's entry is linked after its batch commits, where
+ * nothing may fail, so a batch reserves a slot for it before commit
+ * (dt_table_reserve), whether the twin exists or not (an entry that
+ * replaces the twin's old one leaves the promise unused), and no link
+ * after commit needs memory, whatever happened to the twin in between.  In
+ * every stripe, live slots + tombstones + reservations stay at most three
+ * quarters of the slots; the array grows (or is rebuilt without its
+ * tombstones) only when a promise or a load needs room.  A deleted slot
+ * becomes a tombstone, or empty if the slot after it is empty (and so do
+ * the tombstones just before it).
  *
  * Copyright (c) 2026, digitaltwin developers
  *
@@ -294,7 +295,7 @@ dt_table_release(DtTwinTable *table, const DtTwinEntry *entry)
 /*
  * Before commit: promise a slot to a twin's next entry, so that linking it
  * after commit needs no memory.  Give it back with dt_table_unreserve() or
- * use it with dt_table_link(..., true).  Returns false, nothing promised,
+ * use it with dt_table_link().  Returns false, nothing promised,
  * when the slots cannot grow.
  */
 bool
