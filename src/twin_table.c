@@ -338,6 +338,33 @@ dt_table_unreserve(DtTwinTable *table, const DtTableKey *key)
 }
 
 /*
+ * Put a chunk in the slot a probe returned: in place of the entry found
+ * there (returned, its header copied into *old), or in a free slot.  The
+ * caller holds the stripe exclusively and has made sure of the room.
+ */
+static dsa_pointer
+dt_table_place(dsa_area *area, DtTableStripe *stripe, uint32 pos, bool found,
+			   dsa_pointer chunk, DtTwinEntry *old)
+{
+	dsa_pointer *slots = dt_table_slots(area, stripe);
+	dsa_pointer replaced = InvalidDsaPointer;
+
+	if (found)
+	{
+		replaced = slots[pos];
+		memcpy(old, dsa_get_address(area, replaced), offsetof(DtTwinEntry, data));
+	}
+	else
+	{
+		if (slots[pos] == DT_SLOT_TOMBSTONE)
+			stripe->tombstones--;
+		stripe->used++;
+	}
+	slots[pos] = chunk;
+	return replaced;
+}
+
+/*
  * Link a prepared entry (a chunk whose header and id are filled) into the
  * table, in place of the twin's entry if it has one, using the slot
  * promised to it (dt_table_reserve): nothing can fail.  Returns the chunk
@@ -350,29 +377,18 @@ dt_table_link(dsa_area *area, DtTwinTable *table, dsa_pointer chunk,
 {
 	DtTableKey	key;
 	DtTableStripe *stripe;
-	dsa_pointer replaced = InvalidDsaPointer;
-	dsa_pointer *slots;
+	dsa_pointer replaced;
 	uint32		pos;
+	bool		found;
 
 	dt_entry_key(&key, dsa_get_address(area, chunk));
 	stripe = dt_table_stripe(table, key.hash);
 	LWLockAcquire(&stripe->lock, LW_EXCLUSIVE);
 	/* without the promise, the probe could find no empty slot to stop at */
 	dt_table_keep_promise(stripe, PANIC);
-	slots = dt_table_slots(area, stripe);
-	if (dt_table_probe(area, stripe, &key, &pos))
-	{
-		/* the old entry's slot is the new one's: the promise is not used */
-		replaced = slots[pos];
-		memcpy(old, dsa_get_address(area, replaced), offsetof(DtTwinEntry, data));
-	}
-	else
-	{
-		if (slots[pos] == DT_SLOT_TOMBSTONE)
-			stripe->tombstones--;
-		stripe->used++;
-	}
-	slots[pos] = chunk;
+	found = dt_table_probe(area, stripe, &key, &pos);
+	/* (found: the old entry's slot is the new one's, the promise unused) */
+	replaced = dt_table_place(area, stripe, pos, found, chunk, old);
 	LWLockRelease(&stripe->lock);
 	return replaced;
 }
@@ -395,7 +411,6 @@ dt_table_load(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
 {
 	DtTableStripe *stripe = dt_table_stripe(table, key->hash);
 	DtTwinEntry *entry;
-	dsa_pointer *slots;
 	uint32		pos;
 	bool		found;
 
@@ -417,19 +432,7 @@ dt_table_load(dsa_area *area, DtTwinTable *table, const DtTableKey *key,
 	entry->state_version = header->state_version;
 	entry->event_count = header->event_count;
 	entry->updated_at = header->updated_at;
-	slots = dt_table_slots(area, stripe);
-	if (found)
-	{
-		*replaced = slots[pos];
-		memcpy(old, dsa_get_address(area, *replaced), offsetof(DtTwinEntry, data));
-	}
-	else
-	{
-		if (slots[pos] == DT_SLOT_TOMBSTONE)
-			stripe->tombstones--;
-		stripe->used++;
-	}
-	slots[pos] = *chunk;
+	*replaced = dt_table_place(area, stripe, pos, found, *chunk, old);
 	LWLockRelease(&stripe->lock);
 	return true;
 }
