@@ -360,27 +360,49 @@ echo "memory per twin,$BIG_TWINS twins,,,,$mem" >>"$CSV"
 agg_queries=("SELECT count(*), avg(event_count) FROM digitaltwin.twins"
              "SELECT count(*), avg((state->>'last')::int) FROM digitaltwin.twins")
 processed() { dt_psql -At -c "SELECT events_processed FROM digitaltwin.stats WHERE worker IS NULL"; }
+# Where the CPU goes (the aggregate's cost to the workers): the workers'
+# CPU time and the machine's idle time, in clock ticks, read before and
+# after each window; cpu_share prints the window's cores used by the
+# workers, cores left idle, and events processed per second of worker CPU.
+TICKS=$(getconf CLK_TCK)
+cpu_reading() {
+	local p w=0
+	for p in $(dt_psql -At -c "SELECT pid FROM digitaltwin.worker_stats()"); do
+		w=$((w + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+	done
+	echo "$w $(awk '/^cpu / { print $5 + $6 }' /proc/stat)"
+}
+cpu_share() {	# reading-before reading-after events milliseconds
+	awk -v t="$TICKS" -v n="$3" -v ms="$4" 'BEGIN {
+		split(ARGV[1], a, " "); split(ARGV[2], b, " "); ARGC = 1
+		s = ms / 1000; w = (b[1] - a[1]) / t
+		printf "workers on CPU %.2f cores, idle %.2f cores, %d events per worker-CPU second",
+			w / s, (b[2] - a[2]) / t / s, (w > 0 ? n / w : 0) }' "$1" "$2"
+}
 "$PGBIN/pgbench" -n -c 2 -j 2 -T 30 -f "$DT_DIR/multi_heart_rate_c.sql" \
 	-h "$DT_DIR" -p 5432 -U postgres postgres >/dev/null 2>&1 &
 BG=$!
 sleep 4
-p0=$(processed); t0=$(now_ms); sleep 8; p1=$(processed); t1=$(now_ms)
+c0=$(cpu_reading); p0=$(processed); t0=$(now_ms); sleep 8; p1=$(processed); t1=$(now_ms); c1=$(cpu_reading)
 base=$(((p1 - p0) * 1000 / (t1 - t0)))
-echo "  worker throughput alone: $base ev/s"
+CPU_ALONE=$(cpu_share "$c0" "$c1" $((p1 - p0)) $((t1 - t0)))
+echo "  worker throughput alone: $base ev/s ($CPU_ALONE)"
 for agg_query in "${agg_queries[@]}"; do
 	# in one session, as an analyst's psql or a pooled connection runs it
 	# (pgbench connects once and reports the mean latency), then the first
 	# query of a new connection, which also attaches the shared memory
 	echo "$agg_query;" >"$DT_DIR/agg.sql"
-	p0=$(processed); t0=$(now_ms)
+	c0=$(cpu_reading); p0=$(processed); t0=$(now_ms)
 	agg_ms=$("$PGBIN/pgbench" -n -c 1 -T 8 -f "$DT_DIR/agg.sql" -h "$DT_DIR" -p 5432 -U postgres postgres 2>/dev/null |
 		awk '/^latency average/ { printf "%.0f", $4 }')
-	p1=$(processed); t1=$(now_ms)
+	p1=$(processed); t1=$(now_ms); c1=$(cpu_reading)
 	during=$(((p1 - p0) * 1000 / (t1 - t0)))
+	CPU_DURING=$(cpu_share "$c0" "$c1" $((p1 - p0)) $((t1 - t0)))
 	a0=$(now_ms); dt_psql -At -c "$agg_query" >/dev/null; a1=$(now_ms)
 	echo "  $agg_query"
 	echo "    over $BIG_TWINS live twins: $agg_ms ms (mean, one session), $((a1 - a0)) ms (new connection);" \
 		"worker throughput meanwhile $during ev/s"
+	echo "    meanwhile: $CPU_DURING"
 	echo "aggregate over live twins,\"$agg_query\",$BIG_TWINS,$(awk "BEGIN{printf \"%.3f\", $agg_ms/1000}"),,one session; new connection $((a1 - a0)) ms; throughput $base -> $during ev/s" >>"$CSV"
 	AGG_MS=$agg_ms AGG_BASE=$base AGG_DURING=$during	# the last: every state read
 done
@@ -877,4 +899,8 @@ i15 "shared memory per twin beyond the state (bytes)" "$mem" "<= 64" "$mem <= 64
 drop=n/a
 [ -n "${AGG_BASE:-}" ] && drop=$(awk "BEGIN{printf \"%.2f\", $AGG_DURING / $AGG_BASE}")
 i15 "worker throughput while that aggregate runs / alone" "$drop" "no drop" "$drop >= 0.95"
+if [ -n "${CPU_ALONE:-}" ]; then
+	echo "      alone:     $CPU_ALONE"
+	echo "      meanwhile: $CPU_DURING"
+fi
 echo "CSV: $CSV"
