@@ -58,7 +58,7 @@ PG_CPPFLAGS = -I$(srcdir)/include -I$(srcdir)/src
 # example_<name>, that loads the example's model.sql and generate.sql and
 # checks its alerts against an independent query (see examples/README.md).
 EXAMPLES = example_card_fraud example_healthcare
-REGRESS = setup databases models events processing queue_pages alerts dead_letters views twin_table c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats model_rights hostile_rights cluster_ingest $(EXAMPLES) drop
+REGRESS = setup databases models events processing queue_pages alerts dead_letters views twin_table state_pages c_model roles protect hostile trust context timers timers_batch timers_chain timers_overflow outbox lifecycle history rehearsal twin_views comments patterns rules model_stats model_rights hostile_rights cluster_ingest $(EXAMPLES) drop
 REGRESS_OPTS = --temp-instance=tmp_regress --temp-config=$(srcdir)/test/regress.conf
 ISOLATION = concurrent_senders outbox_gateways typed_view_drop rights_cache reset_stats_open first_event_snapshot
 ISOLATION_OPTS = --temp-instance=tmp_check_iso --temp-config=$(srcdir)/test/isolation.conf

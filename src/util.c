@@ -585,13 +585,49 @@ dt_key_scan_matches(DtKeyScan *ks, ScanKey keys)
 }
 
 /*
+ * Is the page short of room for a few more versions of the row at 'off'
+ * (four, or a quarter of the page), so that it should be pruned before the
+ * row is updated?
+ *
+ * Why not prune at every visit, as an index scan would: on a table whose
+ * rows are rewritten batch after batch (twin_state, the counters), the
+ * pages sit at their fillfactor, which is heap_page_prune_opt()'s own
+ * threshold, so with small batches nearly every update began with a prune
+ * that removed the one or two versions dead since the last one, a WAL
+ * record each time (a tenth of the WAL of a stream of multi-row inserts,
+ * measured).  Pruned only when room runs short, a page is pruned once per
+ * several updates; the margin leaves several visits to do it (a prune
+ * needs the page's only pin, and another worker may hold one), so that the
+ * updates stay HOT.
+ */
+static bool
+dt_page_needs_room(Buffer buffer, OffsetNumber off)
+{
+	Page		page = BufferGetPage(buffer);
+	Size		need = BLCKSZ / 4;
+	bool		short_of_room;
+
+	LockBuffer(buffer, BUFFER_LOCK_SHARE);
+	if (off <= PageGetMaxOffsetNumber(page))
+	{
+		ItemId		lp = PageGetItemId(page, off);
+
+		if (ItemIdIsNormal(lp))
+			need = Max(need, 4 * (MAXALIGN(ItemIdGetLength(lp)) + sizeof(ItemIdData)));
+	}
+	short_of_room = PageGetHeapFreeSpace(page) < need;
+	LockBuffer(buffer, BUFFER_LOCK_UNLOCK);
+	return short_of_room;
+}
+
+/*
  * The row of the key if it is at 'tid' (NULL or invalid: nowhere), a place
  * remembered by the caller, which may be stale (the row updated since, the
  * table vacuumed or rewritten, the place taken by another row): used only
  * when a row visible to the snapshot is there and has the key; only one
  * version of a row is visible to a snapshot, so that is the row.  The page
- * is pruned as an index scan would, so that the next update can still be
- * HOT.
+ * is pruned first when it is short of room (above), so that the next update
+ * can still be HOT.
  */
 static bool
 dt_key_scan_try_place(DtKeyScan *ks, ItemPointer tid, ScanKey keys)
@@ -606,8 +642,14 @@ dt_key_scan_try_place(DtKeyScan *ks, ItemPointer tid, ScanKey keys)
 		ks->nblocks = RelationGetNumberOfBlocks(ks->rel);
 	if (blkno >= ks->nblocks)
 		return false;
+	/*
+	 * The slot may still pin this page (the row found before it): a prune
+	 * needs the only pin, and a page that missed its one prune would fill up.
+	 */
+	ExecClearTuple(ks->slot);
 	buffer = ReadBuffer(ks->rel, blkno);
-	heap_page_prune_opt(ks->rel, buffer);
+	if (dt_page_needs_room(buffer, ItemPointerGetOffsetNumber(tid)))
+		heap_page_prune_opt(ks->rel, buffer);
 	ReleaseBuffer(buffer);
 	if (!table_tuple_fetch_row_version(ks->rel, tid, ks->scan->xs_snapshot, ks->slot))
 		return false;
