@@ -755,6 +755,13 @@ dt_row_updater_write(DtRowUpdater *u)
 		(void) ExecInsertIndexTuples(u->rri, u->newslot, u->estate, true, false,
 									 NULL, NIL);
 	ResetPerTupleExprContext(u->estate);
+
+	/*
+	 * The old version is no longer needed (the new one was built from a
+	 * copy): unpin its page now, not at the next row, so that another
+	 * worker's prune of it does not fail for our pin (dt_page_needs_room).
+	 */
+	ExecClearTuple(u->find.slot);
 	return true;
 }
 
