@@ -368,9 +368,10 @@ TICKS=$(getconf CLK_TCK)
 cpu_reading() {
 	local p w=0
 	for p in $(dt_psql -At -c "SELECT pid FROM digitaltwin.worker_stats()"); do
-		w=$((w + $(awk '{ print $14 + $15 }' "/proc/$p/stat")))
+		# printf: mawk prints integers past 2^31 as 2.1e+09
+		w=$((w + $(awk '{ printf "%.0f\n", $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
 	done
-	echo "$w $(awk '/^cpu / { print $5 + $6 }' /proc/stat)"
+	echo "$w $(awk '/^cpu / { printf "%.0f\n", $5 + $6 }' /proc/stat)"
 }
 cpu_share() {	# reading-before reading-after events milliseconds
 	awk -v t="$TICKS" -v n="$3" -v ms="$4" 'BEGIN {

@@ -27,7 +27,9 @@ FROM digitaltwin.twin_state s JOIN digitaltwin.models m ON m.id = s.model_id
 WHERE m.name = 'state_pages';
 
 -- what happened to twin_state since the mark: its size, its updates, its
--- prunes (from the WAL; the other tests' twins are idle meanwhile)
+-- prunes (from the WAL, which a slot keeps from a checkpoint's recycling;
+-- the other tests' twins are idle meanwhile)
+SELECT slot_name FROM pg_create_physical_replication_slot('state_pages', true, true);
 CREATE TEMP TABLE mark (heap bigint, index bigint, lsn pg_lsn);
 CREATE FUNCTION state_pages_mark() RETURNS void LANGUAGE sql AS $$
     DELETE FROM mark;
@@ -42,7 +44,7 @@ LANGUAGE sql AS $$
     SELECT pg_relation_size('digitaltwin.twin_state') = m.heap,
            pg_relation_size('digitaltwin.twin_state_pkey') = m.index,
            count(*) FILTER (WHERE w.record_type = 'HOT_UPDATE'),
-           count(*) FILTER (WHERE w.record_type = 'UPDATE'),
+           count(*) FILTER (WHERE w.record_type IN ('UPDATE', 'UPDATE+INIT')),
            count(*) FILTER (WHERE w.record_type = 'PRUNE')
     FROM mark m LEFT JOIN pg_get_wal_records_info(m.lsn, pg_current_wal_flush_lsn()) w
          ON w.block_ref LIKE '%/' || pg_relation_filenode('digitaltwin.twin_state') || ' %'
@@ -87,6 +89,7 @@ SELECT digitaltwin.drop_model('state_pages', force => true);
 DROP FUNCTION state_pages_count(text, jsonb, jsonb);
 DROP FUNCTION state_pages_mark();
 DROP FUNCTION state_pages_since();
+SELECT pg_drop_replication_slot('state_pages');
 DROP EXTENSION pg_walinspect;
 ALTER SYSTEM RESET autovacuum;
 SELECT pg_reload_conf();

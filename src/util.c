@@ -520,6 +520,13 @@ dt_key_scan_fetch(DtKeyScan *ks, ScanKey keys)
 	if (!index_getnext_slot(ks->scan, ForwardScanDirection, ks->slot))
 		return false;
 	slot_getallattrs(ks->slot);
+
+	/*
+	 * The slot holds its own pin; the scan's pin on the same page would
+	 * make every prune of it fail until the next lookup by key, which on
+	 * the path of remembered places may never come (dt_page_needs_room).
+	 */
+	table_index_fetch_reset(ks->scan->xs_heapfetch);
 	return true;
 }
 
@@ -590,15 +597,16 @@ dt_key_scan_matches(DtKeyScan *ks, ScanKey keys)
  * row is updated?
  *
  * Why not prune at every visit, as an index scan would: on a table whose
- * rows are rewritten batch after batch (twin_state, the counters), the
- * pages sit at their fillfactor, which is heap_page_prune_opt()'s own
+ * rows are rewritten batch after batch at remembered places (twin_state),
+ * the pages sit at their fillfactor, which is heap_page_prune_opt()'s own
  * threshold, so with small batches nearly every update began with a prune
  * that removed the one or two versions dead since the last one, a WAL
  * record each time (a tenth of the WAL of a stream of multi-row inserts,
  * measured).  Pruned only when room runs short, a page is pruned once per
  * several updates; the margin leaves several visits to do it (a prune
  * needs the page's only pin, and another worker may hold one), so that the
- * updates stay HOT.
+ * updates stay HOT.  Rows found by key (the counters, a twin's first
+ * update) are pruned by the index fetch at every visit, as before.
  */
 static bool
 dt_page_needs_room(Buffer buffer, OffsetNumber off)
@@ -632,11 +640,14 @@ dt_page_needs_room(Buffer buffer, OffsetNumber off)
 static bool
 dt_key_scan_try_place(DtKeyScan *ks, ItemPointer tid, ScanKey keys)
 {
+	ItemPointerData place;
 	BlockNumber blkno;
 	Buffer		buffer;
 
 	if (tid == NULL || !ItemPointerIsValid(tid))
 		return false;
+	place = *tid;				/* 'tid' may be the slot's, cleared below */
+	tid = &place;
 	blkno = ItemPointerGetBlockNumber(tid);
 	if (ks->nblocks == InvalidBlockNumber)
 		ks->nblocks = RelationGetNumberOfBlocks(ks->rel);
@@ -741,6 +752,7 @@ dt_row_updater_write(DtRowUpdater *u)
 	bool		update_indexes;
 	TM_Result	result;
 
+	Assert(!TTS_EMPTY(u->find.slot));	/* a row found, not yet rewritten */
 	ExecStoreVirtualTuple(u->newslot);
 	result = table_tuple_update(u->find.rel, &u->find.slot->tts_tid, u->newslot,
 								GetCurrentCommandId(true), u->snapshot,
@@ -758,8 +770,10 @@ dt_row_updater_write(DtRowUpdater *u)
 
 	/*
 	 * The old version is no longer needed (the new one was built from a
-	 * copy): unpin its page now, not at the next row, so that another
-	 * worker's prune of it does not fail for our pin (dt_page_needs_room).
+	 * copy; u->newslot's values may still point into the old page, but it
+	 * holds no deformed column any more): unpin the page now, not at the
+	 * next row, so that another worker's prune of it does not fail for our
+	 * pin (dt_page_needs_room).
 	 */
 	ExecClearTuple(u->find.slot);
 	return true;
