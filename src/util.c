@@ -653,6 +653,7 @@ dt_key_scan_try_place(DtKeyScan *ks, ItemPointer tid, ScanKey keys)
 		ks->nblocks = RelationGetNumberOfBlocks(ks->rel);
 	if (blkno >= ks->nblocks)
 		return false;
+
 	/*
 	 * The slot may still pin this page (the row found before it): a prune
 	 * needs the only pin, and a page that missed its one prune would fill up.
