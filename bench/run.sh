@@ -133,6 +133,7 @@ record() {		# scenario ingestion events ms [note]
 }
 
 wait_idle() { dt_psql -At -c "SELECT digitaltwin.wait_idle('600s')" | grep -qx t; }
+worker_pids() { dt_psql -At -c "SELECT pid FROM digitaltwin.worker_stats() ORDER BY worker"; }
 # Before a latency measurement: the parts before it leave gigabytes of WAL
 # and dead rows behind; flush them (CHECKPOINT, VACUUM) and let autovacuum
 # finish, so that the tail measured is the extension's, not the cleanup's.
@@ -367,7 +368,7 @@ processed() { dt_psql -At -c "SELECT events_processed FROM digitaltwin.stats WHE
 TICKS=$(getconf CLK_TCK)
 cpu_reading() {
 	local p w=0
-	for p in $(dt_psql -At -c "SELECT pid FROM digitaltwin.worker_stats()"); do
+	for p in $(worker_pids); do
 		# printf: mawk prints integers past 2^31 as 2.1e+09
 		w=$((w + $(awk '{ printf "%.0f\n", $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
 	done
@@ -498,7 +499,6 @@ EOS
 dt_psql -f "$DT_DIR/timer_models.sql" >/dev/null
 dt_psql -At -c "SELECT prosrc FROM pg_proc WHERE proname = 'heart_rate_timer_process'" | grep -q "set_timer('silence'"
 
-worker_pids() { dt_psql -At -c "SELECT pid FROM digitaltwin.worker_stats() ORDER BY worker"; }
 # anonymous resident memory of the workers (their local memory), kB
 rss_anon_kb() {
 	local p s=0
