@@ -19,7 +19,12 @@ SELECT digitaltwin.create_model('churn', 'churn(text,jsonb,jsonb)');
 -- workers account for back to what the twins cost: the image (a jsonb
 -- datum: twin_state keeps it without its 4-byte header) + the entry's
 -- 27-byte header + id + two slots; other files' twins, whose states may
--- be of other types, are left out by measuring from before this file's
+-- be of other types, are left out by measuring from before this file's,
+-- once the workers have forgotten the twins of the model views.sql
+-- dropped last: its cascade into twin_state makes them reload theirs
+-- after the drop commits, and a loaded CI machine may still be at it
+SELECT wait_for($$(SELECT sum(twins) FROM digitaltwin.stats WHERE worker IS NOT NULL) =
+                  (SELECT count(*) FROM digitaltwin.twin_state)$$) AS dropped_forgotten;
 CREATE TEMP TABLE memory_before AS
 SELECT (SELECT sum(memory_bytes) FROM digitaltwin.stats WHERE worker IS NOT NULL) -
        (SELECT coalesce(sum(octet_length(state) + 4 + 27 + octet_length(twin_id) + 16), 0)
