@@ -243,7 +243,7 @@ BEGIN
         RETURN jsonb_set(s, '{fired}', to_jsonb((s->>'fired')::int + 1));
     END IF;
     IF event ? 'arm' THEN
-        PERFORM digitaltwin.set_timer('ping', '300 ms');
+        PERFORM digitaltwin.set_timer('ping', '3 s');
     END IF;
     IF event ? 'fail' THEN
         RAISE EXCEPTION 'pz refuses';

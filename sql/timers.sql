@@ -42,7 +42,7 @@ SELECT digitaltwin.set_timer('x', '1s');
 SELECT digitaltwin.cancel_timer('x');
 
 -- a timer fires once, with its payload, as kind 'timer'
-SELECT digitaltwin.send('tm', 'a', '{"arm": "soon", "after": "0.2s", "payload": {"p": 1}}') > 0 AS sent;
+SELECT digitaltwin.send('tm', 'a', '{"arm": "soon", "after": "3s", "payload": {"p": 1}}') > 0 AS sent;
 SELECT digitaltwin.wait_idle('60s');
 SELECT model, twin_id, name, due_at > now() - interval '1s' AS due_soon, every, payload
 FROM digitaltwin.timers;
